@@ -1,0 +1,1 @@
+"""Example plugins shipped with servletkit: the ones `servletkit dev` enables."""

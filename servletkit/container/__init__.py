@@ -1,0 +1,1 @@
+"""The container: config, plugin loading, the HTTP app and its wires, the CLI."""

@@ -1,0 +1,128 @@
+"""The ``servletkit`` command line."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from servletkit.container.config import Config, ConfigError, load_config
+from servletkit.container.runtime import Container, PluginStatus
+
+DEFAULT_CONFIG = "servletkit.toml"
+
+
+class CommandError(Exception):
+    """A failure to report in one line (and exit with status 1), never as a traceback."""
+
+
+def _load(path: str) -> tuple[Config, Container]:
+    config = load_config(path)
+    container = Container(config)
+    container.load()
+    return config, container
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    """Serve the container's ASGI app with uvicorn until interrupted."""
+    import uvicorn
+
+    from servletkit.container.app import build_app
+
+    config, container = _load(args.config)
+    host = args.host or config.server.host
+    port = args.port if args.port is not None else config.server.port
+    uvicorn.run(build_app(container), host=host, port=port, log_level="info", lifespan="on")
+    return 0
+
+
+def cmd_plugins(args: argparse.Namespace) -> int:
+    """Print a table of the plugins: name, distribution and version, hooks, enabled, order."""
+    _, container = _load(args.config)
+    rows = [("NAME", "DISTRIBUTION", "HOOKS", "ENABLED", "ORDER", "STATUS")]
+    for status in asyncio.run(_inspect(container)):
+        dist = f"{status.distribution} {status.version}" if status.distribution else "-"
+        state = "live" if status.live else ("disabled" if not status.enabled else "FAILED")
+        if status.error:
+            state = f"FAILED ({status.error.stage}: {status.error.message})"
+        rows.append(
+            (status.name, dist, ", ".join(status.hooks) or "-",
+             "yes" if status.enabled else "no", str(status.order), state)
+        )
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]) - 1)]
+    for row in rows:
+        print("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=False))
+              + "  " + row[-1])
+    return 0
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    """Validate the config and load and init every enabled plugin; exit 1 on any problem."""
+    _, container = _load(args.config)
+    statuses = asyncio.run(_inspect(container))
+    for error in container.errors:
+        print(f"plugin {error.plugin!r} failed to {error.stage}: {error.message}", file=sys.stderr)
+        print(error.traceback, file=sys.stderr)
+    if container.errors:
+        return 1
+    live = [status.name for status in statuses if status.live]
+    print(f"{args.config}: ok ({len(live)} plugins live: {', '.join(live) or 'none'})")
+    return 0
+
+
+async def _inspect(container: Container) -> list[PluginStatus]:
+    """Start the plugins, note their state, stop them again."""
+    await container.start()
+    try:
+        return container.statuses()
+    finally:
+        await container.stop()
+
+
+Command = Callable[[argparse.Namespace], int]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser with every subcommand."""
+    parser = argparse.ArgumentParser(
+        prog="servletkit", description="Servlets for Matrix: host homeserver plugins."
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def command(name: str, handler: Command, help_text: str) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        p.add_argument("--config", default=DEFAULT_CONFIG, metavar="PATH",
+                       help=f"the servletkit.toml to use (default: ./{DEFAULT_CONFIG})")
+        p.set_defaults(handler=handler)
+        return p
+
+    run = command("run", cmd_run, "serve the container (HTTP) with its plugins")
+    run.add_argument("--host", help="address to bind (default: [server] host)")
+    run.add_argument("--port", type=int, help="port to bind (default: [server] port)")
+    command("plugins", cmd_plugins, "list installed plugins, their hooks and state")
+    command("check", cmd_check, "validate the config and plugin loading")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``servletkit`` console script."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    args = build_parser().parse_args(argv)
+    if not Path(args.config).exists():
+        print(f"servletkit: {args.config}: no such config file "
+              f"(pass --config PATH, or create ./{DEFAULT_CONFIG})", file=sys.stderr)
+        return 2
+    try:
+        return args.handler(args)
+    except (ConfigError, CommandError) as exc:
+        print(f"servletkit: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,221 @@
+"""``servletkit.toml``: the container's configuration, read and validated.
+
+The container's own sections are attrs classes; :func:`load_config` checks every
+key and type against them and fails with a :class:`ConfigError` that names the
+file, the key and the problem. ``[plugins.NAME]`` tables mix the container's
+per-plugin settings (``enabled``, ``order``, ``timeout_ms``, ``on_error``) with
+the plugin's own keys, which are handed to the plugin untouched as
+``context.config``.
+"""
+
+from __future__ import annotations
+
+import tomllib
+import types
+import typing
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+import attrs
+
+
+class ConfigError(Exception):
+    """The config file is unreadable or invalid. ``key`` is the dotted path of the culprit."""
+
+    def __init__(self, path: Path | str, key: str, problem: str) -> None:
+        where = f"{path}: {key}" if key else str(path)
+        super().__init__(f"{where}: {problem}")
+        self.path = str(path)
+        self.key = key
+        self.problem = problem
+
+
+@attrs.frozen
+class ServerConfig:
+    """``[server]``: where the container listens."""
+
+    host: str = "127.0.0.1"
+    port: int = 8090
+
+
+@attrs.frozen
+class PluginSettings:
+    """The container's keys in a ``[plugins.NAME]`` table; the rest is the plugin's own."""
+
+    enabled: bool = True
+    order: int = 0
+    timeout_ms: float = 1000.0
+    on_error: Literal["allow", "deny"] = "allow"
+
+
+@attrs.frozen
+class PluginTable:
+    """One ``[plugins.NAME]`` table: container settings, the plugin's own keys, its place."""
+
+    name: str
+    settings: PluginSettings
+    options: Mapping[str, Any]
+    position: int
+
+
+@attrs.frozen
+class Config:
+    """The whole ``servletkit.toml``.
+
+    ``path`` is the file it came from (relative paths inside it are resolved
+    against its folder); ``plugins`` keeps the tables in file order.
+    """
+
+    path: Path
+    server: ServerConfig = ServerConfig()
+    plugins: tuple[PluginTable, ...] = ()
+
+    def plugin(self, name: str) -> PluginTable | None:
+        """The ``[plugins.NAME]`` table, or ``None`` if the file has none."""
+        return next((table for table in self.plugins if table.name == name), None)
+
+    def resolve(self, relative: str | Path) -> Path:
+        """A path from the config, made absolute against the config file's folder."""
+        return (self.path.parent / relative).resolve()
+
+
+def _sections() -> dict[str, type]:
+    """The container's top-level sections: every attrs-typed field of :class:`Config`.
+
+    A wire adds its section by adding a field to :class:`Config`.
+    """
+    hints = typing.get_type_hints(Config)
+    return {field.name: hints[field.name] for field in attrs.fields(Config)
+            if attrs.has(hints[field.name])}
+
+
+def load_config(path: str | Path) -> Config:
+    """Read and validate a ``servletkit.toml``; raise :class:`ConfigError` if it is wrong."""
+    path = Path(path)
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(path, "", "no such file") from None
+    except OSError as exc:
+        raise ConfigError(path, "", f"cannot be read: {exc.strerror}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(path, "", f"is not valid TOML: {exc}") from None
+    return parse_config(data, path)
+
+
+def parse_config(data: Mapping[str, Any], path: str | Path = "<config>") -> Config:
+    """Validate already-parsed TOML data; ``path`` is used in messages and to resolve paths."""
+    path = Path(path).absolute()
+    known_sections = _sections()
+    sections: dict[str, Any] = {}
+    for key, value in data.items():
+        if key == "plugins":
+            continue
+        section_type = known_sections.get(key)
+        if section_type is None:
+            known = ", ".join(f"[{name}]" for name in [*known_sections, "plugins"])
+            raise ConfigError(path, key, f"unknown section (known: {known})")
+        sections[key] = build_section(section_type, value, path, key)
+    plugins = _parse_plugins(data.get("plugins", {}), path)
+    return Config(path=path, plugins=plugins, **sections)
+
+
+def _parse_plugins(tables: Any, path: Path) -> tuple[PluginTable, ...]:
+    if not isinstance(tables, Mapping):
+        raise ConfigError(path, "plugins", f"must be a table, got {_kind(tables)}")
+    setting_names = {field.name for field in attrs.fields(PluginSettings)}
+    result = []
+    for position, (name, table) in enumerate(tables.items()):
+        key = f"plugins.{name}"
+        if not isinstance(table, Mapping):
+            raise ConfigError(path, key, f"must be a table, got {_kind(table)}")
+        settings = build_section(
+            PluginSettings, {k: v for k, v in table.items() if k in setting_names}, path, key
+        )
+        if settings.timeout_ms <= 0:
+            raise ConfigError(path, f"{key}.timeout_ms", "must be positive")
+        options = {k: v for k, v in table.items() if k not in setting_names}
+        result.append(PluginTable(name, settings, types.MappingProxyType(options), position))
+    return tuple(result)
+
+
+def build_section(cls: type, table: Any, path: Path, key: str) -> Any:
+    """Build the attrs class ``cls`` from a TOML table, checking every key and type."""
+    if not isinstance(table, Mapping):
+        raise ConfigError(path, key, f"must be a table, got {_kind(table)}")
+    hints = typing.get_type_hints(cls)
+    fields = {field.name: field for field in attrs.fields(cls)}
+    values = {}
+    for name, value in table.items():
+        if name not in fields:
+            known = ", ".join(fields) or "none"
+            raise ConfigError(path, f"{key}.{name}", f"unknown key (known keys: {known})")
+        values[name] = _check(hints[name], value, path, f"{key}.{name}")
+    try:
+        return cls(**values)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(path, key, str(exc)) from None
+
+
+def _check(hint: Any, value: Any, path: Path, key: str) -> Any:
+    """Return ``value`` converted to ``hint``, or raise a ConfigError naming ``key``."""
+    origin = typing.get_origin(hint)
+    args = typing.get_args(hint)
+    if attrs.has(hint):
+        return build_section(hint, value, path, key)
+    if origin is Literal:
+        if value not in args:
+            choices = " or ".join(repr(a) for a in args)
+            raise ConfigError(path, key, f"must be {choices}, got {value!r}")
+        return value
+    if origin in (types.UnionType, typing.Union):
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for option in args:
+            if option is type(None):
+                continue
+            try:
+                return _check(option, value, path, key)
+            except ConfigError as exc:
+                errors.append(exc.problem)
+        raise ConfigError(path, key, "; ".join(errors))
+    if origin in (list, tuple):
+        if not isinstance(value, list):
+            raise ConfigError(path, key, f"must be an array, got {_kind(value)}")
+        item = args[0] if args else Any
+        items = [_check(item, v, path, f"{key}[{i}]") for i, v in enumerate(value)]
+        return tuple(items) if origin is tuple else items
+    if origin in (dict, Mapping) or hint in (dict, Mapping):
+        if not isinstance(value, Mapping):
+            raise ConfigError(path, key, f"must be a table, got {_kind(value)}")
+        return dict(value)
+    if hint is Any:
+        return value
+    if hint is float:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise ConfigError(path, key, f"must be a number, got {_kind(value)}")
+        return float(value)
+    if hint is Path:
+        if not isinstance(value, str):
+            raise ConfigError(path, key, f"must be a string (a path), got {_kind(value)}")
+        return Path(value)
+    if hint in (int, str, bool):
+        if not isinstance(value, hint) or (hint is int and isinstance(value, bool)):
+            raise ConfigError(path, key, f"must be {_NAMES[hint]}, got {_kind(value)}")
+        return value
+    raise TypeError(f"unsupported config type {hint!r} for {key}")  # a bug in a section class
+
+
+_NAMES = {int: "an integer", str: "a string", bool: "true or false", float: "a number"}
+
+
+def _kind(value: Any) -> str:
+    if isinstance(value, bool):
+        return f"{str(value).lower()} (a boolean)"
+    if isinstance(value, Mapping):
+        return "a table"
+    if isinstance(value, list):
+        return "an array"
+    return f"{value!r} ({type(value).__name__})"

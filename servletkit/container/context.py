@@ -1,0 +1,28 @@
+"""What a plugin gets from the container: its :class:`PluginContext`."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from typing import Any
+
+import attrs
+
+
+@attrs.frozen
+class PluginContext:
+    """One plugin's view of the container, passed to every hook as ``context``.
+
+    ``name`` is the plugin's name (its entry-point name); ``config`` is its own
+    ``[plugins.NAME]`` table without the container's keys (read-only); ``log``
+    is a logger named ``servletkit.plugins.NAME``.
+    """
+
+    name: str
+    config: Mapping[str, Any]
+    log: logging.Logger
+
+    @classmethod
+    def create(cls, name: str, config: Mapping[str, Any]) -> PluginContext:
+        """The context of plugin ``name`` with its own config table."""
+        return cls(name=name, config=config, log=logging.getLogger(f"servletkit.plugins.{name}"))

@@ -1,0 +1,135 @@
+"""Finding, importing and registering plugins.
+
+A plugin is an entry point in the group ``servletkit.plugins``: its name is the
+plugin's name, its value a module (``pkg.module``) or a class
+(``pkg.module:Class``, instantiated with no arguments). pluggy registers it and
+checks its hook implementations against the specs.
+"""
+
+from __future__ import annotations
+
+import difflib
+import importlib.metadata
+import traceback
+from collections.abc import Iterable
+from typing import Any, Final, Literal
+
+import attrs
+import pluggy
+
+from servletkit.hooks import specs
+from servletkit.hooks.markers import PROJECT_NAME
+
+ENTRY_POINT_GROUP: Final = "servletkit.plugins"
+
+HOOK_NAMES: Final = frozenset(
+    specs.INTERCEPTION_HOOKS | specs.OBSERVATION_HOOKS | specs.LIFECYCLE_HOOKS
+)
+
+
+@attrs.frozen
+class PluginSource:
+    """Where a plugin comes from: its entry point, or an object handed in directly."""
+
+    name: str
+    distribution: str | None = None
+    version: str | None = None
+    entry_point: importlib.metadata.EntryPoint | None = None
+    obj: Any = None
+
+    @classmethod
+    def from_entry_point(cls, entry_point: importlib.metadata.EntryPoint) -> PluginSource:
+        dist = entry_point.dist
+        return cls(
+            name=entry_point.name,
+            distribution=dist.name if dist else None,
+            version=dist.version if dist else None,
+            entry_point=entry_point,
+        )
+
+    def load(self) -> Any:
+        """Import the plugin: the module, or an instance of the class it names."""
+        if self.entry_point is None:
+            return self.obj
+        loaded = self.entry_point.load()
+        return loaded() if isinstance(loaded, type) else loaded
+
+
+@attrs.frozen
+class PluginError:
+    """A plugin that could not be used, and why: the stage that failed and the traceback."""
+
+    plugin: str
+    stage: Literal["import", "register", "init", "destroy"]
+    message: str
+    traceback: str = ""
+
+
+class PluginRejected(Exception):
+    """A plugin's hook implementations do not match the specs."""
+
+
+def installed_plugins() -> dict[str, PluginSource]:
+    """Every plugin installed in this environment, by name."""
+    found: dict[str, PluginSource] = {}
+    for entry_point in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
+        found.setdefault(entry_point.name, PluginSource.from_entry_point(entry_point))
+    return found
+
+
+def new_plugin_manager() -> pluggy.PluginManager:
+    """A plugin manager with servletkit's hook specifications, and no plugins."""
+    pm = pluggy.PluginManager(PROJECT_NAME)
+    pm.add_hookspecs(specs)
+    return pm
+
+
+def register(pm: pluggy.PluginManager, source: PluginSource) -> Any:
+    """Import ``source`` and register it under its name; return the plugin object.
+
+    Raises :class:`PluginRejected` (with a message naming the hook and a fix) if
+    it implements an unknown hook or declares arguments the spec does not have.
+    Other exceptions come from importing the plugin.
+    """
+    obj = source.load()
+    try:
+        pm.register(obj, name=source.name)
+    except pluggy.PluginValidationError as exc:
+        raise PluginRejected(f"plugin {source.name!r}: {exc}") from None
+    unknown = sorted(
+        hook.name
+        for hook in pm.get_hookcallers(obj) or ()
+        if hook.name not in HOOK_NAMES
+    )
+    if unknown:
+        pm.unregister(obj)
+        raise PluginRejected(
+            f"plugin {source.name!r} implements unknown hooks: "
+            + "; ".join(_unknown_hook_hint(name) for name in unknown)
+        )
+    return obj
+
+
+def _unknown_hook_hint(name: str) -> str:
+    close = difflib.get_close_matches(name, sorted(HOOK_NAMES), n=1)
+    return f"{name} (did you mean {close[0]}?)" if close else name
+
+
+def implemented_hooks(pm: pluggy.PluginManager, obj: Any) -> list[str]:
+    """The hook names a registered plugin object implements, sorted."""
+    return sorted(hook.name for hook in pm.get_hookcallers(obj) or ())
+
+
+def describe_failure(plugin: str, stage: str, exc: BaseException) -> PluginError:
+    """A :class:`PluginError` for ``exc`` raised while ``stage`` of ``plugin``."""
+    text = "".join(traceback.format_exception(exc))
+    return PluginError(plugin, stage, f"{type(exc).__name__}: {exc}", text)  # type: ignore[arg-type]
+
+
+def sources_for(
+    installed: dict[str, PluginSource], extra: Iterable[PluginSource]
+) -> dict[str, PluginSource]:
+    """Installed plugins plus those handed in directly (which win on a name clash)."""
+    merged = dict(installed)
+    merged.update({source.name: source for source in extra})
+    return merged

@@ -1,0 +1,175 @@
+"""The running container: plugins loaded from the config, their contexts, the dispatcher."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable
+from typing import Any
+
+import attrs
+
+from servletkit.container.config import Config, ConfigError, PluginSettings
+from servletkit.container.context import PluginContext
+from servletkit.container.plugins import (
+    PluginError,
+    PluginSource,
+    describe_failure,
+    implemented_hooks,
+    installed_plugins,
+    new_plugin_manager,
+    register,
+    sources_for,
+)
+from servletkit.hooks.dispatcher import Dispatcher, PluginPolicy, await_me_maybe, iter_plugin_impls
+
+log = logging.getLogger("servletkit.container")
+
+
+@attrs.frozen
+class PluginStatus:
+    """What the container knows about one plugin (a row of ``servletkit plugins``)."""
+
+    name: str
+    distribution: str | None
+    version: str | None
+    hooks: tuple[str, ...]
+    enabled: bool
+    order: int
+    live: bool
+    error: PluginError | None = None
+
+
+class Container:
+    """Plugins loaded according to a :class:`Config`, with a dispatcher over the live ones.
+
+    ``extra_plugins`` are plugin sources handed in directly (tests, embedding)
+    in addition to the installed entry points. Nothing happens at construction;
+    :meth:`load` imports and registers, :meth:`start` runs ``servlet_init``,
+    :meth:`stop` runs ``servlet_destroy``.
+    """
+
+    def __init__(self, config: Config, extra_plugins: Iterable[PluginSource] = ()) -> None:
+        self.config = config
+        self.pm = new_plugin_manager()
+        self.dispatcher = Dispatcher(self.pm)
+        self.errors: list[PluginError] = []
+        self._extra = tuple(extra_plugins)
+        self._sources: dict[str, PluginSource] = {}
+        self._objects: dict[str, Any] = {}
+        self._contexts: dict[str, PluginContext] = {}
+        self._live: set[str] = set()
+
+    # -- loading -------------------------------------------------------------
+
+    def load(self) -> None:
+        """Find the plugins, check the config names only installed ones, import the enabled.
+
+        Raises :class:`ConfigError` if a ``[plugins.NAME]`` table names a plugin
+        that is not installed. A plugin that fails to import or register is
+        recorded in :attr:`errors` and the others load.
+        """
+        self._sources = sources_for(installed_plugins(), self._extra)
+        for table in self.config.plugins:
+            if table.name not in self._sources:
+                available = ", ".join(sorted(self._sources)) or "none"
+                raise ConfigError(
+                    self.config.path,
+                    f"plugins.{table.name}",
+                    f"no installed plugin is called {table.name!r} (installed: {available}); "
+                    f"install its package, or remove the table",
+                )
+        for name in self._sources:
+            if not self.settings(name).enabled:
+                continue
+            try:
+                self._objects[name] = register(self.pm, self._sources[name])
+            except Exception as exc:
+                self._fail(describe_failure(name, "import", exc))
+                continue
+            table = self.config.plugin(name)
+            self._contexts[name] = self.make_context(name, table.options if table else {})
+
+    def make_context(self, name: str, options: Any) -> PluginContext:
+        """The context handed to plugin ``name``'s hooks (wires extend what it carries)."""
+        return PluginContext.create(name, options)
+
+    def settings(self, name: str) -> PluginSettings:
+        """The container's settings for plugin ``name`` (defaults when it has no table)."""
+        table = self.config.plugin(name)
+        return table.settings if table else PluginSettings()
+
+    def policy(self, name: str) -> PluginPolicy:
+        """The dispatcher policy of plugin ``name``: order, config position, budget, on_error."""
+        table = self.config.plugin(name)
+        settings = self.settings(name)
+        # plugins without a table come after those with one, by name
+        position = table.position if table else len(self.config.plugins) + sorted(
+            self._sources
+        ).index(name)
+        return PluginPolicy(settings.order, position, settings.timeout_ms, settings.on_error)
+
+    # -- lifecycle -----------------------------------------------------------
+
+    async def start(self) -> None:
+        """Run ``servlet_init`` for each loaded plugin; the ones that fail are unloaded."""
+        for name in list(self._objects):
+            try:
+                for init in iter_plugin_impls(self.pm, "servlet_init", name):
+                    await await_me_maybe(init(self._contexts[name]))
+            except Exception as exc:
+                self._fail(describe_failure(name, "init", exc))
+                self.pm.unregister(self._objects.pop(name))
+                continue
+            self._live.add(name)
+        self._rebuild()
+
+    async def stop(self) -> None:
+        """Stop dispatching, let background observers finish, run ``servlet_destroy``."""
+        live, self._live = self._live, set()
+        self._rebuild()
+        await self.dispatcher.drain()
+        for name in sorted(live):
+            try:
+                for destroy in iter_plugin_impls(self.pm, "servlet_destroy", name):
+                    await await_me_maybe(destroy(self._contexts[name]))
+            except Exception as exc:
+                self._fail(describe_failure(name, "destroy", exc))
+
+    def _rebuild(self) -> None:
+        self.dispatcher.rebuild(
+            {name: (self.policy(name), self._contexts[name]) for name in self._live}
+        )
+
+    def _fail(self, error: PluginError) -> None:
+        self.errors.append(error)
+        log.error("plugin %r failed to %s: %s\n%s", error.plugin, error.stage, error.message,
+                  error.traceback)
+
+    # -- reporting -----------------------------------------------------------
+
+    def statuses(self) -> list[PluginStatus]:
+        """One row per known plugin, in dispatch order (config order, then name)."""
+        errors = {error.plugin: error for error in self.errors}
+        rows = []
+        for name, source in self._sources.items():
+            obj = self._objects.get(name)
+            settings = self.settings(name)
+            rows.append(
+                PluginStatus(
+                    name=name,
+                    distribution=source.distribution,
+                    version=source.version,
+                    hooks=tuple(implemented_hooks(self.pm, obj)) if obj is not None else (),
+                    enabled=settings.enabled,
+                    order=settings.order,
+                    live=name in self._live,
+                    error=errors.get(name),
+                )
+            )
+        rows.sort(key=lambda row: (row.order, self.policy(row.name).position))
+        return rows
+
+    @property
+    def live_plugins(self) -> list[str]:
+        """Names of the plugins currently receiving events."""
+        return sorted(self._live)

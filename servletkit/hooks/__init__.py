@@ -1,0 +1,1 @@
+"""Hook specifications, markers, events, decisions and the dispatcher (no I/O)."""

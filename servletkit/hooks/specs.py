@@ -1,0 +1,202 @@
+"""Hook specifications: the reference for plugin authors.
+
+Every hook receives ``context`` (a :class:`servletkit.container.context.PluginContext`),
+the calling plugin's own view of the container: its config table, its logger,
+and, where the container provides them, its storage and homeserver client.
+
+Any hook may be written as ``def`` or ``async def``. A plugin implements the
+hooks it needs, with the arguments it needs, by name::
+
+    from servletkit import hookimpl, Veto
+
+    @hookimpl
+    def on_send_event(event):
+        if "spam" in event.content.get("body", ""):
+            return Veto("no spam here")
+
+Two kinds of hooks:
+
+* **Interception hooks** may return a decision: :class:`~servletkit.Allow`,
+  :class:`~servletkit.Modify` or :class:`~servletkit.Veto`; ``None`` means
+  "no opinion". The container runs them plugin by plugin in a defined order
+  (config ``order``, then ``tryfirst``/``trylast``); each plugin sees the
+  event as modified by the plugins before it, and the first ``Veto`` ends the
+  chain. A plugin that raises or overruns its ``timeout_ms`` budget is treated
+  according to its ``on_error`` policy (``"allow"``: no opinion; ``"deny"``: a
+  Veto). Async implementations are cancelled at the budget; sync ones run on
+  the event loop and cannot be interrupted, so a late answer is discarded.
+* **Observation hooks** return nothing. They run concurrently, never delay a
+  decision, and a failure in one is logged and affects nothing else.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any, Final
+
+from servletkit.hooks.markers import hookspec
+
+if TYPE_CHECKING:
+    from servletkit.container.context import PluginContext
+    from servletkit.hooks.decisions import Decision
+    from servletkit.hooks.events import Ephemeral, Event
+
+# -------------------------------------------------------------------------
+# Lifecycle
+# -------------------------------------------------------------------------
+
+
+@hookspec
+def servlet_init(context: PluginContext) -> None:
+    """Prepare the plugin before it receives its first event.
+
+    Called once per loaded plugin, after its config is validated and before
+    any event hook. Open connections, mount routes and start background tasks
+    here. Raising makes the container report the plugin as failed (with the
+    traceback) and run without it; on a hot reload the old version stays live.
+
+    :param context: the plugin's context.
+    """
+
+
+@hookspec
+def servlet_destroy(context: PluginContext) -> None:
+    """Release what :func:`servlet_init` acquired.
+
+    Called once when the container stops, or when a reload replaces or removes
+    the plugin, after its in-flight hook calls have drained (or the drain time
+    limit passed). No hook of this plugin is called afterwards.
+
+    :param context: the plugin's context.
+    """
+
+
+# -------------------------------------------------------------------------
+# Interception: the answer decides what happens
+# -------------------------------------------------------------------------
+
+
+@hookspec
+def on_send_event(event: Event, context: PluginContext) -> Decision | None:
+    """Decide on an event sent into a room: a message, a state event, a membership.
+
+    Called for every event a user or bridge sends. Before it is stored
+    (``event.stage == "before_store"``, the module wire) the decision takes
+    effect directly. After it is stored (``"after_store"``, the appservice wire)
+    a Veto is enforced by redacting the event when ``[appservice]
+    enforce_vetoes = "redact"``, and otherwise only recorded.
+
+    :param event: the event, as modified by the plugins before this one.
+    :param context: the plugin's context.
+    :returns: ``Allow()``; ``Modify(content=...)`` to replace the event's
+        content (refused on the policy wire, where events cannot change);
+        ``Veto(reason, errcode)``, whose errcode and reason the sender sees;
+        or ``None`` for no opinion.
+    """
+
+
+@hookspec
+def on_join_room(user_id: str, room_id: str, context: PluginContext) -> Decision | None:
+    """Decide whether a user may join a room.
+
+    Called before the homeserver creates the join, including joins by alias
+    and joins after an invite; not for the creator's own join of a new room.
+
+    :param user_id: the full Matrix user ID joining, e.g. ``@alice:example.org``.
+    :param room_id: the room being joined.
+    :param context: the plugin's context.
+    :returns: ``Veto`` to refuse the join, ``Allow()`` or ``None`` to let it go
+        on. ``Modify`` is a plugin error here.
+    """
+
+
+@hookspec
+def on_invite(
+    inviter_id: str, invitee_id: str, room_id: str, context: PluginContext
+) -> Decision | None:
+    """Decide whether one user may invite another into a room.
+
+    :param inviter_id: the user sending the invite.
+    :param invitee_id: the user being invited.
+    :param room_id: the room.
+    :param context: the plugin's context.
+    :returns: ``Veto`` to refuse the invite, ``Allow()`` or ``None`` to let it
+        go on. ``Modify`` is a plugin error here.
+    """
+
+
+@hookspec
+def on_create_room(
+    user_id: str, request: Mapping[str, Any], context: PluginContext
+) -> Decision | None:
+    """Decide whether a user may create a room.
+
+    :param user_id: the user creating the room.
+    :param request: the ``/createRoom`` request body (name, preset, initial state …).
+    :param context: the plugin's context.
+    :returns: ``Veto`` to refuse, ``Allow()`` or ``None`` to let it go on.
+        ``Modify`` is a plugin error here.
+    """
+
+
+@hookspec
+def on_connect_event_stream(
+    user_id: str, device_id: str | None, context: PluginContext
+) -> Decision | None:
+    """Decide whether a user's client may open a session with the event stream.
+
+    On the module wire this is the homeserver's login check: a Veto refuses
+    the login. On the appservice wire the user's presence going online is
+    reported here after the fact, and the decision is only recorded.
+
+    :param user_id: the user connecting.
+    :param device_id: the client's device ID, when the homeserver knows it.
+    :param context: the plugin's context.
+    :returns: ``Veto`` to refuse the session, ``Allow()`` or ``None`` to let
+        it go on. ``Modify`` is a plugin error here.
+    """
+
+
+# -------------------------------------------------------------------------
+# Observation: the return value is ignored
+# -------------------------------------------------------------------------
+
+
+@hookspec
+def on_stored_event(event: Event, context: PluginContext) -> None:
+    """Observe an event the homeserver has stored.
+
+    Called for every event the container hears after it is stored, in order
+    within a room, exactly once per event (the appservice wire deduplicates
+    retried transactions). Bridges relay from here.
+
+    :param event: the stored event (``event.stage == "after_store"``).
+    :param context: the plugin's context.
+    """
+
+
+@hookspec
+def on_ephemeral(data: Ephemeral, context: PluginContext) -> None:
+    """Observe data that is not stored in room history.
+
+    Typing notifications, read receipts, presence, and to-device messages
+    addressed to the container's users.
+
+    :param data: the ephemeral data.
+    :param context: the plugin's context.
+    """
+
+
+INTERCEPTION_HOOKS: Final = frozenset(
+    {"on_send_event", "on_join_room", "on_invite", "on_create_room", "on_connect_event_stream"}
+)
+"""Hooks whose answer is a decision, run as a chain by the dispatcher."""
+
+MODIFIABLE_HOOKS: Final = frozenset({"on_send_event"})
+"""Interception hooks whose first argument is an event that ``Modify`` may change."""
+
+OBSERVATION_HOOKS: Final = frozenset({"on_stored_event", "on_ephemeral"})
+"""Hooks whose return value is ignored, run concurrently by the dispatcher."""
+
+LIFECYCLE_HOOKS: Final = frozenset({"servlet_init", "servlet_destroy"})
+"""Hooks the container calls once per plugin instance."""

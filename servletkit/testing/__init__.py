@@ -1,0 +1,1 @@
+"""Helpers for testing servletkit and plugins against real servers."""
