@@ -40,6 +40,14 @@ class ServerConfig:
 
 
 @attrs.frozen
+class HomeserverConfig:
+    """``[homeserver]``: the Matrix homeserver the container serves."""
+
+    url: str = "http://127.0.0.1:8008"
+    server_name: str = "localhost"
+
+
+@attrs.frozen
 class PluginSettings:
     """The container's keys in a ``[plugins.NAME]`` table; the rest is the plugin's own."""
 
@@ -69,6 +77,7 @@ class Config:
 
     path: Path
     server: ServerConfig = ServerConfig()
+    homeserver: HomeserverConfig = HomeserverConfig()
     plugins: tuple[PluginTable, ...] = ()
 
     def plugin(self, name: str) -> PluginTable | None:
