@@ -8,6 +8,8 @@ from typing import Any
 
 import attrs
 
+from servletkit.container.store import PluginStore
+
 
 @attrs.frozen
 class PluginContext:
@@ -15,14 +17,19 @@ class PluginContext:
 
     ``name`` is the plugin's name (its entry-point name); ``config`` is its own
     ``[plugins.NAME]`` table without the container's keys (read-only); ``log``
-    is a logger named ``servletkit.plugins.NAME``.
+    is a logger named ``servletkit.plugins.NAME``; ``store`` is its own durable
+    key/value data (:class:`~servletkit.container.store.PluginStore`).
     """
 
     name: str
     config: Mapping[str, Any]
     log: logging.Logger
+    store: PluginStore | None = None
 
     @classmethod
-    def create(cls, name: str, config: Mapping[str, Any]) -> PluginContext:
+    def create(
+        cls, name: str, config: Mapping[str, Any], *, store: PluginStore | None = None
+    ) -> PluginContext:
         """The context of plugin ``name`` with its own config table."""
-        return cls(name=name, config=config, log=logging.getLogger(f"servletkit.plugins.{name}"))
+        return cls(name=name, config=config, log=logging.getLogger(f"servletkit.plugins.{name}"),
+                   store=store)

@@ -20,6 +20,7 @@ from servletkit.container.plugins import (
     register,
     sources_for,
 )
+from servletkit.container.store import PluginStore, SqliteStore, Store
 from servletkit.hooks.dispatcher import Dispatcher, PluginPolicy, await_me_maybe, iter_plugin_impls
 
 log = logging.getLogger("servletkit.container")
@@ -48,8 +49,19 @@ class Container:
     :meth:`stop` runs ``servlet_destroy``.
     """
 
-    def __init__(self, config: Config, extra_plugins: Iterable[PluginSource] = ()) -> None:
+    def __init__(
+        self,
+        config: Config,
+        extra_plugins: Iterable[PluginSource] = (),
+        *,
+        store: Store | None = None,
+    ) -> None:
         self.config = config
+        self.store: Store = store or SqliteStore(
+            config.resolve(config.store.path),
+            synchronous=config.store.synchronous,
+            transactions_kept=config.store.transactions_kept,
+        )
         self.pm = new_plugin_manager()
         self.dispatcher = Dispatcher(self.pm)
         self.errors: list[PluginError] = []
@@ -91,7 +103,7 @@ class Container:
 
     def make_context(self, name: str, options: Any) -> PluginContext:
         """The context handed to plugin ``name``'s hooks (wires extend what it carries)."""
-        return PluginContext.create(name, options)
+        return PluginContext.create(name, options, store=PluginStore(self.store, name))
 
     def settings(self, name: str) -> PluginSettings:
         """The container's settings for plugin ``name`` (defaults when it has no table)."""
@@ -111,7 +123,8 @@ class Container:
     # -- lifecycle -----------------------------------------------------------
 
     async def start(self) -> None:
-        """Run ``servlet_init`` for each loaded plugin; the ones that fail are unloaded."""
+        """Open the store, run ``servlet_init`` for each loaded plugin; failed ones are unloaded."""
+        self.store.open()
         for name in list(self._objects):
             try:
                 for init in iter_plugin_impls(self.pm, "servlet_init", name):
@@ -134,6 +147,7 @@ class Container:
                     await await_me_maybe(destroy(self._contexts[name]))
             except Exception as exc:
                 self._fail(describe_failure(name, "destroy", exc))
+        self.store.close()
 
     def _rebuild(self) -> None:
         self.dispatcher.rebuild(
