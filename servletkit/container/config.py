@@ -48,6 +48,19 @@ class HomeserverConfig:
 
 
 @attrs.frozen
+class AppserviceConfig:
+    """``[appservice]``: the Application Service registration the container runs as.
+
+    The tokens are left out of the repr, so a logged config never shows them.
+    """
+
+    id: str
+    as_token: str = attrs.field(repr=False)
+    hs_token: str = attrs.field(repr=False)
+    sender_localpart: str
+
+
+@attrs.frozen
 class PluginSettings:
     """The container's keys in a ``[plugins.NAME]`` table; the rest is the plugin's own."""
 
@@ -78,6 +91,7 @@ class Config:
     path: Path
     server: ServerConfig = ServerConfig()
     homeserver: HomeserverConfig = HomeserverConfig()
+    appservice: AppserviceConfig | None = None
     plugins: tuple[PluginTable, ...] = ()
 
     def plugin(self, name: str) -> PluginTable | None:
@@ -92,11 +106,17 @@ class Config:
 def _sections() -> dict[str, type]:
     """The container's top-level sections: every attrs-typed field of :class:`Config`.
 
-    A wire adds its section by adding a field to :class:`Config`.
+    A wire adds its section by adding a field to :class:`Config`, typed with the
+    section's class, or ``Class | None`` for a section that may be absent.
     """
     hints = typing.get_type_hints(Config)
-    return {field.name: hints[field.name] for field in attrs.fields(Config)
-            if attrs.has(hints[field.name])}
+    sections = {}
+    for field in attrs.fields(Config):
+        options = [arg for arg in typing.get_args(hints[field.name]) if arg is not type(None)]
+        section = options[0] if len(options) == 1 else hints[field.name]
+        if attrs.has(section):
+            sections[field.name] = section
+    return sections
 
 
 def load_config(path: str | Path) -> Config:
