@@ -50,6 +50,12 @@ def synapse(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SynapseServer]
     server.stop()
 
 
+@pytest.fixture
+def appservice_section() -> dict[str, str]:
+    """The ``[appservice]`` config table matching the registration."""
+    return {key: REGISTRATION[key] for key in ("id", "as_token", "hs_token", "sender_localpart")}
+
+
 @pytest.fixture(scope="session")
 async def homeserver(synapse: SynapseServer) -> AsyncIterator[HomeserverClient]:
     """The client under test, acting as the appservice's bot."""

@@ -8,7 +8,12 @@ from urllib.parse import quote
 
 import pytest
 
+from servletkit import hookimpl
+from servletkit.container.config import parse_config
+from servletkit.container.context import PluginContext
 from servletkit.container.homeserver import HomeserverClient, MatrixRequestError
+from servletkit.container.plugins import PluginSource
+from servletkit.container.runtime import Container
 
 pytestmark = pytest.mark.integration
 
@@ -151,3 +156,35 @@ class TestErrors:
                 await client.whoami()
         assert (info.value.status, info.value.errcode) == (401, "M_UNKNOWN_TOKEN")
         assert "not-the-token" not in str(info.value)
+
+
+class Greeter:
+    """A plugin that, on init, makes its virtual user join the configured room and speak."""
+
+    @hookimpl
+    async def servlet_init(self, context: PluginContext) -> None:
+        hs = context.homeserver
+        user = hs.as_user(await hs.register(context.config["localpart"]))
+        await user.set_displayname("Greeter")
+        await user.join(context.config["room"])
+        await user.send_message(context.config["room"], "servlet up")
+
+
+async def test_plugin_acts_through_context_homeserver(synapse, appservice_section, new_user):
+    """A plugin loaded by the container acts in a real room through context.homeserver."""
+    alice = new_user()
+    room_id = await alice.create_room(preset="public_chat")
+    localpart = f"_test_greeter_{uuid.uuid4().hex[:6]}"
+    config = parse_config({
+        "homeserver": {"url": synapse.url, "server_name": "localhost"},
+        "appservice": appservice_section,
+        "plugins": {"greeter": {"localpart": localpart, "room": room_id}},
+    })
+    container = Container(config, [PluginSource("greeter", obj=Greeter())])
+    container.load()
+    await container.start()
+    await container.stop()
+    assert container.errors == []
+    [greeting] = [e for e in await alice.messages(room_id) if e["type"] == "m.room.message"]
+    assert (greeting["sender"], greeting["content"]["body"]) == (
+        f"@{localpart}:localhost", "servlet up")
