@@ -6,6 +6,7 @@ import logging
 import uuid
 from urllib.parse import quote
 
+import httpx
 import pytest
 
 from servletkit import hookimpl
@@ -188,3 +189,22 @@ async def test_plugin_acts_through_context_homeserver(synapse, appservice_sectio
     [greeting] = [e for e in await alice.messages(room_id) if e["type"] == "m.room.message"]
     assert (greeting["sender"], greeting["content"]["body"]) == (
         f"@{localpart}:localhost", "servlet up")
+
+
+async def test_connections_are_reused(synapse, appservice_section):
+    """Sequential requests by the bot and its virtual users travel over one kept-alive socket."""
+    local_ports = []
+
+    async def record(response: httpx.Response) -> None:
+        stream = response.extensions["network_stream"]
+        local_ports.append(stream.get_extra_info("client_addr")[1])
+
+    async with httpx.AsyncClient(event_hooks={"response": [record]}) as http:
+        bot = HomeserverClient(synapse.url, appservice_section["as_token"], "localhost",
+                               appservice_section["sender_localpart"], http=http)
+        juliet = bot.as_user(await bot.register("_test_juliet"))
+        for _ in range(3):
+            assert await bot.whoami() == bot.user_id
+            assert await juliet.whoami() == juliet.user_id
+    assert len(local_ports) == 7
+    assert len(set(local_ports)) == 1
