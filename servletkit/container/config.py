@@ -176,15 +176,16 @@ class Config:
 def _sections() -> dict[str, type]:
     """The container's top-level sections: every attrs-typed field of :class:`Config`.
 
-    A wire adds its section by adding a field to :class:`Config`; an optional
-    section (``Section | None = None``) is ``None`` when the file has no table.
+    A wire adds its section by adding a field to :class:`Config`, typed with the
+    section's class, or ``Class | None`` for a section that may be absent.
     """
+    hints = typing.get_type_hints(Config)
     sections = {}
-    for name, hint in typing.get_type_hints(Config).items():
-        options = [arg for arg in typing.get_args(hint) if arg is not type(None)]
-        section = options[0] if len(options) == 1 else hint
+    for field in attrs.fields(Config):
+        options = [arg for arg in typing.get_args(hints[field.name]) if arg is not type(None)]
+        section = options[0] if len(options) == 1 else hints[field.name]
         if attrs.has(section):
-            sections[name] = section
+            sections[field.name] = section
     return sections
 
 

@@ -10,6 +10,7 @@ import attrs
 
 from servletkit.container.config import Config, ConfigError, PluginSettings
 from servletkit.container.context import PluginContext
+from servletkit.container.homeserver import HomeserverClient
 from servletkit.container.plugins import (
     PluginError,
     PluginSource,
@@ -38,6 +39,14 @@ class PluginStatus:
     order: int
     live: bool
     error: PluginError | None = None
+
+
+def homeserver_client(config: Config) -> HomeserverClient | None:
+    """The client plugins share as ``context.homeserver``; ``None`` without ``[appservice]``."""
+    if config.appservice is None:
+        return None
+    return HomeserverClient(config.homeserver.url, config.appservice.as_token,
+                            config.homeserver.server_name, config.appservice.sender_localpart)
 
 
 class Container:
@@ -70,6 +79,7 @@ class Container:
         self._objects: dict[str, Any] = {}
         self._contexts: dict[str, PluginContext] = {}
         self._live: set[str] = set()
+        self.homeserver = homeserver_client(config)
 
     # -- loading -------------------------------------------------------------
 
@@ -103,7 +113,8 @@ class Container:
 
     def make_context(self, name: str, options: Any) -> PluginContext:
         """The context handed to plugin ``name``'s hooks (wires extend what it carries)."""
-        return PluginContext.create(name, options, store=PluginStore(self.store, name))
+        return PluginContext.create(name, options, self.homeserver,
+                                    store=PluginStore(self.store, name))
 
     def settings(self, name: str) -> PluginSettings:
         """The container's settings for plugin ``name`` (defaults when it has no table)."""
@@ -123,8 +134,7 @@ class Container:
     # -- lifecycle -----------------------------------------------------------
 
     async def start(self) -> None:
-        """Open the store, run ``servlet_init`` for each loaded plugin; failed ones are unloaded."""
-        self.store.open()
+        """Run ``servlet_init`` for each loaded plugin; the ones that fail are unloaded."""
         for name in list(self._objects):
             try:
                 for init in iter_plugin_impls(self.pm, "servlet_init", name):
@@ -137,7 +147,7 @@ class Container:
         self._rebuild()
 
     async def stop(self) -> None:
-        """Stop dispatching, let background observers finish, run ``servlet_destroy``."""
+        """Stop dispatching, let observers finish, run ``servlet_destroy``, close the client."""
         live, self._live = self._live, set()
         self._rebuild()
         await self.dispatcher.drain()
@@ -147,6 +157,8 @@ class Container:
                     await await_me_maybe(destroy(self._contexts[name]))
             except Exception as exc:
                 self._fail(describe_failure(name, "destroy", exc))
+        if self.homeserver is not None:
+            await self.homeserver.aclose()
         self.store.close()
 
     def _rebuild(self) -> None:

@@ -102,7 +102,7 @@ class Store(Protocol):
     """What the container needs from durable storage. All methods are synchronous and short."""
 
     def open(self) -> None:
-        """Create or open the storage; called once before any other method."""
+        """Create or open the storage (the embedded store also does it on first use)."""
 
     def close(self) -> None:
         """Release the storage."""
