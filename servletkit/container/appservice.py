@@ -220,7 +220,9 @@ class AppserviceWire:
         assert isinstance(outcome.decision, Veto)
         reason = outcome.decision.reason
         try:
-            await self._container.homeserver.redact(event.room_id, event.event_id, reason)
+            # a txn_id derived from the event makes a redelivered veto one redaction
+            await self._container.homeserver.redact(event.room_id, event.event_id, reason,
+                                                    txn_id=f"servletkit-veto-{event.event_id}")
         except Exception as exc:
             log.error("could not redact %s (vetoed by plugin %r): %s", event.event_id,
                       outcome.decided_by, exc)

@@ -144,6 +144,12 @@ class _Resumed:
                     return stop.value
 
 
+async def _within(coro: Coroutine[Any, Any, Any], budget_s: float) -> Any:
+    """Run a plugin coroutine to its end (in the task awaiting this) within ``budget_s``."""
+    async with asyncio.timeout(budget_s):
+        return await coro
+
+
 async def _finish(coro: Coroutine[Any, Any, Any], yielded: Any, remaining_s: float) -> Any:
     """Let a suspended plugin coroutine finish within ``remaining_s`` seconds."""
     if remaining_s <= 0:
@@ -155,7 +161,7 @@ async def _finish(coro: Coroutine[Any, Any, Any], yielded: Any, remaining_s: flo
 
 _TASK, _DEADLINE, _FIRED = 0, 1, 2
 _TIMED_OUT: Final = object()
-_EMPTY_CHAIN: Final[tuple[tuple[Slot, ...], bool]] = ((), False)
+_EMPTY_CHAIN: Final[tuple[tuple[Slot, ...], int]] = ((), 0)
 _NO_OPINION: Final = {hook: Outcome(hook, None, None) for hook in INTERCEPTION_HOOKS}
 
 _current_tasks = getattr(asyncio.tasks, "_current_tasks", None)
@@ -253,7 +259,7 @@ class Dispatcher:
 
     def __init__(self, pm: pluggy.PluginManager) -> None:
         self._pm = pm
-        self._chains: dict[str, tuple[tuple[Slot, ...], bool]] = {}
+        self._chains: dict[str, tuple[tuple[Slot, ...], int]] = {}  # slots, how many async
         self._background: set[asyncio.Task[Any]] = set()
         self._watchdog = _Watchdog()
 
@@ -264,7 +270,7 @@ class Dispatcher:
         Order: policy ``order``, then ``tryfirst``/normal/``trylast``, then
         ``position`` (the plugin's place in the config), then name.
         """
-        chains: dict[str, tuple[tuple[Slot, ...], bool]] = {}
+        chains: dict[str, tuple[tuple[Slot, ...], int]] = {}
         for hook_name in INTERCEPTION_HOOKS | OBSERVATION_HOOKS | QUERY_HOOKS:
             caller = getattr(self._pm.hook, hook_name, None)
             if caller is None:
@@ -288,7 +294,7 @@ class Dispatcher:
                 entries.append(((policy.order, rank, policy.position, impl.plugin_name), slot))
             entries.sort(key=lambda entry: entry[0])
             slots = tuple(slot for _, slot in entries)
-            chains[hook_name] = (slots, any(slot.is_async for slot in slots))
+            chains[hook_name] = (slots, sum(slot.is_async for slot in slots))
         self._chains = chains
 
     def chain(self, hook: str) -> tuple[Slot, ...]:
@@ -388,22 +394,28 @@ class Dispatcher:
         """Run every implementation of observation ``hook`` concurrently; wait for all.
 
         Each plugin gets its own budget; failures are logged and returned, never raised.
+        A plugin coroutine runs in one task from start to end (anyio, under httpx,
+        refuses a cancel scope that changes task): when it is the chain's only
+        async implementation, in the caller's task; otherwise each in its own task.
         """
+        chain, n_async = self._chains.get(hook, _EMPTY_CHAIN)
         pending: list[tuple[Slot, Awaitable[Any], float]] = []
         failures: list[PluginFailure] = []
-        for slot in self.chain(hook):
+        for slot in chain:
             start = time.perf_counter()
             try:
                 answer = slot.call(*args, slot.context)
                 if slot.is_async:
+                    if n_async > 1:
+                        pending.append((slot, _within(answer, slot.budget_s), start))
+                        continue
                     try:
                         yielded = answer.send(None)
                     except StopIteration:
                         pass
                     else:
                         remaining = slot.budget_s - (time.perf_counter() - start)
-                        pending.append((slot, _finish(answer, yielded, remaining), start))
-                        continue
+                        await _finish(answer, yielded, remaining)
                 self._record(slot, start)
             except Exception as exc:
                 failures.append(self._observation_failed(slot, hook, exc, start))

@@ -3,17 +3,28 @@ integration tests) a real Synapse that pushes to a ``servletkit run`` subprocess
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable, Mapping
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import httpx
 import pytest
 
 from servletkit.container.app import build_app
-from servletkit.container.plugins import PluginSource
+from servletkit.container.config import load_config
+from servletkit.container.plugins import PluginSource, installed_plugins
+from servletkit.container.registration import dump_yaml, registration
 from servletkit.container.runtime import Container
-from tests.appservice.support import container_config
+from servletkit.container.store import PluginStore, SqliteStore
+from servletkit.testing.synapse import SynapseServer, free_port, start_synapse
+from tests.appservice.support import HS_TOKEN, container_config, eventually
 
 Wire = tuple[Container, httpx.AsyncClient]
 
@@ -40,3 +51,160 @@ async def make_wire(tmp_path: Path) -> AsyncIterator[Callable[..., Any]]:
     for container, client in reversed(started):
         await client.aclose()
         await container.stop()
+
+
+# -------------------------------------------------------------------------
+# Integration: a real Synapse pushing to a `servletkit run` subprocess
+# -------------------------------------------------------------------------
+
+REPO = Path(__file__).resolve().parents[2]
+PLUGIN = "astest"
+AS_ID = "servletkit-astest"
+AS_TOKEN = "astest-as-token"
+BOT = "astestbot"
+
+
+class Deployment:
+    """The container (a subprocess on a fixed port) and the Synapse it is registered with."""
+
+    def __init__(self, workdir: Path, config_path: Path, port: int, env: dict[str, str]) -> None:
+        self.workdir = workdir
+        self.config_path = config_path
+        self.port = port
+        self.env = env
+        self.url = f"http://127.0.0.1:{port}"
+        self.process: subprocess.Popen[bytes] | None = None
+        self.synapse: SynapseServer | None = None
+        self.bot_id = f"@{BOT}:localhost"
+
+    def start_container(self, timeout: float = 30.0) -> None:
+        """Start ``servletkit run`` and wait until its health endpoint answers."""
+        log = open(self.workdir / "container.log", "ab")  # noqa: SIM115 (the child owns it)
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "servletkit.container.cli", "run", "--config",
+             str(self.config_path)],
+            stdout=log, stderr=subprocess.STDOUT, env=self.env, cwd=self.workdir,
+        )
+        log.close()
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"servletkit run exited; see {self.workdir / 'container.log'}")
+            try:
+                if httpx.get(f"{self.url}/_servletkit/health", timeout=1).status_code == 200:
+                    return
+            except httpx.TransportError:
+                pass
+            time.sleep(0.05)
+        raise RuntimeError(f"servletkit run did not answer within {timeout:g} s")
+
+    def kill_container(self) -> None:
+        """SIGKILL the container: no shutdown, no flush, like a crash."""
+        assert self.process is not None
+        self.process.send_signal(signal.SIGKILL)
+        self.process.wait(10)
+
+    def stop_container(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+    def plugin_data(self, prefix: str) -> dict[str, Any]:
+        """What the test plugin has durably stored under ``prefix`` (read from the SQLite file)."""
+        store = SqliteStore(self.workdir / "servletkit.db")
+        try:
+            plugin = PluginStore(store, PLUGIN)
+            return {key.removeprefix(prefix): value for key, value in plugin.items(prefix)}
+        finally:
+            store.close()
+
+
+@pytest.fixture(scope="session")
+def deployment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]:
+    """The container with the test plugin, then a real Synapse that pushes to it (once)."""
+    workdir = tmp_path_factory.mktemp("appservice")
+    site = workdir / "site"
+    dist_info = site / "servletkit_astest-0.1.dist-info"
+    dist_info.mkdir(parents=True)
+    (dist_info / "METADATA").write_text(
+        "Metadata-Version: 2.1\nName: servletkit-astest\nVersion: 0.1\n")
+    (dist_info / "entry_points.txt").write_text(
+        f"[servletkit.plugins]\n{PLUGIN} = tests.appservice.astest_plugin\n")
+    hs_port, port = free_port(), free_port()
+    plugins = {name: {"enabled": False} for name in installed_plugins()}
+    config_path = workdir / "servletkit.toml"
+    config_path.write_text("\n".join([
+        f'[server]\nhost = "127.0.0.1"\nport = {port}',
+        f'[homeserver]\nurl = "http://127.0.0.1:{hs_port}"\nserver_name = "localhost"',
+        f'[appservice]\nid = "{AS_ID}"\nas_token = "{AS_TOKEN}"\nhs_token = "{HS_TOKEN}"',
+        f'sender_localpart = "{BOT}"\nenforce_vetoes = "redact"\nreceive_ephemeral = true',
+        '[[appservice.namespaces.users]]\nregex = "@_astest_.*:localhost"\nexclusive = true',
+        '[[appservice.namespaces.aliases]]\nregex = "#_astest_.*:localhost"\nexclusive = true',
+        *(f"[plugins.{name}]\nenabled = false" for name in plugins),
+        f"[plugins.{PLUGIN}]\ntimeout_ms = 10000",
+    ]) + "\n")
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(
+        [str(site), str(REPO), *filter(None, [env.get("PYTHONPATH")])])
+    deployment = Deployment(workdir, config_path, port, env)
+    deployment.start_container()
+    try:
+        registration_file = workdir / "registration.yaml"
+        registration_file.write_text(dump_yaml(registration(load_config(config_path))))
+        deployment.synapse = start_synapse(workdir / "synapse", port=hs_port,
+                                           app_service_config_files=[registration_file])
+        yield deployment
+    finally:
+        deployment.stop_container()
+        if deployment.synapse is not None:
+            deployment.synapse.stop()
+
+
+class User:
+    """A real Matrix user with a password account, talking to Synapse over HTTP."""
+
+    def __init__(self, http: httpx.AsyncClient, user_id: str) -> None:
+        self.http = http
+        self.user_id = user_id
+
+    async def call(self, method: str, path: str, body: Any = None, **params: Any) -> Any:
+        """One client-server request; fail the test on a non-2xx answer."""
+        response = await self.http.request(method, f"/_matrix/client/v3{path}", json=body,
+                                           params=params)
+        assert response.is_success, f"{method} {path}: {response.status_code} {response.text}"
+        return response.json()
+
+    async def send(self, room_id: str, body: str) -> str:
+        path = f"/rooms/{quote(room_id)}/send/m.room.message/{uuid.uuid4().hex}"
+        return (await self.call("PUT", path, {"msgtype": "m.text", "body": body}))["event_id"]
+
+    async def members(self, room_id: str) -> set[str]:
+        return set((await self.call("GET", f"/rooms/{quote(room_id)}/joined_members"))["joined"])
+
+    async def room_with_bot(self, bot_id: str) -> str:
+        """A public room where the appservice bot is invited with power to redact; it joins."""
+        room_id = (await self.call("POST", "/createRoom", {
+            "preset": "public_chat", "invite": [bot_id],
+            "power_level_content_override": {"users": {bot_id: 100}},
+        }))["room_id"]
+        await eventually(lambda: self._has_member(room_id, bot_id))
+        return room_id
+
+    async def _has_member(self, room_id: str, user_id: str) -> bool:
+        return user_id in await self.members(room_id)
+
+
+@pytest.fixture
+async def alice(deployment: Deployment) -> AsyncIterator[User]:
+    """A freshly registered real user."""
+    assert deployment.synapse is not None
+    account = deployment.synapse.register(f"alice{uuid.uuid4().hex[:8]}")
+    async with httpx.AsyncClient(
+        base_url=deployment.synapse.url, timeout=30,
+        headers={"Authorization": f"Bearer {account['access_token']}"},
+    ) as http:
+        yield User(http, account["user_id"])

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
+import inspect
 import itertools
+import time
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -41,3 +44,17 @@ def container_config(tmp_path: Path, plugins: Mapping[str, Any], **appservice: A
         },
         tmp_path / "servletkit.toml",
     )
+
+
+async def eventually(check: Any, within: float = 15.0, interval: float = 0.05) -> Any:
+    """Poll ``check()`` (sync or async) until it returns something truthy, for ``within`` s."""
+    deadline = time.monotonic() + within
+    while True:
+        result = check()
+        if inspect.isawaitable(result):
+            result = await result
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            raise AssertionError(f"still {result!r} after {within:g} s")
+        await asyncio.sleep(interval)

@@ -41,7 +41,7 @@ class FakeHomeserver:
         self.redacted: list[tuple[str, str, str | None]] = []
         self.fail = fail
 
-    async def redact(self, room_id, event_id, reason=None):
+    async def redact(self, room_id, event_id, reason=None, *, txn_id=None):
         if self.fail:
             raise MatrixRequestError("PUT", "/redact", 403, "M_FORBIDDEN", "no power")
         self.redacted.append((room_id, event_id, reason))
