@@ -22,8 +22,10 @@ store (messages sent to Matrix, calls to other services) may happen twice in
 that window; make them idempotent (e.g. a ``txn_id`` derived from the event id).
 
 **Order.** Transactions are handled one at a time, in the order their requests
-arrive, and the events of a transaction in their order; so the events of a
-room reach the plugins in the homeserver's order.
+arrive. Within one, its events go through the ``on_send_event`` chain in their
+order, then to the ``on_stored_event`` observers in their order (each event's
+observers finish before the next event's start); so the events of a room reach
+every hook in the homeserver's order.
 
 **Decisions.** The events are already stored. ``Veto``: with ``[appservice]
 enforce_vetoes = "redact"`` the event is redacted as the appservice user with
@@ -194,26 +196,27 @@ class AppserviceWire:
         intercepting = bool(dispatcher.chain("on_send_event"))
         observing = bool(dispatcher.chain("on_stored_event"))
         if not (intercepting or observing):
-            return
-        vetoed: list[tuple[Event, Outcome]] = []
+            return  # no plugin wants events: do not even build them
+        built = []
         for raw in events:
             try:
-                event = Event.from_json(raw)
+                built.append(Event.from_json(raw))
             except EventFormatError as exc:
                 log.warning("transaction %s: skipped a malformed event: %s", txn_id, exc)
-                continue
-            if intercepting:
+        if intercepting:
+            vetoed: list[tuple[Event, Outcome]] = []
+            for event in built:
                 outcome = await dispatcher.intercept("on_send_event", event)
                 if outcome.decision is not None:
                     batch.audit.append(_audit_record(outcome, event))
                     if outcome.vetoed and self._config.enforce_vetoes == "redact":
                         vetoed.append((event, outcome))
-            if observing:
-                await dispatcher.observe("on_stored_event", event)
-        if vetoed:
-            records = await asyncio.gather(*(self._redact(event, outcome)
-                                             for event, outcome in vetoed))
-            batch.audit.extend(records)
+            if vetoed:
+                records = await asyncio.gather(*(self._redact(event, outcome)
+                                                 for event, outcome in vetoed))
+                batch.audit.extend(records)
+        if observing:
+            await dispatcher.observe_each("on_stored_event", built)
 
     async def _redact(self, event: Event, outcome: Outcome) -> AuditRecord:
         """Carry out a Veto on a stored event: redact it as the appservice user."""

@@ -185,6 +185,12 @@ class SqliteStore:
         """One SQLite transaction: the plugin writes, the audit records, the transaction id."""
         batch.open = False
         db = self._conn
+        if txn_id is not None and not batch.writes and not batch.audit:
+            # nothing but the id: one statement, committed on its own
+            db.execute("INSERT OR IGNORE INTO transactions VALUES (?, ?)", (txn_id, time.time()))
+            if txn_id not in self._recent_set:
+                self._remember(txn_id)
+            return
         db.execute("BEGIN")
         try:
             if txn_id is not None:

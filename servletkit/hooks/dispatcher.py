@@ -430,6 +430,32 @@ class Dispatcher:
                     self._record(slot, start)
         return tuple(failures)
 
+    async def observe_each(self, hook: str, items: Iterable[Any]) -> tuple[PluginFailure, ...]:
+        """Observe ``items`` one after the other: an item's observers finish before the next's.
+
+        The same as awaiting :meth:`observe` for each item (``hook`` takes one argument
+        besides ``context``), but when every implementation is synchronous the items
+        are run in one loop, without a coroutine per item.
+        """
+        chain, n_async = self._chains.get(hook, _EMPTY_CHAIN)
+        failures: list[PluginFailure] = []
+        if n_async:
+            for item in items:
+                failures.extend(await self.observe(hook, item))
+            return tuple(failures)
+        clock = time.perf_counter
+        for item in items:
+            for slot in chain:
+                start = clock()
+                try:
+                    slot.call(item, slot.context)
+                except Exception as exc:
+                    failures.append(self._observation_failed(slot, hook, exc, start))
+                    continue
+                slot.calls += 1
+                slot.total_s += clock() - start
+        return tuple(failures)
+
     async def first_answer(
         self, hook: str, *args: Any, accept: Callable[[Any], bool] | None = None
     ) -> tuple[str | None, Any]:

@@ -57,3 +57,34 @@ async def test_single_async_observer_over_budget_times_out():
     dispatcher.rebuild({"slow": (PluginPolicy(timeout_ms=20), None)})
     [failure] = await dispatcher.observe("on_stored_event", object())
     assert (failure.plugin, failure.kind) == ("slow", "timed_out")
+
+
+async def test_observe_each_keeps_order_and_reports_failures():
+    """observe_each runs the items in order, through sync and async observers alike."""
+    seen = []
+
+    class Sync:
+        @hookimpl
+        def on_stored_event(self, event):
+            if event == "bad":
+                raise ValueError(event)
+            seen.append(("sync", event))
+
+    class Async:
+        @hookimpl
+        async def on_stored_event(self, event):
+            await asyncio.sleep(0)
+            seen.append(("async", event))
+
+    for plugins in ({"s": Sync()}, {"s": Sync(), "a": Async()}):
+        seen.clear()
+        pm = new_plugin_manager()
+        for name, obj in plugins.items():
+            register(pm, PluginSource(name, obj=obj))
+        dispatcher = Dispatcher(pm)
+        dispatcher.rebuild({name: (PluginPolicy(), None) for name in plugins})
+        [failure] = await dispatcher.observe_each("on_stored_event", ["one", "bad", "two"])
+        assert (failure.plugin, failure.kind) == ("s", "raised")
+        assert [e for kind, e in seen if kind == "sync"] == ["one", "two"]
+        if "a" in plugins:
+            assert [e for kind, e in seen if kind == "async"] == ["one", "bad", "two"]

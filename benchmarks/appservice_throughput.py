@@ -1,0 +1,261 @@
+"""Events per second through ``PUT /_matrix/app/v1/transactions/{txnId}``, and the latency
+of one transaction at a time: servletkit beside a bare Starlette endpoint and mautrix-python.
+
+Run (needs ``wrk``: ``apt-get install -y wrk``; and the ``bench`` extra)::
+
+    .venv/bin/python benchmarks/appservice_throughput.py            # 10 s per load run
+    .venv/bin/python benchmarks/appservice_throughput.py --duration 5 --connections 16
+
+Each server runs in its own process, one at a time, on 127.0.0.1:
+
+* **servletkit**: the container's app (``build_app``) with the appservice wire, one no-op
+  plugin implementing ``on_stored_event``, the SQLite store (WAL, ``synchronous = normal``)
+  with deduplication on; served by uvicorn, one worker, access log off.
+* **bare**: a Starlette endpoint that checks the token (``hmac.compare_digest``) and parses
+  the body (orjson, the parser servletkit uses) and answers ``{}``; same uvicorn settings.
+* **mautrix**: mautrix-python's ``AppService`` with one no-op event handler, served by its
+  own aiohttp server (it is an aiohttp app, so uvicorn cannot serve it); one process.
+
+Load: ``wrk`` with a Lua script that PUTs the same 100-event transaction body (Synapse's
+client-event format, ~29 KB) under a unique transaction id per request. Throughput:
+``--connections`` concurrent connections, one wrk thread. Latency: one connection, one
+transaction at a time (as Synapse sends them), wrk's p50/p99. Figures and ratios come
+from the same run; the machine is shared, so repeat runs and compare the ratios.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import hmac
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+HS_TOKEN = "bench-hs-token"
+EVENTS_PER_TXN = 100
+PREFIX = "/_matrix/app/v1/transactions/"
+
+LUA = """
+local counter = 0
+local threads = 0
+function setup(thread)
+  thread:set("tid", threads)
+  threads = threads + 1
+end
+function init(args)
+  local f = io.open(args[1], "rb")
+  body = f:read("*a")
+  f:close()
+  run = args[2]
+  auth = "Bearer " .. args[3]
+  prefix = args[4]
+end
+function request()
+  counter = counter + 1
+  local headers = {}
+  headers["Authorization"] = auth
+  headers["Content-Type"] = "application/json"
+  return wrk.format("PUT", prefix .. run .. "-" .. tid .. "-" .. counter, headers, body)
+end
+"""
+
+
+def transaction_body() -> bytes:
+    """A 100-event transaction as Synapse sends it."""
+    events = [
+        {
+            "age": 12, "content": {"body": f"message number {i} in the benchmark room",
+                                   "msgtype": "m.text"},
+            "event_id": f"$benchmark-event-{i:04d}-abcdefghijklmnopqrstuv",
+            "origin_server_ts": 1_700_000_000_000 + i, "room_id": f"!room{i % 7}:localhost",
+            "sender": "@alice:localhost", "type": "m.room.message",
+            "unsigned": {"age": 12}, "user_id": "@alice:localhost",
+        }
+        for i in range(EVENTS_PER_TXN)
+    ]
+    return json.dumps({"events": events, "ephemeral": []}).encode()
+
+
+# -- the servers (run in child processes: ``serve KIND PORT WORKDIR``) -----------------------
+
+
+def serve_servletkit(port: int, workdir: Path) -> None:
+    import uvicorn
+
+    from servletkit import hookimpl
+    from servletkit.container.app import build_app
+    from servletkit.container.config import parse_config
+    from servletkit.container.plugins import PluginSource, installed_plugins
+    from servletkit.container.runtime import Container
+
+    class NoOp:
+        @hookimpl
+        def on_stored_event(self, event):
+            return None
+
+    tables = {name: {"enabled": False} for name in installed_plugins()}
+    tables["noop"] = {}
+    config = parse_config({
+        "appservice": {"as_token": "bench-as-token", "hs_token": HS_TOKEN},
+        "store": {"path": "bench.db", "synchronous": "normal"},
+        "plugins": tables,
+    }, workdir / "servletkit.toml")
+    container = Container(config, [PluginSource("noop", obj=NoOp())])
+    container.load()
+    uvicorn.run(build_app(container), host="127.0.0.1", port=port, log_level="warning",
+                access_log=False, lifespan="on")
+
+
+def serve_bare(port: int, workdir: Path) -> None:
+    import orjson
+    import uvicorn
+    from starlette.applications import Starlette
+    from starlette.requests import Request
+    from starlette.responses import JSONResponse, Response
+    from starlette.routing import Route
+
+    token = HS_TOKEN.encode()
+
+    async def transaction(request: Request) -> Response:
+        header = request.headers.get("authorization", "")
+        if not hmac.compare_digest(header.removeprefix("Bearer ").encode(), token):
+            return JSONResponse({"errcode": "M_FORBIDDEN"}, 403)
+        orjson.loads(await request.body())
+        return Response(b"{}", media_type="application/json")
+
+    app = Starlette(routes=[Route(PREFIX + "{txn_id}", transaction, methods=["PUT"])])
+    uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning", access_log=False)
+
+
+def serve_mautrix(port: int, workdir: Path) -> None:
+    import logging
+
+    from mautrix.appservice import AppService
+
+    logging.basicConfig(level=logging.WARNING)
+
+    async def main() -> None:
+        appservice = AppService(server="http://127.0.0.1:9", domain="localhost",
+                                as_token="bench-as-token", hs_token=HS_TOKEN,
+                                bot_localpart="bench", id="bench")
+
+        @appservice.matrix_event_handler
+        async def noop(event: object) -> None:
+            return None
+
+        await appservice.start("127.0.0.1", port)
+        await asyncio.Event().wait()
+
+    asyncio.run(main())
+
+
+SERVERS = {"servletkit": serve_servletkit, "bare": serve_bare, "mautrix": serve_mautrix}
+
+
+# -- the driver ---------------------------------------------------------------------------------
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def start_server(kind: str, workdir: Path) -> tuple[subprocess.Popen[bytes], int]:
+    port = free_port()
+    process = subprocess.Popen([sys.executable, __file__, "serve", kind, str(port), str(workdir)],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    body = json.dumps({"events": []}).encode()
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        try:
+            request = urllib.request.Request(
+                f"http://127.0.0.1:{port}{PREFIX}warmup", data=body, method="PUT",
+                headers={"Authorization": f"Bearer {HS_TOKEN}",
+                         "Content-Type": "application/json"})
+            urllib.request.urlopen(request, timeout=1).read()
+            return process, port
+        except OSError:
+            time.sleep(0.1)
+    process.kill()
+    raise SystemExit(f"{kind} server did not start")
+
+
+def run_wrk(port: int, script: Path, body_file: Path, run_id: str, *, connections: int,
+            duration: float) -> dict[str, float]:
+    """Run wrk; return requests/s, non-2xx count, and latency percentiles in ms."""
+    output = subprocess.run(
+        ["wrk", "-t1", f"-c{connections}", f"-d{max(1, round(duration))}s", "--latency",
+         "-s", str(script), f"http://127.0.0.1:{port}",
+         "--", str(body_file), run_id, HS_TOKEN, PREFIX],
+        capture_output=True, text=True, check=True,
+    ).stdout
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", output).group(1))
+    errors = re.search(r"Non-2xx or 3xx responses: (\d+)", output)
+    latency = {p: _ms(m) for p, m in re.findall(r"^\s+(50|99)%\s+(\S+)$", output, re.M)}
+    return {"rps": rps, "non2xx": float(errors.group(1)) if errors else 0.0,
+            "p50_ms": latency.get("50", float("nan")), "p99_ms": latency.get("99", float("nan"))}
+
+
+def _ms(text: str) -> float:
+    value, unit = re.match(r"([\d.]+)(\w+)", text).groups()
+    return float(value) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[unit]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--duration", type=float, default=10.0, help="seconds per wrk run")
+    parser.add_argument("--connections", type=int, default=16, help="concurrent connections")
+    args = parser.parse_args()
+    if shutil.which("wrk") is None:
+        raise SystemExit("wrk is not installed: apt-get install -y wrk")
+    results: dict[str, dict[str, dict[str, float]]] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        workdir = Path(tmp)
+        body_file = workdir / "transaction.json"
+        body_file.write_bytes(transaction_body())
+        script = workdir / "transactions.lua"
+        script.write_text(LUA)
+        for kind in SERVERS:
+            process, port = start_server(kind, workdir)
+            try:
+                load = run_wrk(port, script, body_file, f"{kind}-load",
+                               connections=args.connections, duration=args.duration)
+                single = run_wrk(port, script, body_file, f"{kind}-single", connections=1,
+                                 duration=max(3.0, args.duration / 2))
+            finally:
+                process.terminate()
+                process.wait(10)
+            results[kind] = {"load": load, "single": single}
+    print(f"PUT /transactions, {EVENTS_PER_TXN} events each, {args.connections} connections, "
+          f"{args.duration:g} s (cpus: {os.cpu_count()})")
+    print(f"{'server':<11} {'events/s':>10} {'txn/s':>8} {'non-2xx':>8} "
+          f"{'1-at-a-time p50':>16} {'p99':>8}")
+    for kind, r in results.items():
+        print(f"{kind:<11} {r['load']['rps'] * EVENTS_PER_TXN:>10,.0f} {r['load']['rps']:>8,.0f} "
+              f"{r['load']['non2xx'] + r['single']['non2xx']:>8,.0f} "
+              f"{r['single']['p50_ms']:>13.3f} ms {r['single']['p99_ms']:>5.3f} ms")
+    ours = results["servletkit"]["load"]["rps"]
+    bare = results["bare"]["load"]["rps"]
+    mautrix = results["mautrix"]["load"]["rps"]
+    p50 = results["servletkit"]["single"]["p50_ms"]
+    print(f"servletkit / bare:    {ours / bare:6.1%}   (target >= 50%)")
+    print(f"servletkit / mautrix: {ours / mautrix:6.1f}x  (target >= 10x)")
+    print(f"servletkit one transaction at a time: p50 {p50:.3f} ms  (target < 1 ms)")
+
+
+if __name__ == "__main__":
+    if len(sys.argv) == 5 and sys.argv[1] == "serve":
+        SERVERS[sys.argv[2]](int(sys.argv[3]), Path(sys.argv[4]))
+    else:
+        main()
