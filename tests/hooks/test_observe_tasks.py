@@ -86,5 +86,7 @@ async def test_observe_each_keeps_order_and_reports_failures():
         [failure] = await dispatcher.observe_each("on_stored_event", ["one", "bad", "two"])
         assert (failure.plugin, failure.kind) == ("s", "raised")
         assert [e for kind, e in seen if kind == "sync"] == ["one", "two"]
+        [sync_timing] = [t for t in dispatcher.timings() if t.plugin == "s"]
+        assert (sync_timing.calls, sync_timing.failures) == (3, 1)
         if "a" in plugins:
             assert [e for kind, e in seen if kind == "async"] == ["one", "bad", "two"]
