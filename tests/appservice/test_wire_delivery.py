@@ -62,6 +62,16 @@ class TestExactlyOnce:
         assert (response.status_code, response.json()) == (200, {})
         assert recorder.seen == [("!room:localhost", first["event_id"])]
 
+    async def test_a_retry_racing_the_first_attempt_is_not_delivered_twice(self, make_wire):
+        """The same id sent while the first attempt still runs waits for it, then is a no-op."""
+        recorder = Recorder(delay=True)
+        _, client = await make_wire({"rec": recorder})
+        events = [new_event() for _ in range(5)]
+        first, retry = await asyncio.gather(put(client, "9", {"events": events}),
+                                            put(client, "9", {"events": events}))
+        assert (first.status_code, retry.status_code) == (200, 200)
+        assert [event_id for _, event_id in recorder.seen] == [e["event_id"] for e in events]
+
     async def test_dedupe_survives_a_restart(self, make_wire):
         """A new container on the same store still knows the committed ids and plugin data."""
         recorder = Recorder()
