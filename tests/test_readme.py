@@ -5,14 +5,15 @@ from __future__ import annotations
 import re
 import tomllib
 import types
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
 
-from servletkit import Event, Modify, Veto
-from servletkit.container.config import parse_config
-from servletkit.container.plugins import ENTRY_POINT_GROUP, PluginSource
+from servletkit import Modify, Veto
+from servletkit.container.plugins import ENTRY_POINT_GROUP
 from servletkit.container.runtime import Container
+from servletkit.testing import make_event, running_container
 
 README = (Path(__file__).resolve().parents[1] / "README.md").read_text()
 
@@ -40,35 +41,27 @@ def test_the_pyproject_declares_the_entry_point() -> None:
     assert pyproject["project"]["entry-points"][ENTRY_POINT_GROUP] == {"quiet_room": "quiet_room"}
 
 
-def event(body: str) -> Event:
-    return Event.from_json({"event_id": "$1", "room_id": "!r:hs", "type": "m.room.message",
-                            "sender": "@a:hs", "content": {"msgtype": "m.text", "body": body}})
-
-
 @pytest.fixture
-async def container(monkeypatch: pytest.MonkeyPatch) -> Container:
-    monkeypatch.setattr("servletkit.container.runtime.installed_plugins", dict)
+async def container() -> AsyncIterator[Container]:
     module = types.ModuleType("quiet_room")
     exec(compile(block("python", "quiet_room"), "README.md", "exec"), module.__dict__)
-    config = parse_config(tomllib.loads(block("toml", "[plugins.quiet_room]")), "servletkit.toml")
-    c = Container(config, [PluginSource("quiet_room", obj=module)])
-    c.load()
-    await c.start()
-    return c
+    config = tomllib.loads(block("toml", "[plugins.quiet_room]"))
+    async with running_container({"quiet_room": module}, config) as c:
+        yield c
 
 
 async def test_the_quickstart_plugin_vetoes_shouting(container: Container) -> None:
-    outcome = await container.dispatcher.intercept("on_send_event", event("STOP THAT"))
+    outcome = await container.dispatcher.intercept("on_send_event", make_event("STOP THAT"))
     assert outcome.decision == Veto("Please don't shout in here")
     assert outcome.decided_by == "quiet_room"
 
 
 async def test_the_quickstart_plugin_modifies_whispers(container: Container) -> None:
-    outcome = await container.dispatcher.intercept("on_send_event", event("psst HELLO"))
+    outcome = await container.dispatcher.intercept("on_send_event", make_event("psst HELLO"))
     assert outcome.decision == Modify(content={"msgtype": "m.text", "body": "hello"})
 
 
 async def test_the_quickstart_plugin_reads_its_config(container: Container) -> None:
     assert container.settings("quiet_room").on_error == "deny"
-    outcome = await container.dispatcher.intercept("on_send_event", event("OK"))
+    outcome = await container.dispatcher.intercept("on_send_event", make_event("OK"))
     assert outcome.decision is None  # two letters: not over max_shout

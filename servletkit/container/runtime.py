@@ -43,13 +43,21 @@ class Container:
     """Plugins loaded according to a :class:`Config`, with a dispatcher over the live ones.
 
     ``extra_plugins`` are plugin sources handed in directly (tests, embedding)
-    in addition to the installed entry points. Nothing happens at construction;
+    in addition to the installed entry points (which ``include_installed=False``
+    leaves out). Nothing happens at construction;
     :meth:`load` imports and registers, :meth:`start` runs ``servlet_init``,
     :meth:`stop` runs ``servlet_destroy``.
     """
 
-    def __init__(self, config: Config, extra_plugins: Iterable[PluginSource] = ()) -> None:
+    def __init__(
+        self,
+        config: Config,
+        extra_plugins: Iterable[PluginSource] = (),
+        *,
+        include_installed: bool = True,
+    ) -> None:
         self.config = config
+        self._include_installed = include_installed
         self.pm = new_plugin_manager()
         self.dispatcher = Dispatcher(self.pm)
         self.errors: list[PluginError] = []
@@ -68,7 +76,8 @@ class Container:
         that is not installed. A plugin that fails to import or register is
         recorded in :attr:`errors` and the others load.
         """
-        self._sources = sources_for(installed_plugins(), self._extra)
+        installed = installed_plugins() if self._include_installed else {}
+        self._sources = sources_for(installed, self._extra)
         for table in self.config.plugins:
             if table.name not in self._sources:
                 available = ", ".join(sorted(self._sources)) or "none"
