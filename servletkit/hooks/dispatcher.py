@@ -97,9 +97,16 @@ class Slot:
     budget_s: float
     deny: bool
     allow_outcome: Outcome
-    calls: int = 0
+    index: int = 0
+    runs: list[int] = attrs.field(factory=lambda: [0])  # shared by the slots of one chain
+    skipped: int = 0  # chain runs that ended before reaching this slot
     total_s: float = 0.0
     failures: int = 0
+
+    @property
+    def calls(self) -> int:
+        """How often this implementation was called (counted without touching the hot path)."""
+        return self.runs[0] - self.skipped
 
 
 @attrs.frozen
@@ -162,8 +169,7 @@ async def _finish(coro: Coroutine[Any, Any, Any], yielded: Any, remaining_s: flo
 
 _TASK, _DEADLINE, _FIRED = 0, 1, 2
 _TIMED_OUT: Final = object()
-_EMPTY_CHAIN: Final[tuple[tuple[Slot, ...], int]] = ((), 0)
-_NO_OPINION: Final = {hook: Outcome(hook, None, None) for hook in INTERCEPTION_HOOKS}
+_clock: Final = time.perf_counter
 
 _current_tasks = getattr(asyncio.tasks, "_current_tasks", None)
 # The running task of a loop. CPython 3.11 keeps them in a dict: reading it
@@ -176,36 +182,40 @@ _task_of: Callable[[asyncio.AbstractEventLoop], asyncio.Task[Any] | None] = (
 class _Watchdog:
     """Cancels plugin coroutines that are still suspended after their deadline.
 
-    An interception call that has async plugins registers a record
-    ``[task, deadline, fired]`` and updates the deadline before each async
-    plugin. A timer, armed only while records exist, checks them every
-    :attr:`TICK_S` seconds and cancels the task of any record past its
-    deadline; the dispatcher absorbs that cancellation and applies the
-    plugin's failure policy. Precision is one tick.
+    Each task that runs interception chains with async plugins gets one record
+    ``[task, deadline, fired]`` (reused across its calls, dropped when the task
+    ends). The dispatcher writes the running plugin's deadline into it before
+    awaiting the plugin and resets it to infinity afterwards. A timer, armed
+    only while some record has a deadline, checks them every :attr:`TICK_S`
+    seconds and cancels the task of a record past its deadline; the dispatcher
+    then absorbs that cancellation and applies the plugin's failure policy.
+    Precision is one tick. A dispatcher serves one event loop at a time.
     """
 
     TICK_S: Final = 0.005
 
     def __init__(self) -> None:
-        self._watched: dict[int, list[Any]] = {}
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._timer: asyncio.TimerHandle | None = None
+        self.records: dict[asyncio.Task[Any], list[Any]] = {}
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self.timer: asyncio.TimerHandle | None = None
 
-    def watch(self) -> list[Any]:
-        loop = self._loop
+    def record(self) -> list[Any]:
+        """The current task's record; arms the timer."""
+        loop = self.loop
         task = _task_of(loop) if loop is not None else None
-        if task is None:  # first call, or a different (new) event loop
-            loop = self._loop = asyncio.get_running_loop()
-            self._timer = None
+        if task is None:  # first call, or a new event loop
+            loop = self.loop = asyncio.get_running_loop()
+            self.timer = None
             task = asyncio.current_task(loop)
-        record = [task, math.inf, False]
-        self._watched[id(record)] = record
-        if self._timer is None:
-            self._timer = loop.call_later(self.TICK_S, self._check)
+            if task is None:
+                raise RuntimeError("the dispatcher must be awaited from an asyncio task")
+        record = self.records.get(task)
+        if record is None:
+            record = self.records[task] = [task, math.inf, False]
+            task.add_done_callback(self.records.pop)
+        if self.timer is None:
+            self.timer = loop.call_later(self.TICK_S, self._check)
         return record
-
-    def unwatch(self, record: list[Any]) -> None:
-        del self._watched[id(record)]
 
     @staticmethod
     def absorb(record: list[Any] | None) -> bool:
@@ -217,23 +227,20 @@ class _Watchdog:
         return True
 
     def _check(self) -> None:
-        self._timer = None
-        if not self._watched or self._loop is None:
-            return
+        self.timer = None
         now = time.perf_counter()
-        for record in self._watched.values():
-            if not record[_FIRED] and now > record[_DEADLINE]:
+        waiting = False
+        for record in self.records.values():
+            deadline = record[_DEADLINE]
+            if deadline == math.inf or record[_FIRED]:
+                continue
+            if now > deadline:
                 record[_FIRED] = True
                 record[_TASK].cancel()
-        self._timer = self._loop.call_later(self.TICK_S, self._check)
-
-
-def _event_of(hook: str, args: tuple[Any, ...], modified_by: Slot | None) -> Any:
-    return args[0] if modified_by is not None and hook in MODIFIABLE_HOOKS else None
-
-
-def _no_opinion(hook: str) -> Outcome:
-    return _NO_OPINION.get(hook) or Outcome(hook, None, None)
+            else:
+                waiting = True
+        if waiting and self.loop is not None:
+            self.timer = self.loop.call_later(self.TICK_S, self._check)
 
 
 async def await_me_maybe(value: T | Awaitable[T]) -> T:
@@ -243,10 +250,16 @@ async def await_me_maybe(value: T | Awaitable[T]) -> T:
     return value
 
 
-def _bad_answer(hook: str, answer: object) -> str:
-    if type(answer) is Modify and hook not in MODIFIABLE_HOOKS:
-        return f"returned Modify, but {hook} has no event to modify"
-    return f"returned {answer!r}; expected Allow(), Modify(...), Veto(...) or None"
+def _failure(slot: Slot, hook: str, kind: FailureKind, answer: object) -> PluginFailure:
+    """Describe (and log) a plugin that overran its budget or answered nonsense."""
+    if kind == "timed_out":
+        detail = f"no answer within {slot.budget_s * 1000:g} ms"
+    elif type(answer) is Modify:
+        detail = f"returned Modify, but {hook} has no event to modify"
+    else:
+        detail = f"returned {answer!r}; expected Allow(), Modify(...), Veto(...) or None"
+    log.error("plugin %r failed in %s: %s", slot.plugin, hook, detail)
+    return PluginFailure(slot.plugin, hook, kind, detail)
 
 
 class Dispatcher:
@@ -260,7 +273,11 @@ class Dispatcher:
 
     def __init__(self, pm: pluggy.PluginManager) -> None:
         self._pm = pm
-        self._chains: dict[str, tuple[tuple[Slot, ...], int]] = {}  # slots, how many async
+        self._chains: dict[str, tuple[Slot, ...]] = {}
+        # per hook: ((call, context, is_async, budget_s, slot), ...), "has an async slot",
+        # the outcome when nobody has an opinion (built once), the run counter, the slots
+        self._fast_chains: dict[str, tuple[Any, ...]] = {}
+        self._async_counts: dict[str, int] = {}  # per hook: how many implementations are async
         self._background: set[asyncio.Task[Any]] = set()
         self._watchdog = _Watchdog()
 
@@ -271,7 +288,7 @@ class Dispatcher:
         Order: policy ``order``, then ``tryfirst``/normal/``trylast``, then
         ``position`` (the plugin's place in the config), then name.
         """
-        chains: dict[str, tuple[tuple[Slot, ...], int]] = {}
+        chains: dict[str, tuple[Slot, ...]] = {}
         for hook_name in INTERCEPTION_HOOKS | OBSERVATION_HOOKS | QUERY_HOOKS:
             caller = getattr(self._pm.hook, hook_name, None)
             if caller is None:
@@ -294,19 +311,34 @@ class Dispatcher:
                 )
                 entries.append(((policy.order, rank, policy.position, impl.plugin_name), slot))
             entries.sort(key=lambda entry: entry[0])
-            slots = tuple(slot for _, slot in entries)
-            chains[hook_name] = (slots, sum(slot.is_async for slot in slots))
+            runs = [0]
+            for index, (_, slot) in enumerate(entries):
+                slot.index, slot.runs = index, runs
+            chains[hook_name] = tuple(slot for _, slot in entries)
+        self._fast_chains = {
+            hook: (
+                tuple((s.call, s.context, s.is_async, s.budget_s, s) for s in slots),
+                any(s.is_async for s in slots),
+                Outcome(hook, None, None),
+                slots[0].runs if slots else [0],
+                slots,
+            )
+            for hook, slots in chains.items()
+        }
+        self._async_counts = {
+            hook: sum(slot.is_async for slot in slots) for hook, slots in chains.items()
+        }
         self._chains = chains
 
     def chain(self, hook: str) -> tuple[Slot, ...]:
         """The slots of ``hook`` in call order (empty if no plugin implements it)."""
-        return self._chains.get(hook, _EMPTY_CHAIN)[0]
+        return self._chains.get(hook, ())
 
     def timings(self) -> list[SlotTimings]:
         """What each plugin's implementations have cost so far."""
         return [
             SlotTimings(slot.plugin, hook, slot.calls, slot.total_s, slot.failures)
-            for hook, (chain, _) in sorted(self._chains.items())
+            for hook, chain in sorted(self._chains.items())
             for slot in chain
         ]
 
@@ -317,69 +349,76 @@ class Dispatcher:
         replaces its content for the plugins after it, and the outcome's ``event``
         is the modified event.
         """
-        chain, has_async = self._chains.get(hook, _EMPTY_CHAIN)
-        clock = time.perf_counter
+        chain, has_async, no_opinion, runs, slots = (
+            self._fast_chains.get(hook) or self._empty_chain(hook)
+        )
+        runs[0] += 1
+        subject = args[0] if args else None
+        unary = len(args) == 1  # most hooks: call(subject, context) without star-args
+        clock = _clock
+        timed_out = _TIMED_OUT
         allowed_by: Slot | None = None
         modified_by: Slot | None = None
         failures: tuple[PluginFailure, ...] = ()
-        watch = self._watchdog.watch() if has_async else None
+        watch = None
+        if has_async:
+            watchdog = self._watchdog
+            watch = watchdog.records.get(_task_of(watchdog.loop))  # type: ignore[arg-type]
+            if watch is None or watchdog.timer is None:
+                watch = watchdog.record()
+        outer_deadline = watch[1] if watch is not None else None  # set by an enclosing call
+        start = clock()
         try:
-            start = clock()
-            for slot in chain:
+            for call, context, is_async, budget_s, slot in chain:
                 try:
-                    if slot.is_async:
-                        watch[_DEADLINE] = start + slot.budget_s  # type: ignore[index]
-                        answer = await slot.call(*args, slot.context)
-                        if watch[_FIRED]:  # type: ignore[index]
-                            raise asyncio.CancelledError
+                    if is_async:
+                        watch[1] = start + budget_s  # type: ignore[index]
+                        answer = await (call(subject, context) if unary else call(*args, context))
                     else:
-                        answer = slot.call(*args, slot.context)
+                        answer = call(subject, context) if unary else call(*args, context)
                 except asyncio.CancelledError:
-                    if not self._watchdog.absorb(watch):
+                    if not _Watchdog.absorb(watch):
+                        self._stopped_at(slots, slot)
                         raise
-                    answer = _TIMED_OUT
+                    answer = timed_out
                 except Exception as exc:
                     log.exception("plugin %r failed in %s", slot.plugin, hook)
                     answer = PluginFailure(slot.plugin, hook, "raised", repr(exc))
                 end = clock()
                 elapsed = end - start
                 start = end
-                slot.calls += 1
                 slot.total_s += elapsed
-                if elapsed > slot.budget_s or answer is _TIMED_OUT:
-                    answer = PluginFailure(
-                        slot.plugin, hook, "timed_out",
-                        f"no answer within {slot.budget_s * 1000:g} ms",
-                    )
-                    log.error("plugin %r failed in %s: %s", slot.plugin, hook, answer.detail)
-                if answer is None:
+                if answer is None and elapsed <= budget_s:
                     continue
+                if elapsed > budget_s or answer is timed_out:
+                    _Watchdog.absorb(watch)  # it may have fired after the plugin answered
+                    answer = _failure(slot, hook, "timed_out", None)
                 kind = type(answer)
                 if kind is Allow:
                     if allowed_by is None:
                         allowed_by = slot
                     continue
                 if kind is Veto:
-                    return Outcome(hook, answer, slot.plugin, _event_of(hook, args, modified_by),
-                                   failures)
+                    self._stopped_at(slots, slot)
+                    event = args[0] if modified_by is not None else None
+                    return Outcome(hook, answer, slot.plugin, event, failures)
                 if kind is Modify and hook in MODIFIABLE_HOOKS:
-                    args = (args[0].with_content(answer.content), *args[1:])
+                    subject = subject.with_content(answer.content)
+                    args = (subject, *args[1:])
                     modified_by = slot
                     continue
                 if kind is not PluginFailure:
-                    answer = PluginFailure(slot.plugin, hook, "bad_answer",
-                                           _bad_answer(hook, answer))
-                    log.error("plugin %r failed in %s: %s", slot.plugin, hook, answer.detail)
+                    answer = _failure(slot, hook, "bad_answer", answer)
                 slot.failures += 1
                 failures = (*failures, answer)
                 if slot.deny:
-                    veto = Veto(f"refused because the plugin {slot.plugin!r} failed "
-                                f"({answer.kind})")
-                    return Outcome(hook, veto, slot.plugin, _event_of(hook, args, modified_by),
-                                   failures)
+                    self._stopped_at(slots, slot)
+                    veto = Veto(f"refused because the plugin {slot.plugin!r} failed")
+                    event = args[0] if modified_by is not None else None
+                    return Outcome(hook, veto, slot.plugin, event, failures)
         finally:
             if watch is not None:
-                self._watchdog.unwatch(watch)
+                watch[1] = outer_deadline
         if modified_by is not None:
             event = args[0]
             return Outcome(hook, Modify(content=event.content), modified_by.plugin, event, failures)
@@ -389,7 +428,17 @@ class Dispatcher:
             return allowed_by.allow_outcome
         if failures:
             return Outcome(hook, None, None, None, failures)
-        return _no_opinion(hook)
+        return no_opinion
+
+    @staticmethod
+    def _empty_chain(hook: str) -> tuple[Any, ...]:
+        return (), False, Outcome(hook, None, None), [0], ()
+
+    @staticmethod
+    def _stopped_at(slots: tuple[Slot, ...], slot: Slot) -> None:
+        """Count the chain's run as not reaching the slots after ``slot``."""
+        for later in slots[slot.index + 1:]:
+            later.skipped += 1
 
     async def observe(self, hook: str, *args: Any) -> tuple[PluginFailure, ...]:
         """Run every implementation of observation ``hook`` concurrently; wait for all.
@@ -399,15 +448,18 @@ class Dispatcher:
         refuses a cancel scope that changes task): when it is the chain's only
         async implementation, in the caller's task; otherwise each in its own task.
         """
-        chain, n_async = self._chains.get(hook, _EMPTY_CHAIN)
         pending: list[tuple[Slot, Awaitable[Any], float]] = []
         failures: list[PluginFailure] = []
-        for slot in chain:
+        slots = self.chain(hook)
+        if slots:
+            slots[0].runs[0] += 1
+        several_async = self._async_counts.get(hook, 0) > 1
+        for slot in slots:
             start = time.perf_counter()
             try:
                 answer = slot.call(*args, slot.context)
                 if slot.is_async:
-                    if n_async > 1:
+                    if several_async:
                         pending.append((slot, _within(answer, slot.budget_s), start))
                         continue
                     try:
@@ -438,36 +490,39 @@ class Dispatcher:
         besides ``context``), but when every implementation is synchronous the items
         are run in one loop, without a coroutine per item.
         """
-        chain, n_async = self._chains.get(hook, _EMPTY_CHAIN)
-        failures: list[PluginFailure] = []
-        if n_async:
+        if self._async_counts.get(hook, 0):
+            failures: list[PluginFailure] = []
             for item in items:
                 failures.extend(await self.observe(hook, item))
             return tuple(failures)
+        slots = self.chain(hook)
+        if not slots:
+            return ()
+        failures = []
         clock = time.perf_counter
-        if len(chain) == 1:  # one plugin: time the whole run, not each item
-            (slot,) = chain
-            call, context, start, count = slot.call, slot.context, clock(), 0
+        runs = 0
+        if len(slots) == 1:  # one plugin: time the whole run, not each item
+            (slot,) = slots
+            call, context, start = slot.call, slot.context, clock()
             for item in items:
+                runs += 1
                 try:
                     call(item, context)
-                except Exception as exc:  # counted as a call by _observation_failed
-                    failures.append(self._observation_failed(slot, hook, exc, clock()))
-                else:
-                    count += 1
-            slot.calls += count
-            slot.total_s += clock() - start
-            return tuple(failures)
-        for item in items:
-            for slot in chain:
-                start = clock()
-                try:
-                    slot.call(item, slot.context)
                 except Exception as exc:
-                    failures.append(self._observation_failed(slot, hook, exc, start))
-                    continue
-                slot.calls += 1
-                slot.total_s += clock() - start
+                    failures.append(self._observation_failed(slot, hook, exc, clock()))
+            slot.total_s += clock() - start
+        else:
+            for item in items:
+                runs += 1
+                for slot in slots:
+                    start = clock()
+                    try:
+                        slot.call(item, slot.context)
+                    except Exception as exc:
+                        failures.append(self._observation_failed(slot, hook, exc, start))
+                        continue
+                    slot.total_s += clock() - start
+        slots[0].runs[0] += runs
         return tuple(failures)
 
     async def first_answer(
@@ -480,7 +535,10 @@ class Dispatcher:
         answer was accepted. A plugin that raises or overruns its budget is
         logged and counted, and the next one is asked.
         """
-        for slot in self.chain(hook):
+        slots = self.chain(hook)
+        if slots:
+            slots[0].runs[0] += 1
+        for slot in slots:
             start = time.perf_counter()
             try:
                 answer = slot.call(*args, slot.context)
@@ -492,6 +550,7 @@ class Dispatcher:
                 continue
             self._record(slot, start)
             if answer is not None if accept is None else accept(answer):
+                self._stopped_at(slots, slot)
                 return slot.plugin, answer
         return None, None
 
@@ -509,7 +568,6 @@ class Dispatcher:
 
     @staticmethod
     def _record(slot: Slot, start: float) -> None:
-        slot.calls += 1
         slot.total_s += time.perf_counter() - start
 
     def _observation_failed(
