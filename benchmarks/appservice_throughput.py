@@ -9,8 +9,9 @@ Run (needs ``wrk``: ``apt-get install -y wrk``; and the ``bench`` extra)::
 Each server runs in its own process, one at a time, on 127.0.0.1:
 
 * **servletkit**: the container's app (``build_app``) with the appservice wire, one no-op
-  plugin implementing ``on_stored_event``, the SQLite store (WAL, ``synchronous = normal``)
-  with deduplication on; served by uvicorn, one worker, access log off.
+  plugin implementing ``on_stored_event``, the SQLite store (WAL, ``synchronous = normal``,
+  or ``full`` with ``--synchronous full``) with deduplication on; served by uvicorn, one
+  worker, access log off.
 * **bare**: a Starlette endpoint that checks the token (``hmac.compare_digest``) and parses
   the body (orjson, the parser servletkit uses) and answers ``{}``; same uvicorn settings.
 * **mautrix**: mautrix-python's ``AppService`` with one no-op event handler, served by its
@@ -93,6 +94,7 @@ def transaction_body() -> bytes:
 
 
 def serve_servletkit(port: int, workdir: Path, *, event_hooks: bool = True) -> None:
+    synchronous = os.environ.get("BENCH_SYNCHRONOUS", "normal")
     import uvicorn
 
     from servletkit import hookimpl
@@ -115,7 +117,7 @@ def serve_servletkit(port: int, workdir: Path, *, event_hooks: bool = True) -> N
     tables["noop"] = {}
     config = parse_config({
         "appservice": {"as_token": "bench-as-token", "hs_token": HS_TOKEN},
-        "store": {"path": f"bench-{port}.db", "synchronous": "normal"},
+        "store": {"path": f"bench-{port}.db", "synchronous": synchronous},
         "plugins": tables,
     }, workdir / "servletkit.toml")
     plugin = NoOp() if event_hooks else Idle()
@@ -234,7 +236,11 @@ def main() -> None:
     parser.add_argument("--connections", type=int, default=16, help="concurrent connections")
     parser.add_argument("--rounds", type=int, default=3,
                         help="rounds; each runs every server once, in rotating order")
+    parser.add_argument("--synchronous", choices=["normal", "full"], default="normal",
+                        help="servletkit's [store] synchronous: normal survives a crash of "
+                             "the process, full also a power loss (an fsync per commit)")
     args = parser.parse_args()
+    os.environ["BENCH_SYNCHRONOUS"] = args.synchronous
     if shutil.which("wrk") is None:
         raise SystemExit("wrk is not installed: apt-get install -y wrk")
     load: dict[str, list[dict[str, float]]] = {kind: [] for kind in SERVERS}
@@ -263,7 +269,7 @@ def main() -> None:
     median = statistics.median
     print(f"PUT /transactions, {EVENTS_PER_TXN} events each; {args.connections} connections, "
           f"{args.duration:g} s per run, {args.rounds} rounds (cpus: {os.cpu_count()}); "
-          "medians over the rounds")
+          f"store synchronous={args.synchronous}; medians over the rounds")
     print(f"{'server':<16} {'events/s':>10} {'txn/s':>7} {'non-2xx':>8}   "
           "one at a time:      p50       p99")
     for kind in SERVERS:

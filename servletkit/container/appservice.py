@@ -21,11 +21,12 @@ store writes from the first attempt were never committed. Effects outside the
 store (messages sent to Matrix, calls to other services) may happen twice in
 that window; make them idempotent (e.g. a ``txn_id`` derived from the event id).
 
-**Order.** Transactions are handled one at a time, in the order their requests
-arrive. Within one, its events go through the ``on_send_event`` chain in their
-order, then to the ``on_stored_event`` observers in their order (each event's
-observers finish before the next event's start); so the events of a room reach
-every hook in the homeserver's order.
+**Order.** Transactions are handled one at a time (a FIFO lock), in the order
+their bodies have arrived (a homeserver sends one at a time). Within one, its
+events go through the ``on_send_event`` chain in their order, then to the
+``on_stored_event`` observers in their order (each event's observers finish
+before the next event's start); so the events of a room reach every hook in
+the homeserver's order.
 
 **Decisions.** The events are already stored. ``Veto``: with ``[appservice]
 enforce_vetoes = "redact"`` the event is redacted as the appservice user with
@@ -169,19 +170,20 @@ class AppserviceWire:
         store = self._store
         if store.is_processed(txn_id):
             return _ok()
+        # read and check the body before queueing: waiting for the network never holds the lock
+        data = await self._read_json(request)
+        if type(data) is not dict:
+            raise MatrixError(400, "M_BAD_JSON", "The transaction must be a JSON object, got "
+                              f"{type(data).__name__}")
+        events = data.get("events")
+        if type(events) is not list:
+            raise MatrixError(400, "M_BAD_JSON",
+                              "The transaction needs 'events', an array of client events")
+        ephemeral = _first_present(data, _EPHEMERAL_KEYS)
+        to_device = _first_present(data, _TO_DEVICE_KEYS)
         async with self._lock:
             if store.is_processed(txn_id):  # a retry that waited for the first attempt
                 return _ok()
-            data = await self._read_json(request)
-            if type(data) is not dict:
-                raise MatrixError(400, "M_BAD_JSON", "The transaction must be a JSON object, got "
-                                  f"{type(data).__name__}")
-            events = data.get("events")
-            if type(events) is not list:
-                raise MatrixError(400, "M_BAD_JSON",
-                                  "The transaction needs 'events', an array of client events")
-            ephemeral = _first_present(data, _EPHEMERAL_KEYS)
-            to_device = _first_present(data, _TO_DEVICE_KEYS)
             batch = Batch()
             with unit_of_work(batch):
                 if events:
