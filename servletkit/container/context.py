@@ -9,6 +9,7 @@ from typing import Any
 import attrs
 
 from servletkit.container.homeserver import HomeserverClient
+from servletkit.container.store import PluginStore
 
 
 @attrs.frozen
@@ -17,19 +18,27 @@ class PluginContext:
 
     ``name`` is the plugin's name (its entry-point name); ``config`` is its own
     ``[plugins.NAME]`` table without the container's keys (read-only); ``log``
-    is a logger named ``servletkit.plugins.NAME``. ``homeserver`` acts in
-    Matrix as the appservice's user or, with ``as_user``, one of its virtual
-    users; it is ``None`` when the config has no ``[appservice]`` section.
+    is a logger named ``servletkit.plugins.NAME``; ``store`` is its own durable
+    key/value data (:class:`~servletkit.container.store.PluginStore`);
+    ``homeserver`` acts in Matrix as the appservice's user or, with ``as_user``,
+    one of its virtual users (``None`` without an ``[appservice]`` section).
     """
 
     name: str
     config: Mapping[str, Any]
     log: logging.Logger
+    store: PluginStore | None = None
     homeserver: HomeserverClient | None = None
 
     @classmethod
-    def create(cls, name: str, config: Mapping[str, Any],
-               homeserver: HomeserverClient | None = None) -> PluginContext:
+    def create(
+        cls,
+        name: str,
+        config: Mapping[str, Any],
+        *,
+        store: PluginStore | None = None,
+        homeserver: HomeserverClient | None = None,
+    ) -> PluginContext:
         """The context of plugin ``name`` with its own config table."""
         return cls(name=name, config=config, log=logging.getLogger(f"servletkit.plugins.{name}"),
-                   homeserver=homeserver)
+                   store=store, homeserver=homeserver)

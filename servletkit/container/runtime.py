@@ -21,6 +21,7 @@ from servletkit.container.plugins import (
     register,
     sources_for,
 )
+from servletkit.container.store import PluginStore, SqliteStore, Store
 from servletkit.hooks.dispatcher import Dispatcher, PluginPolicy, await_me_maybe, iter_plugin_impls
 
 log = logging.getLogger("servletkit.container")
@@ -57,8 +58,19 @@ class Container:
     :meth:`stop` runs ``servlet_destroy``.
     """
 
-    def __init__(self, config: Config, extra_plugins: Iterable[PluginSource] = ()) -> None:
+    def __init__(
+        self,
+        config: Config,
+        extra_plugins: Iterable[PluginSource] = (),
+        *,
+        store: Store | None = None,
+    ) -> None:
         self.config = config
+        self.store: Store = store or SqliteStore(
+            config.resolve(config.store.path),
+            synchronous=config.store.synchronous,
+            transactions_kept=config.store.transactions_kept,
+        )
         self.pm = new_plugin_manager()
         self.dispatcher = Dispatcher(self.pm)
         self.errors: list[PluginError] = []
@@ -101,7 +113,8 @@ class Container:
 
     def make_context(self, name: str, options: Any) -> PluginContext:
         """The context handed to plugin ``name``'s hooks (wires extend what it carries)."""
-        return PluginContext.create(name, options, self.homeserver)
+        return PluginContext.create(name, options, store=PluginStore(self.store, name),
+                                    homeserver=self.homeserver)
 
     def settings(self, name: str) -> PluginSettings:
         """The container's settings for plugin ``name`` (defaults when it has no table)."""
@@ -121,7 +134,8 @@ class Container:
     # -- lifecycle -----------------------------------------------------------
 
     async def start(self) -> None:
-        """Run ``servlet_init`` for each loaded plugin; the ones that fail are unloaded."""
+        """Open the store, run ``servlet_init`` for each loaded plugin; failed ones are unloaded."""
+        self.store.open()
         for name in list(self._objects):
             try:
                 for init in iter_plugin_impls(self.pm, "servlet_init", name):
@@ -134,7 +148,7 @@ class Container:
         self._rebuild()
 
     async def stop(self) -> None:
-        """Stop dispatching, let observers finish, run ``servlet_destroy``, close the client."""
+        """Stop dispatching, drain observers, run ``servlet_destroy``, close store and client."""
         live, self._live = self._live, set()
         self._rebuild()
         await self.dispatcher.drain()
@@ -144,6 +158,7 @@ class Container:
                     await await_me_maybe(destroy(self._contexts[name]))
             except Exception as exc:
                 self._fail(describe_failure(name, "destroy", exc))
+        self.store.close()
         if self.homeserver is not None:
             await self.homeserver.aclose()
 
