@@ -65,7 +65,7 @@ class HomeserverClient:
     share an existing ``httpx.AsyncClient`` (the caller then closes it);
     otherwise the client makes its own and :meth:`aclose` closes it.
     ``max_retries`` and ``max_retry_wait`` (seconds) bound the ``429`` retries
-    of one request.
+    of one request; each waits ``retry_after_ms``, else ``Retry-After``, else 1 s.
     """
 
     def __init__(
@@ -281,7 +281,10 @@ class HomeserverClient:
 
     async def send_message(self, room_id: str, body_or_content: str | Mapping[str, Any],
                            **send: Any) -> str:
-        """Send an ``m.room.message``: a plain ``m.text`` body, or full content."""
+        """Send an ``m.room.message``: a plain ``m.text`` body, or full content.
+
+        ``send`` takes :meth:`send_event`'s ``txn_id`` and ``ts``.
+        """
         content = ({"msgtype": "m.text", "body": body_or_content}
                    if isinstance(body_or_content, str) else body_or_content)
         return await self.send_event(room_id, "m.room.message", content, **send)
@@ -311,7 +314,8 @@ class HomeserverClient:
         """One event of ``room_id``, as :attr:`user_id` may see it."""
         return await self.request("GET", f"{CLIENT}/rooms/{q(room_id)}/event/{q(event_id)}")
 
-    async def get_state(self, room_id: str, event_type: str, state_key: str = "") -> dict:
+    async def get_state(self, room_id: str, event_type: str,
+                        state_key: str = "") -> dict[str, Any]:
         """The content of one state event of ``room_id``."""
         path = f"{CLIENT}/rooms/{q(room_id)}/state/{q(event_type)}/{q(state_key)}"
         return await self.request("GET", path)

@@ -171,7 +171,8 @@ class Greeter:
         await user.send_message(context.config["room"], "servlet up")
 
 
-async def test_plugin_acts_through_context_homeserver(synapse, appservice_section, new_user):
+async def test_plugin_acts_through_context_homeserver(synapse, appservice_section, new_user,
+                                                      tmp_path):
     """A plugin loaded by the container acts in a real room through context.homeserver."""
     alice = new_user()
     room_id = await alice.create_room(preset="public_chat")
@@ -179,6 +180,7 @@ async def test_plugin_acts_through_context_homeserver(synapse, appservice_sectio
     config = parse_config({
         "homeserver": {"url": synapse.url, "server_name": "localhost"},
         "appservice": appservice_section,
+        "store": {"path": str(tmp_path / "servletkit.db")},
         "plugins": {"greeter": {"localpart": localpart, "room": room_id}},
     })
     container = Container(config, [PluginSource("greeter", obj=Greeter())])
