@@ -10,6 +10,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import BaseRoute, Route
 
+from servletkit.container.appservice import appservice_routes
 from servletkit.container.errors import EXCEPTION_HANDLERS
 from servletkit.container.runtime import Container
 
@@ -32,7 +33,7 @@ def health_routes(container: Container) -> list[BaseRoute]:
     return [Route("/_servletkit/health", health, methods=["GET"])]
 
 
-WIRES: list[Wire] = [health_routes]
+WIRES: list[Wire] = [health_routes, appservice_routes]
 """The wires every container serves, in route-matching order."""
 
 

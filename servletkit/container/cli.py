@@ -10,6 +10,12 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from servletkit.container.config import Config, ConfigError, load_config
+from servletkit.container.registration import (
+    DEFAULT_REGISTRATION_FILE,
+    dump_yaml,
+    registration,
+    synapse_config,
+)
 from servletkit.container.runtime import Container, PluginStatus
 
 DEFAULT_CONFIG = "servletkit.toml"
@@ -73,6 +79,19 @@ def cmd_check(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_registration(args: argparse.Namespace) -> int:
+    """Print the appservice registration YAML for the homeserver."""
+    print(dump_yaml(registration(load_config(args.config))), end="")
+    return 0
+
+
+def cmd_synapse_config(args: argparse.Namespace) -> int:
+    """Print the snippet to add to Synapse's ``homeserver.yaml``."""
+    config = load_config(args.config)
+    print(dump_yaml(synapse_config(config, config.resolve(args.registration))), end="")
+    return 0
+
+
 async def _inspect(container: Container) -> list[PluginStatus]:
     """Start the plugins, note their state, stop them again."""
     await container.start()
@@ -104,6 +123,15 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--port", type=int, help="port to bind (default: [server] port)")
     command("plugins", cmd_plugins, "list installed plugins, their hooks and state")
     command("check", cmd_check, "validate the config and plugin loading")
+    command("registration", cmd_registration,
+            "print the appservice registration YAML for the homeserver")
+    synapse = command("synapse-config", cmd_synapse_config,
+                      "print the snippet to add to Synapse's homeserver.yaml")
+    synapse.add_argument(
+        "--registration", default=DEFAULT_REGISTRATION_FILE, metavar="PATH",
+        help="where the output of 'servletkit registration' is saved, relative to the "
+             f"config (default: {DEFAULT_REGISTRATION_FILE})",
+    )
     return parser
 
 

@@ -10,6 +10,7 @@ the plugin's own keys, which are handed to the plugin untouched as
 
 from __future__ import annotations
 
+import re
 import tomllib
 import types
 import typing
@@ -47,6 +48,87 @@ class HomeserverConfig:
     server_name: str = "localhost"
 
 
+def _valid_regex(instance: Any, attribute: attrs.Attribute[Any], value: str) -> None:
+    try:
+        re.compile(value)
+    except re.error as exc:
+        raise ValueError(f"{attribute.name}: {value!r} is not a valid regular expression "
+                         f"({exc})") from None
+
+
+def _not_empty(instance: Any, attribute: attrs.Attribute[Any], value: str) -> None:
+    if not value:
+        raise ValueError(f"{attribute.name} must not be empty")
+
+
+def _positive(instance: Any, attribute: attrs.Attribute[Any], value: int) -> None:
+    if value <= 0:
+        raise ValueError(f"{attribute.name} must be positive, got {value}")
+
+
+@attrs.frozen
+class Namespace:
+    """One namespace entry: a regular expression and whether the appservice owns it alone.
+
+    Matched like Synapse does, with ``re.match`` (anchored at the start only):
+    write the server part explicitly, e.g. ``"@_bridge_.*:example\\.org"``.
+    """
+
+    regex: str = attrs.field(validator=_valid_regex)
+    exclusive: bool = False
+
+
+@attrs.frozen
+class Namespaces:
+    """``[appservice.namespaces]``: the users, aliases and rooms the appservice is interested in."""
+
+    users: tuple[Namespace, ...] = ()
+    aliases: tuple[Namespace, ...] = ()
+    rooms: tuple[Namespace, ...] = ()
+
+
+@attrs.frozen
+class AppserviceConfig:
+    """``[appservice]``: the appservice wire (registration, tokens, enforcement).
+
+    ``as_token`` authenticates the container to the homeserver, ``hs_token``
+    the homeserver to the container. ``url`` is how the homeserver reaches the
+    container (default: derived from ``[server]``). ``enforce_vetoes``:
+    ``"observe"`` only records an interception hook's Veto on a stored event;
+    ``"redact"`` also redacts the event as the appservice user, with the
+    reason. ``max_transaction_bytes`` is the largest transaction body accepted
+    (413 ``M_TOO_LARGE`` above it).
+    """
+
+    as_token: str = attrs.field(validator=_not_empty, repr=False)
+    hs_token: str = attrs.field(validator=_not_empty, repr=False)
+    id: str = "servletkit"
+    sender_localpart: str = "servletkit"
+    url: str | None = None
+    namespaces: Namespaces = Namespaces()
+    receive_ephemeral: bool = False
+    rate_limited: bool = False
+    protocols: tuple[str, ...] = ()
+    enforce_vetoes: Literal["observe", "redact"] = "observe"
+    max_transaction_bytes: int = attrs.field(default=16 * 1024 * 1024, validator=_positive)
+
+
+@attrs.frozen
+class StoreConfig:
+    """``[store]``: the embedded SQLite store (transaction ids, plugin data, audit log).
+
+    ``path`` is relative to the config file. ``synchronous``: ``"normal"``
+    (a commit survives the container process crashing; the default) or
+    ``"full"`` (it also survives the machine losing power, at the cost of an
+    fsync per commit). ``transactions_kept``: how many processed transaction
+    ids are remembered for deduplication.
+    """
+
+    path: str = "servletkit.db"
+    synchronous: Literal["normal", "full"] = "normal"
+    transactions_kept: int = attrs.field(default=10_000, validator=_positive)
+
+
 @attrs.frozen
 class PluginSettings:
     """The container's keys in a ``[plugins.NAME]`` table; the rest is the plugin's own."""
@@ -78,6 +160,8 @@ class Config:
     path: Path
     server: ServerConfig = ServerConfig()
     homeserver: HomeserverConfig = HomeserverConfig()
+    appservice: AppserviceConfig | None = None
+    store: StoreConfig = StoreConfig()
     plugins: tuple[PluginTable, ...] = ()
 
     def plugin(self, name: str) -> PluginTable | None:
@@ -92,11 +176,17 @@ class Config:
 def _sections() -> dict[str, type]:
     """The container's top-level sections: every attrs-typed field of :class:`Config`.
 
-    A wire adds its section by adding a field to :class:`Config`.
+    A wire adds its section by adding a field to :class:`Config`, typed with the
+    section's class, or ``Class | None`` for a section that may be absent.
     """
     hints = typing.get_type_hints(Config)
-    return {field.name: hints[field.name] for field in attrs.fields(Config)
-            if attrs.has(hints[field.name])}
+    sections = {}
+    for field in attrs.fields(Config):
+        options = [arg for arg in typing.get_args(hints[field.name]) if arg is not type(None)]
+        section = options[0] if len(options) == 1 else hints[field.name]
+        if attrs.has(section):
+            sections[field.name] = section
+    return sections
 
 
 def load_config(path: str | Path) -> Config:
@@ -161,6 +251,9 @@ def build_section(cls: type, table: Any, path: Path, key: str) -> Any:
             known = ", ".join(fields) or "none"
             raise ConfigError(path, f"{key}.{name}", f"unknown key (known keys: {known})")
         values[name] = _check(hints[name], value, path, f"{key}.{name}")
+    for name, field in fields.items():
+        if field.default is attrs.NOTHING and name not in values:
+            raise ConfigError(path, f"{key}.{name}", "is required but missing")
     try:
         return cls(**values)
     except (TypeError, ValueError) as exc:

@@ -23,7 +23,8 @@ from servletkit.hooks.markers import PROJECT_NAME
 ENTRY_POINT_GROUP: Final = "servletkit.plugins"
 
 HOOK_NAMES: Final = frozenset(
-    specs.INTERCEPTION_HOOKS | specs.OBSERVATION_HOOKS | specs.LIFECYCLE_HOOKS
+    specs.INTERCEPTION_HOOKS | specs.OBSERVATION_HOOKS | specs.QUERY_HOOKS
+    | specs.LIFECYCLE_HOOKS
 )
 
 

@@ -10,6 +10,7 @@ import attrs
 
 from servletkit.container.config import Config, ConfigError, PluginSettings
 from servletkit.container.context import PluginContext
+from servletkit.container.homeserver import HomeserverClient
 from servletkit.container.plugins import (
     PluginError,
     PluginSource,
@@ -20,6 +21,7 @@ from servletkit.container.plugins import (
     register,
     sources_for,
 )
+from servletkit.container.store import PluginStore, SqliteStore, Store
 from servletkit.hooks.dispatcher import Dispatcher, PluginPolicy, await_me_maybe, iter_plugin_impls
 
 log = logging.getLogger("servletkit.container")
@@ -39,6 +41,14 @@ class PluginStatus:
     error: PluginError | None = None
 
 
+def homeserver_client(config: Config) -> HomeserverClient | None:
+    """The client plugins share as ``context.homeserver``; ``None`` without ``[appservice]``."""
+    if config.appservice is None:
+        return None
+    return HomeserverClient(config.homeserver.url, config.appservice.as_token,
+                            config.homeserver.server_name, config.appservice.sender_localpart)
+
+
 class Container:
     """Plugins loaded according to a :class:`Config`, with a dispatcher over the live ones.
 
@@ -48,8 +58,19 @@ class Container:
     :meth:`stop` runs ``servlet_destroy``.
     """
 
-    def __init__(self, config: Config, extra_plugins: Iterable[PluginSource] = ()) -> None:
+    def __init__(
+        self,
+        config: Config,
+        extra_plugins: Iterable[PluginSource] = (),
+        *,
+        store: Store | None = None,
+    ) -> None:
         self.config = config
+        self.store: Store = store or SqliteStore(
+            config.resolve(config.store.path),
+            synchronous=config.store.synchronous,
+            transactions_kept=config.store.transactions_kept,
+        )
         self.pm = new_plugin_manager()
         self.dispatcher = Dispatcher(self.pm)
         self.errors: list[PluginError] = []
@@ -58,6 +79,7 @@ class Container:
         self._objects: dict[str, Any] = {}
         self._contexts: dict[str, PluginContext] = {}
         self._live: set[str] = set()
+        self.homeserver = homeserver_client(config)
 
     # -- loading -------------------------------------------------------------
 
@@ -91,7 +113,8 @@ class Container:
 
     def make_context(self, name: str, options: Any) -> PluginContext:
         """The context handed to plugin ``name``'s hooks (wires extend what it carries)."""
-        return PluginContext.create(name, options)
+        return PluginContext.create(name, options, self.homeserver,
+                                    store=PluginStore(self.store, name))
 
     def settings(self, name: str) -> PluginSettings:
         """The container's settings for plugin ``name`` (defaults when it has no table)."""
@@ -124,7 +147,7 @@ class Container:
         self._rebuild()
 
     async def stop(self) -> None:
-        """Stop dispatching, let background observers finish, run ``servlet_destroy``."""
+        """Stop dispatching, let observers finish, run ``servlet_destroy``, close the client."""
         live, self._live = self._live, set()
         self._rebuild()
         await self.dispatcher.drain()
@@ -134,6 +157,9 @@ class Container:
                     await await_me_maybe(destroy(self._contexts[name]))
             except Exception as exc:
                 self._fail(describe_failure(name, "destroy", exc))
+        if self.homeserver is not None:
+            await self.homeserver.aclose()
+        self.store.close()
 
     def _rebuild(self) -> None:
         self.dispatcher.rebuild(

@@ -26,7 +26,12 @@ import attrs
 import pluggy
 
 from servletkit.hooks.decisions import Allow, Decision, Modify, Veto
-from servletkit.hooks.specs import INTERCEPTION_HOOKS, MODIFIABLE_HOOKS, OBSERVATION_HOOKS
+from servletkit.hooks.specs import (
+    INTERCEPTION_HOOKS,
+    MODIFIABLE_HOOKS,
+    OBSERVATION_HOOKS,
+    QUERY_HOOKS,
+)
 
 log = logging.getLogger("servletkit.dispatcher")
 
@@ -276,7 +281,7 @@ class Dispatcher:
         ``position`` (the plugin's place in the config), then name.
         """
         chains: dict[str, tuple[Slot, ...]] = {}
-        for hook_name in INTERCEPTION_HOOKS | OBSERVATION_HOOKS:
+        for hook_name in INTERCEPTION_HOOKS | OBSERVATION_HOOKS | QUERY_HOOKS:
             caller = getattr(self._pm.hook, hook_name, None)
             if caller is None:
                 continue
@@ -460,6 +465,35 @@ class Dispatcher:
                 else:
                     self._record(slot, start)
         return tuple(failures)
+
+    async def first_answer(
+        self, hook: str, *args: Any, accept: Callable[[Any], bool] | None = None
+    ) -> tuple[str | None, Any]:
+        """Ask ``hook``'s implementations in chain order until one gives an accepted answer.
+
+        ``accept`` decides which answers end the search (default: any but
+        ``None``). Returns ``(plugin, answer)``, or ``(None, None)`` when no
+        answer was accepted. A plugin that raises or overruns its budget is
+        logged and counted, and the next one is asked.
+        """
+        slots = self.chain(hook)
+        if slots:
+            slots[0].runs[0] += 1
+        for slot in slots:
+            start = time.perf_counter()
+            try:
+                answer = slot.call(*args, slot.context)
+                if slot.is_async:
+                    async with asyncio.timeout(slot.budget_s):
+                        answer = await answer
+            except Exception as exc:
+                self._observation_failed(slot, hook, exc, start)
+                continue
+            self._record(slot, start)
+            if answer is not None if accept is None else accept(answer):
+                self._stopped_at(slots, slot)
+                return slot.plugin, answer
+        return None, None
 
     def observe_soon(self, hook: str, *args: Any) -> asyncio.Task[tuple[PluginFailure, ...]]:
         """Start :meth:`observe` in the background and return its task (kept referenced)."""

@@ -187,6 +187,86 @@ def on_ephemeral(data: Ephemeral, context: PluginContext) -> None:
     """
 
 
+# -------------------------------------------------------------------------
+# Queries: the homeserver asks whether something exists (appservice wire)
+# -------------------------------------------------------------------------
+
+
+@hookspec
+def on_query_user(user_id: str, context: PluginContext) -> bool | None:
+    """Say whether a user in the appservice's namespace exists, creating it if it should.
+
+    Called when the homeserver meets an unknown user ID in the appservice's
+    user namespace (a client looks up its profile, invites it, messages it)
+    and asks the appservice, before answering its client. A bridge registers
+    the virtual user here (``await context.homeserver.register(localpart)``),
+    sets its profile, and returns ``True``. Plugins are asked in chain order;
+    the first ``True`` wins and the rest are not asked. The homeserver waits
+    for the answer, so keep it within the plugin's ``timeout_ms``.
+
+    :param user_id: the full Matrix user ID asked about, e.g. ``@_xmpp_romeo:example.org``.
+    :param context: the plugin's context.
+    :returns: ``True`` if the user exists now (the homeserver is told ``200``);
+        ``False`` or ``None`` if this plugin does not provide it. If no
+        plugin returns ``True`` the homeserver is told the user does not exist.
+    """
+
+
+@hookspec
+def on_query_alias(alias: str, context: PluginContext) -> bool | None:
+    """Say whether an alias in the appservice's namespace exists, creating the room if it should.
+
+    Called when a client resolves or joins an alias in the appservice's alias
+    namespace that the homeserver does not know. A bridge creates the room
+    with that alias here (``await context.homeserver.create_room(alias_localpart=...)``)
+    and returns ``True``; the homeserver then resolves the alias and the client
+    joins. The first ``True`` wins; the homeserver waits for the answer.
+
+    :param alias: the full room alias asked about, e.g. ``#_xmpp_lobby:example.org``.
+    :param context: the plugin's context.
+    :returns: ``True`` if the alias exists now; ``False`` or ``None`` if this
+        plugin does not provide it. If no plugin returns ``True`` the
+        homeserver is told the alias does not exist.
+    """
+
+
+@hookspec
+def on_thirdparty_protocol(protocol: str, context: PluginContext) -> Mapping[str, Any] | None:
+    """Describe a third-party protocol the appservice bridges (``irc``, ``xmpp``, …).
+
+    Called when a client asks the homeserver about the protocol. The first
+    plugin answering something other than ``None`` wins.
+
+    :param protocol: the protocol ID, as listed in ``[appservice] protocols``.
+    :param context: the plugin's context.
+    :returns: a Protocol object as the Matrix spec defines it (``user_fields``,
+        ``location_fields``, ``icon``, ``field_types``, ``instances``), or
+        ``None`` if this plugin does not bridge it (``404`` if nobody does).
+    """
+
+
+@hookspec
+def on_thirdparty_lookup(
+    kind: str, protocol: str | None, fields: Mapping[str, str], context: PluginContext
+) -> list[Mapping[str, Any]] | None:
+    """Find third-party users or locations (rooms) for the homeserver.
+
+    Called for the four third-party lookup endpoints. ``kind`` is ``"user"``
+    or ``"location"``. A forward lookup names the ``protocol`` and gives its
+    search ``fields`` (the query string); a reverse lookup has ``protocol``
+    ``None`` and ``fields`` ``{"userid": ...}`` (users) or ``{"alias": ...}``
+    (locations). The first plugin answering something other than ``None`` wins.
+
+    :param kind: ``"user"`` or ``"location"``.
+    :param protocol: the protocol ID, or ``None`` for a reverse lookup.
+    :param fields: the search fields (strings).
+    :param context: the plugin's context.
+    :returns: a list of User objects (``userid``, ``protocol``, ``fields``) or
+        Location objects (``alias``, ``protocol``, ``fields``), possibly empty;
+        or ``None`` if this plugin has no opinion (``404`` if nobody answers).
+    """
+
+
 INTERCEPTION_HOOKS: Final = frozenset(
     {"on_send_event", "on_join_room", "on_invite", "on_create_room", "on_connect_event_stream"}
 )
@@ -197,6 +277,11 @@ MODIFIABLE_HOOKS: Final = frozenset({"on_send_event"})
 
 OBSERVATION_HOOKS: Final = frozenset({"on_stored_event", "on_ephemeral"})
 """Hooks whose return value is ignored, run concurrently by the dispatcher."""
+
+QUERY_HOOKS: Final = frozenset(
+    {"on_query_user", "on_query_alias", "on_thirdparty_protocol", "on_thirdparty_lookup"}
+)
+"""Hooks that answer a question, asked plugin by plugin until one answers (first wins)."""
 
 LIFECYCLE_HOOKS: Final = frozenset({"servlet_init", "servlet_destroy"})
 """Hooks the container calls once per plugin instance."""

@@ -1,0 +1,353 @@
+"""The appservice wire: the Matrix Application Service API (spec v1.19), served by the container.
+
+The homeserver pushes every event it has stored in the appservice's namespaces
+to ``PUT /_matrix/app/v1/transactions/{txnId}`` and asks about unknown users
+and aliases; the container turns that into hook calls. Every request must
+carry ``Authorization: Bearer <hs_token>`` (a legacy ``?access_token=`` is
+accepted too; if both are given they must match).
+
+**Exactly once.** A transaction is answered ``200`` only after it has been
+*durably handed* to the plugins, which here means: every event of it went
+through the ``on_send_event`` chain (``event.stage == "after_store"``) and the
+``on_stored_event`` observers, every ephemeral item through ``on_ephemeral``,
+every hook call has returned, vetoes have been enforced (``redact`` mode), and
+then the transaction id, the plugins' store writes made meanwhile and the audit
+records were written in one SQLite commit (see :mod:`servletkit.container.store`).
+A transaction id already committed is answered ``200`` at once, whatever the
+body (the homeserver drops ephemeral data from retries), also after a restart.
+If the container dies before the commit, nothing of the transaction is recorded
+and the homeserver resends it: the plugins see its events again, and their
+store writes from the first attempt were never committed. Effects outside the
+store (messages sent to Matrix, calls to other services) may happen twice in
+that window; make them idempotent (e.g. a ``txn_id`` derived from the event id).
+
+**Order.** Transactions are handled one at a time, in the order their requests
+arrive, and the events of a transaction in their order; so the events of a
+room reach the plugins in the homeserver's order.
+
+**Decisions.** The events are already stored. ``Veto``: with ``[appservice]
+enforce_vetoes = "redact"`` the event is redacted as the appservice user with
+the veto's reason (a failed redaction is logged and audited, and does not
+fail the transaction); with ``"observe"`` (the default) it is only recorded.
+``Modify``: cannot change a stored event; it is recorded as not applied, and
+the plugins later in the chain see the modified content, as on every wire.
+``on_stored_event`` observers see the event as stored. Every decision goes
+to the audit log.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import logging
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any, Final
+
+import orjson
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import BaseRoute, Route
+
+from servletkit.container.errors import MatrixError
+from servletkit.container.store import AuditRecord, Batch, record_decision, unit_of_work
+from servletkit.hooks.decisions import Modify, Veto
+from servletkit.hooks.events import Ephemeral, Event, EventFormatError
+
+if TYPE_CHECKING:
+    from servletkit.container.config import AppserviceConfig
+    from servletkit.container.runtime import Container
+    from servletkit.hooks.dispatcher import Outcome
+
+log = logging.getLogger("servletkit.appservice")
+
+PREFIX: Final = "/_matrix/app/v1"
+
+_EPHEMERAL_KEYS: Final = ("ephemeral", "de.sorunome.msc2409.ephemeral")
+_TO_DEVICE_KEYS: Final = ("to_device", "de.sorunome.msc2409.to_device")
+
+
+def _ok() -> Response:
+    return Response(b"{}", media_type="application/json")
+
+
+def _first_present(data: dict[str, Any], keys: tuple[str, ...]) -> list[Any]:
+    """The value of the first of ``keys`` in ``data`` (stable name before unstable), as a list."""
+    for key in keys:
+        value = data.get(key)
+        if value is None:
+            continue
+        if type(value) is not list:
+            raise MatrixError(400, "M_BAD_JSON",
+                              f"'{key}' must be an array, got {type(value).__name__}")
+        return value
+    return []
+
+
+class AppserviceWire:
+    """The Application Service API routes of one container, and their state."""
+
+    def __init__(self, container: Container, config: AppserviceConfig) -> None:
+        self._container = container
+        self._config = config
+        self._store = container.store
+        self._hs_token = config.hs_token.encode()
+        self._lock = asyncio.Lock()
+        self._online: set[str] = set()
+
+    def routes(self) -> list[BaseRoute]:
+        """The routes under ``/_matrix/app/v1``."""
+        p = PREFIX
+        return [
+            Route(f"{p}/transactions/{{txn_id}}", self.put_transaction, methods=["PUT"]),
+            Route(f"{p}/users/{{user_id}}", self.query_user, methods=["GET"]),
+            Route(f"{p}/rooms/{{alias}}", self.query_alias, methods=["GET"]),
+            Route(f"{p}/ping", self.ping, methods=["POST"]),
+            Route(f"{p}/thirdparty/protocol/{{protocol}}", self.thirdparty_protocol,
+                  methods=["GET"]),
+            Route(f"{p}/thirdparty/user/{{protocol}}", self.thirdparty_lookup, methods=["GET"]),
+            Route(f"{p}/thirdparty/location/{{protocol}}", self.thirdparty_lookup,
+                  methods=["GET"]),
+            Route(f"{p}/thirdparty/user", self.thirdparty_reverse, methods=["GET"]),
+            Route(f"{p}/thirdparty/location", self.thirdparty_reverse, methods=["GET"]),
+        ]
+
+    # -- requests ------------------------------------------------------------
+
+    def _authorize(self, request: Request) -> None:
+        """Check the hs_token: missing → 401 ``M_MISSING_TOKEN``; wrong → 403 ``M_FORBIDDEN``."""
+        header = request.headers.get("authorization")
+        query = request.query_params.get("access_token")
+        token = None
+        if header is not None:
+            scheme, _, value = header.partition(" ")
+            if scheme.lower() == "bearer" and value.strip():
+                token = value.strip()
+        if token is None and query is None:
+            raise MatrixError(401, "M_MISSING_TOKEN",
+                              "Missing hs_token: expected the header 'Authorization: Bearer "
+                              "<hs_token>' from the homeserver's registration")
+        if query is not None and token is not None and query != token:
+            raise MatrixError(403, "M_FORBIDDEN",
+                              "The Authorization header and the access_token parameter differ")
+        given = (token if token is not None else query or "").encode()
+        if not hmac.compare_digest(given, self._hs_token):
+            raise MatrixError(403, "M_FORBIDDEN",
+                              "Wrong hs_token: it does not match the appservice registration")
+
+    async def _read_json(self, request: Request) -> Any:
+        """The body as JSON: over the limit → 413 ``M_TOO_LARGE``; not JSON → 400 ``M_NOT_JSON``."""
+        limit = self._config.max_transaction_bytes
+        length = request.headers.get("content-length")
+        if length is not None and length.isdigit() and int(length) > limit:
+            raise self._too_large(int(length))
+        chunks = []
+        size = 0
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > limit:
+                raise self._too_large(size)
+            chunks.append(chunk)
+        try:
+            return orjson.loads(b"".join(chunks))
+        except orjson.JSONDecodeError as exc:
+            raise MatrixError(400, "M_NOT_JSON", f"The body is not valid JSON: {exc}") from None
+
+    def _too_large(self, size: int) -> MatrixError:
+        limit = self._config.max_transaction_bytes
+        return MatrixError(413, "M_TOO_LARGE",
+                           f"The body has {size} bytes or more; the limit is {limit} "
+                           f"([appservice] max_transaction_bytes)")
+
+    # -- transactions --------------------------------------------------------
+
+    async def put_transaction(self, request: Request) -> Response:
+        """``PUT /transactions/{txnId}``: deliver the events once, then acknowledge."""
+        self._authorize(request)
+        txn_id = request.path_params["txn_id"]
+        store = self._store
+        if store.is_processed(txn_id):
+            return _ok()
+        async with self._lock:
+            if store.is_processed(txn_id):  # a retry that waited for the first attempt
+                return _ok()
+            data = await self._read_json(request)
+            if type(data) is not dict:
+                raise MatrixError(400, "M_BAD_JSON", "The transaction must be a JSON object, got "
+                                  f"{type(data).__name__}")
+            events = data.get("events")
+            if type(events) is not list:
+                raise MatrixError(400, "M_BAD_JSON",
+                                  "The transaction needs 'events', an array of client events")
+            ephemeral = _first_present(data, _EPHEMERAL_KEYS)
+            to_device = _first_present(data, _TO_DEVICE_KEYS)
+            batch = Batch()
+            with unit_of_work(batch):
+                if events:
+                    await self._deliver_events(txn_id, events, batch)
+                if ephemeral or to_device:
+                    await self._deliver_ephemeral(txn_id, ephemeral + to_device, batch)
+            store.commit(batch, txn_id)
+        return _ok()
+
+    async def _deliver_events(self, txn_id: str, events: list[Any], batch: Batch) -> None:
+        dispatcher = self._container.dispatcher
+        intercepting = bool(dispatcher.chain("on_send_event"))
+        observing = bool(dispatcher.chain("on_stored_event"))
+        if not (intercepting or observing):
+            return
+        vetoed: list[tuple[Event, Outcome]] = []
+        for raw in events:
+            try:
+                event = Event.from_json(raw)
+            except EventFormatError as exc:
+                log.warning("transaction %s: skipped a malformed event: %s", txn_id, exc)
+                continue
+            if intercepting:
+                outcome = await dispatcher.intercept("on_send_event", event)
+                if outcome.decision is not None:
+                    batch.audit.append(_audit_record(outcome, event))
+                    if outcome.vetoed and self._config.enforce_vetoes == "redact":
+                        vetoed.append((event, outcome))
+            if observing:
+                await dispatcher.observe("on_stored_event", event)
+        if vetoed:
+            records = await asyncio.gather(*(self._redact(event, outcome)
+                                             for event, outcome in vetoed))
+            batch.audit.extend(records)
+
+    async def _redact(self, event: Event, outcome: Outcome) -> AuditRecord:
+        """Carry out a Veto on a stored event: redact it as the appservice user."""
+        assert isinstance(outcome.decision, Veto)
+        reason = outcome.decision.reason
+        try:
+            await self._container.homeserver.redact(event.room_id, event.event_id, reason)
+        except Exception as exc:
+            log.error("could not redact %s (vetoed by plugin %r): %s", event.event_id,
+                      outcome.decided_by, exc)
+            return AuditRecord(outcome.decided_by, "on_send_event", "redact_failed",
+                               event.event_id, event.room_id, f"{reason} ({exc})")
+        return AuditRecord(outcome.decided_by, "on_send_event", "redacted", event.event_id,
+                           event.room_id, reason)
+
+    async def _deliver_ephemeral(self, txn_id: str, items: list[Any], batch: Batch) -> None:
+        dispatcher = self._container.dispatcher
+        observing = bool(dispatcher.chain("on_ephemeral"))
+        for raw in items:
+            try:
+                data = Ephemeral.from_json(raw)
+            except EventFormatError as exc:
+                log.warning("transaction %s: skipped malformed ephemeral data: %s", txn_id, exc)
+                continue
+            if data.type == "m.presence" and data.sender is not None:
+                await self._presence(data, batch)
+            if observing:
+                await dispatcher.observe("on_ephemeral", data)
+
+    async def _presence(self, data: Ephemeral, batch: Batch) -> None:
+        """Report a user going online to ``on_connect_event_stream`` (decision recorded only)."""
+        user_id = data.sender
+        assert user_id is not None
+        if data.content.get("presence") != "online":
+            self._online.discard(user_id)
+            return
+        if user_id in self._online:
+            return
+        self._online.add(user_id)
+        outcome = await self._container.dispatcher.intercept(
+            "on_connect_event_stream", user_id, None
+        )
+        if outcome.decision is not None:
+            batch.audit.append(AuditRecord(
+                outcome.decided_by, outcome.hook, _decision_name(outcome),
+                detail=f"{user_id} went online; recorded only (appservice wire)",
+            ))
+
+    # -- queries -------------------------------------------------------------
+
+    async def query_user(self, request: Request) -> Response:
+        """``GET /users/{userId}``: 200 if a plugin provides the user, else 404."""
+        self._authorize(request)
+        return await self._query("on_query_user", request.path_params["user_id"])
+
+    async def query_alias(self, request: Request) -> Response:
+        """``GET /rooms/{roomAlias}``: 200 if a plugin provides the alias, else 404."""
+        self._authorize(request)
+        return await self._query("on_query_alias", request.path_params["alias"])
+
+    async def _query(self, hook: str, subject: str) -> Response:
+        plugin, _ = await self._container.dispatcher.first_answer(
+            hook, subject, accept=lambda answer: answer is True
+        )
+        if plugin is None:
+            raise MatrixError(404, "M_NOT_FOUND", f"No plugin provides {subject}")
+        record_decision(self._store, AuditRecord(plugin, hook, "exists", detail=subject))
+        return _ok()
+
+    async def ping(self, request: Request) -> Response:
+        """``POST /ping``: the homeserver checks it can reach the container."""
+        self._authorize(request)
+        data = await self._read_json(request)
+        if type(data) is not dict or not isinstance(data.get("transaction_id"), str | None):
+            raise MatrixError(400, "M_BAD_JSON",
+                              "The ping body must be an object with an optional string "
+                              "'transaction_id'")
+        log.info("pinged by the homeserver (transaction_id %r)", data.get("transaction_id"))
+        return _ok()
+
+    async def thirdparty_protocol(self, request: Request) -> Response:
+        """``GET /thirdparty/protocol/{protocol}``: the Protocol object a plugin gives."""
+        self._authorize(request)
+        protocol = request.path_params["protocol"]
+        return await self._thirdparty("on_thirdparty_protocol", Mapping, protocol)
+
+    async def thirdparty_lookup(self, request: Request) -> Response:
+        """``GET /thirdparty/{user,location}/{protocol}``: search by the protocol's fields."""
+        self._authorize(request)
+        kind = "user" if "/thirdparty/user/" in request.url.path else "location"
+        fields = {k: v for k, v in request.query_params.items() if k != "access_token"}
+        return await self._thirdparty("on_thirdparty_lookup", list, kind,
+                                      request.path_params["protocol"], fields)
+
+    async def thirdparty_reverse(self, request: Request) -> Response:
+        """``GET /thirdparty/user?userid=`` and ``/thirdparty/location?alias=``: reverse lookups."""
+        self._authorize(request)
+        kind, param = (("user", "userid") if request.url.path.endswith("/user")
+                       else ("location", "alias"))
+        value = request.query_params.get(param)
+        if value is None:
+            raise MatrixError(400, "M_MISSING_PARAM", f"Missing query parameter {param!r}")
+        return await self._thirdparty("on_thirdparty_lookup", list, kind, None, {param: value})
+
+    async def _thirdparty(self, hook: str, expected: type, *args: Any) -> Response:
+        plugin, answer = await self._container.dispatcher.first_answer(hook, *args)
+        if plugin is None:
+            raise MatrixError(404, "M_NOT_FOUND", "No plugin knows this third-party entity")
+        if not isinstance(answer, expected):
+            log.error("plugin %r answered %s with %r; expected a %s", plugin, hook, answer,
+                      expected.__name__)
+            raise MatrixError(500, "M_UNKNOWN", f"Plugin {plugin!r} gave a malformed answer")
+        return JSONResponse(answer)
+
+
+def _decision_name(outcome: Outcome) -> str:
+    return type(outcome.decision).__name__.lower()
+
+
+def _audit_record(outcome: Outcome, event: Event) -> AuditRecord:
+    decision = outcome.decision
+    if type(decision) is Veto:
+        detail = decision.reason
+    elif type(decision) is Modify:
+        detail = "not applied: the event is already stored"
+    else:
+        detail = ""
+    return AuditRecord(outcome.decided_by, outcome.hook, _decision_name(outcome),
+                       event.event_id, event.room_id, detail)
+
+
+def appservice_routes(container: Container) -> list[BaseRoute]:
+    """The appservice wire's routes (none if the config has no ``[appservice]`` section)."""
+    config = container.config.appservice
+    if config is None:
+        return []
+    return AppserviceWire(container, config).routes()

@@ -1,0 +1,313 @@
+"""Durable state: processed transaction ids, each plugin's own data, the audit log.
+
+One interface, :class:`Store`, with an embedded default, :class:`SqliteStore`
+(the file named by ``[store] path``). Plugins see their own slice as
+``context.store`` (a :class:`PluginStore`).
+
+**Units of work.** The appservice wire handles a homeserver transaction inside
+a :class:`Batch`: while it is current (a context variable, so it follows the
+hook calls and the tasks they start), plugin writes and audit records are held
+in memory, visible to reads in the same unit, and written in *one* SQLite
+commit together with the transaction id. So a transaction id is recorded if
+and only if the data its events produced is; a crash before that commit loses
+both, and the homeserver resends the transaction. Writes outside a unit (a
+query hook, a background task after its unit ended) are committed at once.
+
+**Threading.** SQLite is called synchronously on the event loop. A commit in
+WAL mode costs about 25 µs with ``synchronous = "normal"`` and about 130 µs
+with ``"full"`` (measured on the 2-core development machine); handing each
+commit to a thread would cost more than that in scheduling and make the
+plugin API asynchronous. Plugins writing large amounts of data should batch
+it in one value, or run their own database.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import json
+import sqlite3
+import time
+from collections import deque
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, Final, Protocol
+
+import attrs
+
+_DELETED: Final = None
+"""A pending write that deletes the key."""
+
+_SCHEMA: Final = """
+CREATE TABLE IF NOT EXISTS transactions (txn_id TEXT PRIMARY KEY, at REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS plugin_data (
+    plugin TEXT NOT NULL, key TEXT NOT NULL, value TEXT NOT NULL,
+    PRIMARY KEY (plugin, key)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS audit (
+    id INTEGER PRIMARY KEY, at REAL NOT NULL, plugin TEXT, hook TEXT NOT NULL,
+    decision TEXT NOT NULL, event_id TEXT, room_id TEXT, detail TEXT NOT NULL
+);
+"""
+
+
+@attrs.frozen
+class AuditRecord:
+    """One decision as the audit log keeps it.
+
+    ``decision`` is ``"allow"``, ``"modify"`` or ``"veto"`` (or what a wire
+    did about it, e.g. ``"redacted"``); ``detail`` says why or what happened.
+    """
+
+    plugin: str | None
+    hook: str
+    decision: str
+    event_id: str | None = None
+    room_id: str | None = None
+    detail: str = ""
+    at: float = attrs.field(factory=time.time)
+
+
+@attrs.define(eq=False)
+class Batch:
+    """The writes and audit records of one unit of work, until it is committed."""
+
+    writes: dict[tuple[str, str], str | None] = attrs.field(factory=dict)
+    audit: list[AuditRecord] = attrs.field(factory=list)
+    open: bool = True
+
+
+_current_batch: contextvars.ContextVar[Batch | None] = contextvars.ContextVar(
+    "servletkit_store_batch", default=None
+)
+
+
+def current_batch() -> Batch | None:
+    """The unit of work the caller runs in, if one is open."""
+    batch = _current_batch.get()
+    return batch if batch is not None and batch.open else None
+
+
+@contextlib.contextmanager
+def unit_of_work(batch: Batch) -> Iterator[Batch]:
+    """Make ``batch`` the current unit of work inside the ``with`` block."""
+    token = _current_batch.set(batch)
+    try:
+        yield batch
+    finally:
+        _current_batch.reset(token)
+
+
+class Store(Protocol):
+    """What the container needs from durable storage. All methods are synchronous and short."""
+
+    def open(self) -> None:
+        """Create or open the storage (the embedded store also does it on first use)."""
+
+    def close(self) -> None:
+        """Release the storage."""
+
+    def is_processed(self, txn_id: str) -> bool:
+        """Whether transaction ``txn_id`` was committed (within the kept window)."""
+
+    def commit(self, batch: Batch, txn_id: str | None = None) -> None:
+        """Write ``batch`` (and record ``txn_id`` as processed) atomically; close the batch."""
+
+    def get(self, plugin: str, key: str) -> str | None:
+        """The committed JSON text stored by ``plugin`` under ``key``, or ``None``."""
+
+    def keys(self, plugin: str, prefix: str = "") -> list[str]:
+        """The committed keys of ``plugin`` that start with ``prefix``, sorted."""
+
+    def audit_log(self, limit: int = 100) -> list[AuditRecord]:
+        """The newest ``limit`` audit records, oldest first."""
+
+
+class SqliteStore:
+    """The embedded store: one SQLite file in WAL mode.
+
+    Processed transaction ids are kept for the last ``transactions_kept``
+    transactions, in the table and in memory (so deduplication reads no disk).
+    That bound is safe because a homeserver only ever resends a transaction it
+    has not had a 2xx for: Synapse numbers them with an increasing integer per
+    appservice, keeps one in flight, and retries the oldest unacknowledged one
+    first, so a retried id is always newer than every id but the last few
+    processed. 10,000 leaves a wide margin for homeservers that pipeline.
+    """
+
+    def __init__(
+        self, path: str | Path, *, synchronous: str = "normal", transactions_kept: int = 10_000
+    ) -> None:
+        self.path = Path(path)
+        self.synchronous = synchronous.upper()
+        self.transactions_kept = transactions_kept
+        self._db: sqlite3.Connection | None = None
+        self._recent: deque[str] = deque()
+        self._recent_set: set[str] = set()
+
+    def open(self) -> None:
+        """Open (creating if needed) the file, its tables, and load the kept transaction ids."""
+        if self._db is not None:
+            return
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        db.execute("PRAGMA journal_mode=WAL")
+        db.execute(f"PRAGMA synchronous={self.synchronous}")
+        db.executescript(_SCHEMA)
+        rows = db.execute(
+            "SELECT txn_id FROM transactions ORDER BY rowid DESC LIMIT ?",
+            (self.transactions_kept,),
+        ).fetchall()
+        self._recent = deque(row[0] for row in reversed(rows))
+        self._recent_set = set(self._recent)
+        self._db = db
+
+    def close(self) -> None:
+        """Close the connection (SQLite checkpoints the WAL)."""
+        if self._db is not None:
+            self._db.close()
+            self._db = None
+
+    @property
+    def _conn(self) -> sqlite3.Connection:
+        if self._db is None:
+            self.open()
+        assert self._db is not None  # internal invariant: open() sets it
+        return self._db
+
+    def is_processed(self, txn_id: str) -> bool:
+        """Whether ``txn_id`` is among the kept processed transaction ids."""
+        if self._db is None:
+            self.open()
+        return txn_id in self._recent_set
+
+    def commit(self, batch: Batch, txn_id: str | None = None) -> None:
+        """One SQLite transaction: the plugin writes, the audit records, the transaction id."""
+        batch.open = False
+        db = self._conn
+        db.execute("BEGIN")
+        try:
+            if txn_id is not None:
+                db.execute("INSERT OR IGNORE INTO transactions VALUES (?, ?)",
+                           (txn_id, time.time()))
+            if batch.writes:
+                db.executemany(
+                    "INSERT OR REPLACE INTO plugin_data VALUES (?, ?, ?)",
+                    [(p, k, v) for (p, k), v in batch.writes.items() if v is not _DELETED],
+                )
+                db.executemany(
+                    "DELETE FROM plugin_data WHERE plugin = ? AND key = ?",
+                    [(p, k) for (p, k), v in batch.writes.items() if v is _DELETED],
+                )
+            if batch.audit:
+                db.executemany(
+                    "INSERT INTO audit (at, plugin, hook, decision, event_id, room_id, detail) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    [(r.at, r.plugin, r.hook, r.decision, r.event_id, r.room_id, r.detail)
+                     for r in batch.audit],
+                )
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        if txn_id is not None and txn_id not in self._recent_set:
+            self._remember(txn_id)
+
+    def _remember(self, txn_id: str) -> None:
+        self._recent.append(txn_id)
+        self._recent_set.add(txn_id)
+        # prune in steps of a tenth of the window, so most commits delete nothing
+        if len(self._recent) >= self.transactions_kept + max(1, self.transactions_kept // 10):
+            while len(self._recent) > self.transactions_kept:
+                self._recent_set.discard(self._recent.popleft())
+            self._conn.execute(
+                "DELETE FROM transactions WHERE rowid <= "
+                "(SELECT MAX(rowid) FROM transactions) - ?",
+                (self.transactions_kept,),
+            )
+
+    def get(self, plugin: str, key: str) -> str | None:
+        """The committed JSON text of ``plugin``'s ``key``."""
+        row = self._conn.execute(
+            "SELECT value FROM plugin_data WHERE plugin = ? AND key = ?", (plugin, key)
+        ).fetchone()
+        return row[0] if row else None
+
+    def keys(self, plugin: str, prefix: str = "") -> list[str]:
+        """The committed keys of ``plugin`` starting with ``prefix``."""
+        rows = self._conn.execute(
+            "SELECT key FROM plugin_data WHERE plugin = ? AND substr(key, 1, ?) = ? ORDER BY key",
+            (plugin, len(prefix), prefix),
+        ).fetchall()
+        return [row[0] for row in rows]
+
+    def audit_log(self, limit: int = 100) -> list[AuditRecord]:
+        """The newest ``limit`` audit records, oldest first."""
+        rows = self._conn.execute(
+            "SELECT plugin, hook, decision, event_id, room_id, detail, at FROM audit "
+            "ORDER BY id DESC LIMIT ?", (limit,),
+        ).fetchall()
+        return [AuditRecord(*row) for row in reversed(rows)]
+
+
+def record_decision(store: Store, record: AuditRecord) -> None:
+    """Add ``record`` to the current unit of work, or commit it at once if there is none."""
+    batch = current_batch()
+    if batch is not None:
+        batch.audit.append(record)
+    else:
+        store.commit(Batch(audit=[record]))
+
+
+class PluginStore:
+    """One plugin's durable key/value data, as ``context.store``.
+
+    Keys are strings; values anything JSON can hold. Inside a homeserver
+    transaction, writes become durable with the transaction (see the module
+    docs); elsewhere, when the call returns.
+    """
+
+    def __init__(self, store: Store, plugin: str) -> None:
+        self._store = store
+        self._plugin = plugin
+
+    def get(self, key: str, default: Any = None) -> Any:
+        """The value stored under ``key``, or ``default``."""
+        batch = current_batch()
+        if batch is not None and (self._plugin, key) in batch.writes:
+            text = batch.writes[(self._plugin, key)]
+        else:
+            text = self._store.get(self._plugin, key)
+        return default if text is None else json.loads(text)
+
+    def put(self, key: str, value: Any) -> None:
+        """Store ``value`` (JSON-serialisable) under ``key``, replacing what was there."""
+        if not isinstance(key, str):
+            raise TypeError(f"store keys must be str, got {type(key).__name__}")
+        self._write(key, json.dumps(value))
+
+    def delete(self, key: str) -> None:
+        """Forget ``key`` (no error if it is not there)."""
+        self._write(key, _DELETED)
+
+    def items(self, prefix: str = "") -> list[tuple[str, Any]]:
+        """Every ``(key, value)`` whose key starts with ``prefix``, sorted by key."""
+        keys = set(self._store.keys(self._plugin, prefix))
+        batch = current_batch()
+        if batch is not None:
+            for plugin, key in batch.writes:
+                if plugin == self._plugin and key.startswith(prefix):
+                    keys.add(key)
+        found = ((key, self.get(key, _MISSING)) for key in sorted(keys))
+        return [(key, value) for key, value in found if value is not _MISSING]
+
+    def _write(self, key: str, text: str | None) -> None:
+        batch = current_batch()
+        if batch is not None:
+            batch.writes[(self._plugin, key)] = text
+        else:
+            self._store.commit(Batch(writes={(self._plugin, key): text}))
+
+
+_MISSING: Final = object()
+

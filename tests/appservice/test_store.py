@@ -1,0 +1,112 @@
+"""The embedded store: bounded transaction ids, units of work, plugin data, the audit log."""
+
+from __future__ import annotations
+
+import pytest
+
+from servletkit.container.store import (
+    AuditRecord,
+    Batch,
+    PluginStore,
+    SqliteStore,
+    current_batch,
+    record_decision,
+    unit_of_work,
+)
+
+
+@pytest.fixture
+def store(tmp_path):
+    store = SqliteStore(tmp_path / "s.db", transactions_kept=10)
+    yield store
+    store.close()
+
+
+class TestTransactionIds:
+    def test_pruned_to_the_window(self, store, tmp_path):
+        """Only about the last transactions_kept ids are remembered, in memory and on disk."""
+        for n in range(35):
+            store.commit(Batch(), str(n))
+        assert store.is_processed("34")
+        assert not store.is_processed("0")
+        kept = [str(n) for n in range(35) if store.is_processed(str(n))]
+        assert 10 <= len(kept) < 12  # pruned in steps of a tenth of the window
+        assert kept == [str(n) for n in range(35 - len(kept), 35)]
+        on_disk = store._conn.execute("SELECT count(*) FROM transactions").fetchone()[0]
+        assert on_disk == len(kept)
+
+    def test_reopened_store_loads_the_window(self, store, tmp_path):
+        """A reopened store knows the newest transactions_kept ids."""
+        for n in range(15):
+            store.commit(Batch(), str(n))
+        store.close()
+        reopened = SqliteStore(tmp_path / "s.db", transactions_kept=10)
+        assert [n for n in range(15) if reopened.is_processed(str(n))] == list(range(5, 15))
+        reopened.close()
+
+    def test_commit_is_atomic(self, store):
+        """If the commit fails, neither the id nor the writes are recorded."""
+        plugin = PluginStore(store, "p")
+        batch = Batch()
+        with unit_of_work(batch):
+            plugin.put("k", "v")
+        batch.audit.append(AuditRecord("p", "on_send_event", "veto", detail=object()))  # unbindable
+        with pytest.raises(Exception, match="type"):
+            store.commit(batch, "t1")
+        assert not store.is_processed("t1")
+        assert plugin.get("k") is None
+
+
+class TestPluginStore:
+    def test_put_get_delete_items_are_scoped(self, store):
+        """Each plugin sees only its own keys; values round-trip through JSON."""
+        a, b = PluginStore(store, "a"), PluginStore(store, "b")
+        a.put("room/1", {"mxid": "@x:y", "n": [1, 2]})
+        a.put("room/2", "two")
+        a.put("other", 3)
+        b.put("room/1", "b's")
+        assert a.get("room/1") == {"mxid": "@x:y", "n": [1, 2]}
+        assert a.items("room/") == [("room/1", {"mxid": "@x:y", "n": [1, 2]}), ("room/2", "two")]
+        a.delete("room/2")
+        a.delete("never-there")
+        assert a.get("room/2", "gone") == "gone"
+        assert b.items() == [("room/1", "b's")]
+
+    def test_writes_in_a_unit_wait_for_its_commit(self, store):
+        """Inside a unit of work writes are visible to the writer only, until committed."""
+        plugin = PluginStore(store, "p")
+        plugin.put("k", 1)
+        batch = Batch()
+        with unit_of_work(batch):
+            plugin.put("k", 2)
+            plugin.put("new", "x")
+            plugin.delete("k")
+            assert plugin.get("k") is None
+            assert plugin.items() == [("new", "x")]
+            assert store.get("p", "k") == "1"
+        store.commit(batch)
+        assert plugin.get("k") is None
+        assert plugin.get("new") == "x"
+
+    def test_writes_after_the_unit_closed_commit_at_once(self, store):
+        """A task that outlives its unit (the batch is committed) writes straight through."""
+        plugin = PluginStore(store, "p")
+        batch = Batch()
+        with unit_of_work(batch):
+            store.commit(batch)
+            assert current_batch() is None
+            plugin.put("late", True)
+        assert store.get("p", "late") == "true"
+
+    def test_non_string_keys_are_refused(self, store):
+        """Keys must be strings (the error says what was given)."""
+        with pytest.raises(TypeError, match="got int"):
+            PluginStore(store, "p").put(1, "x")
+
+
+def test_audit_outside_a_unit_is_written_at_once(store):
+    """record_decision commits directly when no unit of work is open."""
+    record_decision(store, AuditRecord("p", "on_query_user", "exists", detail="@a:b"))
+    [record] = store.audit_log()
+    assert (record.plugin, record.hook, record.decision, record.detail) == (
+        "p", "on_query_user", "exists", "@a:b")
