@@ -182,6 +182,22 @@ class ModuleConfig:
 
 
 @attrs.frozen
+class DevConfig:
+    """``[dev]``: the embedded homeserver of ``servletkit dev``.
+
+    ``homeserver_port``: Synapse's port on 127.0.0.1 (default: a free port,
+    picked on the first start and kept while it stays free). ``state_dir``:
+    where Synapse's database, the generated secrets and the logs live, relative
+    to the config file. ``test_user``: the localpart of the account created on
+    the first start.
+    """
+
+    homeserver_port: int | None = None
+    state_dir: str = ".servletkit/dev"
+    test_user: str = "dev"
+
+
+@attrs.frozen
 class PluginSettings:
     """The container's keys in a ``[plugins.NAME]`` table; the rest is the plugin's own."""
 
@@ -215,6 +231,7 @@ class Config:
     appservice: AppserviceConfig | None = None
     store: StoreConfig = StoreConfig()
     module: ModuleConfig = ModuleConfig()
+    dev: DevConfig = DevConfig()
     plugins: tuple[PluginTable, ...] = ()
 
     def plugin(self, name: str) -> PluginTable | None:

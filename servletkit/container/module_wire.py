@@ -19,6 +19,7 @@ import contextlib
 import hmac
 import logging
 from collections.abc import AsyncIterator, Callable, Mapping
+from pathlib import Path
 from typing import Any, Final
 
 import attrs
@@ -276,3 +277,12 @@ def module_entry(config: Config) -> dict[str, Any]:
     if callbacks:
         module_config["callbacks"] = callbacks
     return {"module": "servletkit.synapse.ServletkitModule", "config": module_config}
+
+
+def module_snippet(config: Config, registration_file: Path) -> dict[str, Any]:
+    """``homeserver.yaml`` keys for the module wire (none unless ``[module] enabled``).
+
+    One of :data:`servletkit.container.registration.SYNAPSE_SNIPPETS`;
+    ``registration_file`` is not used by this wire.
+    """
+    return {"modules": [module_entry(config)]} if config.module.enabled else {}

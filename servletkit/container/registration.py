@@ -16,6 +16,7 @@ from typing import Any
 import yaml
 
 from servletkit.container.config import AppserviceConfig, Config, ConfigError
+from servletkit.container.module_wire import module_snippet
 
 DEFAULT_REGISTRATION_FILE = "appservice-registration.yaml"
 
@@ -77,7 +78,7 @@ def appservice_snippet(config: Config, registration_file: Path) -> dict[str, Any
 
 SynapseSnippet = Callable[[Config, Path], dict[str, Any]]
 
-SYNAPSE_SNIPPETS: list[SynapseSnippet] = [appservice_snippet]
+SYNAPSE_SNIPPETS: list[SynapseSnippet] = [appservice_snippet, module_snippet]
 """Each wire's contribution to ``homeserver.yaml``, merged in order by :func:`synapse_config`."""
 
 
