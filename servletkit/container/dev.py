@@ -61,7 +61,7 @@ import httpx
 import uvicorn
 
 from servletkit.container.app import build_app
-from servletkit.container.config import AppserviceConfig, Config
+from servletkit.container.config import AppserviceConfig, Config, Namespace, Namespaces
 from servletkit.container.embedded_synapse import (
     SynapseError,
     SynapseServer,
@@ -174,30 +174,31 @@ def check_synapse_installed() -> None:
                        f"install it with: {INSTALL_HINT}")
 
 
-def check_port_free(host: str, port: int, what: str) -> None:
-    """Raise :class:`DevError` naming ``what`` if ``host``:``port`` cannot be bound."""
+def port_problem(host: str, port: int) -> str | None:
+    """Why ``host``:``port`` cannot be listened on now, or ``None`` if it can."""
     with socket.socket() as sock:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             sock.bind((host, port))
         except OSError as exc:
-            raise DevError(f"port {port} on {host} ({what}) is not available: {exc.strerror}; "
-                           f"stop the process using it, or set another port in {what}") from None
+            return exc.strerror or str(exc)
+    return None
+
+
+def require_port(config: Config, host: str, port: int, setting: str) -> None:
+    """Raise :class:`DevError` naming the config ``setting`` if ``host``:``port`` is taken."""
+    if problem := port_problem(host, port):
+        raise DevError(f"port {port} on {host} is not available ({problem}): stop the process "
+                       f"using it, or choose another {setting} in {config.path}")
 
 
 def choose_homeserver_port(config: Config, state: DevState) -> int:
     """``[dev] homeserver_port`` if set, else the port used last time if free, else a new one."""
     if config.dev.homeserver_port is not None:
-        check_port_free("127.0.0.1", config.dev.homeserver_port,
-                        f"[dev] homeserver_port in {config.path}")
+        require_port(config, "127.0.0.1", config.dev.homeserver_port, "[dev] homeserver_port")
         return config.dev.homeserver_port
-    if state.homeserver_port is not None:
-        try:
-            check_port_free("127.0.0.1", state.homeserver_port, "the last homeserver port")
-        except DevError:
-            log.info("homeserver port %d is taken now; picking another", state.homeserver_port)
-        else:
-            return state.homeserver_port
+    if state.homeserver_port is not None and not port_problem("127.0.0.1", state.homeserver_port):
+        return state.homeserver_port
     return free_port()
 
 
@@ -207,9 +208,10 @@ def plugin_failures(container: Container) -> DevError | None:
         return None
     lines = [f"plugin {error.plugin!r} failed to {error.stage}: {error.message}"
              for error in container.errors]
-    names = ", ".join(sorted({error.plugin for error in container.errors}))
-    lines.append(f"fix the plugin (the traceback is in the log), or set enabled = false "
-                 f"in its [plugins.NAME] table ({names}) in {container.config.path}")
+    tables = " and ".join(sorted({f"[plugins.{error.plugin}]" for error in container.errors}))
+    log_file = DevPaths.for_config(container.config).container_log
+    lines.append(f"fix: repair the plugin (its traceback is in {log_file}), or switch it off "
+                 f"with enabled = false in {tables} of {container.config.path}")
     return DevError("\n".join(lines))
 
 
@@ -221,11 +223,15 @@ def wired_config(config: Config, state: DevState, paths: DevPaths, homeserver_ur
 
     The file's ``[appservice]`` and ``[module]`` settings are kept except the
     secrets (the dev homeserver has its own) and ``[appservice] url`` (derived
-    from ``[server]``); the store moves into the state folder, because the
-    transaction ids it remembers belong to this homeserver.
+    from ``[server]``). Without an ``[appservice]`` section the appservice is
+    interested in every room, so observers see every stored event. The store
+    moves into the state folder: the transaction ids it remembers belong to
+    this homeserver.
     """
-    appservice = config.appservice or AppserviceConfig(as_token=state.as_token,
-                                                       hs_token=state.hs_token)
+    appservice = config.appservice or AppserviceConfig(
+        as_token=state.as_token, hs_token=state.hs_token,
+        namespaces=Namespaces(rooms=(Namespace(".*"),)),
+    )
     return attrs.evolve(
         config,
         homeserver=attrs.evolve(config.homeserver, url=homeserver_url),
@@ -340,8 +346,8 @@ class DevSession:
         container.load()
         if failure := plugin_failures(container):
             raise failure
-        check_port_free(config.server.host, config.server.port, f"[server] port in {config.path}")
-        check_port_free(config.module.host, config.module.port, f"[module] port in {config.path}")
+        require_port(config, config.server.host, config.server.port, "[server] port")
+        require_port(config, config.module.host, config.module.port, "[module] port")
         self.say(f"starting the container on {config.server.host}:{config.server.port}…")
         await self.serve_container(container)
         if failure := plugin_failures(container):
