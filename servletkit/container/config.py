@@ -192,9 +192,20 @@ class DevConfig:
     the first start.
     """
 
-    homeserver_port: int | None = None
+    homeserver_port: int | None = attrs.field(default=None)
     state_dir: str = ".servletkit/dev"
-    test_user: str = "dev"
+    test_user: str = attrs.field(default="dev")
+
+    @homeserver_port.validator
+    def _port(self, attribute: attrs.Attribute[Any], value: int | None) -> None:
+        if value is not None and not 1 <= value <= 65535:
+            raise ValueError(f"homeserver_port: must be a TCP port (1-65535), got {value}")
+
+    @test_user.validator
+    def _localpart(self, attribute: attrs.Attribute[Any], value: str) -> None:
+        if not re.fullmatch(r"[a-z0-9._=/+-]+", value):
+            raise ValueError(f"test_user: {value!r} is not a Matrix user localpart (use "
+                             f"lower-case letters, digits and ._=/+-), e.g. \"dev\"")
 
 
 @attrs.frozen
