@@ -7,12 +7,8 @@ state. Plus the failures that stop it before Synapse starts.
 
 from __future__ import annotations
 
-import json
 import os
-import signal
 import socket
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -23,6 +19,7 @@ import httpx
 import pytest
 
 from servletkit.container.embedded_synapse import free_port
+from servletkit.testing.dev import DevProcess
 
 pytestmark = pytest.mark.integration
 
@@ -48,51 +45,6 @@ reason = "{REASON}"
 prefix = "/shout "
 {extra}""")
     return path
-
-
-@attrs.define
-class DevRun:
-    """A `servletkit dev` subprocess and the facts of its dev.json."""
-
-    process: subprocess.Popen[str]
-    run_file: Path
-    facts: dict[str, Any] = attrs.field(factory=dict)
-    stdout: str = ""
-    stderr: str = ""
-
-    def stop(self) -> int:
-        """SIGTERM; wait; collect the output; return the exit status."""
-        self.process.send_signal(signal.SIGTERM)
-        self.stdout, self.stderr = self.process.communicate(timeout=STOP_TIMEOUT_S)
-        return self.process.returncode
-
-
-def run_dev(config: Path, env: dict[str, str] | None = None) -> subprocess.Popen[str]:
-    return subprocess.Popen(
-        [sys.executable, "-m", "servletkit.container.cli", "dev", "--config", str(config)],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-        env={**os.environ, **(env or {})}, start_new_session=True,
-    )
-
-
-def start_dev(config: Path) -> DevRun:
-    """Start `servletkit dev` and wait for its dev.json (it appears once all answers)."""
-    process = run_dev(config)
-    run = DevRun(process, config.parent / "state" / "dev.json")
-    deadline = time.monotonic() + START_TIMEOUT_S
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            run.stdout, run.stderr = process.communicate()
-            pytest.fail(f"servletkit dev exited with {process.returncode}:\n{run.stdout}"
-                        f"\n{run.stderr}")
-        if run.run_file.exists():
-            run.facts = json.loads(run.run_file.read_text())
-            if run.facts["pids"]["servletkit"] == process.pid:
-                return run
-        time.sleep(0.05)
-    process.kill()
-    process.communicate()
-    pytest.fail(f"no {run.run_file} within {START_TIMEOUT_S:g} s")
 
 
 def descendants(pid: int) -> set[int]:
@@ -183,16 +135,15 @@ def dev_config(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def first_run(dev_config: Path) -> Iterator[DevRun]:
-    run = start_dev(dev_config)
+def first_run(dev_config: Path) -> Iterator[DevProcess]:
+    run = DevProcess.start(dev_config, timeout=START_TIMEOUT_S)
     yield run
     if run.process.poll() is None:
-        run.process.kill()
-        run.process.communicate()
+        run.kill()
 
 
 @pytest.fixture(scope="module")
-def conversation(first_run: DevRun) -> Conversation:
+def conversation(first_run: DevProcess) -> Conversation:
     client = Client(first_run.facts)
     try:
         room_id = client.http.post("/_matrix/client/v3/createRoom", json={}).json()["room_id"]
@@ -207,13 +158,13 @@ def conversation(first_run: DevRun) -> Conversation:
 
 
 @pytest.fixture(scope="module")
-def first_stopped(first_run: DevRun, conversation: Conversation) -> Stopped:
+def first_stopped(first_run: DevProcess, conversation: Conversation) -> Stopped:
     before = descendants(first_run.process.pid)
-    status = first_run.stop()
+    status = first_run.stop(STOP_TIMEOUT_S)
     return Stopped(status, before, first_run.stdout, first_run.stderr)
 
 
-def test_dev_json_has_the_documented_facts(first_run: DevRun) -> None:
+def test_dev_json_has_the_documented_facts(first_run: DevProcess) -> None:
     """dev.json names the homeserver, the container, the server name, the account and the pids."""
     facts = first_run.facts
     assert facts["version"] == 1
@@ -237,7 +188,7 @@ def test_the_example_plugins_decide(conversation: Conversation) -> None:
 
 
 def test_sigterm_stops_synapse_and_the_container(
-    first_run: DevRun, first_stopped: Stopped
+    first_run: DevProcess, first_stopped: Stopped
 ) -> None:
     """SIGTERM: exit 0, no child process left, dev.json removed, the summary was printed."""
     assert first_stopped.status == 0, first_stopped.stderr
@@ -254,10 +205,10 @@ def test_sigterm_stops_synapse_and_the_container(
 
 
 def test_a_second_start_reuses_the_state(
-    dev_config: Path, first_run: DevRun, conversation: Conversation, first_stopped: Stopped
+    dev_config: Path, first_run: DevProcess, conversation: Conversation, first_stopped: Stopped
 ) -> None:
     """Same URL and account; the account logs in; the earlier room and messages are there."""
-    second = start_dev(dev_config)
+    second = DevProcess.start(dev_config, timeout=START_TIMEOUT_S)
     try:
         assert second.facts["homeserver_url"] == first_run.facts["homeserver_url"]
         assert second.facts["test_user"] == first_run.facts["test_user"]
@@ -270,7 +221,7 @@ def test_a_second_start_reuses_the_state(
         finally:
             client.close()
     finally:
-        assert second.stop() == 0
+        assert second.stop(STOP_TIMEOUT_S) == 0
     assert "created the test account" not in second.stdout
 
 
@@ -282,7 +233,7 @@ def test_a_taken_port_is_one_message(tmp_path: Path) -> None:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind(("127.0.0.1", port))
         sock.listen()
-        process = run_dev(config)
+        process = DevProcess.launch(config).process
         _, err = process.communicate(timeout=STOP_TIMEOUT_S)
     assert process.returncode == 1
     assert f"port {port} on 127.0.0.1 is not available" in err
@@ -300,7 +251,7 @@ def test_a_plugin_that_fails_to_load_is_one_message(tmp_path: Path) -> None:
     (site / "broken_plugin-0.1.dist-info" / "entry_points.txt").write_text(
         "[servletkit.plugins]\nbroken = broken_plugin\n")
     config = write_config(tmp_path / "project")
-    process = run_dev(config, env={"PYTHONPATH": str(site)})
+    process = DevProcess.launch(config, env={"PYTHONPATH": str(site)}).process
     _, err = process.communicate(timeout=STOP_TIMEOUT_S)
     assert process.returncode == 1
     assert "plugin 'broken' failed to import: ModuleNotFoundError" in err
