@@ -29,7 +29,8 @@ Everything lives in the state folder (``[dev] state_dir``, default
         {
           "version": 1,
           "homeserver_url": "http://127.0.0.1:PORT",   # for Matrix clients
-          "container_url": "http://127.0.0.1:8090",    # the container's HTTP server
+          "container_url": "http://127.0.0.1:8090",    # the container (appservice wire)
+          "module_wire": "127.0.0.1:8091",             # where Synapse's module connects
           "server_name": "localhost",
           "test_user": {"user_id": "@dev:localhost", "localpart": "dev",
                         "password": "..."},
@@ -353,7 +354,10 @@ class DevSession:
         if failure := plugin_failures(container):
             raise failure
 
-        self.say(f"starting Synapse on {homeserver_url} (state in {paths.synapse})…")
+        first = not (paths.synapse / "homeserver.db").exists()
+        self.say(f"starting Synapse on {homeserver_url} "
+                 + ("(first start: creating its database, a few seconds)…" if first
+                    else f"(state in {paths.synapse})…"))
         self.synapse = launch_synapse(
             paths.synapse, port=port, server_name=config.homeserver.server_name,
             extra_config={
@@ -373,7 +377,8 @@ class DevSession:
         _write_private(paths.run_file, json.dumps({
             "version": RUN_FILE_VERSION,
             "homeserver_url": homeserver_url,
-            "container_url": f"http://{config.server.host}:{config.server.port}",
+            "container_url": appservice_url(config),
+            "module_wire": f"{config.module.host}:{config.module.port}",
             "server_name": config.homeserver.server_name,
             "test_user": {"user_id": user_id, "localpart": config.dev.test_user,
                           "password": state.test_password},
@@ -457,7 +462,8 @@ class DevSession:
         user = facts["test_user"]
         width = max((len(name) for name in facts["plugins"]), default=0)
         plugins = [f"{name.ljust(width)}  {', '.join(hooks) or '(no hooks)'}"
-                   for name, hooks in facts["plugins"].items()] or ["none"]
+                   for name, hooks in facts["plugins"].items()] or [
+                       "none enabled (install a plugin package, see docs/dev.md)"]
         here = Path.cwd()
 
         def show(path: str) -> str:
@@ -471,7 +477,7 @@ class DevSession:
             "",
             f"  Homeserver    {facts['homeserver_url']}   (point any Matrix client here)",
             f"  Test account  {user['user_id']}   password {user['password']}",
-            f"  Container     {facts['container_url']}",
+            f"  Container     {facts['container_url']}   (module wire on {facts['module_wire']})",
             f"  Plugins       {plugins[0]}",
             *(f"                {line}" for line in plugins[1:]),
             f"  Logs          {show(facts['logs']['servletkit'])}",

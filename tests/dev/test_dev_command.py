@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import os
 import socket
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -23,6 +25,7 @@ from servletkit.testing.dev import DevProcess
 
 pytestmark = pytest.mark.integration
 
+DOCS = Path(__file__).resolve().parents[2] / "docs"
 START_TIMEOUT_S = 60.0
 STOP_TIMEOUT_S = 30.0
 REASON = "This room does not take that word (servletkit word_filter)"
@@ -158,7 +161,18 @@ def conversation(first_run: DevProcess) -> Conversation:
 
 
 @pytest.fixture(scope="module")
-def first_stopped(first_run: DevProcess, conversation: Conversation) -> Stopped:
+def docs_client_output(first_run: DevProcess) -> str:
+    """What docs/dev_client.py (shown in docs/dev.md) prints against this dev homeserver."""
+    result = subprocess.run([sys.executable, str(DOCS / "dev_client.py"), str(first_run.run_file)],
+                            capture_output=True, text=True, timeout=60, check=False)
+    assert result.returncode == 0, result.stderr
+    return result.stdout
+
+
+@pytest.fixture(scope="module")
+def first_stopped(
+    first_run: DevProcess, conversation: Conversation, docs_client_output: str
+) -> Stopped:
     before = descendants(first_run.process.pid)
     status = first_run.stop(STOP_TIMEOUT_S)
     return Stopped(status, before, first_run.stdout, first_run.stderr)
@@ -185,6 +199,22 @@ def test_the_example_plugins_decide(conversation: Conversation) -> None:
     assert conversation.forbidden.json() == {"errcode": "M_FORBIDDEN", "error": REASON}
     assert conversation.shout.status_code == 200
     assert conversation.shout_stored["content"]["body"] == "HI THERE"
+
+
+def test_the_documented_client_sees_the_plugins_act(docs_client_output: str) -> None:
+    """docs/dev_client.py prints the allow, the veto with its reason, and the modification."""
+    assert docs_client_output.splitlines() == [
+        "'hello, servletkit': stored as 'hello, servletkit'",
+        f"'this word is forbidden': refused, 403 {REASON}",
+        "'/shout make it loud': stored as 'MAKE IT LOUD'",
+    ]
+
+
+def test_docs_show_the_client_that_is_tested() -> None:
+    """docs/dev.md contains docs/dev_client.py verbatim (the example is never pasted by hand)."""
+    script = (DOCS / "dev_client.py").read_text()
+    code = script.split('"""\n\n', 1)[1]  # without the module docstring
+    assert code in (DOCS / "dev.md").read_text()
 
 
 def test_sigterm_stops_synapse_and_the_container(
