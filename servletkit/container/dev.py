@@ -175,6 +175,25 @@ def check_synapse_installed() -> None:
                        f"install it with: {INSTALL_HINT}")
 
 
+def check_not_running(paths: DevPaths) -> None:
+    """Raise :class:`DevError` if a live ``servletkit dev`` owns this state folder."""
+    try:
+        pid = json.loads(paths.run_file.read_text())["pids"]["servletkit"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return
+    if not isinstance(pid, int) or pid == os.getpid():
+        return
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return  # left behind by a killed run
+    except PermissionError:
+        pass  # alive, someone else's
+    raise DevError(f"servletkit dev is already running for {paths.root} (pid {pid}): stop it "
+                   f"first (Ctrl-C in its terminal, or kill {pid}); if that process is not "
+                   f"servletkit dev, delete {paths.run_file}")
+
+
 def port_problem(host: str, port: int) -> str | None:
     """Why ``host``:``port`` cannot be listened on now, or ``None`` if it can."""
     with socket.socket() as sock:
@@ -316,7 +335,7 @@ class DevSession:
             if starting.done():
                 starting.result()  # raises what went wrong
                 self.print_summary(json.loads(self.paths.run_file.read_text()))
-                await stopping
+                await self.until_stopped(stopping)
             self.say("stopping…")
         finally:
             starting.cancel()
@@ -329,10 +348,24 @@ class DevSession:
         self.say("stopped")
         return 0
 
+    async def until_stopped(self, stopping: asyncio.Task[Any]) -> None:
+        """Wait for the stop signal; raise :class:`DevError` if Synapse or the container ends."""
+        assert self.synapse is not None and self._serving is not None  # start() set them
+        while not stopping.done():
+            status = self.synapse.process.poll()
+            if status is not None:
+                raise DevError(f"Synapse exited on its own (status {status}); "
+                               f"see {self.paths.synapse_log}")
+            if self._serving.done():
+                raise DevError(f"the container stopped on its own; see "
+                               f"{self.paths.container_log}")
+            await asyncio.wait({stopping}, timeout=0.25)
+
     async def start(self) -> None:
         """Start the container, then Synapse; create the test account; write ``dev.json``."""
         config, paths = self.config, self.paths
-        self.paths.run_file.unlink(missing_ok=True)
+        check_not_running(paths)
+        paths.run_file.unlink(missing_ok=True)
         check_synapse_installed()
         state = DevState.load(paths.state)
         port = choose_homeserver_port(config, state)

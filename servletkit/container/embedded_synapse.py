@@ -177,9 +177,11 @@ def launch_synapse(
 
     ``port`` defaults to a free one. ``pythonpath`` is prepended to the child's
     ``PYTHONPATH`` (for modules not installed in ``python``'s environment).
-    ``die_with_parent`` (Linux) has the kernel SIGTERM Synapse if the thread
-    that launched it dies, so even a killed parent leaves no homeserver behind;
-    launch from the main thread when you use it.
+    ``die_with_parent`` puts Synapse in its own session, so a Ctrl-C in the
+    terminal reaches only the parent (which then stops it in order), and (on
+    Linux) has the kernel SIGTERM it if the thread that launched it dies, so
+    even a killed parent leaves no homeserver behind; launch from the main
+    thread when you use it.
     """
     workdir = Path(workdir).resolve()
     workdir.mkdir(parents=True, exist_ok=True)
@@ -200,6 +202,7 @@ def launch_synapse(
         process = subprocess.Popen(
             [python, "-m", "synapse.app.homeserver", "-c", str(config_path)],
             stdout=log, stderr=subprocess.STDOUT, env=env, cwd=workdir, preexec_fn=preexec,
+            start_new_session=die_with_parent,
         )
     return SynapseServer(f"http://127.0.0.1:{port}", port, workdir, process, server_name)
 

@@ -8,6 +8,7 @@ state. Plus the failures that stop it before Synapse starts.
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -234,25 +235,53 @@ def test_sigterm_stops_synapse_and_the_container(
     assert "Traceback" not in first_stopped.stderr
 
 
+@pytest.fixture(scope="module")
+def second_run(dev_config: Path, first_stopped: Stopped) -> Iterator[DevProcess]:
+    run = DevProcess.start(dev_config, timeout=START_TIMEOUT_S)
+    yield run
+    if run.process.poll() is None:
+        run.kill()
+
+
 def test_a_second_start_reuses_the_state(
-    dev_config: Path, first_run: DevProcess, conversation: Conversation, first_stopped: Stopped
+    first_run: DevProcess, conversation: Conversation, second_run: DevProcess
 ) -> None:
     """Same URL and account; the account logs in; the earlier room and messages are there."""
-    second = DevProcess.start(dev_config, timeout=START_TIMEOUT_S)
+    assert second_run.facts["homeserver_url"] == first_run.facts["homeserver_url"]
+    assert second_run.facts["test_user"] == first_run.facts["test_user"]
+    client = Client(second_run.facts)
     try:
-        assert second.facts["homeserver_url"] == first_run.facts["homeserver_url"]
-        assert second.facts["test_user"] == first_run.facts["test_user"]
-        client = Client(second.facts)
-        try:
-            bodies = client.bodies(conversation.room_id)
-            assert "hello servletkit" in bodies and "HI THERE" in bodies
-            assert "this word is forbidden" not in bodies
-            assert client.send(conversation.room_id, "spam again").status_code == 403
-        finally:
-            client.close()
+        bodies = client.bodies(conversation.room_id)
+        assert "hello servletkit" in bodies and "HI THERE" in bodies
+        assert "this word is forbidden" not in bodies
+        assert client.send(conversation.room_id, "spam again").status_code == 403
     finally:
-        assert second.stop(STOP_TIMEOUT_S) == 0
-    assert "created the test account" not in second.stdout
+        client.close()
+
+
+def test_a_second_dev_on_the_same_state_is_refused(
+    dev_config: Path, second_run: DevProcess
+) -> None:
+    """While one runs, another on the same state folder exits 1 and leaves the first alone."""
+    other = DevProcess.launch(dev_config)
+    _, err = other.process.communicate(timeout=STOP_TIMEOUT_S)
+    assert other.process.returncode == 1, err
+    assert f"already running for {dev_config.parent / 'state'} (pid {second_run.process.pid})" \
+        in err
+    assert second_run.process.poll() is None
+    assert httpx.get(f"{second_run.facts['homeserver_url']}/_matrix/client/versions").is_success
+
+
+def test_synapse_dying_ends_dev_with_a_message(second_run: DevProcess) -> None:
+    """If Synapse dies under it, servletkit dev says so, stops the container and exits 1."""
+    before = descendants(second_run.process.pid)
+    os.kill(second_run.facts["pids"]["synapse"], signal.SIGKILL)
+    out, err = second_run.process.communicate(timeout=STOP_TIMEOUT_S)
+    assert second_run.process.returncode == 1
+    assert "Synapse exited on its own (status -9)" in err and "Traceback" not in err
+    assert not [pid for pid in before if alive(pid)]
+    assert not second_run.run_file.exists()
+    assert "created the test account" not in out  # it was a warm start
 
 
 def test_a_taken_port_is_one_message(tmp_path: Path) -> None:
