@@ -8,9 +8,12 @@ import logging
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 from servletkit.container.config import Config, ConfigError, load_config
+from servletkit.container.module_wire import module_entry
 from servletkit.container.runtime import Container, PluginStatus
+from servletkit.container.yamlout import dump_yaml
 
 DEFAULT_CONFIG = "servletkit.toml"
 
@@ -73,6 +76,17 @@ def cmd_check(args: argparse.Namespace) -> int:
     return 0
 
 
+def synapse_config(config: Config) -> dict[str, Any]:
+    """The homeserver.yaml sections that connect Synapse to this container's wires."""
+    return {"modules": [module_entry(config)]}
+
+
+def cmd_synapse_config(args: argparse.Namespace) -> int:
+    """Print the homeserver.yaml sections for this container (paste them into Synapse's)."""
+    print(dump_yaml(synapse_config(load_config(args.config))), end="")
+    return 0
+
+
 async def _inspect(container: Container) -> list[PluginStatus]:
     """Start the plugins, note their state, stop them again."""
     await container.start()
@@ -104,12 +118,15 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--port", type=int, help="port to bind (default: [server] port)")
     command("plugins", cmd_plugins, "list installed plugins, their hooks and state")
     command("check", cmd_check, "validate the config and plugin loading")
+    command("synapse-config", cmd_synapse_config,
+            "print the homeserver.yaml sections that connect Synapse to this container")
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``servletkit`` console script."""
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(level=logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     args = build_parser().parse_args(argv)
     if not Path(args.config).exists():
         print(f"servletkit: {args.config}: no such config file "
