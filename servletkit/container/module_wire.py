@@ -18,6 +18,7 @@ import asyncio
 import contextlib
 import hmac
 import logging
+import typing
 from collections.abc import AsyncIterator, Callable, Mapping
 from pathlib import Path
 from typing import Any, Final
@@ -154,8 +155,8 @@ class ModuleConnection(asyncio.Protocol):
         self._tasks: set[asyncio.Task[None]] = set()
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self._transport = transport
+        # uvloop's transports are not asyncio.Transport subclasses, hence the cast
+        self._transport = typing.cast(asyncio.Transport, transport)
         self._wire.connections.add(self)
         self._hello_timer = asyncio.get_running_loop().call_later(
             HELLO_TIMEOUT_S, self._refuse, "M_FORBIDDEN", "no hello within "
