@@ -53,7 +53,8 @@ class Container:
     """Plugins loaded according to a :class:`Config`, with a dispatcher over the live ones.
 
     ``extra_plugins`` are plugin sources handed in directly (tests, embedding)
-    in addition to the installed entry points. Nothing happens at construction;
+    in addition to the installed entry points (which ``include_installed=False``
+    leaves out). Nothing happens at construction;
     :meth:`load` imports and registers, :meth:`start` runs ``servlet_init``,
     :meth:`stop` runs ``servlet_destroy``.
     """
@@ -64,8 +65,10 @@ class Container:
         extra_plugins: Iterable[PluginSource] = (),
         *,
         store: Store | None = None,
+        include_installed: bool = True,
     ) -> None:
         self.config = config
+        self._include_installed = include_installed
         self.store: Store = store or SqliteStore(
             config.resolve(config.store.path),
             synchronous=config.store.synchronous,
@@ -90,7 +93,8 @@ class Container:
         that is not installed. A plugin that fails to import or register is
         recorded in :attr:`errors` and the others load.
         """
-        self._sources = sources_for(installed_plugins(), self._extra)
+        installed = installed_plugins() if self._include_installed else {}
+        self._sources = sources_for(installed, self._extra)
         for table in self.config.plugins:
             if table.name not in self._sources:
                 available = ", ".join(sorted(self._sources)) or "none"

@@ -55,15 +55,10 @@ class FailsInit:
 
 
 def container(toml: dict[str, Any], *plugins: tuple[str, Any]) -> Container:
+    """A container over plugin objects handed in directly (installed ones left out)."""
     config = parse_config(toml, Path("/tmp/test-servletkit.toml"))
-    c = Container(config, [PluginSource(name, obj=obj) for name, obj in plugins])
-    return c
-
-
-@pytest.fixture(autouse=True)
-def no_installed_plugins(monkeypatch: pytest.MonkeyPatch) -> None:
-    """These tests hand plugins in directly; the environment's entry points stay out."""
-    monkeypatch.setattr("servletkit.container.runtime.installed_plugins", dict)
+    sources = [PluginSource(name, obj=obj) for name, obj in plugins]
+    return Container(config, sources, include_installed=False)
 
 
 async def test_plugins_get_their_config_and_lifecycle() -> None:
@@ -92,8 +87,8 @@ async def test_import_failure_is_reported_with_traceback_and_the_rest_run() -> N
         name="broken", value="servletkit_no_such_module_xyz", group="servletkit.plugins"
     )
     config = parse_config({}, Path("/tmp/x.toml"))
-    c = Container(config, [PluginSource.from_entry_point(broken),
-                           PluginSource("words", obj=WordVeto())])
+    sources = [PluginSource.from_entry_point(broken), PluginSource("words", obj=WordVeto())]
+    c = Container(config, sources, include_installed=False)
     c.load()
     await c.start()
     [error] = c.errors

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from servletkit import Allow, Event, Modify, Veto, hookimpl
+from servletkit import Allow, Ephemeral, Event, Modify, Veto, hookimpl
 from servletkit.container.context import PluginContext
 from servletkit.container.plugins import new_plugin_manager
 from servletkit.hooks.dispatcher import Dispatcher, PluginPolicy
@@ -389,3 +389,63 @@ class TestObservation:
         release.set()
         await d.drain()
         assert done == ["done"]
+
+
+class EveryHook:
+    """Implements every interception and observation hook, recording what it was given."""
+
+    def __init__(self) -> None:
+        self.got: list[tuple[Any, ...]] = []
+
+    @hookimpl
+    def on_join_room(self, user_id: str, room_id: str, context: PluginContext) -> Veto:
+        self.got.append(("on_join_room", user_id, room_id, context.name))
+        return Veto("join")
+
+    @hookimpl
+    async def on_invite(
+        self, inviter_id: str, invitee_id: str, room_id: str, context: PluginContext
+    ) -> Veto:
+        self.got.append(("on_invite", inviter_id, invitee_id, room_id, context.name))
+        return Veto("invite")
+
+    @hookimpl
+    def on_create_room(self, user_id: str, request: dict[str, Any], context: PluginContext) -> Veto:
+        self.got.append(("on_create_room", user_id, request, context.name))
+        return Veto("create")
+
+    @hookimpl
+    def on_connect_event_stream(
+        self, user_id: str, device_id: str | None, context: PluginContext
+    ) -> Veto:
+        self.got.append(("on_connect_event_stream", user_id, device_id, context.name))
+        return Veto("connect")
+
+    @hookimpl
+    async def on_ephemeral(self, data: Ephemeral, context: PluginContext) -> None:
+        self.got.append(("on_ephemeral", data.type, context.name))
+
+
+@pytest.mark.parametrize(
+    ("hook", "args"),
+    [
+        ("on_join_room", ("@u:hs", "!r:hs")),
+        ("on_invite", ("@u:hs", "@v:hs", "!r:hs")),
+        ("on_create_room", ("@u:hs", {"preset": "private_chat"})),
+        ("on_connect_event_stream", ("@u:hs", "DEVICE")),
+    ],
+)
+async def test_each_interception_hook_gets_its_arguments_in_place(
+    hook: str, args: tuple[Any, ...]
+) -> None:
+    plugin = EveryHook()
+    outcome = await dispatcher_for(("every", plugin, policy())).intercept(hook, *args)
+    assert plugin.got == [(hook, *args, "every")]
+    assert outcome.vetoed and outcome.event is None
+
+
+async def test_ephemeral_data_reaches_observers() -> None:
+    plugin = EveryHook()
+    data = Ephemeral.from_json({"type": "m.typing", "room_id": "!r:hs", "content": {}})
+    assert await dispatcher_for(("every", plugin, policy())).observe("on_ephemeral", data) == ()
+    assert plugin.got == [("on_ephemeral", "m.typing", "every")]
