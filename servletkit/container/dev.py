@@ -517,7 +517,7 @@ class DevSession:
             f"                {show(facts['logs']['synapse'])}",
             f"  For scripts   {show(str(self.paths.run_file))}",
             "",
-            "Press Ctrl-C to stop.",
+            "What the plugins log (context.log) appears below; Ctrl-C stops everything.",
             "",
         ]
         print("\n".join(lines), file=self.out, flush=True)
@@ -533,20 +533,44 @@ class DevSession:
                 await self._serving
 
 
-def log_to_file(path: Path) -> Callable[[], None]:
-    """Send every log record to ``path`` (the terminal is for progress); return an undo."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handler = logging.FileHandler(path, encoding="utf-8")
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+class _PluginLines(logging.Formatter):
+    """``[word_filter] message`` for the terminal; tracebacks stay in the log file."""
+
+    def __init__(self, log_file: Path) -> None:
+        super().__init__()
+        self._log_file = log_file
+
+    def format(self, record: logging.LogRecord) -> str:
+        plugin = record.name.removeprefix(PLUGIN_LOGGER_PREFIX)
+        line = f"  [{plugin}] {record.getMessage()}"
+        if record.exc_info:
+            line += f" (traceback in {self._log_file})"
+        return line
+
+
+PLUGIN_LOGGER_PREFIX: Final = "servletkit.plugins."
+
+
+def route_logs(log_file: Path, out: TextIO) -> Callable[[], None]:
+    """Every log record to ``log_file``; the plugins' own (``context.log``) also to ``out``.
+
+    Returns a function that puts the previous logging set-up back.
+    """
+    log_file.parent.mkdir(parents=True, exist_ok=True)
+    to_file = logging.FileHandler(log_file, encoding="utf-8")
+    to_file.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    to_terminal = logging.StreamHandler(out)
+    to_terminal.addFilter(lambda record: record.name.startswith(PLUGIN_LOGGER_PREFIX))
+    to_terminal.setFormatter(_PluginLines(log_file))
     root = logging.getLogger()
     saved = root.handlers[:], root.level
-    root.handlers[:] = [handler]
+    root.handlers[:] = [to_file, to_terminal]
     root.setLevel(logging.INFO)
 
     def undo() -> None:
         root.handlers[:], level = saved
         root.setLevel(level)
-        handler.close()
+        to_file.close()
 
     return undo
 
@@ -554,7 +578,7 @@ def log_to_file(path: Path) -> Callable[[], None]:
 def run_dev(config: Config, out: TextIO = sys.stdout) -> int:
     """Run ``servletkit dev`` for ``config`` until SIGINT or SIGTERM; return the exit status."""
     session = DevSession(config, out)
-    undo = log_to_file(session.paths.container_log)
+    undo = route_logs(session.paths.container_log, out)
     try:
         return asyncio.run(session.run())
     finally:

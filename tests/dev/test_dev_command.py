@@ -231,6 +231,11 @@ def test_sigterm_stops_synapse_and_the_container(
     assert first_run.facts["homeserver_url"] in out
     assert first_run.facts["test_user"]["password"] in out
     assert "word_filter  on_send_event" in out
+    # what the example plugins log is shown, once per decision, made before the event is stored
+    assert out.count("[word_filter] vetoed @dev:localhost's message") == 2  # test and docs client
+    assert "it contains 'forbidden' (before_store)" in out
+    assert "[formatter] modified @dev:localhost's message: '/shout hi there' becomes 'HI THERE'" \
+        in out
     assert "servletkit dev: stopped" in out
     assert "Traceback" not in first_stopped.stderr
 
