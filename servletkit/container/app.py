@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import AsyncIterator, Callable, Sequence
+from contextlib import AbstractAsyncContextManager
 
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -12,6 +13,7 @@ from starlette.routing import BaseRoute, Route
 
 from servletkit.container.appservice import appservice_routes
 from servletkit.container.errors import EXCEPTION_HANDLERS
+from servletkit.container.module_wire import module_listener
 from servletkit.container.runtime import Container
 
 Wire = Callable[[Container], Sequence[BaseRoute]]
@@ -36,15 +38,31 @@ def health_routes(container: Container) -> list[BaseRoute]:
 WIRES: list[Wire] = [health_routes, appservice_routes]
 """The wires every container serves, in route-matching order."""
 
+Service = Callable[[Container], AbstractAsyncContextManager[None]]
+"""Something that runs beside the routes while the app lives (a wire's own listener).
 
-def build_app(container: Container, wires: Sequence[Wire] | None = None) -> Starlette:
-    """The ASGI app for ``container``; its lifespan starts and stops the plugins."""
+Entered after the plugins have started, left before they stop.
+"""
+
+SERVICES: list[Service] = [module_listener]
+"""The services every container runs."""
+
+
+def build_app(
+    container: Container,
+    wires: Sequence[Wire] | None = None,
+    services: Sequence[Service] | None = None,
+) -> Starlette:
+    """The ASGI app for ``container``; its lifespan starts and stops the plugins and services."""
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         await container.start()
         try:
-            yield
+            async with contextlib.AsyncExitStack() as stack:
+                for service in SERVICES if services is None else services:
+                    await stack.enter_async_context(service(container))
+                yield
         finally:
             await container.stop()
 

@@ -92,6 +92,16 @@ def cmd_synapse_config(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_dev(args: argparse.Namespace) -> int:
+    """Run an embedded Synapse wired to the container and its plugins until stopped."""
+    from servletkit.container.dev import DevError, run_dev
+
+    try:
+        return run_dev(load_config(args.config))
+    except DevError as exc:
+        raise CommandError(str(exc)) from None
+
+
 async def _inspect(container: Container) -> list[PluginStatus]:
     """Start the plugins, note their state, stop them again."""
     await container.start()
@@ -121,6 +131,8 @@ def build_parser() -> argparse.ArgumentParser:
     run = command("run", cmd_run, "serve the container (HTTP) with its plugins")
     run.add_argument("--host", help="address to bind (default: [server] host)")
     run.add_argument("--port", type=int, help="port to bind (default: [server] port)")
+    command("dev", cmd_dev, "run a local Synapse wired to the container and its plugins "
+            "(state in [dev] state_dir); Ctrl-C stops both")
     command("plugins", cmd_plugins, "list installed plugins, their hooks and state")
     command("check", cmd_check, "validate the config and plugin loading")
     command("registration", cmd_registration,

@@ -129,6 +129,85 @@ class StoreConfig:
     transactions_kept: int = attrs.field(default=10_000, validator=_positive)
 
 
+def _secret_when_enabled(instance: Any, attribute: attrs.Attribute[Any], value: str) -> None:
+    if instance.enabled and not value:
+        raise ValueError(
+            "secret: must be set when enabled = true (a long random string; "
+            "`servletkit synapse-config` copies it into homeserver.yaml)"
+        )
+
+
+@attrs.frozen
+class CallbackPolicy:
+    """One Synapse callback's time budget and failure policy (``[module.callbacks.NAME]``).
+
+    A key left out takes the module's default (see :mod:`servletkit.synapse`).
+    """
+
+    timeout_ms: float | None = attrs.field(default=None)
+    fail_open: bool | None = None
+
+    @timeout_ms.validator
+    def _positive(self, attribute: attrs.Attribute[Any], value: float | None) -> None:
+        if value is not None and value <= 0:
+            raise ValueError(f"timeout_ms: must be positive, got {value:g}")
+
+
+@attrs.frozen
+class ModuleCallbacks:
+    """``[module.callbacks]``: a :class:`CallbackPolicy` per Synapse callback the module uses."""
+
+    check_event_allowed: CallbackPolicy = CallbackPolicy()
+    check_event_for_spam: CallbackPolicy = CallbackPolicy()
+    user_may_join_room: CallbackPolicy = CallbackPolicy()
+    user_may_invite: CallbackPolicy = CallbackPolicy()
+    user_may_create_room: CallbackPolicy = CallbackPolicy()
+    check_login_for_spam: CallbackPolicy = CallbackPolicy()
+
+
+@attrs.frozen
+class ModuleConfig:
+    """``[module]``: the module wire (``servletkit.synapse.ServletkitModule`` in Synapse).
+
+    The container listens on ``host``:``port`` for the module's connection when
+    ``enabled``; the module authenticates with ``secret``. ``callbacks`` are
+    written into the module's config by ``servletkit synapse-config``.
+    """
+
+    enabled: bool = False
+    host: str = "127.0.0.1"
+    port: int = 8091
+    secret: str = attrs.field(default="", repr=False, validator=_secret_when_enabled)
+    callbacks: ModuleCallbacks = ModuleCallbacks()
+
+
+@attrs.frozen
+class DevConfig:
+    """``[dev]``: the embedded homeserver of ``servletkit dev``.
+
+    ``homeserver_port``: Synapse's port on 127.0.0.1 (default: a free port,
+    picked on the first start and kept while it stays free). ``state_dir``:
+    where Synapse's database, the generated secrets and the logs live, relative
+    to the config file. ``test_user``: the localpart of the account created on
+    the first start.
+    """
+
+    homeserver_port: int | None = attrs.field(default=None)
+    state_dir: str = ".servletkit/dev"
+    test_user: str = attrs.field(default="dev")
+
+    @homeserver_port.validator
+    def _port(self, attribute: attrs.Attribute[Any], value: int | None) -> None:
+        if value is not None and not 1 <= value <= 65535:
+            raise ValueError(f"homeserver_port: must be a TCP port (1-65535), got {value}")
+
+    @test_user.validator
+    def _localpart(self, attribute: attrs.Attribute[Any], value: str) -> None:
+        if not re.fullmatch(r"[a-z0-9._=/+-]+", value):
+            raise ValueError(f"test_user: {value!r} is not a Matrix user localpart (use "
+                             f"lower-case letters, digits and ._=/+-), e.g. \"dev\"")
+
+
 @attrs.frozen
 class PluginSettings:
     """The container's keys in a ``[plugins.NAME]`` table; the rest is the plugin's own."""
@@ -162,6 +241,8 @@ class Config:
     homeserver: HomeserverConfig = HomeserverConfig()
     appservice: AppserviceConfig | None = None
     store: StoreConfig = StoreConfig()
+    module: ModuleConfig = ModuleConfig()
+    dev: DevConfig = DevConfig()
     plugins: tuple[PluginTable, ...] = ()
 
     def plugin(self, name: str) -> PluginTable | None:

@@ -16,6 +16,7 @@ from typing import Any
 import yaml
 
 from servletkit.container.config import AppserviceConfig, Config, ConfigError
+from servletkit.container.module_wire import module_snippet
 
 DEFAULT_REGISTRATION_FILE = "appservice-registration.yaml"
 
@@ -77,12 +78,15 @@ def appservice_snippet(config: Config, registration_file: Path) -> dict[str, Any
 
 SynapseSnippet = Callable[[Config, Path], dict[str, Any]]
 
-SYNAPSE_SNIPPETS: list[SynapseSnippet] = [appservice_snippet]
+SYNAPSE_SNIPPETS: list[SynapseSnippet] = [appservice_snippet, module_snippet]
 """Each wire's contribution to ``homeserver.yaml``, merged in order by :func:`synapse_config`."""
 
 
 def synapse_config(config: Config, registration_file: Path) -> dict[str, Any]:
-    """The keys to add to Synapse's ``homeserver.yaml``; lists and tables are merged."""
+    """The keys to add to Synapse's ``homeserver.yaml``; lists and tables are merged.
+
+    Raises :class:`ConfigError` when the config connects no wire to Synapse.
+    """
     merged: dict[str, Any] = {}
     for snippet in SYNAPSE_SNIPPETS:
         for key, value in snippet(config, registration_file).items():
@@ -92,6 +96,10 @@ def synapse_config(config: Config, registration_file: Path) -> dict[str, Any]:
                 merged.setdefault(key, {}).update(value)
             else:
                 merged[key] = value
+    if not merged:
+        raise ConfigError(config.path, "", "connects no wire to Synapse: add an [appservice] "
+                          "section with as_token and hs_token, or set [module] enabled = true "
+                          "and a secret")
     return merged
 
 

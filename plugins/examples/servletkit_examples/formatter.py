@@ -19,4 +19,7 @@ class Formatter:
             return None
         if not body.startswith(prefix):
             return None
-        return Modify(content={**event.content, "body": body[len(prefix):].upper()})
+        loud = body[len(prefix):].upper()
+        context.log.info("modified %s's message: %r becomes %r (%s)",
+                         event.sender, body, loud, event.stage)
+        return Modify(content={**event.content, "body": loud})

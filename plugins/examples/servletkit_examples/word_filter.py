@@ -17,5 +17,7 @@ def on_send_event(event: Event, context) -> Veto | None:
     lowered = body.lower()
     for word in words:
         if word.lower() in lowered:
+            context.log.info("vetoed %s's message in %s: it contains %r (%s)",
+                             event.sender, event.room_id, word, event.stage)
             return Veto(context.config.get("reason", f"the word {word!r} is not allowed here"))
     return None

@@ -1,0 +1,585 @@
+"""``servletkit dev``: a real homeserver wired to the container, in one command.
+
+The container (with every plugin the config enables) starts first, in this
+process, so the homeserver never sees the appservice down. Then an embedded
+Synapse (:mod:`servletkit.container.embedded_synapse`: SQLite, 127.0.0.1,
+relaxed rate limits) starts as a child process, with the module wire's
+``modules:`` entry and the appservice registration written for it. A test
+account is created once, Synapse is asked to ping the appservice, and the
+facts a client needs are printed and written to ``dev.json``.
+
+Everything lives in the state folder (``[dev] state_dir``, default
+``.servletkit/dev`` next to the config file):
+
+``state.json``
+    Generated on the first start and kept (mode 0600): the appservice tokens,
+    the module wire's secret, Synapse's own secrets, the test account's
+    password and the homeserver port. Delete the folder to start afresh.
+``synapse/``
+    Synapse's ``homeserver.yaml``, SQLite database, media, signing key and
+    ``synapse.log``: users, rooms and history survive a restart.
+``appservice-registration.yaml``
+    The registration Synapse loads (``servletkit registration`` for this config).
+``servletkit.log``
+    The container's log: plugins, wires, HTTP requests.
+``dev.json``
+    Written once everything answers, removed on a clean stop, so its presence
+    means "running". One JSON object (format version 1)::
+
+        {
+          "version": 1,
+          "homeserver_url": "http://127.0.0.1:PORT",   # for Matrix clients
+          "container_url": "http://127.0.0.1:8090",    # the container (appservice wire)
+          "module_wire": "127.0.0.1:8091",             # where Synapse's module connects
+          "server_name": "localhost",
+          "test_user": {"user_id": "@dev:localhost", "localpart": "dev",
+                        "password": "..."},
+          "plugins": {"word_filter": ["on_send_event"], ...},   # live ones, their hooks
+          "logs": {"servletkit": "/abs/servletkit.log", "synapse": "/abs/synapse.log"},
+          "pids": {"servletkit": 1234, "synapse": 1240}
+        }
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import importlib.util
+import json
+import logging
+import os
+import secrets
+import signal
+import socket
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, Final, TextIO
+from urllib.parse import quote
+
+import attrs
+import httpx
+import uvicorn
+
+from servletkit.container.app import build_app
+from servletkit.container.config import AppserviceConfig, Config, Namespace, Namespaces
+from servletkit.container.embedded_synapse import (
+    SynapseError,
+    SynapseServer,
+    free_port,
+    launch_synapse,
+)
+from servletkit.container.registration import (
+    appservice_url,
+    dump_yaml,
+    registration,
+    synapse_config,
+)
+from servletkit.container.runtime import Container
+
+log = logging.getLogger("servletkit.dev")
+
+RUN_FILE_VERSION: Final = 1
+SYNAPSE_START_TIMEOUT_S: Final = 60.0
+INSTALL_HINT: Final = "pip install 'servletkit[synapse]' (or run scripts/bootstrap)"
+
+
+class DevError(Exception):
+    """``servletkit dev`` cannot go on; the message says what failed and how to fix it."""
+
+
+# -- the state folder -----------------------------------------------------------
+
+
+@attrs.frozen
+class DevPaths:
+    """Where ``servletkit dev`` keeps things, all under ``root`` (the state folder)."""
+
+    root: Path
+
+    @classmethod
+    def for_config(cls, config: Config) -> DevPaths:
+        """The state folder ``[dev] state_dir`` of ``config``, made absolute."""
+        return cls(config.resolve(config.dev.state_dir))
+
+    @property
+    def state(self) -> Path:
+        return self.root / "state.json"
+
+    @property
+    def run_file(self) -> Path:
+        return self.root / "dev.json"
+
+    @property
+    def synapse(self) -> Path:
+        return self.root / "synapse"
+
+    @property
+    def registration(self) -> Path:
+        return self.root / "appservice-registration.yaml"
+
+    @property
+    def container_log(self) -> Path:
+        return self.root / "servletkit.log"
+
+    @property
+    def synapse_log(self) -> Path:
+        return self.synapse / "synapse.log"
+
+
+def _secret() -> str:
+    return secrets.token_urlsafe(32)
+
+
+@attrs.frozen
+class DevState:
+    """What ``servletkit dev`` generates once and reuses on every later start."""
+
+    as_token: str = attrs.field(factory=_secret, repr=False)
+    hs_token: str = attrs.field(factory=_secret, repr=False)
+    module_secret: str = attrs.field(factory=_secret, repr=False)
+    registration_shared_secret: str = attrs.field(factory=_secret, repr=False)
+    macaroon_secret_key: str = attrs.field(factory=_secret, repr=False)
+    form_secret: str = attrs.field(factory=_secret, repr=False)
+    test_password: str = attrs.field(factory=lambda: secrets.token_urlsafe(12), repr=False)
+    homeserver_port: int | None = None
+
+    @classmethod
+    def load(cls, path: Path) -> DevState:
+        """The state saved at ``path``, or a fresh one if there is none.
+
+        Keys a newer or older version does not know are dropped or generated.
+        """
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            return cls()
+        except (OSError, ValueError) as exc:
+            raise DevError(f"{path}: cannot be read ({exc}); delete it to generate new "
+                           f"secrets (the homeserver's users and rooms are kept)") from None
+        known = {field.name for field in attrs.fields(cls)}
+        return cls(**{key: value for key, value in data.items() if key in known})
+
+    def save(self, path: Path) -> None:
+        """Write the state to ``path``, readable by its owner only."""
+        _write_private(path, json.dumps(attrs.asdict(self), indent=2))
+
+
+# -- checks before starting anything ------------------------------------------
+
+
+def check_synapse_installed() -> None:
+    """Raise :class:`DevError` with the install command if Synapse cannot be imported."""
+    if importlib.util.find_spec("synapse") is None:
+        raise DevError(f"Synapse is not installed in this Python environment ({sys.executable}); "
+                       f"install it with: {INSTALL_HINT}")
+
+
+def check_not_running(paths: DevPaths) -> None:
+    """Raise :class:`DevError` if a live ``servletkit dev`` owns this state folder."""
+    try:
+        pid = json.loads(paths.run_file.read_text())["pids"]["servletkit"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return
+    if not isinstance(pid, int) or pid == os.getpid():
+        return
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return  # left behind by a killed run
+    except PermissionError:
+        pass  # alive, someone else's
+    raise DevError(f"servletkit dev is already running for {paths.root} (pid {pid}): stop it "
+                   f"first (Ctrl-C in its terminal, or kill {pid}); if that process is not "
+                   f"servletkit dev, delete {paths.run_file}")
+
+
+def port_problem(host: str, port: int) -> str | None:
+    """Why ``host``:``port`` cannot be listened on now, or ``None`` if it can."""
+    with socket.socket() as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError as exc:
+            return exc.strerror or str(exc)
+    return None
+
+
+def require_port(config: Config, host: str, port: int, setting: str) -> None:
+    """Raise :class:`DevError` naming the config ``setting`` if ``host``:``port`` is taken."""
+    if problem := port_problem(host, port):
+        raise DevError(f"port {port} on {host} is not available ({problem}): stop the process "
+                       f"using it, or choose another {setting} in {config.path}")
+
+
+def choose_homeserver_port(config: Config, state: DevState) -> int:
+    """``[dev] homeserver_port`` if set, else the port used last time if free, else a new one."""
+    if config.dev.homeserver_port is not None:
+        require_port(config, "127.0.0.1", config.dev.homeserver_port, "[dev] homeserver_port")
+        return config.dev.homeserver_port
+    if state.homeserver_port is not None and not port_problem("127.0.0.1", state.homeserver_port):
+        return state.homeserver_port
+    return free_port()
+
+
+def plugin_failures(container: Container) -> DevError | None:
+    """One :class:`DevError` describing every plugin that failed to load, or ``None``."""
+    if not container.errors:
+        return None
+    lines = [f"plugin {error.plugin!r} failed to {error.stage}: {error.message}"
+             for error in container.errors]
+    tables = " and ".join(sorted({f"[plugins.{error.plugin}]" for error in container.errors}))
+    log_file = DevPaths.for_config(container.config).container_log
+    lines.append(f"fix: repair the plugin (its traceback is in {log_file}), or switch it off "
+                 f"with enabled = false in {tables} of {container.config.path}")
+    return DevError("\n".join(lines))
+
+
+# -- the wiring ------------------------------------------------------------------
+
+
+def wired_config(config: Config, state: DevState, paths: DevPaths, homeserver_url: str) -> Config:
+    """``config`` pointed at the dev homeserver, with both wires on and the generated secrets.
+
+    The file's ``[appservice]`` and ``[module]`` settings are kept except the
+    secrets (the dev homeserver has its own) and ``[appservice] url`` (derived
+    from ``[server]``). Without an ``[appservice]`` section the appservice is
+    interested in every room, so observers see every stored event. The store
+    moves into the state folder: the transaction ids it remembers belong to
+    this homeserver.
+    """
+    appservice = config.appservice or AppserviceConfig(
+        as_token=state.as_token, hs_token=state.hs_token,
+        namespaces=Namespaces(rooms=(Namespace(".*"),)),
+    )
+    return attrs.evolve(
+        config,
+        homeserver=attrs.evolve(config.homeserver, url=homeserver_url),
+        appservice=attrs.evolve(appservice, as_token=state.as_token, hs_token=state.hs_token,
+                                url=None),
+        module=attrs.evolve(config.module, enabled=True, secret=state.module_secret),
+        store=attrs.evolve(config.store, path=str(paths.root / "servletkit.db")),
+    )
+
+
+def synapse_wiring(config: Config, paths: DevPaths) -> dict[str, Any]:
+    """Write the appservice registration; return the homeserver.yaml keys of every wire."""
+    _write_private(paths.registration, dump_yaml(registration(config)))
+    return synapse_config(config, paths.registration)
+
+
+async def ping_appservice(config: Config) -> None:
+    """Have Synapse ping the container's appservice (``/_matrix/client/v1/appservice/.../ping``).
+
+    Raises :class:`DevError` if Synapse cannot reach it.
+    """
+    appservice = config.appservice
+    assert appservice is not None  # wired_config always sets it
+    url = (f"{config.homeserver.url}/_matrix/client/v1/appservice/"
+           f"{quote(appservice.id, safe='')}/ping")
+    async with httpx.AsyncClient(timeout=30) as client:
+        response = await client.post(url, json={"transaction_id": "servletkit-dev"},
+                                     headers={"Authorization": f"Bearer {appservice.as_token}"})
+    if response.status_code != 200:
+        raise DevError(f"Synapse cannot reach the container's appservice at "
+                       f"{appservice_url(config)}: {response.status_code} {response.text}; "
+                       f"check [server] in {config.path}")
+
+
+def _write_private(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` atomically, readable by its owner only (it holds secrets)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as file:
+        file.write(text)
+    tmp.replace(path)
+
+
+# -- running ---------------------------------------------------------------------
+
+
+class _Server(uvicorn.Server):
+    """uvicorn without its own signal handling: :class:`DevSession` stops it."""
+
+    @contextlib.contextmanager
+    def capture_signals(self):  # type: ignore[no-untyped-def]
+        yield
+
+
+class DevSession:
+    """One run of ``servletkit dev``: start everything, report, wait for a signal, stop."""
+
+    def __init__(self, config: Config, out: TextIO = sys.stdout) -> None:
+        self.config = config
+        self.paths = DevPaths.for_config(config)
+        self.out = out
+        self.synapse: SynapseServer | None = None
+        self._server: _Server | None = None
+        self._serving: asyncio.Task[None] | None = None
+
+    def say(self, message: str) -> None:
+        """One line of progress for the user."""
+        print(f"servletkit dev: {message}", file=self.out, flush=True)
+
+    async def run(self) -> int:
+        """Start, wait for SIGINT or SIGTERM, stop; return the exit status."""
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(signum, stop.set)
+        starting = asyncio.create_task(self.start())
+        stopping = asyncio.create_task(stop.wait())
+        try:
+            await asyncio.wait({starting, stopping}, return_when=asyncio.FIRST_COMPLETED)
+            if starting.done():
+                starting.result()  # raises what went wrong
+                self.print_summary(json.loads(self.paths.run_file.read_text()))
+                await self.until_stopped(stopping)
+            self.say("stopping…")
+        finally:
+            starting.cancel()
+            stopping.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await starting
+            await self.stop()
+            for signum in (signal.SIGINT, signal.SIGTERM):
+                loop.remove_signal_handler(signum)
+        self.say("stopped")
+        return 0
+
+    async def until_stopped(self, stopping: asyncio.Task[Any]) -> None:
+        """Wait for the stop signal; raise :class:`DevError` if Synapse or the container ends."""
+        assert self.synapse is not None and self._serving is not None  # start() set them
+        while not stopping.done():
+            status = self.synapse.process.poll()
+            if status is not None:
+                raise DevError(f"Synapse exited on its own (status {status}); "
+                               f"see {self.paths.synapse_log}")
+            if self._serving.done():
+                raise DevError(f"the container stopped on its own; see "
+                               f"{self.paths.container_log}")
+            await asyncio.wait({stopping}, timeout=0.25)
+
+    async def start(self) -> None:
+        """Start the container, then Synapse; create the test account; write ``dev.json``."""
+        config, paths = self.config, self.paths
+        check_not_running(paths)
+        paths.run_file.unlink(missing_ok=True)
+        check_synapse_installed()
+        state = DevState.load(paths.state)
+        port = choose_homeserver_port(config, state)
+        if port != state.homeserver_port:
+            state = attrs.evolve(state, homeserver_port=port)
+        state.save(paths.state)
+        homeserver_url = f"http://127.0.0.1:{port}"
+        config = wired_config(config, state, paths, homeserver_url)
+
+        self.say(f"loading plugins ({config.path})…")
+        container = Container(config)
+        container.load()
+        if failure := plugin_failures(container):
+            raise failure
+        require_port(config, config.server.host, config.server.port, "[server] port")
+        require_port(config, config.module.host, config.module.port, "[module] port")
+        self.say(f"starting the container on {config.server.host}:{config.server.port}…")
+        await self.serve_container(container)
+        if failure := plugin_failures(container):
+            raise failure
+
+        first = not (paths.synapse / "homeserver.db").exists()
+        self.say(f"starting Synapse on {homeserver_url} "
+                 + ("(first start: creating its database, a few seconds)…" if first
+                    else f"(state in {paths.synapse})…"))
+        self.synapse = launch_synapse(
+            paths.synapse, port=port, server_name=config.homeserver.server_name,
+            extra_config={
+                **synapse_wiring(config, paths),
+                "registration_shared_secret": state.registration_shared_secret,
+                "macaroon_secret_key": state.macaroon_secret_key,
+                "form_secret": state.form_secret,
+            },
+            die_with_parent=True,
+        )
+        await self.wait_for_synapse(self.synapse)
+
+        user_id = await self.ensure_test_account(homeserver_url, state.test_password)
+        self.say("checking that Synapse reaches the container (appservice ping)…")
+        await ping_appservice(config)
+
+        _write_private(paths.run_file, json.dumps({
+            "version": RUN_FILE_VERSION,
+            "homeserver_url": homeserver_url,
+            "container_url": appservice_url(config),
+            "module_wire": f"{config.module.host}:{config.module.port}",
+            "server_name": config.homeserver.server_name,
+            "test_user": {"user_id": user_id, "localpart": config.dev.test_user,
+                          "password": state.test_password},
+            "plugins": {status.name: list(status.hooks)
+                        for status in container.statuses() if status.live},
+            "logs": {"servletkit": str(paths.container_log), "synapse": str(paths.synapse_log)},
+            "pids": {"servletkit": os.getpid(), "synapse": self.synapse.process.pid},
+        }, indent=2))
+
+    async def serve_container(self, container: Container) -> None:
+        """Serve the container's app (in this process) and wait until it listens."""
+        config = container.config
+        self._server = _Server(uvicorn.Config(
+            build_app(container), host=config.server.host, port=config.server.port,
+            log_config=None, lifespan="on",
+        ))
+        self._serving = asyncio.create_task(self._server.serve())
+        while not self._server.started:
+            if self._serving.done():
+                # uvicorn logs the reason and exits; the log has it
+                with contextlib.suppress(BaseException):
+                    self._serving.result()
+                raise DevError(f"the container did not start; see {self.paths.container_log}")
+            await asyncio.sleep(0.02)
+
+    async def wait_for_synapse(self, synapse: SynapseServer) -> None:
+        """Poll until Synapse answers, or fail with the tail of its log."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + SYNAPSE_START_TIMEOUT_S
+        try:
+            while not await asyncio.to_thread(synapse.answers):
+                if loop.time() > deadline:
+                    raise DevError(f"Synapse did not answer within {SYNAPSE_START_TIMEOUT_S:g} s; "
+                                   f"see {self.paths.synapse_log}")
+                await asyncio.sleep(0.05)
+        except SynapseError as exc:
+            raise DevError(f"{exc}\nfix the homeserver configuration, or delete "
+                           f"{self.paths.synapse} to start with a fresh homeserver") from None
+
+    async def ensure_test_account(self, homeserver_url: str, password: str) -> str:
+        """Register the test account unless it exists, then log it in; return its user ID.
+
+        The login also proves the module wire works: Synapse asks the container
+        (``check_login_for_spam``, which fails closed) before it lets anyone in.
+        """
+        localpart = self.config.dev.test_user
+        async with httpx.AsyncClient(base_url=homeserver_url, timeout=30) as client:
+            response = await client.post("/_matrix/client/v3/register", json={
+                "username": localpart, "password": password,
+                "auth": {"type": "m.login.dummy"}, "inhibit_login": True,
+            })
+            if response.status_code == 200:
+                self.say(f"created the test account {response.json()['user_id']}")
+            elif response.json().get("errcode") != "M_USER_IN_USE":
+                raise DevError(f"could not create the test account {localpart!r}: "
+                               f"{response.status_code} {response.text}")
+            self.say(f"logging in as {localpart} (Synapse asks the container first)…")
+            response = await client.post("/_matrix/client/v3/login", json={
+                "type": "m.login.password", "password": password,
+                "identifier": {"type": "m.id.user", "user": localpart},
+            })
+            if response.status_code == 403 and response.json().get("errcode") == "M_FORBIDDEN":
+                raise DevError(
+                    f"the test account {localpart!r} cannot log in: "
+                    f"{response.json().get('error')}; if a plugin refused it, fix the plugin; "
+                    f"if the password differs from {self.paths.state}, set [dev] test_user to "
+                    f"another name or delete {self.paths.root} to start afresh")
+            if response.status_code != 200:
+                raise DevError(
+                    f"logging in the test account failed: {response.status_code} "
+                    f"{response.text}; Synapse's servletkit module may not reach the container's "
+                    f"module wire on {self.config.module.host}:{self.config.module.port} "
+                    f"(see {self.paths.synapse_log})")
+            body = response.json()
+            await client.post("/_matrix/client/v3/logout",
+                              headers={"Authorization": f"Bearer {body['access_token']}"})
+            return str(body["user_id"])
+
+    def print_summary(self, facts: dict[str, Any]) -> None:
+        """The short block that tells a newcomer what to do next."""
+        user = facts["test_user"]
+        width = max((len(name) for name in facts["plugins"]), default=0)
+        plugins = [f"{name.ljust(width)}  {', '.join(hooks) or '(no hooks)'}"
+                   for name, hooks in facts["plugins"].items()] or [
+                       "none enabled (install a plugin package, see docs/dev.md)"]
+        here = Path.cwd()
+
+        def show(path: str) -> str:
+            with contextlib.suppress(ValueError):
+                return str(Path(path).relative_to(here))
+            return path
+
+        lines = [
+            "",
+            "servletkit dev is running: a Synapse homeserver whose events go through your plugins.",
+            "",
+            f"  Homeserver    {facts['homeserver_url']}   (point any Matrix client here)",
+            f"  Test account  {user['user_id']}   password {user['password']}",
+            f"  Container     {facts['container_url']}   (module wire on {facts['module_wire']})",
+            f"  Plugins       {plugins[0]}",
+            *(f"                {line}" for line in plugins[1:]),
+            f"  Logs          {show(facts['logs']['servletkit'])}",
+            f"                {show(facts['logs']['synapse'])}",
+            f"  For scripts   {show(str(self.paths.run_file))}",
+            "",
+            "What the plugins log (context.log) appears below; Ctrl-C stops everything.",
+            "",
+        ]
+        print("\n".join(lines), file=self.out, flush=True)
+
+    async def stop(self) -> None:
+        """Stop Synapse, then the container; remove ``dev.json``. Safe to call at any stage."""
+        self.paths.run_file.unlink(missing_ok=True)
+        if self.synapse is not None:
+            await asyncio.to_thread(self.synapse.stop)
+        if self._server is not None and self._serving is not None:
+            self._server.should_exit = True
+            with contextlib.suppress(BaseException):
+                await self._serving
+
+
+class _PluginLines(logging.Formatter):
+    """``[word_filter] message`` for the terminal; tracebacks stay in the log file."""
+
+    def __init__(self, log_file: Path) -> None:
+        super().__init__()
+        self._log_file = log_file
+
+    def format(self, record: logging.LogRecord) -> str:
+        plugin = record.name.removeprefix(PLUGIN_LOGGER_PREFIX)
+        line = f"  [{plugin}] {record.getMessage()}"
+        if record.exc_info:
+            line += f" (traceback in {self._log_file})"
+        return line
+
+
+PLUGIN_LOGGER_PREFIX: Final = "servletkit.plugins."
+
+
+def route_logs(log_file: Path, out: TextIO) -> Callable[[], None]:
+    """Every log record to ``log_file``; the plugins' own (``context.log``) also to ``out``.
+
+    Returns a function that puts the previous logging set-up back.
+    """
+    log_file.parent.mkdir(parents=True, exist_ok=True)
+    to_file = logging.FileHandler(log_file, encoding="utf-8")
+    to_file.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    to_terminal = logging.StreamHandler(out)
+    to_terminal.addFilter(lambda record: record.name.startswith(PLUGIN_LOGGER_PREFIX))
+    to_terminal.setFormatter(_PluginLines(log_file))
+    root = logging.getLogger()
+    saved = root.handlers[:], root.level
+    root.handlers[:] = [to_file, to_terminal]
+    root.setLevel(logging.INFO)
+
+    def undo() -> None:
+        root.handlers[:], level = saved
+        root.setLevel(level)
+        to_file.close()
+
+    return undo
+
+
+def run_dev(config: Config, out: TextIO = sys.stdout) -> int:
+    """Run ``servletkit dev`` for ``config`` until SIGINT or SIGTERM; return the exit status."""
+    session = DevSession(config, out)
+    undo = route_logs(session.paths.container_log, out)
+    try:
+        return asyncio.run(session.run())
+    finally:
+        undo()

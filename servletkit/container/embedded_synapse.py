@@ -1,0 +1,247 @@
+"""A real Synapse homeserver on loopback, for ``servletkit dev``, tests and benchmarks.
+
+:func:`start_synapse` writes a test-friendly ``homeserver.yaml`` (SQLite, plain
+HTTP on 127.0.0.1, open registration, relaxed rate limits, fast bcrypt, no
+outbound federation or key servers), starts ``python -m synapse.app.homeserver``
+as a child process with the interpreter given (the current one by default),
+and returns once ``/_matrix/client/versions`` answers (:func:`launch_synapse`
+and :meth:`SynapseServer.wait_ready` are its two halves, for callers that wait
+in their own way). Synapse comes from the ``servletkit[synapse]`` extra (pinned).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import attrs
+
+PR_SET_PDEATHSIG = 1  # prctl(2) option: signal the child when its parent dies
+
+_RELAXED = {"per_second": 1000, "burst_count": 1000}
+_RATE_LIMITS: dict[str, Any] = {
+    **{key: _RELAXED for key in (
+        "rc_message", "rc_registration", "rc_joins_per_room", "rc_room_creation",
+        "rc_3pid_validation", "rc_admin_redaction", "rc_profile", "rc_delayed_event_mgmt",
+        "rc_reports", "rc_user_directory", "rc_media_create",
+    )},
+    "rc_login": {"address": _RELAXED, "account": _RELAXED, "failed_attempts": _RELAXED},
+    "rc_joins": {"local": _RELAXED, "remote": _RELAXED},
+    "rc_invites": {"per_room": _RELAXED, "per_user": _RELAXED, "per_issuer": _RELAXED},
+    "rc_presence": {"per_user": _RELAXED},
+}
+
+
+class SynapseError(RuntimeError):
+    """Synapse did not start; the message says why and where its log is."""
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that was free a moment ago."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def homeserver_config(
+    workdir: Path,
+    port: int,
+    *,
+    server_name: str = "localhost",
+    modules: Sequence[Mapping[str, Any]] = (),
+    app_service_config_files: Sequence[str | Path] = (),
+    extra: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
+    """The ``homeserver.yaml`` content (as a dict) for a loopback test homeserver."""
+    workdir = workdir.resolve()
+    config: dict[str, Any] = {
+        "server_name": server_name,
+        "public_baseurl": f"http://127.0.0.1:{port}/",
+        "pid_file": str(workdir / "homeserver.pid"),
+        "listeners": [{
+            "port": port, "bind_addresses": ["127.0.0.1"], "type": "http", "tls": False,
+            "x_forwarded": False,
+            "resources": [{"names": ["client", "federation"], "compress": False}],
+        }],
+        "database": {"name": "sqlite3", "args": {"database": str(workdir / "homeserver.db")}},
+        "media_store_path": str(workdir / "media_store"),
+        "signing_key_path": str(workdir / f"{server_name}.signing.key"),
+        "report_stats": False,
+        "enable_metrics": False,
+        "presence": {"enabled": False},
+        "enable_registration": True,
+        "enable_registration_without_verification": True,
+        "registration_shared_secret": "servletkit-test-registration-secret",
+        "macaroon_secret_key": "servletkit-test-macaroon-secret",
+        "form_secret": "servletkit-test-form-secret",
+        "bcrypt_rounds": 4,
+        "trusted_key_servers": [],
+        "suppress_key_server_warning": True,
+        **_RATE_LIMITS,
+    }
+    if modules:
+        config["modules"] = [dict(module) for module in modules]
+    if app_service_config_files:
+        config["app_service_config_files"] = [str(Path(p).resolve())
+                                              for p in app_service_config_files]
+    config.update(extra or {})
+    return config
+
+
+@attrs.define
+class SynapseServer:
+    """A running Synapse child process."""
+
+    url: str
+    port: int
+    workdir: Path
+    process: subprocess.Popen[bytes]
+    server_name: str = "localhost"
+
+    @property
+    def log_path(self) -> Path:
+        return self.workdir / "synapse.log"
+
+    def stop(self, timeout: float = 15.0) -> None:
+        """SIGTERM, then SIGKILL if it has not exited within ``timeout`` seconds."""
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+    def register(self, localpart: str, password: str = "servletkit-pw-1") -> dict[str, Any]:
+        """Register a user with open registration; return the response (user_id, access_token)."""
+        body = {"username": localpart, "password": password, "auth": {"type": "m.login.dummy"}}
+        return _request("POST", f"{self.url}/_matrix/client/v3/register", body)
+
+
+    def answers(self) -> bool:
+        """Whether ``/_matrix/client/versions`` answers now.
+
+        Raises :class:`SynapseError` (with the log's tail) if the process has exited.
+        """
+        if self.process.poll() is not None:
+            raise SynapseError(
+                f"Synapse exited with status {self.process.returncode}; log {self.log_path}:\n"
+                + _tail(self.log_path)
+            )
+        try:
+            _request("GET", f"{self.url}/_matrix/client/versions", timeout=1)
+        except OSError:
+            return False
+        return True
+
+    def wait_ready(self, timeout: float = 60.0) -> None:
+        """Block until Synapse answers; stop it and raise :class:`SynapseError` if it does not."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                if self.answers():
+                    return
+            except SynapseError:
+                self.stop()
+                raise
+            time.sleep(0.05)
+        self.stop()
+        raise SynapseError(f"Synapse did not answer within {timeout:g} s; log {self.log_path}:\n"
+                           + _tail(self.log_path))
+
+
+def launch_synapse(
+    workdir: str | Path,
+    *,
+    port: int | None = None,
+    server_name: str = "localhost",
+    modules: Sequence[Mapping[str, Any]] = (),
+    app_service_config_files: Sequence[str | Path] = (),
+    extra_config: Mapping[str, Any] | None = None,
+    python: str = sys.executable,
+    pythonpath: Sequence[str | Path] = (),
+    die_with_parent: bool = False,
+) -> SynapseServer:
+    """Write the config into ``workdir`` and start Synapse; return without waiting.
+
+    ``port`` defaults to a free one. ``pythonpath`` is prepended to the child's
+    ``PYTHONPATH`` (for modules not installed in ``python``'s environment).
+    ``die_with_parent`` puts Synapse in its own session, so a Ctrl-C in the
+    terminal reaches only the parent (which then stops it in order), and (on
+    Linux) has the kernel SIGTERM it if the thread that launched it dies, so
+    even a killed parent leaves no homeserver behind; launch from the main
+    thread when you use it.
+    """
+    workdir = Path(workdir).resolve()
+    workdir.mkdir(parents=True, exist_ok=True)
+    port = port or free_port()
+    config = homeserver_config(
+        workdir, port, server_name=server_name, modules=modules,
+        app_service_config_files=app_service_config_files, extra=extra_config,
+    )
+    config_path = workdir / "homeserver.yaml"
+    config_path.write_text(json.dumps(config, indent=2))  # JSON is valid YAML
+    env = dict(os.environ)
+    if pythonpath:
+        env["PYTHONPATH"] = os.pathsep.join(
+            [*(str(p) for p in pythonpath), *filter(None, [env.get("PYTHONPATH")])]
+        )
+    preexec = _die_with_parent if die_with_parent and sys.platform == "linux" else None
+    with open(workdir / "synapse.log", "ab") as log:
+        process = subprocess.Popen(
+            [python, "-m", "synapse.app.homeserver", "-c", str(config_path)],
+            stdout=log, stderr=subprocess.STDOUT, env=env, cwd=workdir, preexec_fn=preexec,
+            start_new_session=die_with_parent,
+        )
+    return SynapseServer(f"http://127.0.0.1:{port}", port, workdir, process, server_name)
+
+
+def _die_with_parent() -> None:
+    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+def start_synapse(
+    workdir: str | Path,
+    *,
+    timeout: float = 60.0,
+    **options: Any,
+) -> SynapseServer:
+    """Write the config into ``workdir``, start Synapse, wait until it answers.
+
+    ``options`` are those of :func:`launch_synapse`. Raises
+    :class:`SynapseError` with the tail of the log if Synapse exits or does
+    not answer within ``timeout`` seconds.
+    """
+    server = launch_synapse(workdir, **options)
+    server.wait_ready(timeout)
+    return server
+
+
+def _tail(path: Path, lines: int = 30) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return "(no log)"
+
+
+def _request(
+    method: str, url: str, body: Any = None, token: str | None = None, timeout: float = 10
+) -> Any:
+    data = None if body is None else json.dumps(body).encode()
+    headers = {"Content-Type": "application/json"}
+    if token:
+        headers["Authorization"] = f"Bearer {token}"
+    request = urllib.request.Request(url, data=data, method=method, headers=headers)
+    with urllib.request.urlopen(request, timeout=timeout) as response:
+        return json.loads(response.read() or b"{}")

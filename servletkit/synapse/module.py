@@ -1,0 +1,247 @@
+"""``ServletkitModule``: Synapse's callbacks, forwarded to the container's plugins.
+
+Which Synapse callback runs which hook, and how the answer reaches the client
+(Synapse 1.163.2, checked in its source):
+
+==========================  ==========================  ==================================
+Synapse callback            hook (op)                   Veto / Modify
+==========================  ==========================  ==================================
+``check_event_allowed``     ``on_send_event`` (event)   every event a local user sends,
+                                                        state and membership included.
+                                                        Veto: ``SynapseError(403, reason,
+                                                        errcode)``, passed to the client as
+                                                        is. Modify: the replacement event
+                                                        (``event.get_dict()`` with the new
+                                                        content), which Synapse stores and
+                                                        sends to everyone.
+``check_event_for_spam``    ``on_send_event`` (event)   events from other servers only
+                                                        (local ones were decided a moment
+                                                        earlier in ``check_event_allowed``:
+                                                        one round trip per event). Veto:
+                                                        Synapse soft-fails and redacts it.
+                                                        Modify cannot apply (the event is
+                                                        signed by its server): logged,
+                                                        event kept.
+``user_may_join_room``      ``on_join_room`` (join)     Veto: 403 with errcode and reason.
+``user_may_invite``         ``on_invite`` (invite)      Veto: 403 with errcode and reason.
+``user_may_create_room``    ``on_create_room``          Veto: 403 with errcode and reason.
+``check_login_for_spam``    ``on_connect_event_stream`` Veto: the login is refused, 403.
+==========================  ==========================  ==================================
+
+A join or invite is two hooks (the action, then its membership event), so two
+round trips; a message is one.
+
+When the container cannot answer in time (down, slow, garbage) the callback's
+policy applies (:mod:`servletkit.synapse.settings`): ``fail_open`` lets the
+action through; otherwise the client gets ``503 M_UNKNOWN`` ("try again"),
+and a remote event is soft-failed.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Mapping
+from typing import Any, Final
+
+import attrs
+from synapse.module_api import NOT_SPAM, EventBase, ModuleApi, make_deferred_yieldable
+from synapse.module_api.errors import Codes, ConfigError, SynapseError
+from twisted.internet import defer, reactor
+
+from servletkit.hooks.decisions import Allow, Modify, Veto
+from servletkit.synapse.client import ContainerClient
+from servletkit.synapse.settings import ModuleSettings, SettingsError, parse_settings
+
+log = logging.getLogger("servletkit.synapse")
+
+UNAVAILABLE_STATUS: Final = 503
+VETO_STATUS: Final = 403
+FAILURE_LOG_INTERVAL_S: Final = 10.0
+
+
+@attrs.frozen
+class Unanswered:
+    """The container gave no usable answer; ``reason`` says why."""
+
+    reason: str
+
+
+Answer = Allow | Modify | Veto | Unanswered
+
+
+def read_answer(message: Mapping[str, Any]) -> Answer:
+    """Turn an answer frame into a decision (anything malformed is :class:`Unanswered`)."""
+    if "veto" in message:
+        veto = message["veto"]
+        if (isinstance(veto, Mapping) and isinstance(veto.get("errcode"), str)
+                and isinstance(veto.get("reason"), str)):
+            return Veto(veto["reason"], veto["errcode"])
+        return Unanswered(f"malformed veto {veto!r:.200}")
+    if "modify" in message:
+        content = message["modify"]
+        if isinstance(content, Mapping):
+            return Modify(content)
+        return Unanswered(f"malformed modify {content!r:.200}")
+    if "error" in message:
+        return Unanswered(f"the container refused the request: {message['error']!r:.300}")
+    return Allow()
+
+
+def client_event(event: EventBase) -> dict[str, Any]:
+    """The event as the container's hooks see it (the client-server format)."""
+    data = {
+        "event_id": event.event_id,
+        "room_id": event.room_id,
+        "type": event.type,
+        "sender": event.sender,
+        "content": event.content,
+        "origin_server_ts": event.origin_server_ts,
+        "unsigned": {},
+    }
+    if event.is_state():
+        data["state_key"] = event.state_key
+    redacts = event.get("redacts")
+    if redacts is not None:
+        data["redacts"] = redacts
+    return data
+
+
+class ServletkitModule:
+    """The Synapse module: ``module: servletkit.synapse.ServletkitModule`` in homeserver.yaml.
+
+    Its ``config`` is described in :mod:`servletkit.synapse.settings`;
+    ``servletkit synapse-config`` prints a working entry.
+    """
+
+    def __init__(self, config: ModuleSettings, api: ModuleApi) -> None:
+        self._api = api
+        self._settings = config
+        self._policies = config.policies
+        self._client = ContainerClient(reactor, config.host, config.port, config.secret)
+        self._failures: dict[str, tuple[float, int]] = {}
+        api.register_third_party_rules_callbacks(check_event_allowed=self.check_event_allowed)
+        api.register_spam_checker_callbacks(
+            check_event_for_spam=self.check_event_for_spam,
+            user_may_join_room=self.user_may_join_room,
+            user_may_invite=self.user_may_invite,
+            user_may_create_room=self.user_may_create_room,
+            check_login_for_spam=self.check_login_for_spam,
+        )
+        reactor.callWhenRunning(self._client.connect)
+        reactor.addSystemEventTrigger("before", "shutdown", self._client.stop)
+
+    @staticmethod
+    def parse_config(config: Any) -> ModuleSettings:
+        """Synapse calls this at start-up; a bad config stops Synapse with the reason."""
+        try:
+            return parse_settings(config)
+        except SettingsError as exc:
+            raise ConfigError(f"servletkit.synapse.ServletkitModule: {exc}") from None
+
+    # -- the callbacks -------------------------------------------------------
+
+    async def check_event_allowed(
+        self, event: EventBase, state_events: Any
+    ) -> tuple[bool, dict[str, Any] | None]:
+        """``on_send_event`` for an event a local user sends (see the module docstring)."""
+        if not self._api.is_mine(event.sender):
+            return True, None  # a remote knock: decided in check_event_for_spam on arrival
+        answer = await self._ask("check_event_allowed", "event", {"event": client_event(event)})
+        if type(answer) is Modify:
+            replacement = event.get_dict()
+            replacement["content"] = dict(answer.content)
+            return True, replacement
+        self._enforce("check_event_allowed", answer)
+        return True, None
+
+    async def check_event_for_spam(self, event: EventBase) -> Any:
+        """``on_send_event`` for an event from another server (see the module docstring)."""
+        if self._api.is_mine(event.sender):
+            return NOT_SPAM  # decided in check_event_allowed, moments ago
+        answer = await self._ask("check_event_for_spam", "event", {"event": client_event(event)})
+        if type(answer) is Veto:
+            log.info("servletkit: refused remote event %s: %s %s", event.event_id,
+                     answer.errcode, answer.reason)
+            return Codes.FORBIDDEN
+        if type(answer) is Modify:
+            log.warning("servletkit: a plugin modified remote event %s, which cannot change "
+                        "(its server signed it); kept as it was", event.event_id)
+        if type(answer) is Unanswered and not self._policies["check_event_for_spam"].fail_open:
+            return Codes.FORBIDDEN
+        return NOT_SPAM
+
+    async def user_may_join_room(self, user_id: str, room_id: str, is_invited: bool) -> Any:
+        """``on_join_room``."""
+        answer = await self._ask("user_may_join_room", "join",
+                                 {"user_id": user_id, "room_id": room_id})
+        self._enforce("user_may_join_room", answer)
+        return NOT_SPAM
+
+    async def user_may_invite(self, inviter: str, invitee: str, room_id: str) -> Any:
+        """``on_invite``."""
+        answer = await self._ask("user_may_invite", "invite",
+                                 {"inviter_id": inviter, "invitee_id": invitee,
+                                  "room_id": room_id})
+        self._enforce("user_may_invite", answer)
+        return NOT_SPAM
+
+    async def user_may_create_room(self, user_id: str, room_config: dict[str, Any]) -> Any:
+        """``on_create_room``; ``room_config`` is the ``/createRoom`` body."""
+        answer = await self._ask("user_may_create_room", "create_room",
+                                 {"user_id": user_id, "request": room_config})
+        self._enforce("user_may_create_room", answer)
+        return NOT_SPAM
+
+    async def check_login_for_spam(
+        self, user_id: str, device_id: str | None, initial_display_name: str | None,
+        request_info: Any, auth_provider_id: str | None = None,
+    ) -> Any:
+        """``on_connect_event_stream``: a user's client logs in."""
+        answer = await self._ask("check_login_for_spam", "connect",
+                                 {"user_id": user_id, "device_id": device_id})
+        self._enforce("check_login_for_spam", answer)
+        return NOT_SPAM
+
+    # -- forwarding ----------------------------------------------------------
+
+    async def _ask(self, callback: str, op: str, fields: dict[str, Any]) -> Answer:
+        """The container's answer for one callback, within the callback's budget."""
+        timeout_s = self._policies[callback].timeout_s
+        try:
+            message = await make_deferred_yieldable(self._client.request(op, fields, timeout_s))
+        except defer.TimeoutError:
+            answer: Answer = Unanswered(f"no answer within {timeout_s * 1000:g} ms")
+        except Exception as exc:
+            answer = Unanswered(str(exc) or type(exc).__name__)
+        else:
+            answer = read_answer(message)
+        if type(answer) is Unanswered:
+            self._report(callback, answer.reason)
+        return answer
+
+    def _enforce(self, callback: str, answer: Answer) -> None:
+        """Raise the client-facing error for a Veto, or for a failure under fail-closed."""
+        kind = type(answer)
+        if kind is Veto:
+            raise SynapseError(VETO_STATUS, answer.reason, answer.errcode)  # type: ignore[union-attr]
+        if kind is Unanswered and not self._policies[callback].fail_open:
+            raise SynapseError(
+                UNAVAILABLE_STATUS,
+                "The servletkit container that checks this request is unavailable; "
+                "try again shortly",
+                Codes.UNKNOWN,
+            )
+
+    def _report(self, callback: str, reason: str) -> None:
+        """Log a failure, at most once per interval per callback (with a count)."""
+        now = time.monotonic()
+        last, suppressed = self._failures.get(callback, (0.0, 0))
+        if now - last < FAILURE_LOG_INTERVAL_S:
+            self._failures[callback] = (last, suppressed + 1)
+            return
+        self._failures[callback] = (now, 0)
+        effect = "let through" if self._policies[callback].fail_open else "refused"
+        more = f" (and {suppressed} more since the last report)" if suppressed else ""
+        log.warning("servletkit: %s not answered by the container: %s; %s (fail_open=%s)%s",
+                    callback, reason, effect, self._policies[callback].fail_open, more)

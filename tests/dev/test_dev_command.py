@@ -1,0 +1,325 @@
+"""`servletkit dev` as a user runs it: a subprocess, driven through its dev.json.
+
+Two starts per session: a cold one (empty state folder) that a client uses
+to talk to the example plugins, then SIGTERM, then a warm one on the same
+state. Plus the failures that stop it before Synapse starts.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import attrs
+import httpx
+import pytest
+
+from servletkit.container.embedded_synapse import free_port
+from servletkit.testing.dev import DevProcess
+
+pytestmark = pytest.mark.integration
+
+DOCS = Path(__file__).resolve().parents[2] / "docs"
+START_TIMEOUT_S = 60.0
+STOP_TIMEOUT_S = 30.0
+REASON = "This room does not take that word (servletkit word_filter)"
+
+
+def write_config(folder: Path, extra: str = "") -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / "servletkit.toml"
+    path.write_text(f"""
+[server]
+port = {free_port()}
+[module]
+port = {free_port()}
+[dev]
+state_dir = "state"
+[plugins.word_filter]
+words = ["forbidden", "spam"]
+reason = "{REASON}"
+[plugins.formatter]
+prefix = "/shout "
+{extra}""")
+    return path
+
+
+def descendants(pid: int) -> set[int]:
+    """Every live process below ``pid`` (from /proc)."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            children.setdefault(ppid, []).append(int(entry.name))
+    found: set[int] = set()
+    todo = [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found.add(child)
+            todo.append(child)
+    return found
+
+
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return Path(f"/proc/{pid}").exists() and "Z" not in _state(pid)
+
+
+def _state(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return "Z"
+
+
+class Client:
+    """A few lines of client-server API, as a newcomer would write them with httpx."""
+
+    def __init__(self, facts: dict[str, Any]) -> None:
+        self.http = httpx.Client(base_url=facts["homeserver_url"], timeout=10)
+        user = facts["test_user"]
+        response = self.http.post("/_matrix/client/v3/login", json={
+            "type": "m.login.password", "password": user["password"],
+            "identifier": {"type": "m.id.user", "user": user["localpart"]},
+        })
+        assert response.status_code == 200, response.text
+        assert response.json()["user_id"] == user["user_id"]
+        self.http.headers["Authorization"] = f"Bearer {response.json()['access_token']}"
+
+    def send(self, room_id: str, body: str) -> httpx.Response:
+        return self.http.put(
+            f"/_matrix/client/v3/rooms/{room_id}/send/m.room.message/t{time.time_ns()}",
+            json={"msgtype": "m.text", "body": body},
+        )
+
+    def bodies(self, room_id: str) -> list[str]:
+        response = self.http.get(f"/_matrix/client/v3/rooms/{room_id}/messages",
+                                 params={"dir": "b", "limit": 50})
+        assert response.status_code == 200, response.text
+        return [event["content"].get("body") for event in response.json()["chunk"]
+                if event["type"] == "m.room.message"]
+
+    def close(self) -> None:
+        self.http.close()
+
+
+@attrs.frozen
+class Conversation:
+    room_id: str
+    hello: httpx.Response
+    forbidden: httpx.Response
+    shout: httpx.Response
+    shout_stored: dict[str, Any]
+
+
+@attrs.frozen
+class Stopped:
+    status: int
+    before: set[int]
+    stdout: str
+    stderr: str
+
+
+@pytest.fixture(scope="module")
+def dev_config(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_config(tmp_path_factory.mktemp("dev"))
+
+
+@pytest.fixture(scope="module")
+def first_run(dev_config: Path) -> Iterator[DevProcess]:
+    run = DevProcess.start(dev_config, timeout=START_TIMEOUT_S)
+    yield run
+    if run.process.poll() is None:
+        run.kill()
+
+
+@pytest.fixture(scope="module")
+def conversation(first_run: DevProcess) -> Conversation:
+    client = Client(first_run.facts)
+    try:
+        room_id = client.http.post("/_matrix/client/v3/createRoom", json={}).json()["room_id"]
+        hello = client.send(room_id, "hello servletkit")
+        forbidden = client.send(room_id, "this word is forbidden")
+        shout = client.send(room_id, "/shout hi there")
+        stored = client.http.get(
+            f"/_matrix/client/v3/rooms/{room_id}/event/{shout.json()['event_id']}").json()
+        return Conversation(room_id, hello, forbidden, shout, stored)
+    finally:
+        client.close()
+
+
+@pytest.fixture(scope="module")
+def docs_client_output(first_run: DevProcess) -> str:
+    """What docs/dev_client.py (shown in docs/dev.md) prints against this dev homeserver."""
+    result = subprocess.run([sys.executable, str(DOCS / "dev_client.py"), str(first_run.run_file)],
+                            capture_output=True, text=True, timeout=60, check=False)
+    assert result.returncode == 0, result.stderr
+    return result.stdout
+
+
+@pytest.fixture(scope="module")
+def first_stopped(
+    first_run: DevProcess, conversation: Conversation, docs_client_output: str
+) -> Stopped:
+    before = descendants(first_run.process.pid)
+    status = first_run.stop(STOP_TIMEOUT_S)
+    return Stopped(status, before, first_run.stdout, first_run.stderr)
+
+
+def test_dev_json_has_the_documented_facts(first_run: DevProcess) -> None:
+    """dev.json names the homeserver, the container, the server name, the account and the pids."""
+    facts = first_run.facts
+    assert facts["version"] == 1
+    assert facts["server_name"] == "localhost"
+    assert facts["test_user"]["user_id"] == "@dev:localhost"
+    assert httpx.get(f"{facts['homeserver_url']}/_matrix/client/versions").status_code == 200
+    health = httpx.get(f"{facts['container_url']}/_servletkit/health").json()
+    assert set(health["plugins"]) == {"word_filter", "formatter"}
+    assert facts["plugins"] == {"word_filter": ["on_send_event"], "formatter": ["on_send_event"]}
+    assert facts["pids"]["synapse"] in descendants(first_run.process.pid)
+    assert Path(facts["logs"]["synapse"]).exists() and Path(facts["logs"]["servletkit"]).exists()
+
+
+def test_the_example_plugins_decide(conversation: Conversation) -> None:
+    """An ordinary message passes; word_filter vetoes with its reason; formatter upper-cases."""
+    assert conversation.hello.status_code == 200
+    assert conversation.forbidden.status_code == 403
+    assert conversation.forbidden.json() == {"errcode": "M_FORBIDDEN", "error": REASON}
+    assert conversation.shout.status_code == 200
+    assert conversation.shout_stored["content"]["body"] == "HI THERE"
+
+
+def test_the_documented_client_sees_the_plugins_act(docs_client_output: str) -> None:
+    """docs/dev_client.py prints the allow, the veto with its reason, and the modification."""
+    assert docs_client_output.splitlines() == [
+        "'hello, servletkit': stored as 'hello, servletkit'",
+        f"'this word is forbidden': refused, 403 {REASON}",
+        "'/shout make it loud': stored as 'MAKE IT LOUD'",
+    ]
+
+
+def test_docs_show_the_client_that_is_tested() -> None:
+    """docs/dev.md contains docs/dev_client.py verbatim (the example is never pasted by hand)."""
+    script = (DOCS / "dev_client.py").read_text()
+    code = script.split('"""\n\n', 1)[1]  # without the module docstring
+    assert code in (DOCS / "dev.md").read_text()
+
+
+def test_sigterm_stops_synapse_and_the_container(
+    first_run: DevProcess, first_stopped: Stopped
+) -> None:
+    """SIGTERM: exit 0, no child process left, dev.json removed, the summary was printed."""
+    assert first_stopped.status == 0, first_stopped.stderr
+    assert first_run.facts["pids"]["synapse"] in first_stopped.before
+    assert not [pid for pid in first_stopped.before if alive(pid)]
+    assert not first_run.run_file.exists()
+    out = first_stopped.stdout
+    assert "starting Synapse" in out and "created the test account @dev:localhost" in out
+    assert first_run.facts["homeserver_url"] in out
+    assert first_run.facts["test_user"]["password"] in out
+    assert "word_filter  on_send_event" in out
+    # what the example plugins log is shown, once per decision, made before the event is stored
+    assert out.count("[word_filter] vetoed @dev:localhost's message") == 2  # test and docs client
+    assert "it contains 'forbidden' (before_store)" in out
+    assert "[formatter] modified @dev:localhost's message: '/shout hi there' becomes 'HI THERE'" \
+        in out
+    assert "servletkit dev: stopped" in out
+    assert "Traceback" not in first_stopped.stderr
+
+
+@pytest.fixture(scope="module")
+def second_run(dev_config: Path, first_stopped: Stopped) -> Iterator[DevProcess]:
+    run = DevProcess.start(dev_config, timeout=START_TIMEOUT_S)
+    yield run
+    if run.process.poll() is None:
+        run.kill()
+
+
+def test_a_second_start_reuses_the_state(
+    first_run: DevProcess, conversation: Conversation, second_run: DevProcess
+) -> None:
+    """Same URL and account; the account logs in; the earlier room and messages are there."""
+    assert second_run.facts["homeserver_url"] == first_run.facts["homeserver_url"]
+    assert second_run.facts["test_user"] == first_run.facts["test_user"]
+    client = Client(second_run.facts)
+    try:
+        bodies = client.bodies(conversation.room_id)
+        assert "hello servletkit" in bodies and "HI THERE" in bodies
+        assert "this word is forbidden" not in bodies
+        assert client.send(conversation.room_id, "spam again").status_code == 403
+    finally:
+        client.close()
+
+
+def test_a_second_dev_on_the_same_state_is_refused(
+    dev_config: Path, second_run: DevProcess
+) -> None:
+    """While one runs, another on the same state folder exits 1 and leaves the first alone."""
+    other = DevProcess.launch(dev_config)
+    _, err = other.process.communicate(timeout=STOP_TIMEOUT_S)
+    assert other.process.returncode == 1, err
+    assert f"already running for {dev_config.parent / 'state'} (pid {second_run.process.pid})" \
+        in err
+    assert second_run.process.poll() is None
+    assert httpx.get(f"{second_run.facts['homeserver_url']}/_matrix/client/versions").is_success
+
+
+def test_synapse_dying_ends_dev_with_a_message(second_run: DevProcess) -> None:
+    """If Synapse dies under it, servletkit dev says so, stops the container and exits 1."""
+    before = descendants(second_run.process.pid)
+    os.kill(second_run.facts["pids"]["synapse"], signal.SIGKILL)
+    out, err = second_run.process.communicate(timeout=STOP_TIMEOUT_S)
+    assert second_run.process.returncode == 1
+    assert "Synapse exited on its own (status -9)" in err and "Traceback" not in err
+    assert not [pid for pid in before if alive(pid)]
+    assert not second_run.run_file.exists()
+    assert "created the test account" not in out  # it was a warm start
+
+
+def test_a_taken_port_is_one_message(tmp_path: Path) -> None:
+    """The container's port in use: exit 1 with the port and the setting, no traceback."""
+    config = write_config(tmp_path)
+    port = int(config.read_text().split("port = ")[1].split()[0])
+    with socket.socket() as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(("127.0.0.1", port))
+        sock.listen()
+        process = DevProcess.launch(config).process
+        _, err = process.communicate(timeout=STOP_TIMEOUT_S)
+    assert process.returncode == 1
+    assert f"port {port} on 127.0.0.1 is not available" in err
+    assert "[server] port" in err and "Traceback" not in err
+    assert not (tmp_path / "state" / "synapse" / "homeserver.yaml").exists()
+
+
+def test_a_plugin_that_fails_to_load_is_one_message(tmp_path: Path) -> None:
+    """An installed plugin that cannot be imported: exit 1, its name, the fix, no traceback."""
+    site = tmp_path / "site"
+    (site / "broken_plugin-0.1.dist-info").mkdir(parents=True)
+    (site / "broken_plugin.py").write_text("import no_such_module_for_servletkit_tests\n")
+    (site / "broken_plugin-0.1.dist-info" / "METADATA").write_text(
+        "Metadata-Version: 2.1\nName: broken-plugin\nVersion: 0.1\n")
+    (site / "broken_plugin-0.1.dist-info" / "entry_points.txt").write_text(
+        "[servletkit.plugins]\nbroken = broken_plugin\n")
+    config = write_config(tmp_path / "project")
+    process = DevProcess.launch(config, env={"PYTHONPATH": str(site)}).process
+    _, err = process.communicate(timeout=STOP_TIMEOUT_S)
+    assert process.returncode == 1
+    assert "plugin 'broken' failed to import: ModuleNotFoundError" in err
+    assert "enabled = false in [plugins.broken]" in err
+    assert "Traceback" not in err
+    log = (tmp_path / "project" / "state" / "servletkit.log").read_text()
+    assert "Traceback" in log  # the details are in the log

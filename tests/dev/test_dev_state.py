@@ -1,0 +1,156 @@
+"""`servletkit dev` without a homeserver: kept state, wiring, failures before any start."""
+
+from __future__ import annotations
+
+import importlib.util
+import io
+import socket
+import stat
+from pathlib import Path
+
+import attrs
+import pytest
+import yaml
+
+from servletkit.container import dev
+from servletkit.container.config import ConfigError, load_config, parse_config
+from servletkit.container.dev import DevError, DevPaths, DevState
+
+TOML = """
+[server]
+port = {port}
+[dev]
+state_dir = "state"
+"""
+
+
+def config_in(tmp_path: Path, extra: str = "", port: int = 18090):
+    path = tmp_path / "servletkit.toml"
+    path.write_text(TOML.format(port=port) + extra)
+    return load_config(path)
+
+
+class TestDevState:
+    def test_generated_once_and_kept_private(self, tmp_path: Path) -> None:
+        """A fresh state has distinct random secrets; saved and loaded it is the same, mode 0600."""
+        path = tmp_path / "state" / "state.json"
+        state = attrs.evolve(DevState(), homeserver_port=41234)
+        secrets = [state.as_token, state.hs_token, state.module_secret,
+                   state.registration_shared_secret, state.macaroon_secret_key, state.form_secret]
+        assert len(set(secrets)) == len(secrets) and all(len(s) >= 40 for s in secrets)
+        state.save(path)
+        assert stat.S_IMODE(path.stat().st_mode) == 0o600
+        assert DevState.load(path) == state
+        assert DevState.load(tmp_path / "missing.json") != state  # new secrets when none saved
+
+    def test_unreadable_state_says_how_to_recover(self, tmp_path: Path) -> None:
+        """A corrupt state.json is one message saying to delete it."""
+        path = tmp_path / "state.json"
+        path.write_text("{not json")
+        with pytest.raises(DevError, match="delete it to generate new secrets"):
+            DevState.load(path)
+
+    def test_state_folder_is_relative_to_the_config(self, tmp_path: Path) -> None:
+        """`[dev] state_dir` resolves against the config file's folder, default .servletkit/dev."""
+        config = config_in(tmp_path)
+        assert DevPaths.for_config(config).root == (tmp_path / "state").resolve()
+        default = parse_config({}, tmp_path / "servletkit.toml")
+        assert DevPaths.for_config(default).root == (tmp_path / ".servletkit" / "dev").resolve()
+
+
+class TestDevConfig:
+    @pytest.mark.parametrize(("table", "problem"), [
+        ('test_user = "Bob"', "is not a Matrix user localpart"),
+        ("homeserver_port = 70000", "must be a TCP port"),
+        ('homeserver_port = "8008"', "must be an integer"),
+        ("state = 1", "unknown key"),
+    ])
+    def test_bad_dev_keys_are_named(self, tmp_path: Path, table: str, problem: str) -> None:
+        """A wrong `[dev]` key fails with the key and the problem."""
+        path = tmp_path / "servletkit.toml"
+        path.write_text(f"[dev]\n{table}\n")
+        with pytest.raises(ConfigError, match=problem) as info:
+            load_config(path)
+        assert info.value.key.startswith("dev")
+
+
+class TestWiring:
+    def test_wired_config_uses_the_generated_secrets(self, tmp_path: Path) -> None:
+        """Both wires on with the state's secrets; the store in the state folder; the HS URL."""
+        config = config_in(tmp_path)
+        state = DevState()
+        paths = DevPaths.for_config(config)
+        wired = dev.wired_config(config, state, paths, "http://127.0.0.1:41234")
+        assert wired.homeserver.url == "http://127.0.0.1:41234"
+        assert wired.appservice is not None
+        assert (wired.appservice.as_token, wired.appservice.hs_token) == (state.as_token,
+                                                                        state.hs_token)
+        assert [ns.regex for ns in wired.appservice.namespaces.rooms] == [".*"]
+        assert wired.module.enabled and wired.module.secret == state.module_secret
+        assert wired.resolve(wired.store.path) == paths.root / "servletkit.db"
+
+    def test_the_files_appservice_settings_are_kept_but_not_its_tokens(
+        self, tmp_path: Path
+    ) -> None:
+        """An [appservice] section keeps its id and namespaces; tokens and url are the dev ones."""
+        config = config_in(tmp_path, """
+[appservice]
+id = "mybridge"
+as_token = "file-as"
+hs_token = "file-hs"
+url = "http://example.invalid:1"
+[[appservice.namespaces.users]]
+regex = "@_br_.*:localhost"
+exclusive = true
+""")
+        state = DevState()
+        wired = dev.wired_config(config, state, DevPaths.for_config(config), "http://h:1")
+        assert wired.appservice is not None
+        assert wired.appservice.id == "mybridge"
+        assert wired.appservice.url is None
+        assert wired.appservice.as_token == state.as_token
+        assert [ns.regex for ns in wired.appservice.namespaces.users] == ["@_br_.*:localhost"]
+
+    def test_synapse_wiring_writes_the_registration_and_the_module_entry(
+        self, tmp_path: Path
+    ) -> None:
+        """The homeserver.yaml keys load the registration (written, private) and the module."""
+        config = config_in(tmp_path)
+        state = DevState()
+        paths = DevPaths.for_config(config)
+        wired = dev.wired_config(config, state, paths, "http://127.0.0.1:41234")
+        keys = dev.synapse_wiring(wired, paths)
+        assert keys["app_service_config_files"] == [str(paths.registration)]
+        registration = yaml.safe_load(paths.registration.read_text())
+        assert registration["as_token"] == state.as_token
+        assert registration["url"] == "http://127.0.0.1:18090"
+        assert stat.S_IMODE(paths.registration.stat().st_mode) == 0o600
+        [module] = keys["modules"]
+        assert module["module"] == "servletkit.synapse.ServletkitModule"
+        assert module["config"]["secret"] == state.module_secret
+
+
+class TestFailuresBeforeStarting:
+    def test_synapse_missing_names_the_install_command(
+        self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """Without Synapse installed, `servletkit dev` stops at once and says how to install it."""
+        find_spec = importlib.util.find_spec
+        monkeypatch.setattr(importlib.util, "find_spec",
+                            lambda name, *a: None if name == "synapse" else find_spec(name, *a))
+        out = io.StringIO()
+        with pytest.raises(DevError, match=r"pip install 'servletkit\[synapse\]'") as info:
+            dev.run_dev(config_in(tmp_path), out)
+        assert "scripts/bootstrap" in str(info.value)
+        assert not (tmp_path / "state" / "dev.json").exists()
+
+    def test_a_taken_port_names_the_setting(self, tmp_path: Path) -> None:
+        """A port in use is refused with the setting to change."""
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            sock.listen()
+            port = sock.getsockname()[1]
+            config = config_in(tmp_path, port=port)
+            with pytest.raises(DevError, match=rf"port {port} .*\[server\] port in"):
+                dev.require_port(config, "127.0.0.1", port, "[server] port")
+        assert dev.port_problem("127.0.0.1", port) is None

@@ -1,0 +1,80 @@
+"""``[module]`` in servletkit.toml, ``servletkit synapse-config``, and the module's imports."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import attrs
+import pytest
+import yaml
+
+from servletkit.container.cli import main
+from servletkit.container.config import ConfigError, ModuleCallbacks, parse_config
+from servletkit.synapse import ServletkitModule
+from servletkit.synapse.settings import DEFAULT_POLICIES
+
+
+class TestModuleSection:
+    def test_off_by_default(self) -> None:
+        """Without a [module] table the module wire is off."""
+        assert parse_config({}).module.enabled is False
+
+    def test_enabled_needs_a_secret(self) -> None:
+        """enabled = true without a secret fails, naming the section and the fix."""
+        with pytest.raises(ConfigError, match=r"module: secret: must be set when enabled"):
+            parse_config({"module": {"enabled": True}})
+
+    def test_unknown_callback(self) -> None:
+        """A callback the module does not have is refused by name."""
+        with pytest.raises(ConfigError, match=r"module\.callbacks\.check_foo: unknown key"):
+            parse_config({"module": {"callbacks": {"check_foo": {}}}})
+
+    def test_timeout_must_be_positive(self) -> None:
+        """A zero budget is refused."""
+        with pytest.raises(ConfigError, match="timeout_ms: must be positive"):
+            parse_config({"module": {"callbacks": {"user_may_invite": {"timeout_ms": 0}}}})
+
+    def test_secret_not_in_repr(self) -> None:
+        """The secret never shows in a repr (logs, tracebacks)."""
+        config = parse_config({"module": {"enabled": True, "secret": "hush-hush"}})
+        assert "hush-hush" not in repr(config)
+
+    def test_callbacks_match_the_module(self) -> None:
+        """[module.callbacks] has a table for exactly the callbacks the module has policies for."""
+        assert [f.name for f in attrs.fields(ModuleCallbacks)] == list(DEFAULT_POLICIES)
+
+
+class TestSynapseConfigCommand:
+    def test_prints_a_working_modules_entry(
+        self, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        """The printed YAML is a modules: list the module's own parser accepts."""
+        path = tmp_path / "servletkit.toml"
+        path.write_text('[module]\nenabled = true\nport = 9100\nsecret = "s3cret \\"q\\""\n'
+                        "[module.callbacks.check_login_for_spam]\nfail_open = true\n")
+        assert main(["synapse-config", "--config", str(path)]) == 0
+        printed = yaml.safe_load(capsys.readouterr().out)
+        [entry] = printed["modules"]
+        assert entry["module"] == "servletkit.synapse.ServletkitModule"
+        settings = ServletkitModule.parse_config(entry["config"])
+        assert (settings.port, settings.secret) == (9100, 's3cret "q"')
+        assert settings.policies["check_login_for_spam"].fail_open is True
+        assert settings.policies["check_event_allowed"] == DEFAULT_POLICIES["check_event_allowed"]
+
+    def test_module_off(self, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+        """With the module wire off it says how to turn it on, and exits 1."""
+        path = tmp_path / "servletkit.toml"
+        path.write_text("[server]\nport = 8090\n")
+        assert main(["synapse-config", "--config", str(path)]) == 1
+        assert "set [module] enabled = true" in capsys.readouterr().err
+
+
+def test_module_imports_nothing_of_the_container() -> None:
+    """Loading the module in Synapse pulls in no web stack and no container code."""
+    code = ("import sys, servletkit.synapse\n"
+            "print(sorted(m for m in sys.modules if m.split('.')[0] in "
+            "('starlette', 'httpx', 'uvicorn', 'anyio') or m.startswith('servletkit.container')))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"

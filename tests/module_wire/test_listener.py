@@ -1,0 +1,185 @@
+"""The container side of the module wire: its listener, spoken to over a real socket."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+
+from servletkit.container.module_wire import module_listener
+from servletkit.container.plugins import PluginSource
+from servletkit.container.runtime import Container
+from servletkit.module_protocol import HEADER, MAX_FRAME, PROTOCOL_VERSION, decode, encode
+from servletkit.testing.synapse import free_port
+from tests.module_wire import wire_plugin
+from tests.module_wire.conftest import SECRET, container_config
+
+EVENT = {"event_id": "$e1", "room_id": "!r:localhost", "type": "m.room.message",
+         "sender": "@a:localhost", "content": {"msgtype": "m.text", "body": "hi"},
+         "origin_server_ts": 1, "unsigned": {}}
+
+
+class Peer:
+    """A raw client of the listener: writes frames, reads frames."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.reader = reader
+        self.writer = writer
+
+    async def send(self, message: dict[str, Any]) -> None:
+        self.writer.write(encode(message))
+        await self.writer.drain()
+
+    async def receive(self) -> dict[str, Any]:
+        header = await asyncio.wait_for(self.reader.readexactly(HEADER.size), 5)
+        (length,) = HEADER.unpack(header)
+        return decode(await asyncio.wait_for(self.reader.readexactly(length), 5))
+
+    async def closed(self) -> bool:
+        """Whether the listener closed the connection (EOF within 5 s)."""
+        return await asyncio.wait_for(self.reader.read(), 5) == b""
+
+    async def hello(self, secret: str = SECRET) -> dict[str, Any]:
+        await self.send({"op": "hello", "protocol": PROTOCOL_VERSION, "secret": secret})
+        return await self.receive()
+
+
+@pytest.fixture(scope="module")
+async def listener() -> AsyncIterator[int]:
+    port = free_port()
+    container = Container(container_config(port), [PluginSource("wire_test", obj=wire_plugin)])
+    container.load()
+    await container.start()
+    async with module_listener(container):
+        yield port
+    await container.stop()
+
+
+@pytest.fixture
+async def peer(listener: int) -> AsyncIterator[Peer]:
+    reader, writer = await asyncio.open_connection("127.0.0.1", listener)
+    yield Peer(reader, writer)
+    writer.close()
+
+
+@pytest.fixture
+async def authed(peer: Peer) -> Peer:
+    assert await peer.hello() == {"op": "hello", "protocol": PROTOCOL_VERSION}
+    return peer
+
+
+class TestHello:
+    async def test_wrong_secret_refused(self, peer: Peer) -> None:
+        """A wrong secret gets M_FORBIDDEN and the connection is closed."""
+        answer = await peer.hello("not-the-secret")
+        assert answer["error"]["errcode"] == "M_FORBIDDEN"
+        assert "wrong secret" in answer["error"]["error"]
+        assert await peer.closed()
+
+    async def test_request_before_hello_refused(self, peer: Peer) -> None:
+        """A request without a hello first is refused."""
+        await peer.send({"id": 1, "op": "event", "event": EVENT})
+        assert (await peer.receive())["error"]["errcode"] == "M_FORBIDDEN"
+        assert await peer.closed()
+
+    async def test_other_protocol_version_refused(self, peer: Peer) -> None:
+        """A module speaking another protocol version is told which one the container speaks."""
+        await peer.send({"op": "hello", "protocol": 99, "secret": SECRET})
+        answer = await peer.receive()
+        assert answer["error"]["errcode"] == "M_UNRECOGNIZED"
+        assert f"speaks {PROTOCOL_VERSION}" in answer["error"]["error"]
+        assert await peer.closed()
+
+
+class TestGarbage:
+    async def test_not_json(self, authed: Peer) -> None:
+        """A frame that is not JSON ends the connection with M_NOT_JSON."""
+        authed.writer.write(HEADER.pack(5) + b"{oops")
+        assert (await authed.receive())["error"]["errcode"] == "M_NOT_JSON"
+        assert await authed.closed()
+
+    async def test_not_an_object(self, authed: Peer) -> None:
+        """A JSON frame that is not an object ends the connection too."""
+        authed.writer.write(HEADER.pack(2) + b"[]")
+        assert (await authed.receive())["error"]["errcode"] == "M_NOT_JSON"
+        assert await authed.closed()
+
+    async def test_frame_too_large(self, peer: Peer) -> None:
+        """A length prefix above MAX_FRAME is refused before reading the body."""
+        peer.writer.write(HEADER.pack(MAX_FRAME + 1))
+        assert (await peer.receive())["error"]["errcode"] == "M_TOO_LARGE"
+        assert await peer.closed()
+
+    @pytest.mark.parametrize(("request_", "errcode", "detail"), [
+        ({"id": 1, "op": "teleport"}, "M_UNRECOGNIZED", "unknown operation 'teleport'"),
+        ({"id": 2, "op": "event", "event": {**EVENT, "sender": 5}}, "M_BAD_JSON",
+         "event.sender: must be str, got int"),
+        ({"id": 3, "op": "join", "user_id": "@a:localhost"}, "M_BAD_JSON",
+         "room_id: must be a string, got NoneType"),
+        ({"id": 4, "op": "create_room", "user_id": "@a:localhost", "request": []},
+         "M_BAD_JSON", "request: must be an object"),
+        ({"op": "event", "event": EVENT}, "M_BAD_JSON", "id: must be an integer"),
+    ])
+    async def test_bad_request_answered_connection_kept(
+        self, authed: Peer, request_: dict[str, Any], errcode: str, detail: str
+    ) -> None:
+        """A malformed request gets an error answer; the connection goes on working."""
+        await authed.send(request_)
+        answer = await authed.receive()
+        assert answer["id"] == request_.get("id")
+        assert answer["error"]["errcode"] == errcode
+        assert detail in answer["error"]["error"]
+        await authed.send({"id": 10, "op": "event", "event": EVENT})
+        assert await authed.receive() == {"id": 10}
+
+
+class TestDecisions:
+    async def test_allow_veto_modify(self, authed: Peer) -> None:
+        """Each decision has its answer: nothing to say, a veto, new content."""
+        body = {"msgtype": "m.text", "body": "/shout hey"}
+        await authed.send({"id": 1, "op": "event", "event": EVENT})
+        assert await authed.receive() == {"id": 1}
+        await authed.send({"id": 2, "op": "event",
+                           "event": {**EVENT, "content": {"body": "forbidden"}}})
+        assert await authed.receive() == {"id": 2, "veto": {
+            "errcode": wire_plugin.VETO_ERRCODE,
+            "reason": "the word 'forbidden' is not welcome here"}}
+        await authed.send({"id": 3, "op": "event", "event": {**EVENT, "content": body}})
+        assert await authed.receive() == {"id": 3, "modify": {"msgtype": "m.text",
+                                                              "body": "HEY"}}
+
+    async def test_every_op_reaches_its_hook(self, authed: Peer) -> None:
+        """join, invite, create_room and connect run their hooks (each vetoes here)."""
+        requests = [
+            {"op": "join", "user_id": "@blocked:localhost", "room_id": "!r:localhost"},
+            {"op": "invite", "inviter_id": "@a:localhost", "invitee_id": "@blocked:localhost",
+             "room_id": "!r:localhost"},
+            {"op": "create_room", "user_id": "@a:localhost",
+             "request": {"name": "forbidden room"}},
+            {"op": "connect", "user_id": "@nologin:localhost", "device_id": None},
+        ]
+        for request_id, request in enumerate(requests):
+            await authed.send({"id": request_id, **request})
+            answer = await authed.receive()
+            assert answer["id"] == request_id
+            assert "veto" in answer, request
+
+    async def test_answers_do_not_wait_for_slow_ones(self, authed: Peer) -> None:
+        """Requests run concurrently: a fast answer overtakes a slow one."""
+        await authed.send({"id": 1, "op": "event",
+                           "event": {**EVENT, "content": {"body": "slow"}}})
+        await authed.send({"id": 2, "op": "event", "event": EVENT})
+        assert await authed.receive() == {"id": 2}
+        assert await authed.receive() == {"id": 1}
+
+
+async def test_disabled_module_does_not_listen() -> None:
+    """Without [module] enabled the container opens no listener."""
+    port = free_port()
+    config = container_config(port)
+    container = Container(type(config)(path=config.path), [])
+    async with module_listener(container):
+        with pytest.raises(ConnectionRefusedError):
+            await asyncio.open_connection("127.0.0.1", port)
