@@ -163,7 +163,7 @@ def conversation(first_run: DevProcess) -> Conversation:
 
 @pytest.fixture(scope="module")
 def docs_client_output(first_run: DevProcess) -> str:
-    """What docs/dev_client.py (shown in docs/dev.md) prints against this dev homeserver."""
+    """What docs/dev_client.py (shown in the README) prints against this dev homeserver."""
     result = subprocess.run([sys.executable, str(DOCS / "dev_client.py"), str(first_run.run_file)],
                             capture_output=True, text=True, timeout=60, check=False)
     assert result.returncode == 0, result.stderr
@@ -212,10 +212,10 @@ def test_the_documented_client_sees_the_plugins_act(docs_client_output: str) -> 
 
 
 def test_docs_show_the_client_that_is_tested() -> None:
-    """docs/dev.md contains docs/dev_client.py verbatim (the example is never pasted by hand)."""
+    """The README contains docs/dev_client.py verbatim (the example is never pasted by hand)."""
     script = (DOCS / "dev_client.py").read_text()
     code = script.split('"""\n\n', 1)[1]  # without the module docstring
-    assert code in (DOCS / "dev.md").read_text()
+    assert code in (DOCS.parent / "README.md").read_text()
 
 
 def test_sigterm_stops_synapse_and_the_container(
