@@ -19,7 +19,9 @@ _CLIENT_EVENT_KEYS = frozenset(
     {"event_id", "room_id", "type", "sender", "state_key", "content", "origin_server_ts",
      "unsigned"}
 )
-_CLIENT_EVENT_KEY_LIST = tuple(_CLIENT_EVENT_KEYS)
+
+
+_EMPTY: dict[str, Any] = {}
 
 
 class EventFormatError(ValueError):
@@ -44,62 +46,104 @@ def _require(data: Mapping[str, Any], key: str, kind: type) -> Any:
 class Event:
     """A Matrix room event in the client-server format (a *ClientEvent*).
 
-    ``state_key`` is ``None`` for non-state events. ``extra`` keeps any other
-    top-level keys the homeserver sent (``redacts``, ``age``, ``user_id`` …) so
-    :meth:`to_json` gives back what :meth:`from_json` was given. ``stage`` says
-    whether the homeserver has stored the event yet (see :data:`Stage`); it is
-    not part of the JSON.
+    The event is a view over the JSON the homeserver sent (``json``, checked by
+    :meth:`from_json`), with its ``content`` as a field of its own because
+    plugins may replace it (:meth:`with_content`). ``event_id``, ``room_id``,
+    ``type``, ``sender``, ``origin_server_ts``, ``state_key`` (``None`` for
+    non-state events) and ``unsigned`` read from the JSON; ``extra`` gives the
+    other top-level keys (``redacts``, ``age`` …). ``stage`` says whether the
+    homeserver has stored the event yet (see :data:`Stage`); it is not part of
+    the JSON.
+
+    Holding the JSON instead of copying each key into a field makes building an
+    event cheap: the appservice wire builds one per event of every transaction.
     """
 
-    event_id: str
-    room_id: str
-    type: str
-    sender: str
+    json: Mapping[str, Any] = attrs.field(repr=False)
     content: Mapping[str, Any]
-    origin_server_ts: int = 0
-    state_key: str | None = None
-    unsigned: Mapping[str, Any] = attrs.field(factory=dict)
-    extra: Mapping[str, Any] = attrs.field(factory=dict, repr=False)
     stage: Stage = "after_store"
+
+    @property
+    def event_id(self) -> str:
+        return self.json["event_id"]  # type: ignore[no-any-return]
+
+    @property
+    def room_id(self) -> str:
+        return self.json["room_id"]  # type: ignore[no-any-return]
+
+    @property
+    def type(self) -> str:
+        return self.json["type"]  # type: ignore[no-any-return]
+
+    @property
+    def sender(self) -> str:
+        return self.json["sender"]  # type: ignore[no-any-return]
+
+    @property
+    def origin_server_ts(self) -> int:
+        return self.json.get("origin_server_ts", 0)  # type: ignore[no-any-return]
+
+    @property
+    def state_key(self) -> str | None:
+        return self.json.get("state_key")
+
+    @property
+    def unsigned(self) -> Mapping[str, Any]:
+        return self.json.get("unsigned") or {}
+
+    @property
+    def extra(self) -> dict[str, Any]:
+        """The top-level keys that are not fields of a client event."""
+        return {k: v for k, v in self.json.items() if k not in _CLIENT_EVENT_KEYS}
 
     @property
     def is_state(self) -> bool:
         """Whether this is a state event (it has a ``state_key``, possibly empty)."""
-        return self.state_key is not None
+        return self.json.get("state_key") is not None
+
+    def __repr__(self) -> str:
+        return (f"Event(event_id={self.event_id!r}, room_id={self.room_id!r}, "
+                f"type={self.type!r}, sender={self.sender!r}, state_key={self.state_key!r}, "
+                f"content={self.content!r}, stage={self.stage!r})")
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any], stage: Stage = "after_store") -> Event:
-        """Build an event from client-event JSON; raise :class:`EventFormatError` if malformed."""
+        """Build an event from client-event JSON; raise :class:`EventFormatError` if malformed.
+
+        The event keeps ``data`` (not a copy) when it is a plain ``dict``: do not
+        change it afterwards.
+        """
         # Fast path for what a JSON parser produces (exact dict/str/int), checked with
         # `type() is`; anything else takes the path that accepts any Mapping and says
-        # what is wrong. Appservice transactions build 100 events per request this way.
+        # what is wrong.
         if type(data) is dict:
             try:
-                event_id, room_id = data["event_id"], data["room_id"]
-                kind, sender, content = data["type"], data["sender"], data["content"]
+                content = data["content"]
+                valid = (
+                    type(data["event_id"]) is str and type(data["room_id"]) is str
+                    and type(data["type"]) is str and type(data["sender"]) is str
+                    and type(content) is dict
+                )
             except KeyError:
-                return cls._from_mapping(data, stage)
-            get = data.get
-            state_key, unsigned = get("state_key"), get("unsigned")
-            origin_server_ts = get("origin_server_ts", 0)
-            if (
-                type(event_id) is str and type(room_id) is str and type(kind) is str
-                and type(sender) is str and type(content) is dict
-                and type(origin_server_ts) is int
-                and (state_key is None or type(state_key) is str)
-                and (type(unsigned) is dict or (unsigned is None and "unsigned" not in data))
-            ):
-                extra = data.copy()
-                for key in _CLIENT_EVENT_KEY_LIST:
-                    extra.pop(key, None)
-                return cls(event_id, room_id, kind, sender, content, origin_server_ts, state_key,
-                           {} if unsigned is None else unsigned, extra, stage)
+                valid = False
+            if valid:
+                get = data.get
+                state_key = get("state_key")
+                if (
+                    type(get("origin_server_ts", 0)) is int
+                    and (state_key is None or type(state_key) is str)
+                    and type(get("unsigned", _EMPTY)) is dict
+                ):
+                    return cls(data, content, stage)
         return cls._from_mapping(data, stage)
 
     @classmethod
     def _from_mapping(cls, data: Mapping[str, Any], stage: Stage) -> Event:
         if not isinstance(data, Mapping):
             raise EventFormatError("event", f"must be an object, got {type(data).__name__}")
+        for key in ("event_id", "room_id", "type", "sender"):
+            _require(data, key, str)
+        content = _require(data, "content", Mapping)
         state_key = data.get("state_key")
         if state_key is not None and not isinstance(state_key, str):
             raise EventFormatError("state_key", f"must be str, got {type(state_key).__name__}")
@@ -111,38 +155,19 @@ class Event:
         unsigned = data.get("unsigned", {})
         if not isinstance(unsigned, Mapping):
             raise EventFormatError("unsigned", f"must be object, got {type(unsigned).__name__}")
-        return cls(
-            event_id=_require(data, "event_id", str),
-            room_id=_require(data, "room_id", str),
-            type=_require(data, "type", str),
-            sender=_require(data, "sender", str),
-            content=_require(data, "content", Mapping),
-            origin_server_ts=origin_server_ts,
-            state_key=state_key,
-            unsigned=unsigned,
-            extra={k: v for k, v in data.items() if k not in _CLIENT_EVENT_KEYS},
-            stage=stage,
-        )
+        return cls(dict(data), content, stage)
 
     def to_json(self) -> dict[str, Any]:
-        """Give back the client-event JSON (``state_key`` only for state events)."""
-        data: dict[str, Any] = dict(self.extra)
-        data.update(
-            event_id=self.event_id,
-            room_id=self.room_id,
-            type=self.type,
-            sender=self.sender,
-            content=self.content,
-            origin_server_ts=self.origin_server_ts,
-            unsigned=self.unsigned,
-        )
-        if self.state_key is not None:
-            data["state_key"] = self.state_key
+        """Give back the client-event JSON, with the current content."""
+        data = dict(self.json)
+        data["content"] = self.content
+        data.setdefault("origin_server_ts", 0)
+        data.setdefault("unsigned", {})
         return data
 
     def with_content(self, content: Mapping[str, Any]) -> Event:
         """Return a copy of this event with ``content`` replaced."""
-        return attrs.evolve(self, content=content)
+        return Event(self.json, content, self.stage)
 
 
 @attrs.frozen(slots=True)
