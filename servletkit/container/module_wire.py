@@ -134,7 +134,16 @@ class ModuleWire:
         except Exception:
             log.exception("module wire: %s failed", hook)
             return _error(request_id, "M_UNKNOWN", f"{hook} failed in the container")
-        return reply_for(request_id, outcome)
+        reply = reply_for(request_id, outcome)
+        if "modify" in reply:
+            try:
+                encode(reply)
+            except (TypeError, ValueError) as exc:
+                log.error("module wire: plugin %r modified an event into content that is not "
+                          "JSON (%s); answering an error", outcome.decided_by, exc)
+                return _error(request_id, "M_UNKNOWN",
+                              f"plugin {outcome.decided_by!r} returned content that is not JSON")
+        return reply
 
     def close_all(self) -> None:
         """Drop every connection (the module notices at once and reconnects later)."""

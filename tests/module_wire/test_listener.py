@@ -150,6 +150,14 @@ class TestDecisions:
         assert await authed.receive() == {"id": 3, "modify": {"msgtype": "m.text",
                                                               "body": "HEY"}}
 
+    async def test_modify_that_is_not_json(self, authed: Peer) -> None:
+        """Content that cannot be sent is answered with an error naming the plugin."""
+        await authed.send({"id": 4, "op": "event",
+                           "event": {**EVENT, "content": {"body": "unserialisable"}}})
+        answer = await authed.receive()
+        assert answer["error"] == {"errcode": "M_UNKNOWN", "error":
+                                   "plugin 'wire_test' returned content that is not JSON"}
+
     async def test_every_op_reaches_its_hook(self, authed: Peer) -> None:
         """join, invite, create_room and connect run their hooks (each vetoes here)."""
         requests = [
