@@ -19,7 +19,7 @@ import contextlib
 import hmac
 import logging
 import typing
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from typing import Any, Final
 
 import attrs
@@ -27,7 +27,7 @@ import attrs
 from servletkit.container.config import Config, ConfigError, ModuleCallbacks
 from servletkit.container.runtime import Container
 from servletkit.hooks.decisions import Modify, Veto
-from servletkit.hooks.dispatcher import Dispatcher, Outcome
+from servletkit.hooks.dispatcher import Dispatcher, Outcome, run_eagerly
 from servletkit.hooks.events import Event, EventFormatError
 from servletkit.module_protocol import (
     HEADER,
@@ -204,7 +204,11 @@ class ModuleConnection(asyncio.Protocol):
         if not self._authenticated:
             self._hello(message)
             return
-        task = asyncio.ensure_future(self._respond(message))
+        done, answer = run_eagerly(self._wire.answer(message))
+        if done:
+            self._send(answer)
+            return
+        task = asyncio.ensure_future(self._respond(answer))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
@@ -225,8 +229,8 @@ class ModuleConnection(asyncio.Protocol):
                 self._hello_timer.cancel()
             self._send({"op": "hello", "protocol": PROTOCOL_VERSION})
 
-    async def _respond(self, message: Mapping[str, Any]) -> None:
-        self._send(await self._wire.answer(message))
+    async def _respond(self, rest: Awaitable[dict[str, Any]]) -> None:
+        self._send(await rest)
 
     def _send(self, message: Mapping[str, Any]) -> None:
         if self._transport is not None:
