@@ -258,9 +258,15 @@ async def module_listener(container: Container) -> AsyncIterator[None]:
         yield
         return
     wire = ModuleWire(container.dispatcher, settings.secret)
-    server = await asyncio.get_running_loop().create_server(
-        wire.protocol, settings.host, settings.port
-    )
+    try:
+        server = await asyncio.get_running_loop().create_server(
+            wire.protocol, settings.host, settings.port
+        )
+    except OSError as exc:
+        raise OSError(exc.errno, f"module wire: cannot listen on {settings.host}:"
+                      f"{settings.port} ([module] host and port): {exc.strerror}; is another "
+                      "container running there? Choose another port (and run "
+                      "`servletkit synapse-config` again)") from None
     log.info("module wire: listening on %s:%d", settings.host, settings.port)
     try:
         yield

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import socket
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -191,3 +192,15 @@ async def test_disabled_module_does_not_listen() -> None:
     async with module_listener(container):
         with pytest.raises(ConnectionRefusedError):
             await asyncio.open_connection("127.0.0.1", port)
+
+
+async def test_port_taken_is_explained() -> None:
+    """A taken port fails with a message naming the [module] keys, not a bare errno."""
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        container = Container(container_config(port), [])
+        with pytest.raises(OSError, match=r"cannot listen on 127\.0\.0\.1:\d+ \(\[module\] host"):
+            async with module_listener(container):
+                pass
