@@ -2,8 +2,8 @@
 
 Command (from the repository root, after ``scripts/bootstrap``)::
 
-    .venv/bin/python benchmarks/module_wire_latency.py [--rounds 300] [--join-rounds 120]
-        [--max-seconds 240]
+    .venv/bin/python benchmarks/module_wire_latency.py [--rounds 1500] [--join-rounds 300]
+        [--max-seconds 480]
 
 Four real Synapse 1.163.2 processes run at once, the same config but for ``modules:``:
 
@@ -214,10 +214,10 @@ def report(title: str, samples: dict[str, list[float]]) -> dict[str, Any]:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--rounds", type=int, default=300, help="measured message rounds")
-    parser.add_argument("--join-rounds", type=int, default=120, help="measured join rounds")
+    parser.add_argument("--rounds", type=int, default=1500, help="measured message rounds")
+    parser.add_argument("--join-rounds", type=int, default=300, help="measured join rounds")
     parser.add_argument("--warmup", type=int, default=30, help="discarded rounds, each kind")
-    parser.add_argument("--max-seconds", type=float, default=240, help="time bound, whole run")
+    parser.add_argument("--max-seconds", type=float, default=480, help="time bound, whole run")
     parser.add_argument("--serve-container", type=int, metavar="PORT", help=argparse.SUPPRESS)
     parser.add_argument("--serve-noop", type=int, metavar="PORT", help=argparse.SUPPRESS)
     args = parser.parse_args()

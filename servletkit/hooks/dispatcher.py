@@ -167,6 +167,22 @@ async def _finish(coro: Coroutine[Any, Any, Any], yielded: Any, remaining_s: flo
         return await _Resumed(coro, yielded)
 
 
+def run_eagerly(coro: Coroutine[Any, Any, T]) -> tuple[bool, Any]:
+    """Run ``coro`` until it first suspends, without a task.
+
+    Returns ``(True, result)`` if it finished, else ``(False, rest)`` where
+    ``rest`` is an awaitable that finishes it (await it from a task). Saves a
+    task and a loop turn when, as usual, every plugin on the hook is sync; only
+    for such hooks (:meth:`Dispatcher.all_sync`): the budgets of async plugins
+    are enforced on the task that runs them.
+    """
+    try:
+        yielded = coro.send(None)
+    except StopIteration as stop:
+        return True, stop.value
+    return False, _Resumed(coro, yielded)
+
+
 _TASK, _DEADLINE, _FIRED = 0, 1, 2
 _TIMED_OUT: Final = object()
 _clock: Final = time.perf_counter
@@ -329,6 +345,12 @@ class Dispatcher:
             hook: sum(slot.is_async for slot in slots) for hook, slots in chains.items()
         }
         self._chains = chains
+
+    def all_sync(self, hook: str) -> bool:
+        """Whether every implementation of ``hook`` is sync: then a call never suspends
+        and may be driven without a task (see :func:`run_eagerly`). Async plugins'
+        budgets need the caller's task, so their chains must run in one."""
+        return not self._async_counts.get(hook, 0)
 
     def chain(self, hook: str) -> tuple[Slot, ...]:
         """The slots of ``hook`` in call order (empty if no plugin implements it)."""

@@ -27,10 +27,15 @@ from servletkit.synapse.settings import DEFAULT_POLICIES, SettingsError, parse_s
 
 
 class TcpTransport(StringTransport):
-    """An in-memory transport that accepts TCP_NODELAY."""
+    """An in-memory transport with the TCP methods the client uses."""
+
+    flushes = 0
 
     def setTcpNoDelay(self, enabled: bool) -> None:
         self.nodelay = enabled
+
+    def doWrite(self) -> None:
+        self.flushes += 1
 
 
 def frames(transport: StringTransport) -> list[dict[str, Any]]:
@@ -107,6 +112,7 @@ class TestClient:
         assert result(first) == {"id": 1}
         assert result(second)["veto"]["reason"] == "no"
         assert harness.transport.nodelay
+        assert harness.transport.flushes == 2  # each request leaves at once
 
     def test_request_waits_for_the_connection(self, harness: Harness) -> None:
         """A request made while connecting is sent once the hello completes."""

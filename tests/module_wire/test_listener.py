@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import socket
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -150,6 +151,14 @@ class TestDecisions:
         assert await authed.receive() == {"id": 3, "modify": {"msgtype": "m.text",
                                                               "body": "HEY"}}
 
+    async def test_modify_that_is_not_json(self, authed: Peer) -> None:
+        """Content that cannot be sent is answered with an error naming the plugin."""
+        await authed.send({"id": 4, "op": "event",
+                           "event": {**EVENT, "content": {"body": "unserialisable"}}})
+        answer = await authed.receive()
+        assert answer["error"] == {"errcode": "M_UNKNOWN", "error":
+                                   "plugin 'wire_test' returned content that is not JSON"}
+
     async def test_every_op_reaches_its_hook(self, authed: Peer) -> None:
         """join, invite, create_room and connect run their hooks (each vetoes here)."""
         requests = [
@@ -183,3 +192,15 @@ async def test_disabled_module_does_not_listen() -> None:
     async with module_listener(container):
         with pytest.raises(ConnectionRefusedError):
             await asyncio.open_connection("127.0.0.1", port)
+
+
+async def test_port_taken_is_explained() -> None:
+    """A taken port fails with a message naming the [module] keys, not a bare errno."""
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        container = Container(container_config(port), [])
+        with pytest.raises(OSError, match=r"cannot listen on 127\.0\.0\.1:\d+ \(\[module\] host"):
+            async with module_listener(container):
+                pass

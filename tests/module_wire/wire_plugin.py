@@ -21,7 +21,8 @@ def _localpart(user_id: str) -> str:
 
 @hookimpl
 async def on_send_event(event: Event):
-    """Veto "forbidden", upper-case "/shout ...", stall on "slow", upper-case shouted topics."""
+    """Veto "forbidden", upper-case "/shout ...", stall on "slow", upper-case shouted topics,
+    answer nonsense to "unserialisable"."""
     SEEN.append(event)
     body = event.content.get("body")
     if event.type == "m.room.message" and isinstance(body, str):
@@ -29,6 +30,8 @@ async def on_send_event(event: Event):
             return Veto("the word 'forbidden' is not welcome here", VETO_ERRCODE)
         if body.startswith("/shout "):
             return Modify({**event.content, "body": body.removeprefix("/shout ").upper()})
+        if body == "unserialisable":
+            return Modify({"body": {"a", "set"}})
         if body.startswith("slow"):
             await asyncio.sleep(1.0)
     topic = event.content.get("topic")
