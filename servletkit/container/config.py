@@ -121,12 +121,14 @@ class StoreConfig:
     (a commit survives the container process crashing; the default) or
     ``"full"`` (it also survives the machine losing power, at the cost of an
     fsync per commit). ``transactions_kept``: how many processed transaction
-    ids are remembered for deduplication.
+    ids are remembered for deduplication. ``audit_kept``: how many of the
+    newest audit records are kept (older ones are deleted).
     """
 
     path: str = "servletkit.db"
     synchronous: Literal["normal", "full"] = "normal"
     transactions_kept: int = attrs.field(default=10_000, validator=_positive)
+    audit_kept: int = attrs.field(default=100_000, validator=_positive)
 
 
 def _secret_when_enabled(instance: Any, attribute: attrs.Attribute[Any], value: str) -> None:

@@ -73,6 +73,7 @@ class Container:
             config.resolve(config.store.path),
             synchronous=config.store.synchronous,
             transactions_kept=config.store.transactions_kept,
+            audit_kept=config.store.audit_kept,
         )
         self.pm = new_plugin_manager()
         self.dispatcher = Dispatcher(self.pm)

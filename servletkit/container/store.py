@@ -133,14 +133,26 @@ class SqliteStore:
     appservice, keeps one in flight, and retries the oldest unacknowledged one
     first, so a retried id is always newer than every id but the last few
     processed. 10,000 leaves a wide margin for homeservers that pipeline.
+
+    The audit log keeps the newest ``audit_kept`` records.
     """
 
     def __init__(
-        self, path: str | Path, *, synchronous: str = "normal", transactions_kept: int = 10_000
+        self,
+        path: str | Path,
+        *,
+        synchronous: str = "normal",
+        transactions_kept: int = 10_000,
+        audit_kept: int = 100_000,
     ) -> None:
         self.path = Path(path)
         self.synchronous = synchronous.upper()
         self.transactions_kept = transactions_kept
+        self.audit_kept = audit_kept
+        self._audit_step = max(1, audit_kept // 10)
+        # records added since the audit log was last pruned; starts full, so the
+        # first commit after a start prunes what an earlier run left
+        self._audit_added = self._audit_step
         self._db: sqlite3.Connection | None = None
         self._recent: deque[str] = deque()
         self._recent_set: set[str] = set()
@@ -212,12 +224,22 @@ class SqliteStore:
                     [(r.at, r.plugin, r.hook, r.decision, r.event_id, r.room_id, r.detail)
                      for r in batch.audit],
                 )
+                self._prune_audit(db, len(batch.audit))
             db.execute("COMMIT")
         except BaseException:
             db.execute("ROLLBACK")
             raise
         if txn_id is not None and txn_id not in self._recent_set:
             self._remember(txn_id)
+
+    def _prune_audit(self, db: sqlite3.Connection, added: int) -> None:
+        # in steps of a tenth of the bound, so most commits delete nothing
+        self._audit_added += added
+        if self._audit_added < self._audit_step:
+            return
+        self._audit_added = 0
+        db.execute("DELETE FROM audit WHERE id <= (SELECT MAX(id) FROM audit) - ?",
+                   (self.audit_kept,))
 
     def _remember(self, txn_id: str) -> None:
         self._recent.append(txn_id)

@@ -110,3 +110,26 @@ def test_audit_outside_a_unit_is_written_at_once(store):
     [record] = store.audit_log()
     assert (record.plugin, record.hook, record.decision, record.detail) == (
         "p", "on_query_user", "exists", "@a:b")
+
+
+class TestAuditBound:
+    def test_audit_log_keeps_the_newest_records(self, tmp_path):
+        """The audit log is pruned to about the newest audit_kept records, oldest first out."""
+        store = SqliteStore(tmp_path / "a.db", audit_kept=20)
+        for n in range(75):
+            store.commit(Batch(audit=[AuditRecord("p", "on_send_event", "veto", f"$e{n}")]))
+        count = store._conn.execute("SELECT count(*) FROM audit").fetchone()[0]
+        assert 20 <= count < 22  # pruned in steps of a tenth of the bound
+        newest = store.audit_log(limit=count)
+        assert [r.event_id for r in newest] == [f"$e{n}" for n in range(75 - count, 75)]
+        store.close()
+
+    def test_a_restart_prunes_what_a_larger_bound_left(self, tmp_path):
+        """Lowering audit_kept takes effect at the first commit after the restart."""
+        store = SqliteStore(tmp_path / "a.db", audit_kept=1000)
+        store.commit(Batch(audit=[AuditRecord("p", "h", "veto", f"$e{n}") for n in range(50)]))
+        store.close()
+        smaller = SqliteStore(tmp_path / "a.db", audit_kept=10)
+        smaller.commit(Batch(audit=[AuditRecord("p", "h", "veto", "$last")]))
+        assert smaller._conn.execute("SELECT count(*) FROM audit").fetchone()[0] == 10
+        smaller.close()
