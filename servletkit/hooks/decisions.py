@@ -22,9 +22,11 @@ class Modify:
 
     Later plugins see the modified event. Only hooks that receive an event can
     be answered with ``Modify``; elsewhere it is treated as a plugin error.
+    ``content`` must be a mapping (a ``TypeError`` otherwise, raised where the
+    plugin builds the decision).
     """
 
-    content: Mapping[str, Any]
+    content: Mapping[str, Any] = attrs.field(validator=attrs.validators.instance_of(Mapping))
 
 
 @attrs.frozen(slots=True)
@@ -33,10 +35,17 @@ class Veto:
 
     ``reason`` is shown to the user whose action was refused; ``errcode`` is the
     Matrix error code they receive (``M_FORBIDDEN`` unless a more precise one fits).
+    Both must be strings, the errcode in capitals (``M_...``, or namespaced like
+    ``ORG.EXAMPLE.NOT_HERE``) (a ``TypeError``
+    or ``ValueError`` otherwise, raised where the plugin builds the decision).
     """
 
-    reason: str
-    errcode: str = "M_FORBIDDEN"
+    reason: str = attrs.field(validator=attrs.validators.instance_of(str))
+    errcode: str = attrs.field(
+        default="M_FORBIDDEN",
+        validator=[attrs.validators.instance_of(str),
+                   attrs.validators.matches_re(r"[A-Z][A-Z0-9_.]*")],
+    )
 
 
 Decision = Allow | Modify | Veto

@@ -449,3 +449,29 @@ async def test_ephemeral_data_reaches_observers() -> None:
     data = Ephemeral.from_json({"type": "m.typing", "room_id": "!r:hs", "content": {}})
     assert await dispatcher_for(("every", plugin, policy())).observe("on_ephemeral", data) == ()
     assert plugin.got == [("on_ephemeral", "m.typing", "every")]
+
+
+class TestDecisionValues:
+    @pytest.mark.parametrize(
+        "build",
+        [lambda: Veto(3), lambda: Veto("no", errcode="forbidden"), lambda: Veto("no", None),
+         lambda: Modify(content="text"), lambda: Modify(content=None)],
+    )
+    def test_malformed_decisions_fail_where_the_plugin_builds_them(self, build: Any) -> None:
+        """A decision that a wire could not send never exists: the plugin's own line raises."""
+        with pytest.raises((TypeError, ValueError)):
+            build()
+
+    def test_namespaced_errcodes_are_accepted(self) -> None:
+        assert Veto("no", "ORG.EXAMPLE.NOT_HERE").errcode == "ORG.EXAMPLE.NOT_HERE"
+
+    async def test_a_plugin_building_a_bad_veto_is_a_raised_failure(self) -> None:
+        class BadVeto:
+            @hookimpl
+            def on_send_event(self, event: Event) -> Veto:
+                return Veto(ValueError("not a reason"))  # type: ignore[arg-type]
+
+        d = dispatcher_for(("bad", BadVeto(), policy(on_error="allow")))
+        outcome = await d.intercept("on_send_event", EVENT)
+        assert outcome.decision is None
+        assert outcome.failures[0].kind == "raised" and "reason" in outcome.failures[0].detail
