@@ -46,12 +46,16 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_plugins(args: argparse.Namespace) -> int:
-    """Print a table of the plugins: name, distribution and version, hooks, enabled, order."""
+    """Print a table of the plugins: name, distribution and version, hooks, enabled, order.
+
+    Plugins are imported and registered, never started: listing them must not
+    open their connections or write their data (``servletkit check`` starts them).
+    """
     _, container = _load(args.config)
     rows = [("NAME", "DISTRIBUTION", "HOOKS", "ENABLED", "ORDER", "STATUS")]
-    for status in asyncio.run(_inspect(container)):
+    for status in container.statuses():
         dist = f"{status.distribution} {status.version}" if status.distribution else "-"
-        state = "live" if status.live else ("disabled" if not status.enabled else "FAILED")
+        state = "loaded" if status.loaded else "disabled"
         if status.error:
             state = f"FAILED ({status.error.stage}: {status.error.message})"
         rows.append(

@@ -37,6 +37,7 @@ class PluginStatus:
     hooks: tuple[str, ...]
     enabled: bool
     order: int
+    loaded: bool
     live: bool
     error: PluginError | None = None
 
@@ -193,6 +194,7 @@ class Container:
                     hooks=tuple(implemented_hooks(self.pm, obj)) if obj is not None else (),
                     enabled=settings.enabled,
                     order=settings.order,
+                    loaded=obj is not None,
                     live=name in self._live,
                     error=errors.get(name),
                 )

@@ -123,6 +123,10 @@ class Store(Protocol):
         """The newest ``limit`` audit records, oldest first."""
 
 
+class StoreClosedError(RuntimeError):
+    """The store was used after the container stopped (a plugin task outlived it)."""
+
+
 class SqliteStore:
     """The embedded store: one SQLite file in WAL mode.
 
@@ -154,6 +158,7 @@ class SqliteStore:
         # first commit after a start prunes what an earlier run left
         self._audit_added = self._audit_step
         self._db: sqlite3.Connection | None = None
+        self._closed = False
         self._recent: deque[str] = deque()
         self._recent_set: set[str] = set()
 
@@ -175,7 +180,8 @@ class SqliteStore:
         self._db = db
 
     def close(self) -> None:
-        """Close the connection (SQLite checkpoints the WAL)."""
+        """Close the connection (SQLite checkpoints the WAL); the store is unusable after."""
+        self._closed = True
         if self._db is not None:
             self._db.close()
             self._db = None
@@ -183,15 +189,15 @@ class SqliteStore:
     @property
     def _conn(self) -> sqlite3.Connection:
         if self._db is None:
+            if self._closed:
+                raise StoreClosedError(f"the store {self.path} is closed (the container stopped)")
             self.open()
         assert self._db is not None  # internal invariant: open() sets it
         return self._db
 
     def is_processed(self, txn_id: str) -> bool:
         """Whether ``txn_id`` is among the kept processed transaction ids."""
-        if self._db is None:
-            self.open()
-        return txn_id in self._recent_set
+        return self._conn is not None and txn_id in self._recent_set
 
     def commit(self, batch: Batch, txn_id: str | None = None) -> None:
         """One SQLite transaction: the plugin writes, the audit records, the transaction id."""

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import itertools
+import tempfile
 from collections.abc import AsyncIterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -63,23 +64,26 @@ async def running_container(
 ) -> AsyncIterator[Container]:
     """A started container over ``plugins`` (name → module or object), stopped afterwards.
 
-    ``config`` is the parsed ``servletkit.toml`` content (a dict). Installed
-    plugins are left out unless ``include_installed``. Raises if a plugin fails
-    to load or init, so a broken plugin fails its test loudly.
+    ``config`` is the parsed ``servletkit.toml`` content (a dict); relative
+    paths in it (the ``[store]`` file) are in a temporary folder of the
+    container's own, so tests never share data. Installed plugins are left out
+    unless ``include_installed``. Raises if a plugin fails to load or init, so a
+    broken plugin fails its test loudly.
     """
-    parsed = parse_config(config or {}, Path("servletkit.toml"))
-    container = Container(
-        parsed,
-        [PluginSource(name, obj=obj) for name, obj in plugins.items()],
-        include_installed=include_installed,
-    )
-    container.load()
-    await container.start()
-    try:
-        if container.errors:
-            error = container.errors[0]
-            raise RuntimeError(f"plugin {error.plugin!r} failed to {error.stage}:\n"
-                               f"{error.traceback or error.message}")
-        yield container
-    finally:
-        await container.stop()
+    with tempfile.TemporaryDirectory(prefix="servletkit-test-") as folder:
+        parsed = parse_config(config or {}, Path(folder) / "servletkit.toml")
+        container = Container(
+            parsed,
+            [PluginSource(name, obj=obj) for name, obj in plugins.items()],
+            include_installed=include_installed,
+        )
+        container.load()
+        await container.start()
+        try:
+            if container.errors:
+                error = container.errors[0]
+                raise RuntimeError(f"plugin {error.plugin!r} failed to {error.stage}:\n"
+                                   f"{error.traceback or error.message}")
+            yield container
+        finally:
+            await container.stop()

@@ -133,3 +133,16 @@ class TestAuditBound:
         smaller.commit(Batch(audit=[AuditRecord("p", "h", "veto", "$last")]))
         assert smaller._conn.execute("SELECT count(*) FROM audit").fetchone()[0] == 10
         smaller.close()
+
+
+def test_a_closed_store_is_not_reopened(tmp_path):
+    """A plugin task that outlives the container gets an error, not a new connection."""
+    from servletkit.container.store import StoreClosedError
+
+    store = SqliteStore(tmp_path / "c.db")
+    store.commit(Batch(), "t1")
+    store.close()
+    with pytest.raises(StoreClosedError, match="is closed"):
+        PluginStore(store, "p").put("k", "v")
+    with pytest.raises(StoreClosedError):
+        store.is_processed("t1")

@@ -98,7 +98,7 @@ def test_plugins_lists_the_installed_distribution(installed_plugin: dict[str, st
     assert result.returncode == 0, result.stderr
     [row] = [line for line in result.stdout.splitlines() if line.startswith("shouty")]
     assert row.split() == [
-        "shouty", "shouty-plugin", "1.2.3", "on_send_event,", "servlet_init", "yes", "0", "live"
+        "shouty", "shouty-plugin", "1.2.3", "on_send_event,", "servlet_init", "yes", "0", "loaded"
     ]
 
 
@@ -150,3 +150,14 @@ def test_a_missing_config_file_is_one_clear_line(
     assert result.returncode == 2
     assert "no such config file" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_plugins_never_starts_them(installed_plugin: dict[str, str], tmp_path: Path) -> None:
+    """Listing imports the plugin but runs no servlet_init (which would refuse here)."""
+    config = tmp_path / "servletkit.toml"
+    config.write_text("[plugins.shouty]\n")  # no 'banned' word: its servlet_init would raise
+    result = servletkit(installed_plugin, "plugins", "--config", str(config))
+    assert result.returncode == 0, result.stderr
+    [row] = [line for line in result.stdout.splitlines() if line.startswith("shouty")]
+    assert row.split()[-1] == "loaded"
+    assert "needs a 'banned' word" not in result.stdout + result.stderr
