@@ -66,5 +66,5 @@ def build_app(
         finally:
             await container.stop()
 
-    routes = [route for wire in (wires or WIRES) for route in wire(container)]
+    routes = [route for wire in (WIRES if wires is None else wires) for route in wire(container)]
     return Starlette(routes=routes, exception_handlers=EXCEPTION_HANDLERS, lifespan=lifespan)

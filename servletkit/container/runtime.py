@@ -13,6 +13,7 @@ from servletkit.container.context import PluginContext
 from servletkit.container.homeserver import HomeserverClient
 from servletkit.container.plugins import (
     PluginError,
+    PluginRejected,
     PluginSource,
     describe_failure,
     implemented_hooks,
@@ -111,6 +112,9 @@ class Container:
                 continue
             try:
                 self._objects[name] = register(self.pm, self._sources[name])
+            except PluginRejected as exc:  # imported, but its hooks do not fit the specs
+                self._fail(describe_failure(name, "register", exc))
+                continue
             except Exception as exc:
                 self._fail(describe_failure(name, "import", exc))
                 continue
@@ -153,10 +157,9 @@ class Container:
         self._rebuild()
 
     async def stop(self) -> None:
-        """Stop dispatching, let observers finish, run ``servlet_destroy``, close the client."""
+        """Stop dispatching, run ``servlet_destroy``, close the client and the store."""
         live, self._live = self._live, set()
         self._rebuild()
-        await self.dispatcher.drain()
         for name in sorted(live):
             try:
                 for destroy in iter_plugin_impls(self.pm, "servlet_destroy", name):

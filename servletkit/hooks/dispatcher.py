@@ -294,7 +294,6 @@ class Dispatcher:
         # the outcome when nobody has an opinion (built once), the run counter, the slots
         self._fast_chains: dict[str, tuple[Any, ...]] = {}
         self._async_counts: dict[str, int] = {}  # per hook: how many implementations are async
-        self._background: set[asyncio.Task[Any]] = set()
         self._watchdog = _Watchdog()
 
     def rebuild(self, plugins: Mapping[str, tuple[PluginPolicy, Any]]) -> None:
@@ -306,19 +305,15 @@ class Dispatcher:
         """
         chains: dict[str, tuple[Slot, ...]] = {}
         for hook_name in INTERCEPTION_HOOKS | OBSERVATION_HOOKS | QUERY_HOOKS:
-            caller = getattr(self._pm.hook, hook_name, None)
-            if caller is None:
-                continue
-            spec_args = tuple(caller.spec.argnames) if caller.spec else ()
             entries = []
-            for impl in caller.get_hookimpls():
+            for impl, call in _implementations(self._pm, hook_name):
                 if impl.plugin_name not in plugins:
                     continue
                 policy, context = plugins[impl.plugin_name]
                 rank = 0 if impl.tryfirst else 2 if impl.trylast else 1
                 slot = Slot(
                     plugin=impl.plugin_name,
-                    call=_adapt_arguments(impl.function, tuple(impl.argnames), spec_args),
+                    call=call,
                     is_async=inspect.iscoroutinefunction(impl.function),
                     context=context,
                     budget_s=policy.timeout_ms / 1000.0,
@@ -576,18 +571,6 @@ class Dispatcher:
                 return slot.plugin, answer
         return None, None
 
-    def observe_soon(self, hook: str, *args: Any) -> asyncio.Task[tuple[PluginFailure, ...]]:
-        """Start :meth:`observe` in the background and return its task (kept referenced)."""
-        task = asyncio.ensure_future(self.observe(hook, *args))
-        self._background.add(task)
-        task.add_done_callback(self._background.discard)
-        return task
-
-    async def drain(self) -> None:
-        """Wait for the background observation tasks started so far."""
-        while self._background:
-            await asyncio.gather(*list(self._background), return_exceptions=True)
-
     @staticmethod
     def _record(slot: Slot, start: float) -> None:
         slot.total_s += time.perf_counter() - start
@@ -598,9 +581,7 @@ class Dispatcher:
         self._record(slot, start)
         slot.failures += 1
         if isinstance(exc, TimeoutError):
-            detail = f"no answer within {slot.budget_s * 1000:g} ms"
-            log.error("plugin %r failed in %s: %s", slot.plugin, hook, detail)
-            return PluginFailure(slot.plugin, hook, "timed_out", detail)
+            return _failure(slot, hook, "timed_out", None)
         log.error("plugin %r failed in %s", slot.plugin, hook, exc_info=exc)
         return PluginFailure(slot.plugin, hook, "raised", repr(exc))
 
@@ -625,16 +606,20 @@ def _adapt_arguments(
     return lambda *args: function(*take(args))
 
 
+def _implementations(
+    pm: pluggy.PluginManager, hook: str
+) -> list[tuple[pluggy.HookImpl, Callable[..., Any]]]:
+    """Each implementation of ``hook``, with a callable taking the spec's arguments."""
+    caller = getattr(pm.hook, hook, None)
+    if caller is None:
+        return []
+    spec_args = tuple(caller.spec.argnames) if caller.spec else ()
+    return [(impl, _adapt_arguments(impl.function, tuple(impl.argnames), spec_args))
+            for impl in caller.get_hookimpls()]
+
+
 def iter_plugin_impls(
     pm: pluggy.PluginManager, hook: str, plugin_name: str
 ) -> Iterable[Callable[..., Any]]:
     """The implementations of ``hook`` registered by one plugin (for lifecycle calls)."""
-    caller = getattr(pm.hook, hook, None)
-    if caller is None:
-        return ()
-    spec_args = tuple(caller.spec.argnames) if caller.spec else ()
-    return [
-        _adapt_arguments(impl.function, tuple(impl.argnames), spec_args)
-        for impl in caller.get_hookimpls()
-        if impl.plugin_name == plugin_name
-    ]
+    return [call for impl, call in _implementations(pm, hook) if impl.plugin_name == plugin_name]

@@ -77,7 +77,7 @@ async def test_unknown_hook_is_rejected_with_a_hint() -> None:
     c.load()
     await c.start()
     [error] = c.errors
-    assert error.plugin == "typo" and error.stage == "import"
+    assert error.plugin == "typo" and error.stage == "register"
     assert "on_sned_event (did you mean on_send_event?)" in error.message
     assert c.live_plugins == ["words"]
 

@@ -373,23 +373,6 @@ class TestObservation:
         ]
         assert got == ["$e"]
 
-    async def test_observe_soon_does_not_wait(self) -> None:
-        release = asyncio.Event()
-        done: list[str] = []
-
-        class Waits:
-            @hookimpl
-            async def on_stored_event(self, event: Event) -> None:
-                await release.wait()
-                done.append("done")
-
-        d = dispatcher_for(("w", Waits(), policy()))
-        d.observe_soon("on_stored_event", EVENT)
-        assert done == []
-        release.set()
-        await d.drain()
-        assert done == ["done"]
-
 
 class EveryHook:
     """Implements every interception and observation hook, recording what it was given."""

@@ -46,6 +46,6 @@ def test_every_hook_has_a_test(name: str) -> None:
         for path in root.rglob("test_*.py")
         if path.resolve() != Path(__file__).resolve()
     ]
-    assert any(f"def {name}(" in text or f'"{name}"' in text for text in sources), (
-        f"no test implements or dispatches {name}"
+    assert any(f"def {name}(" in text for text in sources), (
+        f"no test implements {name} in a plugin"
     )
