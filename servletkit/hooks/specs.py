@@ -51,9 +51,9 @@ def servlet_init(context: PluginContext) -> None:
     """Prepare the plugin before it receives its first event.
 
     Called once per loaded plugin, after its config is validated and before
-    any event hook. Open connections, mount routes and start background tasks
-    here. Raising makes the container report the plugin as failed (with the
-    traceback) and run without it; on a hot reload the old version stays live.
+    any event hook. Open connections and start background tasks here. Raising
+    makes the container report the plugin as failed (with the traceback) and
+    run without it.
 
     :param context: the plugin's context.
     """
@@ -63,9 +63,10 @@ def servlet_init(context: PluginContext) -> None:
 def servlet_destroy(context: PluginContext) -> None:
     """Release what :func:`servlet_init` acquired.
 
-    Called once when the container stops, or when a reload replaces or removes
-    the plugin, after its in-flight hook calls have drained (or the drain time
-    limit passed). No hook of this plugin is called afterwards.
+    Called once when the container stops, after the wires have stopped taking
+    requests (the module wire lets in-flight requests finish first). No hook
+    of this plugin is called afterwards; its ``context.store`` and
+    ``context.homeserver`` are closed right after.
 
     :param context: the plugin's context.
     """
@@ -82,9 +83,14 @@ def on_send_event(event: Event, context: PluginContext) -> Decision | None:
 
     Called for every event a user or bridge sends. Before it is stored
     (``event.stage == "before_store"``, the module wire) the decision takes
-    effect directly. After it is stored (``"after_store"``, the appservice wire)
-    a Veto is enforced by redacting the event when ``[appservice]
-    enforce_vetoes = "redact"``, and otherwise only recorded.
+    effect directly; for an event from another server (also ``"before_store"``,
+    when it arrives) a Veto soft-fails it, and a Modify is ignored and logged,
+    because a signed event cannot change. After it is stored
+    (``"after_store"``, the appservice wire) a Veto is enforced by redacting
+    the event when ``[appservice] enforce_vetoes = "redact"``, and otherwise
+    only recorded in the audit log; a Modify cannot change a stored event: it
+    is recorded as not applied, and the plugins after this one see the
+    modified content.
 
     :param event: the event, as modified by the plugins before this one.
     :param context: the plugin's context.
@@ -98,6 +104,9 @@ def on_send_event(event: Event, context: PluginContext) -> Decision | None:
 @hookspec
 def on_join_room(user_id: str, room_id: str, context: PluginContext) -> Decision | None:
     """Decide whether a user may join a room.
+
+    Module wire only (Synapse's ``user_may_join_room``); a Veto's errcode
+    and reason reach the client.
 
     Called before the homeserver creates the join, including joins by alias
     and joins after an invite; not for the creator's own join of a new room.
@@ -116,6 +125,8 @@ def on_invite(
 ) -> Decision | None:
     """Decide whether one user may invite another into a room.
 
+    Module wire only (Synapse's ``user_may_invite``).
+
     :param inviter_id: the user sending the invite.
     :param invitee_id: the user being invited.
     :param room_id: the room.
@@ -130,6 +141,8 @@ def on_create_room(
     user_id: str, request: Mapping[str, Any], context: PluginContext
 ) -> Decision | None:
     """Decide whether a user may create a room.
+
+    Module wire only (Synapse's ``user_may_create_room``).
 
     :param user_id: the user creating the room.
     :param request: the ``/createRoom`` request body (name, preset, initial state …).
@@ -167,8 +180,13 @@ def on_stored_event(event: Event, context: PluginContext) -> None:
     """Observe an event the homeserver has stored.
 
     Called for every event the container hears after it is stored, in order
-    within a room, exactly once per event (the appservice wire deduplicates
-    retried transactions). Bridges relay from here.
+    within a room. The appservice wire deduplicates retried transactions and
+    acknowledges one only after its hooks returned and ``context.store``
+    writes made during them are committed with the transaction id: store-backed
+    effects happen exactly once. If the container dies before that commit, the
+    homeserver resends the transaction and the hook sees its events again, so
+    effects outside the store (messages sent, calls to other services) should
+    be idempotent, e.g. keyed by ``event.event_id``. Bridges relay from here.
 
     :param event: the stored event (``event.stage == "after_store"``).
     :param context: the plugin's context.
