@@ -32,12 +32,31 @@ class ConfigError(Exception):
         self.problem = problem
 
 
+class InvalidValue(ValueError):
+    """A validator's complaint about one field; :func:`build_section` names the key."""
+
+    def __init__(self, field: str, problem: str) -> None:
+        super().__init__(f"{field}: {problem}")
+        self.field = field
+        self.problem = problem
+
+
+def _positive(instance: Any, attribute: attrs.Attribute[Any], value: float | None) -> None:
+    if value is not None and value <= 0:
+        raise InvalidValue(attribute.name, f"must be positive, got {value:g}")
+
+
+def _tcp_port(instance: Any, attribute: attrs.Attribute[Any], value: int | None) -> None:
+    if value is not None and not 1 <= value <= 65535:
+        raise InvalidValue(attribute.name, f"must be a TCP port (1-65535), got {value}")
+
+
 @attrs.frozen
 class ServerConfig:
     """``[server]``: where the container listens."""
 
     host: str = "127.0.0.1"
-    port: int = 8090
+    port: int = attrs.field(default=8090, validator=_tcp_port)
 
 
 @attrs.frozen
@@ -59,11 +78,6 @@ def _valid_regex(instance: Any, attribute: attrs.Attribute[Any], value: str) -> 
 def _not_empty(instance: Any, attribute: attrs.Attribute[Any], value: str) -> None:
     if not value:
         raise ValueError(f"{attribute.name} must not be empty")
-
-
-def _positive(instance: Any, attribute: attrs.Attribute[Any], value: int) -> None:
-    if value <= 0:
-        raise ValueError(f"{attribute.name} must be positive, got {value}")
 
 
 @attrs.frozen
@@ -178,7 +192,7 @@ class ModuleConfig:
 
     enabled: bool = False
     host: str = "127.0.0.1"
-    port: int = 8091
+    port: int = attrs.field(default=8091, validator=_tcp_port)
     secret: str = attrs.field(default="", repr=False, validator=_secret_when_enabled)
     callbacks: ModuleCallbacks = ModuleCallbacks()
 
@@ -194,14 +208,9 @@ class DevConfig:
     the first start.
     """
 
-    homeserver_port: int | None = attrs.field(default=None)
+    homeserver_port: int | None = attrs.field(default=None, validator=_tcp_port)
     state_dir: str = ".servletkit/dev"
     test_user: str = attrs.field(default="dev")
-
-    @homeserver_port.validator
-    def _port(self, attribute: attrs.Attribute[Any], value: int | None) -> None:
-        if value is not None and not 1 <= value <= 65535:
-            raise ValueError(f"homeserver_port: must be a TCP port (1-65535), got {value}")
 
     @test_user.validator
     def _localpart(self, attribute: attrs.Attribute[Any], value: str) -> None:
@@ -216,7 +225,7 @@ class PluginSettings:
 
     enabled: bool = True
     order: int = 0
-    timeout_ms: float = 1000.0
+    timeout_ms: float = attrs.field(default=1000.0, validator=_positive)
     on_error: Literal["allow", "deny"] = "allow"
 
 
@@ -315,8 +324,6 @@ def _parse_plugins(tables: Any, path: Path) -> tuple[PluginTable, ...]:
         settings = build_section(
             PluginSettings, {k: v for k, v in table.items() if k in setting_names}, path, key
         )
-        if settings.timeout_ms <= 0:
-            raise ConfigError(path, f"{key}.timeout_ms", "must be positive")
         options = {k: v for k, v in table.items() if k not in setting_names}
         result.append(PluginTable(name, settings, types.MappingProxyType(options), position))
     return tuple(result)
@@ -339,6 +346,8 @@ def build_section(cls: type, table: Any, path: Path, key: str) -> Any:
             raise ConfigError(path, f"{key}.{name}", "is required but missing")
     try:
         return cls(**values)
+    except InvalidValue as exc:
+        raise ConfigError(path, f"{key}.{exc.field}", exc.problem) from None
     except (TypeError, ValueError) as exc:
         raise ConfigError(path, key, str(exc)) from None
 
