@@ -16,8 +16,9 @@ Everything lives in the state folder (``[dev] state_dir``, default
     the module wire's secret, Synapse's own secrets, the test account's
     password and the homeserver port. Delete the folder to start afresh.
 ``synapse/``
-    Synapse's ``homeserver.yaml``, SQLite database, media, signing key and
-    ``synapse.log``: users, rooms and history survive a restart.
+    Synapse's ``homeserver.yaml`` (mode 0600: it holds Synapse's secrets),
+    SQLite database, media, signing key and ``synapse.log``: users, rooms and
+    history survive a restart.
 ``appservice-registration.yaml``
     The registration Synapse loads (``servletkit registration`` for this config).
 ``servletkit.log``
@@ -69,6 +70,7 @@ from servletkit.container.embedded_synapse import (
     free_port,
     launch_synapse,
 )
+from servletkit.container.files import write_private
 from servletkit.container.registration import (
     appservice_url,
     dump_yaml,
@@ -162,7 +164,7 @@ class DevState:
 
     def save(self, path: Path) -> None:
         """Write the state to ``path``, readable by its owner only."""
-        _write_private(path, json.dumps(attrs.asdict(self), indent=2))
+        write_private(path, json.dumps(attrs.asdict(self), indent=2))
 
 
 # -- checks before starting anything ------------------------------------------
@@ -264,7 +266,7 @@ def wired_config(config: Config, state: DevState, paths: DevPaths, homeserver_ur
 
 def synapse_wiring(config: Config, paths: DevPaths) -> dict[str, Any]:
     """Write the appservice registration; return the homeserver.yaml keys of every wire."""
-    _write_private(paths.registration, dump_yaml(registration(config)))
+    write_private(paths.registration, dump_yaml(registration(config)))
     return synapse_config(config, paths.registration)
 
 
@@ -284,16 +286,6 @@ async def ping_appservice(config: Config) -> None:
         raise DevError(f"Synapse cannot reach the container's appservice at "
                        f"{appservice_url(config)}: {response.status_code} {response.text}; "
                        f"check [server] in {config.path}")
-
-
-def _write_private(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` atomically, readable by its owner only (it holds secrets)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w", encoding="utf-8") as file:
-        file.write(text)
-    tmp.replace(path)
 
 
 # -- running ---------------------------------------------------------------------
@@ -407,7 +399,7 @@ class DevSession:
         self.say("checking that Synapse reaches the container (appservice ping)…")
         await ping_appservice(config)
 
-        _write_private(paths.run_file, json.dumps({
+        write_private(paths.run_file, json.dumps({
             "version": RUN_FILE_VERSION,
             "homeserver_url": homeserver_url,
             "container_url": appservice_url(config),

@@ -27,6 +27,8 @@ from typing import Any
 
 import attrs
 
+from servletkit.container.files import write_private
+
 PR_SET_PDEATHSIG = 1  # prctl(2) option: signal the child when its parent dies
 
 _RELAXED = {"per_second": 1000, "burst_count": 1000}
@@ -191,7 +193,8 @@ def launch_synapse(
         app_service_config_files=app_service_config_files, extra=extra_config,
     )
     config_path = workdir / "homeserver.yaml"
-    config_path.write_text(json.dumps(config, indent=2))  # JSON is valid YAML
+    # JSON is valid YAML; private: it holds the registration, macaroon and form secrets
+    write_private(config_path, json.dumps(config, indent=2))
     env = dict(os.environ)
     if pythonpath:
         env["PYTHONPATH"] = os.pathsep.join(

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import importlib.util
 import io
+import json
+import shutil
 import socket
 import stat
 from pathlib import Path
@@ -15,6 +17,7 @@ import yaml
 from servletkit.container import dev
 from servletkit.container.config import ConfigError, load_config, parse_config
 from servletkit.container.dev import DevError, DevPaths, DevState
+from servletkit.container.embedded_synapse import launch_synapse
 
 TOML = """
 [server]
@@ -56,6 +59,25 @@ class TestDevState:
         assert DevPaths.for_config(config).root == (tmp_path / "state").resolve()
         default = parse_config({}, tmp_path / "servletkit.toml")
         assert DevPaths.for_config(default).root == (tmp_path / ".servletkit" / "dev").resolve()
+
+
+class TestSecretsOnDisk:
+    def test_homeserver_yaml_is_private(self, tmp_path: Path) -> None:
+        """homeserver.yaml holds Synapse's secrets: mode 0600, even over an older 0644 file."""
+        workdir = tmp_path / "synapse"
+        workdir.mkdir()
+        config_path = workdir / "homeserver.yaml"
+        config_path.write_text("{}")
+        config_path.chmod(0o644)
+        true = shutil.which("true")
+        assert true is not None
+        # `true` stands in for Python: only the file written before the start matters here
+        server = launch_synapse(workdir, python=true,
+                                extra_config={"form_secret": "private-form-secret"})
+        server.stop()
+        assert stat.S_IMODE(config_path.stat().st_mode) == 0o600
+        assert json.loads(config_path.read_text())["form_secret"] == "private-form-secret"
+        assert [path.name for path in workdir.iterdir() if path.suffix == ".tmp"] == []
 
 
 class TestDevConfig:
