@@ -56,6 +56,21 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+def stop_process(process: subprocess.Popen[Any], timeout: float) -> int:
+    """SIGTERM ``process``, SIGKILL it if it has not exited within ``timeout`` seconds.
+
+    Returns its exit status (negative: the signal that ended it). A process
+    that has already exited is only reaped.
+    """
+    if process.poll() is None:
+        process.terminate()
+        try:
+            return process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            process.kill()
+    return process.wait()
+
+
 def homeserver_config(
     workdir: Path,
     port: int,
@@ -117,13 +132,7 @@ class SynapseServer:
 
     def stop(self, timeout: float = 15.0) -> None:
         """SIGTERM, then SIGKILL if it has not exited within ``timeout`` seconds."""
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        stop_process(self.process, timeout)
 
     def register(self, localpart: str, password: str = "servletkit-pw-1") -> dict[str, Any]:
         """Register a user with open registration; return the response (user_id, access_token)."""
