@@ -16,8 +16,9 @@ Everything lives in the state folder (``[dev] state_dir``, default
     the module wire's secret, Synapse's own secrets, the test account's
     password and the homeserver port. Delete the folder to start afresh.
 ``synapse/``
-    Synapse's ``homeserver.yaml``, SQLite database, media, signing key and
-    ``synapse.log``: users, rooms and history survive a restart.
+    Synapse's ``homeserver.yaml`` (mode 0600: it holds Synapse's secrets),
+    SQLite database, media, signing key and ``synapse.log``: users, rooms and
+    history survive a restart.
 ``appservice-registration.yaml``
     The registration Synapse loads (``servletkit registration`` for this config).
 ``servletkit.log``
@@ -52,7 +53,7 @@ import secrets
 import signal
 import socket
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, Final, TextIO
 from urllib.parse import quote
@@ -69,6 +70,7 @@ from servletkit.container.embedded_synapse import (
     free_port,
     launch_synapse,
 )
+from servletkit.container.files import write_private
 from servletkit.container.registration import (
     appservice_url,
     dump_yaml,
@@ -86,6 +88,27 @@ INSTALL_HINT: Final = "pip install 'servletkit[synapse]' (or run scripts/bootstr
 
 class DevError(Exception):
     """``servletkit dev`` cannot go on; the message says what failed and how to fix it."""
+
+
+@contextlib.contextmanager
+def step(what: str, hint: str) -> Iterator[None]:
+    """Turn an OS, HTTP or JSON error raised in the block into a :class:`DevError`.
+
+    The message says ``what`` failed and why, then ``hint`` (the log to read,
+    or the fix), so ``servletkit dev`` ends with one message, not a traceback.
+    """
+    try:
+        yield
+    except OSError as exc:
+        reason = str(exc)
+    except httpx.RequestError as exc:
+        reason = (f"no answer from {exc.request.method} {exc.request.url} "
+                  f"({type(exc).__name__}{f': {exc}' if str(exc) else ''})")
+    except json.JSONDecodeError as exc:
+        reason = f"the answer is not JSON ({exc})"
+    else:
+        return
+    raise DevError(f"{what} failed: {reason}; {hint}")
 
 
 # -- the state folder -----------------------------------------------------------
@@ -162,7 +185,7 @@ class DevState:
 
     def save(self, path: Path) -> None:
         """Write the state to ``path``, readable by its owner only."""
-        _write_private(path, json.dumps(attrs.asdict(self), indent=2))
+        write_private(path, json.dumps(attrs.asdict(self), indent=2))
 
 
 # -- checks before starting anything ------------------------------------------
@@ -264,7 +287,7 @@ def wired_config(config: Config, state: DevState, paths: DevPaths, homeserver_ur
 
 def synapse_wiring(config: Config, paths: DevPaths) -> dict[str, Any]:
     """Write the appservice registration; return the homeserver.yaml keys of every wire."""
-    _write_private(paths.registration, dump_yaml(registration(config)))
+    write_private(paths.registration, dump_yaml(registration(config)))
     return synapse_config(config, paths.registration)
 
 
@@ -284,16 +307,6 @@ async def ping_appservice(config: Config) -> None:
         raise DevError(f"Synapse cannot reach the container's appservice at "
                        f"{appservice_url(config)}: {response.status_code} {response.text}; "
                        f"check [server] in {config.path}")
-
-
-def _write_private(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` atomically, readable by its owner only (it holds secrets)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w", encoding="utf-8") as file:
-        file.write(text)
-    tmp.replace(path)
 
 
 # -- running ---------------------------------------------------------------------
@@ -317,6 +330,12 @@ class DevSession:
         self.synapse: SynapseServer | None = None
         self._server: _Server | None = None
         self._serving: asyncio.Task[None] | None = None
+
+    @property
+    def state_folder_fix(self) -> str:
+        """What to do when the state folder cannot be written."""
+        return (f"make {self.paths.root} a writable folder, or set another [dev] state_dir "
+                f"in {self.config.path}")
 
     def say(self, message: str) -> None:
         """One line of progress for the user."""
@@ -365,13 +384,14 @@ class DevSession:
         """Start the container, then Synapse; create the test account; write ``dev.json``."""
         config, paths = self.config, self.paths
         check_not_running(paths)
-        paths.run_file.unlink(missing_ok=True)
         check_synapse_installed()
-        state = DevState.load(paths.state)
-        port = choose_homeserver_port(config, state)
-        if port != state.homeserver_port:
-            state = attrs.evolve(state, homeserver_port=port)
-        state.save(paths.state)
+        with step(f"writing the state folder {paths.root}", self.state_folder_fix):
+            paths.run_file.unlink(missing_ok=True)
+            state = DevState.load(paths.state)
+            port = choose_homeserver_port(config, state)
+            if port != state.homeserver_port:
+                state = attrs.evolve(state, homeserver_port=port)
+            state.save(paths.state)
         homeserver_url = f"http://127.0.0.1:{port}"
         config = wired_config(config, state, paths, homeserver_url)
 
@@ -391,23 +411,36 @@ class DevSession:
         self.say(f"starting Synapse on {homeserver_url} "
                  + ("(first start: creating its database, a few seconds)…" if first
                     else f"(state in {paths.synapse})…"))
-        self.synapse = launch_synapse(
-            paths.synapse, port=port, server_name=config.homeserver.server_name,
-            extra_config={
-                **synapse_wiring(config, paths),
-                "registration_shared_secret": state.registration_shared_secret,
-                "macaroon_secret_key": state.macaroon_secret_key,
-                "form_secret": state.form_secret,
-            },
-            die_with_parent=True,
-        )
-        await self.wait_for_synapse(self.synapse)
+        with step("starting Synapse", f"see {paths.synapse_log}"):
+            self.synapse = launch_synapse(
+                paths.synapse, port=port, server_name=config.homeserver.server_name,
+                extra_config={
+                    **synapse_wiring(config, paths),
+                    "registration_shared_secret": state.registration_shared_secret,
+                    "macaroon_secret_key": state.macaroon_secret_key,
+                    "form_secret": state.form_secret,
+                },
+                die_with_parent=True,
+            )
+            await self.wait_for_synapse(self.synapse)
 
-        user_id = await self.ensure_test_account(homeserver_url, state.test_password)
+        with step(f"setting up the test account {config.dev.test_user!r}",
+                  f"see {paths.synapse_log}"):
+            user_id = await self.ensure_test_account(homeserver_url, state.test_password)
         self.say("checking that Synapse reaches the container (appservice ping)…")
-        await ping_appservice(config)
+        with step("the appservice ping", f"see {paths.synapse_log} and {paths.container_log}"):
+            await ping_appservice(config)
 
-        _write_private(paths.run_file, json.dumps({
+        with step(f"writing {paths.run_file}", self.state_folder_fix):
+            self.write_run_file(homeserver_url, user_id, state, container)
+
+    def write_run_file(
+        self, homeserver_url: str, user_id: str, state: DevState, container: Container
+    ) -> None:
+        """Write ``dev.json``: the facts a client or script needs (format in the module doc)."""
+        config, paths = container.config, self.paths
+        assert self.synapse is not None  # start() launched it
+        write_private(paths.run_file, json.dumps({
             "version": RUN_FILE_VERSION,
             "homeserver_url": homeserver_url,
             "container_url": appservice_url(config),
@@ -524,7 +557,10 @@ class DevSession:
 
     async def stop(self) -> None:
         """Stop Synapse, then the container; remove ``dev.json``. Safe to call at any stage."""
-        self.paths.run_file.unlink(missing_ok=True)
+        try:
+            self.paths.run_file.unlink(missing_ok=True)
+        except OSError as exc:  # not fatal: a later start sees that its pid is gone
+            log.warning("could not remove %s: %s", self.paths.run_file, exc)
         if self.synapse is not None:
             await asyncio.to_thread(self.synapse.stop)
         if self._server is not None and self._serving is not None:
@@ -578,7 +614,8 @@ def route_logs(log_file: Path, out: TextIO) -> Callable[[], None]:
 def run_dev(config: Config, out: TextIO = sys.stdout) -> int:
     """Run ``servletkit dev`` for ``config`` until SIGINT or SIGTERM; return the exit status."""
     session = DevSession(config, out)
-    undo = route_logs(session.paths.container_log, out)
+    with step(f"opening the log file {session.paths.container_log}", session.state_folder_fix):
+        undo = route_logs(session.paths.container_log, out)
     try:
         return asyncio.run(session.run())
     finally:

@@ -27,6 +27,8 @@ from typing import Any
 
 import attrs
 
+from servletkit.container.files import write_private
+
 PR_SET_PDEATHSIG = 1  # prctl(2) option: signal the child when its parent dies
 
 _RELAXED = {"per_second": 1000, "burst_count": 1000}
@@ -52,6 +54,21 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
+
+
+def stop_process(process: subprocess.Popen[Any], timeout: float) -> int:
+    """SIGTERM ``process``, SIGKILL it if it has not exited within ``timeout`` seconds.
+
+    Returns its exit status (negative: the signal that ended it). A process
+    that has already exited is only reaped.
+    """
+    if process.poll() is None:
+        process.terminate()
+        try:
+            return process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            process.kill()
+    return process.wait()
 
 
 def homeserver_config(
@@ -115,13 +132,7 @@ class SynapseServer:
 
     def stop(self, timeout: float = 15.0) -> None:
         """SIGTERM, then SIGKILL if it has not exited within ``timeout`` seconds."""
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        stop_process(self.process, timeout)
 
     def register(self, localpart: str, password: str = "servletkit-pw-1") -> dict[str, Any]:
         """Register a user with open registration; return the response (user_id, access_token)."""
@@ -191,7 +202,8 @@ def launch_synapse(
         app_service_config_files=app_service_config_files, extra=extra_config,
     )
     config_path = workdir / "homeserver.yaml"
-    config_path.write_text(json.dumps(config, indent=2))  # JSON is valid YAML
+    # JSON is valid YAML; private: it holds the registration, macaroon and form secrets
+    write_private(config_path, json.dumps(config, indent=2))
     env = dict(os.environ)
     if pythonpath:
         env["PYTHONPATH"] = os.pathsep.join(

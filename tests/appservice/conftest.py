@@ -19,6 +19,7 @@ import pytest
 
 from servletkit.container.app import build_app
 from servletkit.container.config import load_config
+from servletkit.container.embedded_synapse import stop_process
 from servletkit.container.plugins import PluginSource, installed_plugins
 from servletkit.container.registration import dump_yaml, registration
 from servletkit.container.runtime import Container
@@ -105,13 +106,9 @@ class Deployment:
         self.process.wait(10)
 
     def stop_container(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        """SIGTERM the container (SIGKILL after 10 s), if it was started."""
+        if self.process is not None:
+            stop_process(self.process, 10)
 
     def plugin_data(self, prefix: str) -> dict[str, Any]:
         """What the test plugin has durably stored under ``prefix`` (read from the SQLite file)."""

@@ -269,8 +269,8 @@ def test_a_second_dev_on_the_same_state_is_refused(
 ) -> None:
     """While one runs, another on the same state folder exits 1 and leaves the first alone."""
     other = DevProcess.launch(dev_config)
-    _, err = other.process.communicate(timeout=STOP_TIMEOUT_S)
-    assert other.process.returncode == 1, err
+    assert other.wait(STOP_TIMEOUT_S) == 1, other.stderr
+    err = other.stderr
     assert f"already running for {dev_config.parent / 'state'} (pid {second_run.process.pid})" \
         in err
     assert second_run.process.poll() is None
@@ -281,8 +281,8 @@ def test_synapse_dying_ends_dev_with_a_message(second_run: DevProcess) -> None:
     """If Synapse dies under it, servletkit dev says so, stops the container and exits 1."""
     before = descendants(second_run.process.pid)
     os.kill(second_run.facts["pids"]["synapse"], signal.SIGKILL)
-    out, err = second_run.process.communicate(timeout=STOP_TIMEOUT_S)
-    assert second_run.process.returncode == 1
+    assert second_run.wait(STOP_TIMEOUT_S) == 1
+    out, err = second_run.stdout, second_run.stderr
     assert "Synapse exited on its own (status -9)" in err and "Traceback" not in err
     assert not [pid for pid in before if alive(pid)]
     assert not second_run.run_file.exists()
@@ -297,29 +297,56 @@ def test_a_taken_port_is_one_message(tmp_path: Path) -> None:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind(("127.0.0.1", port))
         sock.listen()
-        process = DevProcess.launch(config).process
-        _, err = process.communicate(timeout=STOP_TIMEOUT_S)
-    assert process.returncode == 1
+        run = DevProcess.launch(config)
+        status = run.wait(STOP_TIMEOUT_S)
+    assert status == 1
+    err = run.stderr
     assert f"port {port} on 127.0.0.1 is not available" in err
     assert "[server] port" in err and "Traceback" not in err
     assert not (tmp_path / "state" / "synapse" / "homeserver.yaml").exists()
 
 
+def plugin_site(folder: Path, name: str, code: str) -> Path:
+    """A folder for PYTHONPATH with plugin ``name`` installed: module ``{name}_plugin``."""
+    site = folder / "site"
+    dist_info = site / f"{name}_plugin-0.1.dist-info"
+    dist_info.mkdir(parents=True)
+    (site / f"{name}_plugin.py").write_text(code)
+    (dist_info / "METADATA").write_text(
+        f"Metadata-Version: 2.1\nName: {name}-plugin\nVersion: 0.1\n")
+    (dist_info / "entry_points.txt").write_text(
+        f"[servletkit.plugins]\n{name} = {name}_plugin\n")
+    return site
+
+
 def test_a_plugin_that_fails_to_load_is_one_message(tmp_path: Path) -> None:
     """An installed plugin that cannot be imported: exit 1, its name, the fix, no traceback."""
-    site = tmp_path / "site"
-    (site / "broken_plugin-0.1.dist-info").mkdir(parents=True)
-    (site / "broken_plugin.py").write_text("import no_such_module_for_servletkit_tests\n")
-    (site / "broken_plugin-0.1.dist-info" / "METADATA").write_text(
-        "Metadata-Version: 2.1\nName: broken-plugin\nVersion: 0.1\n")
-    (site / "broken_plugin-0.1.dist-info" / "entry_points.txt").write_text(
-        "[servletkit.plugins]\nbroken = broken_plugin\n")
+    site = plugin_site(tmp_path, "broken", "import no_such_module_for_servletkit_tests\n")
     config = write_config(tmp_path / "project")
-    process = DevProcess.launch(config, env={"PYTHONPATH": str(site)}).process
-    _, err = process.communicate(timeout=STOP_TIMEOUT_S)
-    assert process.returncode == 1
+    run = DevProcess.launch(config, env={"PYTHONPATH": str(site)})
+    assert run.wait(STOP_TIMEOUT_S) == 1
+    err = run.stderr
     assert "plugin 'broken' failed to import: ModuleNotFoundError" in err
     assert "enabled = false in [plugins.broken]" in err
     assert "Traceback" not in err
     log = (tmp_path / "project" / "state" / "servletkit.log").read_text()
     assert "Traceback" in log  # the details are in the log
+
+
+def test_a_chatty_plugin_does_not_block_servletkit_dev(tmp_path: Path) -> None:
+    """Far more output than a pipe holds: DevProcess keeps all of it and dev is never blocked."""
+    lines = 20_000  # ~1.4 MB, twenty times a Linux pipe buffer
+    site = plugin_site(tmp_path, "chatty", f"""
+import sys
+for n in range({lines}):
+    print(f"chatty line {{n:06d}} " + "x" * 50)
+    print(f"chatty error {{n:06d}}", file=sys.stderr)
+raise ImportError("chatty gives up")
+""")
+    run = DevProcess.launch(write_config(tmp_path / "project"), env={"PYTHONPATH": str(site)})
+    assert run.wait(STOP_TIMEOUT_S) == 1
+    out, err = run.stdout, run.stderr
+    assert out.count("chatty line ") == lines and f"chatty line {lines - 1:06d}" in out
+    assert err.count("chatty error ") == lines
+    assert "plugin 'chatty' failed to import: ImportError: chatty gives up" in err
+    assert not any(path.exists() for path in run.output_files)  # kept in memory, files removed

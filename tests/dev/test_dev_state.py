@@ -4,17 +4,24 @@ from __future__ import annotations
 
 import importlib.util
 import io
+import json
+import shutil
 import socket
 import stat
+import subprocess
+import sys
 from pathlib import Path
+from typing import Any
 
 import attrs
+import httpx
 import pytest
 import yaml
 
 from servletkit.container import dev
 from servletkit.container.config import ConfigError, load_config, parse_config
 from servletkit.container.dev import DevError, DevPaths, DevState
+from servletkit.container.embedded_synapse import SynapseServer, free_port, launch_synapse
 
 TOML = """
 [server]
@@ -56,6 +63,25 @@ class TestDevState:
         assert DevPaths.for_config(config).root == (tmp_path / "state").resolve()
         default = parse_config({}, tmp_path / "servletkit.toml")
         assert DevPaths.for_config(default).root == (tmp_path / ".servletkit" / "dev").resolve()
+
+
+class TestSecretsOnDisk:
+    def test_homeserver_yaml_is_private(self, tmp_path: Path) -> None:
+        """homeserver.yaml holds Synapse's secrets: mode 0600, even over an older 0644 file."""
+        workdir = tmp_path / "synapse"
+        workdir.mkdir()
+        config_path = workdir / "homeserver.yaml"
+        config_path.write_text("{}")
+        config_path.chmod(0o644)
+        true = shutil.which("true")
+        assert true is not None
+        # `true` stands in for Python: only the file written before the start matters here
+        server = launch_synapse(workdir, python=true,
+                                extra_config={"form_secret": "private-form-secret"})
+        server.stop()
+        assert stat.S_IMODE(config_path.stat().st_mode) == 0o600
+        assert json.loads(config_path.read_text())["form_secret"] == "private-form-secret"
+        assert [path.name for path in workdir.iterdir() if path.suffix == ".tmp"] == []
 
 
 class TestDevConfig:
@@ -154,3 +180,62 @@ class TestFailuresBeforeStarting:
             with pytest.raises(DevError, match=rf"port {port} .*\[server\] port in"):
                 dev.require_port(config, "127.0.0.1", port, "[server] port")
         assert dev.port_problem("127.0.0.1", port) is None
+
+
+class TestFailuresAreOneMessage:
+    @pytest.mark.parametrize("blocker", ["state", "state/dev.json/x"])
+    def test_a_state_folder_that_cannot_be_written(self, tmp_path: Path, blocker: str) -> None:
+        """A file where the folder should be (the log cannot be opened), or a dev.json that
+        cannot be removed: one DevError naming the folder and [dev] state_dir."""
+        blocked = tmp_path / blocker
+        blocked.parent.mkdir(parents=True, exist_ok=True)
+        blocked.write_text("in the way")  # works as root too, unlike chmod
+        config = config_in(tmp_path, port=free_port())
+        with pytest.raises(DevError) as info:
+            dev.run_dev(config, io.StringIO())
+        message = str(info.value)
+        root = tmp_path / "state"
+        assert f"make {root} a writable folder, or set another [dev] state_dir" in message
+        assert str(config.path) in message
+        assert "failed: [Errno" in message
+
+    def test_a_homeserver_that_does_not_answer_json(
+        self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """A "Synapse" that answers /versions but not /register with JSON: one DevError naming
+        the step and synapse.log; the homeserver process is stopped, no dev.json is left."""
+        launched: list[SynapseServer] = []
+
+        def fake_synapse(workdir: Path, *, port: int, **_: Any) -> SynapseServer:
+            versions = workdir / "docroot" / "_matrix" / "client" / "versions"
+            versions.parent.mkdir(parents=True)
+            versions.write_text('{"versions": ["v1.11"]}')
+            process = subprocess.Popen(  # answers GET with files, POST with an HTML 501
+                [sys.executable, "-m", "http.server", str(port), "--bind", "127.0.0.1",
+                 "--directory", str(workdir / "docroot")],
+                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            )
+            launched.append(SynapseServer(f"http://127.0.0.1:{port}", port, workdir, process))
+            return launched[-1]
+
+        monkeypatch.setattr(dev, "launch_synapse", fake_synapse)
+        config = config_in(tmp_path, f"[module]\nport = {free_port()}\n", port=free_port())
+        with pytest.raises(DevError) as info:
+            dev.run_dev(config, io.StringIO())
+        paths = DevPaths.for_config(config)
+        assert str(info.value).startswith(
+            "setting up the test account 'dev' failed: the answer is not JSON (")
+        assert str(info.value).endswith(f"see {paths.synapse_log}")
+        [server] = launched
+        assert server.process.returncode is not None  # stopped and reaped by servletkit dev
+        assert not paths.run_file.exists()
+
+    def test_no_answer_names_the_request(self) -> None:
+        """A refused connection becomes a DevError with the step, the request and the hint."""
+        url = f"http://127.0.0.1:{free_port()}/_matrix/client/versions"
+        with pytest.raises(DevError) as info, dev.step("asking Synapse", "see synapse.log"):
+            httpx.get(url)
+        message = str(info.value)
+        assert message.startswith(f"asking Synapse failed: no answer from GET {url} "
+                                  f"(ConnectError: ")
+        assert message.endswith("); see synapse.log")
