@@ -386,6 +386,9 @@ class DevSession:
         check_not_running(paths)
         check_synapse_installed()
         with step(f"writing the state folder {paths.root}", self.state_folder_fix):
+            # it holds secrets, access tokens and Synapse's signing key: owner only
+            paths.root.mkdir(mode=0o700, parents=True, exist_ok=True)
+            paths.root.chmod(0o700)
             paths.run_file.unlink(missing_ok=True)
             state = DevState.load(paths.state)
             port = choose_homeserver_port(config, state)

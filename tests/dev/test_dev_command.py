@@ -350,3 +350,9 @@ raise ImportError("chatty gives up")
     assert err.count("chatty error ") == lines
     assert "plugin 'chatty' failed to import: ImportError: chatty gives up" in err
     assert not any(path.exists() for path in run.output_files)  # kept in memory, files removed
+
+
+def test_the_state_folder_is_private(first_run: DevProcess) -> None:
+    """The state folder holds secrets, tokens and the signing key: only its owner may enter."""
+    state_folder = first_run.run_file.parent
+    assert state_folder.stat().st_mode & 0o777 == 0o700
