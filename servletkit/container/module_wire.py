@@ -76,15 +76,19 @@ def _create_room_args(message: Mapping[str, Any]) -> tuple[Any, ...]:
 
 
 _ARGUMENTS: Final[dict[str, Callable[[Mapping[str, Any]], tuple[Any, ...]]]] = {
-    "event": _event_args,
-    "join": lambda m: (_string(m, "user_id"), _string(m, "room_id")),
-    "invite": lambda m: (
+    "on_send_event": _event_args,
+    "on_join_room": lambda m: (_string(m, "user_id"), _string(m, "room_id")),
+    "on_invite": lambda m: (
         _string(m, "inviter_id"), _string(m, "invitee_id"), _string(m, "room_id")
     ),
-    "create_room": _create_room_args,
-    "connect": lambda m: (_string(m, "user_id"), _string(m, "device_id", optional=True)),
+    "on_create_room": _create_room_args,
+    "on_connect_event_stream": lambda m: (
+        _string(m, "user_id"), _string(m, "device_id", optional=True)
+    ),
 }
-assert _ARGUMENTS.keys() == OPS.keys()
+"""How each op's hook gets its arguments from the request (keyed by hook: the op is
+looked up once, when the frame arrives)."""
+assert set(_ARGUMENTS) == set(OPS.values())
 
 
 def _error(request_id: Any, errcode: str, error: str) -> dict[str, Any]:
@@ -92,13 +96,24 @@ def _error(request_id: Any, errcode: str, error: str) -> dict[str, Any]:
 
 
 def reply_for(request_id: int, outcome: Outcome) -> dict[str, Any]:
-    """The answer frame for an interception outcome."""
+    """The answer frame for an interception outcome.
+
+    Raises :class:`TypeError` for a decision the module could not apply (a Veto
+    whose reason or errcode is not a string, a Modify whose content is not a mapping).
+    """
     decision = outcome.decision
     if type(decision) is Veto:
+        if type(decision.reason) is not str or type(decision.errcode) is not str:
+            raise TypeError(f"Veto reason and errcode must be strings, got "
+                            f"{type(decision.reason).__name__} and "
+                            f"{type(decision.errcode).__name__}")
         return {"id": request_id, "veto": {"errcode": decision.errcode,
                                            "reason": decision.reason}}
     if type(decision) is Modify:
-        return {"id": request_id, "modify": dict(decision.content)}
+        if not isinstance(decision.content, Mapping):
+            raise TypeError(f"Modify content must be a mapping, got "
+                            f"{type(decision.content).__name__}")
+        return {"id": request_id, "modify": decision.content}
     return {"id": request_id}
 
 
@@ -118,35 +133,34 @@ class ModuleWire:
         """Whether ``secret`` is the shared secret (constant-time comparison)."""
         return isinstance(secret, str) and hmac.compare_digest(secret.encode(), self._secret)
 
-    async def answer(self, message: Mapping[str, Any]) -> dict[str, Any]:
-        """The answer to one request frame (never raises: errors become error frames)."""
+    async def answer(self, message: Mapping[str, Any], hook: str | None) -> bytes:
+        """The encoded answer frame to one request (``hook``: its op's hook, ``None`` if
+        the op is unknown). Never raises: every failure becomes an error frame."""
         request_id = message.get("id")
-        if not isinstance(request_id, int) or isinstance(request_id, bool):
-            return _error(None, "M_BAD_JSON", f"id: must be an integer, got {request_id!r}")
-        op = message.get("op")
-        hook = OPS.get(op) if isinstance(op, str) else None
+        if type(request_id) is not int:
+            return encode(_error(None, "M_BAD_JSON", f"id: must be an integer, got "
+                                 f"{request_id!r:.100}"))
         if hook is None:
-            return _error(request_id, "M_UNRECOGNIZED",
-                          f"op: unknown operation {op!r} (known: {', '.join(OPS)})")
+            return encode(_error(request_id, "M_UNRECOGNIZED", f"op: unknown operation "
+                                 f"{message.get('op')!r:.100} (known: {', '.join(OPS)})"))
         try:
-            args = _ARGUMENTS[op](message)
+            args = _ARGUMENTS[hook](message)
         except BadRequest as exc:
-            return _error(request_id, "M_BAD_JSON", f"{op}: {exc}")
+            return encode(_error(request_id, "M_BAD_JSON", f"{message['op']}: {exc}"))
         try:
             outcome = await self.dispatcher.intercept(hook, *args)
         except Exception:
             log.exception("module wire: %s failed", hook)
-            return _error(request_id, "M_UNKNOWN", f"{hook} failed in the container")
-        reply = reply_for(request_id, outcome)
-        if "modify" in reply:
-            try:
-                encode(reply)
-            except (TypeError, ValueError) as exc:
-                log.error("module wire: plugin %r modified an event into content that is not "
-                          "JSON (%s); answering an error", outcome.decided_by, exc)
-                return _error(request_id, "M_UNKNOWN",
-                              f"plugin {outcome.decided_by!r} returned content that is not JSON")
-        return reply
+            return encode(_error(request_id, "M_UNKNOWN", f"{hook} failed in the container"))
+        try:
+            return encode(reply_for(request_id, outcome))
+        except Exception as exc:
+            kind = type(outcome.decision).__name__
+            log.error("module wire: plugin %r answered %s with a %s that cannot be sent "
+                      "(%s: %s); answering an error", outcome.decided_by, hook, kind,
+                      type(exc).__name__, exc)
+            return encode(_error(request_id, "M_UNKNOWN", f"plugin {outcome.decided_by!r} "
+                                 f"answered {hook} with a {kind} that cannot be sent"))
 
     def close_all(self) -> None:
         """Drop every connection (the module notices at once and reconnects later)."""
@@ -208,14 +222,14 @@ class ModuleConnection(asyncio.Protocol):
             self._hello(message)
             return
         op = message.get("op")
-        hook = OPS.get(op) if isinstance(op, str) else None
+        hook = OPS.get(op) if type(op) is str else None
         if hook is None or self._wire.dispatcher.all_sync(hook):
-            done, answer = run_eagerly(self._wire.answer(message))
+            done, answer = run_eagerly(self._wire.answer(message, hook))
             if done:
-                self._send(answer)
+                self._write(answer)
                 return
         else:
-            answer = self._wire.answer(message)
+            answer = self._wire.answer(message, hook)
         task = asyncio.ensure_future(self._respond(answer))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
@@ -235,18 +249,18 @@ class ModuleConnection(asyncio.Protocol):
             self._authenticated = True
             if self._hello_timer is not None:
                 self._hello_timer.cancel()
-            self._send({"op": "hello", "protocol": PROTOCOL_VERSION})
+            self._write(encode({"op": "hello", "protocol": PROTOCOL_VERSION}))
 
-    async def _respond(self, rest: Awaitable[dict[str, Any]]) -> None:
-        self._send(await rest)
+    async def _respond(self, rest: Awaitable[bytes]) -> None:
+        self._write(await rest)
 
-    def _send(self, message: Mapping[str, Any]) -> None:
+    def _write(self, frame: bytes) -> None:
         if self._transport is not None:
-            self._transport.write(encode(message))
+            self._transport.write(frame)
 
     def _refuse(self, errcode: str, error: str) -> None:
         """Send an error frame and close: the peer broke the protocol."""
-        self._send(_error(None, errcode, error))
+        self._write(encode(_error(None, errcode, error)))
         self.close()
 
     def close(self) -> None:

@@ -9,9 +9,11 @@ from typing import Any
 
 import pytest
 
-from servletkit.container.module_wire import module_listener
+from servletkit.container.module_wire import ModuleWire, module_listener
 from servletkit.container.plugins import PluginSource
 from servletkit.container.runtime import Container
+from servletkit.hooks.decisions import Modify, Veto
+from servletkit.hooks.dispatcher import Outcome
 from servletkit.module_protocol import HEADER, MAX_FRAME, PROTOCOL_VERSION, decode, encode
 from servletkit.testing.synapse import free_port
 from tests.module_wire import wire_plugin
@@ -156,8 +158,12 @@ class TestDecisions:
         await authed.send({"id": 4, "op": "event",
                            "event": {**EVENT, "content": {"body": "unserialisable"}}})
         answer = await authed.receive()
-        assert answer["error"] == {"errcode": "M_UNKNOWN", "error":
-                                   "plugin 'wire_test' returned content that is not JSON"}
+        assert answer == {"id": 4, "error": {
+            "errcode": "M_UNKNOWN",
+            "error": "plugin 'wire_test' answered on_send_event with a Modify that cannot be sent",
+        }}
+        await authed.send({"id": 5, "op": "event", "event": EVENT})
+        assert await authed.receive() == {"id": 5}
 
     async def test_every_op_reaches_its_hook(self, authed: Peer) -> None:
         """join, invite, create_room and connect run their hooks (each vetoes here)."""
@@ -204,3 +210,54 @@ async def test_port_taken_is_explained() -> None:
         with pytest.raises(OSError, match=r"cannot listen on 127\.0\.0\.1:\d+ \(\[module\] host"):
             async with module_listener(container):
                 pass
+
+
+class FixedDispatcher:
+    """A dispatcher that answers every hook with one outcome (sync or async plugins)."""
+
+    def __init__(self, outcome: Outcome, *, sync: bool) -> None:
+        self.outcome = outcome
+        self.sync = sync
+
+    def all_sync(self, hook: str) -> bool:
+        return self.sync
+
+    async def intercept(self, hook: str, *args: Any) -> Outcome:
+        if not self.sync:
+            await asyncio.sleep(0)
+        return self.outcome
+
+
+@pytest.mark.parametrize("sync", [True, False], ids=["sync", "async"])
+@pytest.mark.parametrize("decision", [
+    Veto({"a", "set"}),  # type: ignore[arg-type]
+    Veto(3),  # type: ignore[arg-type]
+    Veto("reason", None),  # type: ignore[arg-type]
+    Modify([("body", "pairs")]),  # type: ignore[arg-type]
+    Modify({"body": object()}),
+], ids=["veto-set", "veto-int", "veto-errcode-none", "modify-pairs", "modify-object"])
+async def test_a_decision_that_cannot_be_sent_keeps_the_connection(
+    decision: Any, sync: bool, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A malformed decision becomes an error frame for its request, naming the plugin;
+    the connection goes on."""
+    dispatcher = FixedDispatcher(Outcome("on_send_event", decision, "badplugin"), sync=sync)
+    wire = ModuleWire(dispatcher, SECRET)  # type: ignore[arg-type]
+    server = await asyncio.get_running_loop().create_server(wire.protocol, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        peer = Peer(reader, writer)
+        await peer.hello()
+        for request_id in (1, 2):
+            await peer.send({"id": request_id, "op": "event", "event": EVENT})
+            answer = await peer.receive()
+            assert answer["id"] == request_id
+            assert answer["error"]["errcode"] == "M_UNKNOWN"
+            assert "'badplugin'" in answer["error"]["error"]
+        assert "plugin 'badplugin' answered on_send_event" in caplog.text
+    finally:
+        writer.close()
+        server.close()
+        wire.close_all()
+        await server.wait_closed()
