@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any, Final
 
 import attrs
+import orjson
 
 from servletkit.container.config import Config, ConfigError, ModuleCallbacks
 from servletkit.container.runtime import Container
@@ -39,7 +40,8 @@ from servletkit.module_protocol import (
     PROTOCOL_VERSION,
     ProtocolError,
     decode,
-    encode,
+    frame,
+    jsonable,
 )
 
 log = logging.getLogger("servletkit.module_wire")
@@ -89,6 +91,11 @@ _ARGUMENTS: Final[dict[str, Callable[[Mapping[str, Any]], tuple[Any, ...]]]] = {
 """How each op's hook gets its arguments from the request (keyed by hook: the op is
 looked up once, when the frame arrives)."""
 assert set(_ARGUMENTS) == set(OPS.values())
+
+
+def encode(message: Mapping[str, Any]) -> bytes:
+    """One frame of ``message``, encoded with orjson (a quarter of the stdlib's time)."""
+    return frame(orjson.dumps(message, default=jsonable))
 
 
 def _error(request_id: Any, errcode: str, error: str) -> dict[str, Any]:
@@ -198,24 +205,40 @@ class ModuleConnection(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         buffer = self._buffer
-        buffer += data
+        if buffer:  # the rest of a frame begun earlier
+            buffer += data
+            view = memoryview(buffer)
+        else:  # usually whole frames: parse them where they are, no copy
+            view = memoryview(data)
+        with view:
+            offset = self._frames(view)
+        if offset is None:  # refused: the connection is closing
+            buffer.clear()
+        elif buffer:
+            del buffer[:offset]
+        else:
+            buffer += data[offset:]  # a frame's beginning: keep it for the next read
+
+    def _frames(self, view: memoryview) -> int | None:
+        """Handle the whole frames in ``view``; where the first incomplete one starts."""
         offset = 0
-        while len(buffer) - offset >= HEADER.size and self._transport is not None:
-            (length,) = HEADER.unpack_from(buffer, offset)
+        size = len(view)
+        while size - offset >= HEADER.size and self._transport is not None:
+            (length,) = HEADER.unpack_from(view, offset)
             if length > MAX_FRAME:
                 self._refuse("M_TOO_LARGE", f"frame of {length} bytes (at most {MAX_FRAME})")
-                return
+                return None
             end = offset + HEADER.size + length
-            if len(buffer) < end:
+            if size < end:
                 break
-            body = bytes(buffer[offset + HEADER.size:end])
-            offset = end
             try:
-                self._handle(decode(body))
+                message = decode(view[offset + HEADER.size:end], orjson.loads)
             except ProtocolError as exc:
                 self._refuse("M_NOT_JSON", str(exc))
-                return
-        del buffer[:offset]
+                return None
+            offset = end
+            self._handle(message)
+        return offset
 
     def _handle(self, message: dict[str, Any]) -> None:
         if not self._authenticated:

@@ -138,6 +138,21 @@ class TestGarbage:
         assert await authed.receive() == {"id": 10}
 
 
+class TestFraming:
+    async def test_frames_in_any_pieces(self, authed: Peer) -> None:
+        """Frames split mid-header and mid-body, or several in one read, are all answered."""
+        one = encode({"id": 1, "op": "event", "event": EVENT})
+        two = encode({"id": 2, "op": "event", "event": EVENT})
+        data = one + two
+        for piece in (data[:2], data[2:9], data[9:len(one) + 3], data[len(one) + 3:]):
+            authed.writer.write(piece)
+            await authed.writer.drain()
+            await asyncio.sleep(0.01)
+        assert [await authed.receive() for _ in range(2)] == [{"id": 1}, {"id": 2}]
+        await authed.send({"id": 3, "op": "event", "event": EVENT})
+        assert await authed.receive() == {"id": 3}
+
+
 class TestDecisions:
     async def test_allow_veto_modify(self, authed: Peer) -> None:
         """Each decision has its answer: nothing to say, a veto, new content."""
