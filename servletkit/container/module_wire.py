@@ -49,6 +49,10 @@ log = logging.getLogger("servletkit.module_wire")
 HELLO_TIMEOUT_S: Final = 10.0
 """A connection that has not authenticated within this time is closed."""
 
+DRAIN_TIMEOUT_S: Final = 5.0
+"""At shutdown, how long requests in flight may take to be answered before the
+connections close (above the module's default 2 s budget per callback)."""
+
 
 class BadRequest(ValueError):
     """A request whose fields are missing or of the wrong type."""
@@ -169,6 +173,18 @@ class ModuleWire:
             return encode(_error(request_id, "M_UNKNOWN", f"plugin {outcome.decided_by!r} "
                                  f"answered {hook} with a {kind} that cannot be sent"))
 
+    async def drain(self, timeout_s: float = DRAIN_TIMEOUT_S) -> None:
+        """Wait until no request is in flight on any connection, at most ``timeout_s``."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout_s
+        while tasks := {task for connection in self.connections for task in connection.tasks}:
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                log.warning("module wire: stopping with %d requests unanswered after %g s",
+                            len(tasks), timeout_s)
+                return
+            await asyncio.wait(tasks, timeout=remaining)
+
     def close_all(self) -> None:
         """Drop every connection (the module notices at once and reconnects later)."""
         for connection in list(self.connections):
@@ -184,7 +200,7 @@ class ModuleConnection(asyncio.Protocol):
         self._transport: asyncio.Transport | None = None
         self._authenticated = False
         self._hello_timer: asyncio.TimerHandle | None = None
-        self._tasks: set[asyncio.Task[None]] = set()
+        self.tasks: set[asyncio.Task[None]] = set()  # requests in flight, answered when done
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports are not asyncio.Transport subclasses, hence the cast
@@ -200,7 +216,7 @@ class ModuleConnection(asyncio.Protocol):
         self._transport = None
         if self._hello_timer is not None:
             self._hello_timer.cancel()
-        for task in self._tasks:
+        for task in self.tasks:
             task.cancel()
 
     def data_received(self, data: bytes) -> None:
@@ -254,8 +270,8 @@ class ModuleConnection(asyncio.Protocol):
         else:
             answer = self._wire.answer(message, hook)
         task = asyncio.ensure_future(self._respond(answer))
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
 
     def _hello(self, message: Mapping[str, Any]) -> None:
         if message.get("op") != "hello":
@@ -295,7 +311,12 @@ class ModuleConnection(asyncio.Protocol):
 
 @contextlib.asynccontextmanager
 async def module_listener(container: Container) -> AsyncIterator[None]:
-    """Listen for the Synapse module while the app runs (when ``[module] enabled``)."""
+    """Listen for the Synapse module while the app runs (when ``[module] enabled``).
+
+    On the way out it stops accepting connections, waits up to
+    :data:`DRAIN_TIMEOUT_S` for the requests in flight to be answered, then closes
+    the connections (before the plugins stop).
+    """
     settings = container.config.module
     if not settings.enabled:
         yield
@@ -314,7 +335,8 @@ async def module_listener(container: Container) -> AsyncIterator[None]:
     try:
         yield
     finally:
-        server.close()
+        server.close()  # no new connections; the open ones get their answers
+        await wire.drain()
         wire.close_all()
         await server.wait_closed()
 

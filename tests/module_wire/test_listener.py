@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import socket
+import uuid
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -276,3 +278,42 @@ async def test_a_decision_that_cannot_be_sent_keeps_the_connection(
         server.close()
         wire.close_all()
         await server.wait_closed()
+
+
+async def test_shutdown_answers_requests_in_flight() -> None:
+    """Leaving the listener refuses new connections, answers what is in flight, then closes."""
+    port = free_port()
+    container = Container(container_config(port), [PluginSource("wire_test", obj=wire_plugin)])
+    container.load()
+    await container.start()
+    stopping = asyncio.Event()
+
+    async def serve() -> None:
+        async with module_listener(container):
+            await stopping.wait()
+
+    serving = asyncio.create_task(serve())
+    try:
+        for _ in range(100):
+            with contextlib.suppress(ConnectionRefusedError):
+                peer = Peer(*await asyncio.open_connection("127.0.0.1", port))
+                break
+            await asyncio.sleep(0.01)
+        await peer.hello()
+        body = f"slow {uuid.uuid4().hex}"
+        await peer.send({"id": 1, "op": "event", "event": {**EVENT, "content": {"body": body}}})
+        for _ in range(200):  # until the plugin is working on it
+            if any(event.content.get("body") == body for event in wire_plugin.SEEN):
+                break
+            await asyncio.sleep(0.005)
+        stopping.set()
+        await asyncio.sleep(0.05)
+        with pytest.raises(ConnectionRefusedError):
+            await asyncio.open_connection("127.0.0.1", port)
+        assert await peer.receive() == {"id": 1}
+        assert await peer.closed()
+        await asyncio.wait_for(serving, 5)
+        peer.writer.close()
+    finally:
+        stopping.set()
+        await container.stop()
