@@ -5,6 +5,7 @@ callbacks over one persistent TCP connection (the framed JSON protocol of
 :mod:`servletkit.module_protocol`). This module is the listener at the other
 end: it checks the shared secret, turns each request into an interception
 hook call (``event.stage == "before_store"``) and answers with the decision.
+Every decision (not "no opinion") goes to the audit log, after its answer is sent.
 
 Why a raw listener and not an HTTP route: the listener's own work for a
 request is about 20 us (warm, measured in-process), against the 200 to 300 us
@@ -30,6 +31,7 @@ import orjson
 
 from servletkit.container.config import Config, ConfigError, ModuleCallbacks
 from servletkit.container.runtime import Container
+from servletkit.container.store import AuditRecord, Store, audit_record, record_decision
 from servletkit.hooks.decisions import Modify, Veto
 from servletkit.hooks.dispatcher import Dispatcher, Outcome, run_eagerly
 from servletkit.hooks.events import Event, EventFormatError
@@ -131,9 +133,10 @@ def reply_for(request_id: int, outcome: Outcome) -> dict[str, Any]:
 class ModuleWire:
     """Answers module requests with the container's dispatcher; owns the open connections."""
 
-    def __init__(self, dispatcher: Dispatcher, secret: str) -> None:
+    def __init__(self, dispatcher: Dispatcher, secret: str, store: Store) -> None:
         self.dispatcher = dispatcher
         self._secret = secret.encode()
+        self._store = store
         self.connections: set[ModuleConnection] = set()
 
     def protocol(self) -> ModuleConnection:
@@ -164,7 +167,7 @@ class ModuleWire:
             log.exception("module wire: %s failed", hook)
             return encode(_error(request_id, "M_UNKNOWN", f"{hook} failed in the container"))
         try:
-            return encode(reply_for(request_id, outcome))
+            reply = encode(reply_for(request_id, outcome))
         except Exception as exc:
             kind = type(outcome.decision).__name__
             log.error("module wire: plugin %r answered %s with a %s that cannot be sent "
@@ -172,6 +175,22 @@ class ModuleWire:
                       type(exc).__name__, exc)
             return encode(_error(request_id, "M_UNKNOWN", f"plugin {outcome.decided_by!r} "
                                  f"answered {hook} with a {kind} that cannot be sent"))
+        if outcome.decision is not None:
+            subject = args[0]
+            if type(subject) is Event:
+                record = audit_record(outcome, subject.event_id, subject.room_id)
+            else:
+                record = audit_record(outcome, room_id=message.get("room_id"))
+            # after this answer is written (it is, before the loop's next turn)
+            asyncio.get_running_loop().call_soon(self._record, record)
+        return reply
+
+    def _record(self, record: AuditRecord) -> None:
+        try:
+            record_decision(self._store, record)
+        except Exception:
+            log.exception("module wire: could not write %s's %s to the audit log",
+                          record.plugin, record.decision)
 
     async def drain(self, timeout_s: float = DRAIN_TIMEOUT_S) -> None:
         """Wait until no request is in flight on any connection, at most ``timeout_s``."""
@@ -321,7 +340,7 @@ async def module_listener(container: Container) -> AsyncIterator[None]:
     if not settings.enabled:
         yield
         return
-    wire = ModuleWire(container.dispatcher, settings.secret)
+    wire = ModuleWire(container.dispatcher, settings.secret, container.store)
     try:
         server = await asyncio.get_running_loop().create_server(
             wire.protocol, settings.host, settings.port

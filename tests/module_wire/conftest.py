@@ -34,8 +34,11 @@ SECRET = "module-wire-test-secret-0123456789"
 SLOW_BUDGET_MS = 300  # check_event_allowed's budget: the plugin stalls "slow" messages 1 s
 
 
-def container_config(module_port: int, *, fail_open: bool | None = None) -> Config:
-    """The container's config: test plugin on, every installed plugin off, module wire on."""
+def container_config(
+    module_port: int, *, fail_open: bool | None = None, store: Path | None = None
+) -> Config:
+    """The container's config: test plugin on, every installed plugin off, module wire on;
+    the audit log in ``store`` (give one where a test makes decisions)."""
     callbacks: dict[str, Any] = {"check_event_allowed": {"timeout_ms": SLOW_BUDGET_MS}}
     if fail_open is not None:
         for name in ("check_event_allowed", "check_event_for_spam", "user_may_join_room",
@@ -43,6 +46,7 @@ def container_config(module_port: int, *, fail_open: bool | None = None) -> Conf
             callbacks.setdefault(name, {})["fail_open"] = fail_open
     return parse_config({
         "server": {"host": "127.0.0.1", "port": free_port()},
+        **({"store": {"path": str(store)}} if store is not None else {}),
         "module": {"enabled": True, "host": "127.0.0.1", "port": module_port,
                    "secret": SECRET, "callbacks": callbacks},
         "plugins": {
@@ -89,8 +93,11 @@ def module_port() -> int:
 
 
 @pytest.fixture(scope="session")
-def container(module_port: int) -> Iterator[ContainerThread]:
-    running = ContainerThread(container_config(module_port))
+def container(
+    module_port: int, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[ContainerThread]:
+    store = tmp_path_factory.mktemp("module_wire_store") / "servletkit.db"
+    running = ContainerThread(container_config(module_port, store=store))
     running.start()
     yield running
     running.stop()

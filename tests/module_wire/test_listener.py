@@ -7,6 +7,7 @@ import contextlib
 import socket
 import uuid
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -14,6 +15,7 @@ import pytest
 from servletkit.container.module_wire import ModuleWire, module_listener
 from servletkit.container.plugins import PluginSource
 from servletkit.container.runtime import Container
+from servletkit.container.store import SqliteStore
 from servletkit.hooks.decisions import Modify, Veto
 from servletkit.hooks.dispatcher import Outcome
 from servletkit.module_protocol import HEADER, MAX_FRAME, PROTOCOL_VERSION, decode, encode
@@ -52,14 +54,21 @@ class Peer:
 
 
 @pytest.fixture(scope="module")
-async def listener() -> AsyncIterator[int]:
-    port = free_port()
-    container = Container(container_config(port), [PluginSource("wire_test", obj=wire_plugin)])
+async def listening(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Container]:
+    """A container running the test plugin, its module-wire listener open."""
+    config = container_config(free_port(), store=tmp_path_factory.mktemp("listener") / "s.db")
+    container = Container(config, [PluginSource("wire_test", obj=wire_plugin)])
     container.load()
     await container.start()
     async with module_listener(container):
-        yield port
+        yield container
     await container.stop()
+
+
+@pytest.fixture(scope="module")
+def listener(listening: Container) -> int:
+    """The listener's port."""
+    return listening.config.module.port
 
 
 @pytest.fixture
@@ -138,6 +147,36 @@ class TestGarbage:
         assert detail in answer["error"]["error"]
         await authed.send({"id": 10, "op": "event", "event": EVENT})
         assert await authed.receive() == {"id": 10}
+
+
+class TestAudit:
+    async def test_decisions_are_recorded_no_opinion_is_not(
+        self, authed: Peer, listening: Container
+    ) -> None:
+        """A Veto and a Modify go to the audit log with the event or room; no opinion does not."""
+        tag = uuid.uuid4().hex
+        requests = [
+            {"op": "event", "event": {**EVENT, "event_id": f"$veto{tag}",
+                                      "content": {"body": "forbidden"}}},
+            {"op": "event", "event": {**EVENT, "event_id": f"$modify{tag}",
+                                      "content": {"body": "/shout x"}}},
+            {"op": "event", "event": {**EVENT, "event_id": f"$none{tag}"}},
+            {"op": "join", "user_id": "@blocked:localhost", "room_id": f"!{tag}:localhost"},
+            {"op": "join", "user_id": "@a:localhost", "room_id": f"!{tag}:localhost"},
+        ]
+        for request_id, request in enumerate(requests):
+            await authed.send({"id": request_id, **request})
+            assert (await authed.receive())["id"] == request_id
+        await asyncio.sleep(0)
+        mine = [(r.plugin, r.hook, r.decision, r.event_id, r.room_id, r.detail)
+                for r in listening.store.audit_log(1000) if tag in f"{r.event_id}{r.room_id}"]
+        assert mine == [
+            ("wire_test", "on_send_event", "veto", f"$veto{tag}", EVENT["room_id"],
+             "the word 'forbidden' is not welcome here"),
+            ("wire_test", "on_send_event", "modify", f"$modify{tag}", EVENT["room_id"], ""),
+            ("wire_test", "on_join_room", "veto", None, f"!{tag}:localhost",
+             f"@blocked:localhost may not join !{tag}:localhost"),
+        ]
 
 
 class TestFraming:
@@ -254,12 +293,13 @@ class FixedDispatcher:
     Modify({"body": object()}),
 ], ids=["veto-set", "veto-int", "veto-errcode-none", "modify-pairs", "modify-object"])
 async def test_a_decision_that_cannot_be_sent_keeps_the_connection(
-    decision: Any, sync: bool, caplog: pytest.LogCaptureFixture
+    decision: Any, sync: bool, caplog: pytest.LogCaptureFixture, tmp_path: Path
 ) -> None:
     """A malformed decision becomes an error frame for its request, naming the plugin;
     the connection goes on."""
     dispatcher = FixedDispatcher(Outcome("on_send_event", decision, "badplugin"), sync=sync)
-    wire = ModuleWire(dispatcher, SECRET)  # type: ignore[arg-type]
+    store = SqliteStore(tmp_path / "servletkit.db")
+    wire = ModuleWire(dispatcher, SECRET, store)  # type: ignore[arg-type]
     server = await asyncio.get_running_loop().create_server(wire.protocol, "127.0.0.1", 0)
     port = server.sockets[0].getsockname()[1]
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
@@ -273,17 +313,20 @@ async def test_a_decision_that_cannot_be_sent_keeps_the_connection(
             assert answer["error"]["errcode"] == "M_UNKNOWN"
             assert "'badplugin'" in answer["error"]["error"]
         assert "plugin 'badplugin' answered on_send_event" in caplog.text
+        assert store.audit_log() == []  # nothing was decided
     finally:
+        store.close()
         writer.close()
         server.close()
         wire.close_all()
         await server.wait_closed()
 
 
-async def test_shutdown_answers_requests_in_flight() -> None:
+async def test_shutdown_answers_requests_in_flight(tmp_path: Path) -> None:
     """Leaving the listener refuses new connections, answers what is in flight, then closes."""
     port = free_port()
-    container = Container(container_config(port), [PluginSource("wire_test", obj=wire_plugin)])
+    config = container_config(port, store=tmp_path / "servletkit.db")
+    container = Container(config, [PluginSource("wire_test", obj=wire_plugin)])
     container.load()
     await container.start()
     stopping = asyncio.Event()
