@@ -27,6 +27,7 @@ from servletkit.container.config import Config, parse_config
 from servletkit.container.module_wire import module_entry
 from servletkit.container.plugins import PluginSource, installed_plugins
 from servletkit.container.runtime import Container
+from servletkit.synapse.settings import DEFAULT_POLICIES
 from servletkit.testing.synapse import SynapseServer, free_port, start_synapse
 from tests.module_wire import wire_plugin
 
@@ -41,8 +42,7 @@ def container_config(
     the audit log in ``store`` (give one where a test makes decisions)."""
     callbacks: dict[str, Any] = {"check_event_allowed": {"timeout_ms": SLOW_BUDGET_MS}}
     if fail_open is not None:
-        for name in ("check_event_allowed", "check_event_for_spam", "user_may_join_room",
-                     "user_may_invite", "user_may_create_room", "check_login_for_spam"):
+        for name in DEFAULT_POLICIES:
             callbacks.setdefault(name, {})["fail_open"] = fail_open
     return parse_config({
         "server": {"host": "127.0.0.1", "port": free_port()},
