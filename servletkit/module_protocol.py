@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import json
 import struct
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any, Final
 
 PROTOCOL_VERSION: Final = 1
@@ -60,8 +60,11 @@ class ProtocolError(ValueError):
     """A frame that breaks the protocol; the connection cannot go on."""
 
 
-def _default(value: Any) -> Any:
-    # Synapse may hand out immutable mappings (frozen event content).
+def jsonable(value: Any) -> Any:
+    """The JSON encoders' fallback: mappings become objects, tuples and frozensets arrays.
+
+    Synapse hands out immutable mappings (frozen event content); plugins may too.
+    """
     if isinstance(value, Mapping):
         return dict(value)
     if isinstance(value, tuple | frozenset):
@@ -70,20 +73,28 @@ def _default(value: Any) -> Any:
 
 
 _encoder: Final = json.JSONEncoder(
-    ensure_ascii=False, separators=(",", ":"), default=_default, allow_nan=False
+    ensure_ascii=False, separators=(",", ":"), default=jsonable, allow_nan=False
 )
+
+
+def frame(body: bytes) -> bytes:
+    """One frame: the length prefix, then ``body`` (UTF-8 JSON)."""
+    return HEADER.pack(len(body)) + body
 
 
 def encode(message: Mapping[str, Any]) -> bytes:
     """One frame: the length prefix and the JSON body of ``message``."""
-    body = _encoder.encode(message).encode()
-    return HEADER.pack(len(body)) + body
+    return frame(_encoder.encode(message).encode())
 
 
-def decode(body: bytes) -> dict[str, Any]:
-    """The JSON object of one frame body; :class:`ProtocolError` if it is not one."""
+def decode(body: bytes | memoryview, loads: Callable[[Any], Any] = json.loads) -> dict[str, Any]:
+    """The JSON object of one frame body; :class:`ProtocolError` if it is not one.
+
+    ``loads`` parses the body: the container passes ``orjson.loads`` (4x faster, and
+    it reads a memoryview without a copy); the Synapse side keeps the stdlib.
+    """
     try:
-        message = json.loads(body)
+        message = loads(body)
     except (UnicodeDecodeError, ValueError) as exc:
         raise ProtocolError(f"frame is not JSON: {exc}") from None
     if not isinstance(message, dict):

@@ -52,7 +52,13 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
 from servletkit.container.errors import MatrixError
-from servletkit.container.store import AuditRecord, Batch, record_decision, unit_of_work
+from servletkit.container.store import (
+    AuditRecord,
+    Batch,
+    audit_record,
+    record_decision,
+    unit_of_work,
+)
 from servletkit.hooks.decisions import Modify, Veto
 from servletkit.hooks.events import Ephemeral, Event, EventFormatError
 
@@ -67,6 +73,8 @@ PREFIX: Final = "/_matrix/app/v1"
 
 _EPHEMERAL_KEYS: Final = ("ephemeral", "de.sorunome.msc2409.ephemeral")
 _TO_DEVICE_KEYS: Final = ("to_device", "de.sorunome.msc2409.to_device")
+_NOT_APPLIED: Final = "not applied: the event is already stored"
+"""The audit detail of a Modify on this wire (the homeserver stored the event before)."""
 
 
 def _ok() -> Response:
@@ -210,7 +218,9 @@ class AppserviceWire:
             for event in built:
                 outcome = await dispatcher.intercept("on_send_event", event)
                 if outcome.decision is not None:
-                    batch.audit.append(_audit_record(outcome, event))
+                    detail = _NOT_APPLIED if type(outcome.decision) is Modify else None
+                    batch.audit.append(audit_record(outcome, event.event_id, event.room_id,
+                                                    detail))
                     if outcome.vetoed and self._config.enforce_vetoes == "redact":
                         vetoed.append((event, outcome))
             if vetoed:
@@ -264,9 +274,8 @@ class AppserviceWire:
             "on_connect_event_stream", user_id, None
         )
         if outcome.decision is not None:
-            batch.audit.append(AuditRecord(
-                outcome.decided_by, outcome.hook, _decision_name(outcome),
-                detail=f"{user_id} went online; recorded only (appservice wire)",
+            batch.audit.append(audit_record(
+                outcome, detail=f"{user_id} went online; recorded only (appservice wire)"
             ))
 
     # -- queries -------------------------------------------------------------
@@ -334,22 +343,6 @@ class AppserviceWire:
                       expected.__name__)
             raise MatrixError(500, "M_UNKNOWN", f"Plugin {plugin!r} gave a malformed answer")
         return JSONResponse(answer)
-
-
-def _decision_name(outcome: Outcome) -> str:
-    return type(outcome.decision).__name__.lower()
-
-
-def _audit_record(outcome: Outcome, event: Event) -> AuditRecord:
-    decision = outcome.decision
-    if type(decision) is Veto:
-        detail = decision.reason
-    elif type(decision) is Modify:
-        detail = "not applied: the event is already stored"
-    else:
-        detail = ""
-    return AuditRecord(outcome.decided_by, outcome.hook, _decision_name(outcome),
-                       event.event_id, event.room_id, detail)
 
 
 def appservice_routes(container: Container) -> list[BaseRoute]:

@@ -10,6 +10,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from servletkit.container.config import Config, ConfigError, load_config
+from servletkit.container.ports import port_unavailable
 from servletkit.container.registration import (
     DEFAULT_REGISTRATION_FILE,
     dump_yaml,
@@ -41,6 +42,11 @@ def cmd_run(args: argparse.Namespace) -> int:
     config, container = _load(args.config)
     host = args.host or config.server.host
     port = args.port if args.port is not None else config.server.port
+    module = config.module
+    if module.enabled and (
+        taken := port_unavailable(config, module.host, module.port, "[module] port")
+    ):
+        raise CommandError(taken)
     uvicorn.run(build_app(container), host=host, port=port, log_level="info", lifespan="on")
     return 0
 

@@ -51,7 +51,6 @@ import logging
 import os
 import secrets
 import signal
-import socket
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -71,6 +70,7 @@ from servletkit.container.embedded_synapse import (
     launch_synapse,
 )
 from servletkit.container.files import write_private
+from servletkit.container.ports import port_problem, port_unavailable
 from servletkit.container.registration import (
     appservice_url,
     dump_yaml,
@@ -217,22 +217,10 @@ def check_not_running(paths: DevPaths) -> None:
                    f"servletkit dev, delete {paths.run_file}")
 
 
-def port_problem(host: str, port: int) -> str | None:
-    """Why ``host``:``port`` cannot be listened on now, or ``None`` if it can."""
-    with socket.socket() as sock:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            sock.bind((host, port))
-        except OSError as exc:
-            return exc.strerror or str(exc)
-    return None
-
-
 def require_port(config: Config, host: str, port: int, setting: str) -> None:
     """Raise :class:`DevError` naming the config ``setting`` if ``host``:``port`` is taken."""
-    if problem := port_problem(host, port):
-        raise DevError(f"port {port} on {host} is not available ({problem}): stop the process "
-                       f"using it, or choose another {setting} in {config.path}")
+    if message := port_unavailable(config, host, port, setting):
+        raise DevError(message)
 
 
 def choose_homeserver_port(config: Config, state: DevState) -> int:

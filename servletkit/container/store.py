@@ -31,9 +31,14 @@ import time
 from collections import deque
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Final, Protocol
+from typing import TYPE_CHECKING, Any, Final, Protocol
 
 import attrs
+
+from servletkit.hooks.decisions import Veto
+
+if TYPE_CHECKING:
+    from servletkit.hooks.dispatcher import Outcome
 
 _DELETED: Final = None
 """A pending write that deletes the key."""
@@ -282,6 +287,23 @@ class SqliteStore:
             "ORDER BY id DESC LIMIT ?", (limit,),
         ).fetchall()
         return [AuditRecord(*row) for row in reversed(rows)]
+
+
+def audit_record(
+    outcome: Outcome,
+    event_id: str | None = None,
+    room_id: str | None = None,
+    detail: str | None = None,
+) -> AuditRecord:
+    """The audit record of an interception ``outcome`` that has a decision.
+
+    ``detail`` defaults to the Veto's reason (empty for Allow and Modify).
+    """
+    decision = outcome.decision
+    if detail is None:
+        detail = decision.reason if type(decision) is Veto else ""
+    return AuditRecord(outcome.decided_by, outcome.hook, type(decision).__name__.lower(),
+                       event_id, room_id, detail)
 
 
 def record_decision(store: Store, record: AuditRecord) -> None:

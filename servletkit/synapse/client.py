@@ -6,11 +6,15 @@ of :mod:`servletkit.module_protocol`, answers matched by id). It never blocks
 the reactor: a request is a frame written to the socket and a Deferred fired
 when the answer frame arrives, cancelled by a timer when its budget runs out.
 
-When the container is unreachable, requests fail at once with
+When no connection is open, a request fails at once with
 :class:`ContainerUnavailable` (the caller applies its failure policy) while the
-client reconnects in the background, waiting 50 ms after the first failure and
-doubling up to :data:`MAX_RETRY_DELAY_S`. A request made while a connection
-attempt is under way waits for it, within its budget.
+client reconnects in the background: the first retry at once, then after
+:data:`FIRST_RETRY_DELAY_S` (50 ms), doubling up to :data:`MAX_RETRY_DELAY_S`;
+a lost connection starts that series again. A request made while a connection
+attempt is under way waits for it, within its budget (an attempt gives up after
+:data:`CONNECT_TIMEOUT_S`: refused at once by a stopped container on the same
+machine, it can take that long against an unreachable host or a container that
+does not answer the hello).
 """
 
 from __future__ import annotations

@@ -25,7 +25,8 @@ Synapse callback            hook (op)                   Veto / Modify
 ``user_may_join_room``      ``on_join_room`` (join)     Veto: 403 with errcode and reason.
 ``user_may_invite``         ``on_invite`` (invite)      Veto: 403 with errcode and reason.
 ``user_may_create_room``    ``on_create_room``          Veto: 403 with errcode and reason.
-``check_login_for_spam``    ``on_connect_event_stream`` Veto: the login is refused, 403.
+``check_login_for_spam``    ``on_connect_event_stream`` Veto: the login is refused, 403
+                                                        with errcode and reason.
 ==========================  ==========================  ==================================
 
 A join or invite is two hooks (the action, then its membership event), so two

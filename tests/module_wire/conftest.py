@@ -27,6 +27,7 @@ from servletkit.container.config import Config, parse_config
 from servletkit.container.module_wire import module_entry
 from servletkit.container.plugins import PluginSource, installed_plugins
 from servletkit.container.runtime import Container
+from servletkit.synapse.settings import DEFAULT_POLICIES
 from servletkit.testing.synapse import SynapseServer, free_port, start_synapse
 from tests.module_wire import wire_plugin
 
@@ -34,15 +35,18 @@ SECRET = "module-wire-test-secret-0123456789"
 SLOW_BUDGET_MS = 300  # check_event_allowed's budget: the plugin stalls "slow" messages 1 s
 
 
-def container_config(module_port: int, *, fail_open: bool | None = None) -> Config:
-    """The container's config: test plugin on, every installed plugin off, module wire on."""
+def container_config(
+    module_port: int, *, fail_open: bool | None = None, store: Path | None = None
+) -> Config:
+    """The container's config: test plugin on, every installed plugin off, module wire on;
+    the audit log in ``store`` (give one where a test makes decisions)."""
     callbacks: dict[str, Any] = {"check_event_allowed": {"timeout_ms": SLOW_BUDGET_MS}}
     if fail_open is not None:
-        for name in ("check_event_allowed", "check_event_for_spam", "user_may_join_room",
-                     "user_may_invite", "user_may_create_room", "check_login_for_spam"):
+        for name in DEFAULT_POLICIES:
             callbacks.setdefault(name, {})["fail_open"] = fail_open
     return parse_config({
         "server": {"host": "127.0.0.1", "port": free_port()},
+        **({"store": {"path": str(store)}} if store is not None else {}),
         "module": {"enabled": True, "host": "127.0.0.1", "port": module_port,
                    "secret": SECRET, "callbacks": callbacks},
         "plugins": {
@@ -89,8 +93,11 @@ def module_port() -> int:
 
 
 @pytest.fixture(scope="session")
-def container(module_port: int) -> Iterator[ContainerThread]:
-    running = ContainerThread(container_config(module_port))
+def container(
+    module_port: int, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[ContainerThread]:
+    store = tmp_path_factory.mktemp("module_wire_store") / "servletkit.db"
+    running = ContainerThread(container_config(module_port, store=store))
     running.start()
     yield running
     running.stop()

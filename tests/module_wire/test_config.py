@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -14,6 +15,7 @@ from servletkit.container.cli import main
 from servletkit.container.config import ConfigError, ModuleCallbacks, parse_config
 from servletkit.synapse import ServletkitModule
 from servletkit.synapse.settings import DEFAULT_POLICIES
+from servletkit.testing.synapse import free_port
 
 
 class TestModuleSection:
@@ -69,6 +71,28 @@ class TestSynapseConfigCommand:
         path.write_text("[server]\nport = 8090\n")
         assert main(["synapse-config", "--config", str(path)]) == 1
         assert "set [module] enabled = true" in capsys.readouterr().err
+
+
+def test_run_with_the_module_port_taken(tmp_path: Path) -> None:
+    """`servletkit run` with [module] port taken: one line naming it, exit 1, no traceback."""
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        path = tmp_path / "servletkit.toml"
+        path.write_text(f'[server]\nhost = "127.0.0.1"\nport = {free_port()}\n'
+                        f'[module]\nenabled = true\nport = {port}\nsecret = "s"\n'
+                        f'[store]\npath = "{tmp_path / "servletkit.db"}"\n')
+        run = subprocess.run(
+            [sys.executable, "-m", "servletkit.container.cli", "run", "--config", str(path)],
+            capture_output=True, text=True, timeout=30,
+        )
+    assert run.returncode == 1
+    assert "Traceback" not in run.stderr + run.stdout
+    assert run.stderr.strip().splitlines()[-1] == (
+        f"servletkit: port {port} on 127.0.0.1 is not available (Address already in use): "
+        f"stop the process using it, or choose another [module] port in {path}"
+    )
 
 
 def test_module_imports_nothing_of_the_container() -> None:

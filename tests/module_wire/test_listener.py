@@ -3,15 +3,22 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import socket
+import uuid
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
+import attrs
 import pytest
 
-from servletkit.container.module_wire import module_listener
+from servletkit.container.module_wire import ModuleWire, module_listener
 from servletkit.container.plugins import PluginSource
 from servletkit.container.runtime import Container
+from servletkit.container.store import SqliteStore
+from servletkit.hooks.decisions import Modify, Veto
+from servletkit.hooks.dispatcher import Outcome
 from servletkit.module_protocol import HEADER, MAX_FRAME, PROTOCOL_VERSION, decode, encode
 from servletkit.testing.synapse import free_port
 from tests.module_wire import wire_plugin
@@ -48,14 +55,21 @@ class Peer:
 
 
 @pytest.fixture(scope="module")
-async def listener() -> AsyncIterator[int]:
-    port = free_port()
-    container = Container(container_config(port), [PluginSource("wire_test", obj=wire_plugin)])
+async def listening(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Container]:
+    """A container running the test plugin, its module-wire listener open."""
+    config = container_config(free_port(), store=tmp_path_factory.mktemp("listener") / "s.db")
+    container = Container(config, [PluginSource("wire_test", obj=wire_plugin)])
     container.load()
     await container.start()
     async with module_listener(container):
-        yield port
+        yield container
     await container.stop()
+
+
+@pytest.fixture(scope="module")
+def listener(listening: Container) -> int:
+    """The listener's port."""
+    return listening.config.module.port
 
 
 @pytest.fixture
@@ -136,6 +150,51 @@ class TestGarbage:
         assert await authed.receive() == {"id": 10}
 
 
+class TestAudit:
+    async def test_decisions_are_recorded_no_opinion_is_not(
+        self, authed: Peer, listening: Container
+    ) -> None:
+        """A Veto and a Modify go to the audit log with the event or room; no opinion does not."""
+        tag = uuid.uuid4().hex
+        requests = [
+            {"op": "event", "event": {**EVENT, "event_id": f"$veto{tag}",
+                                      "content": {"body": "forbidden"}}},
+            {"op": "event", "event": {**EVENT, "event_id": f"$modify{tag}",
+                                      "content": {"body": "/shout x"}}},
+            {"op": "event", "event": {**EVENT, "event_id": f"$none{tag}"}},
+            {"op": "join", "user_id": "@blocked:localhost", "room_id": f"!{tag}:localhost"},
+            {"op": "join", "user_id": "@a:localhost", "room_id": f"!{tag}:localhost"},
+        ]
+        for request_id, request in enumerate(requests):
+            await authed.send({"id": request_id, **request})
+            assert (await authed.receive())["id"] == request_id
+        await asyncio.sleep(0)
+        mine = [(r.plugin, r.hook, r.decision, r.event_id, r.room_id, r.detail)
+                for r in listening.store.audit_log(1000) if tag in f"{r.event_id}{r.room_id}"]
+        assert mine == [
+            ("wire_test", "on_send_event", "veto", f"$veto{tag}", EVENT["room_id"],
+             "the word 'forbidden' is not welcome here"),
+            ("wire_test", "on_send_event", "modify", f"$modify{tag}", EVENT["room_id"], ""),
+            ("wire_test", "on_join_room", "veto", None, f"!{tag}:localhost",
+             f"@blocked:localhost may not join !{tag}:localhost"),
+        ]
+
+
+class TestFraming:
+    async def test_frames_in_any_pieces(self, authed: Peer) -> None:
+        """Frames split mid-header and mid-body, or several in one read, are all answered."""
+        one = encode({"id": 1, "op": "event", "event": EVENT})
+        two = encode({"id": 2, "op": "event", "event": EVENT})
+        data = one + two
+        for piece in (data[:2], data[2:9], data[9:len(one) + 3], data[len(one) + 3:]):
+            authed.writer.write(piece)
+            await authed.writer.drain()
+            await asyncio.sleep(0.01)
+        assert [await authed.receive() for _ in range(2)] == [{"id": 1}, {"id": 2}]
+        await authed.send({"id": 3, "op": "event", "event": EVENT})
+        assert await authed.receive() == {"id": 3}
+
+
 class TestDecisions:
     async def test_allow_veto_modify(self, authed: Peer) -> None:
         """Each decision has its answer: nothing to say, a veto, new content."""
@@ -156,8 +215,12 @@ class TestDecisions:
         await authed.send({"id": 4, "op": "event",
                            "event": {**EVENT, "content": {"body": "unserialisable"}}})
         answer = await authed.receive()
-        assert answer["error"] == {"errcode": "M_UNKNOWN", "error":
-                                   "plugin 'wire_test' returned content that is not JSON"}
+        assert answer == {"id": 4, "error": {
+            "errcode": "M_UNKNOWN",
+            "error": "plugin 'wire_test' answered on_send_event with a Modify that cannot be sent",
+        }}
+        await authed.send({"id": 5, "op": "event", "event": EVENT})
+        assert await authed.receive() == {"id": 5}
 
     async def test_every_op_reaches_its_hook(self, authed: Peer) -> None:
         """join, invite, create_room and connect run their hooks (each vetoes here)."""
@@ -204,3 +267,103 @@ async def test_port_taken_is_explained() -> None:
         with pytest.raises(OSError, match=r"cannot listen on 127\.0\.0\.1:\d+ \(\[module\] host"):
             async with module_listener(container):
                 pass
+
+
+class FixedDispatcher:
+    """A dispatcher that answers every hook with one outcome (sync or async plugins)."""
+
+    def __init__(self, outcome: Outcome, *, sync: bool) -> None:
+        self.outcome = outcome
+        self.sync = sync
+
+    def all_sync(self, hook: str) -> bool:
+        return self.sync
+
+    async def intercept(self, hook: str, *args: Any) -> Outcome:
+        if not self.sync:
+            await asyncio.sleep(0)
+        return self.outcome
+
+
+def unchecked(build: Any) -> Any:
+    """A decision the validators would refuse: the wire must survive one anyway."""
+    with attrs.validators.disabled():
+        return build()
+
+
+@pytest.mark.parametrize("sync", [True, False], ids=["sync", "async"])
+@pytest.mark.parametrize("decision", [
+    unchecked(lambda: Veto({"a", "set"})),
+    unchecked(lambda: Veto(3)),
+    unchecked(lambda: Veto("reason", None)),
+    unchecked(lambda: Modify([("body", "pairs")])),
+    Modify({"body": object()}),
+], ids=["veto-set", "veto-int", "veto-errcode-none", "modify-pairs", "modify-object"])
+async def test_a_decision_that_cannot_be_sent_keeps_the_connection(
+    decision: Any, sync: bool, caplog: pytest.LogCaptureFixture, tmp_path: Path
+) -> None:
+    """A malformed decision becomes an error frame for its request, naming the plugin;
+    the connection goes on."""
+    dispatcher = FixedDispatcher(Outcome("on_send_event", decision, "badplugin"), sync=sync)
+    store = SqliteStore(tmp_path / "servletkit.db")
+    wire = ModuleWire(dispatcher, SECRET, store)  # type: ignore[arg-type]
+    server = await asyncio.get_running_loop().create_server(wire.protocol, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        peer = Peer(reader, writer)
+        await peer.hello()
+        for request_id in (1, 2):
+            await peer.send({"id": request_id, "op": "event", "event": EVENT})
+            answer = await peer.receive()
+            assert answer["id"] == request_id
+            assert answer["error"]["errcode"] == "M_UNKNOWN"
+            assert "'badplugin'" in answer["error"]["error"]
+        assert "plugin 'badplugin' answered on_send_event" in caplog.text
+        assert store.audit_log() == []  # nothing was decided
+    finally:
+        store.close()
+        writer.close()
+        server.close()
+        wire.close_all()
+        await server.wait_closed()
+
+
+async def test_shutdown_answers_requests_in_flight(tmp_path: Path) -> None:
+    """Leaving the listener refuses new connections, answers what is in flight, then closes."""
+    port = free_port()
+    config = container_config(port, store=tmp_path / "servletkit.db")
+    container = Container(config, [PluginSource("wire_test", obj=wire_plugin)])
+    container.load()
+    await container.start()
+    stopping = asyncio.Event()
+
+    async def serve() -> None:
+        async with module_listener(container):
+            await stopping.wait()
+
+    serving = asyncio.create_task(serve())
+    try:
+        for _ in range(100):
+            with contextlib.suppress(ConnectionRefusedError):
+                peer = Peer(*await asyncio.open_connection("127.0.0.1", port))
+                break
+            await asyncio.sleep(0.01)
+        await peer.hello()
+        body = f"slow {uuid.uuid4().hex}"
+        await peer.send({"id": 1, "op": "event", "event": {**EVENT, "content": {"body": body}}})
+        for _ in range(200):  # until the plugin is working on it
+            if any(event.content.get("body") == body for event in wire_plugin.SEEN):
+                break
+            await asyncio.sleep(0.005)
+        stopping.set()
+        await asyncio.sleep(0.05)
+        with pytest.raises(ConnectionRefusedError):
+            await asyncio.open_connection("127.0.0.1", port)
+        assert await peer.receive() == {"id": 1}
+        assert await peer.closed()
+        await asyncio.wait_for(serving, 5)
+        peer.writer.close()
+    finally:
+        stopping.set()
+        await container.stop()

@@ -68,7 +68,7 @@ class TestActions:
         blocked = make_user(localpart=f"blocked{uuid.uuid4().hex[:8]}")
         response = blocked.http.post(f"/join/{room}", json={})
         assert response.status_code == 403
-        assert response.json() == {"errcode": "M_FORBIDDEN",
+        assert response.json() == {"errcode": wire_plugin.VETO_ERRCODE,
                                    "error": f"{blocked.user_id} may not join {room}"}
 
     def test_invite_refused(self, alice: User, make_user: UserFactory) -> None:
@@ -77,7 +77,7 @@ class TestActions:
         blocked = make_user(localpart=f"blocked{uuid.uuid4().hex[:8]}")
         response = alice.http.post(f"/rooms/{room}/invite", json={"user_id": blocked.user_id})
         assert response.status_code == 403
-        assert response.json() == {"errcode": "M_FORBIDDEN",
+        assert response.json() == {"errcode": wire_plugin.VETO_ERRCODE,
                                    "error": f"{blocked.user_id} may not be invited"}
         friend = make_user()
         ok = alice.http.post(f"/rooms/{room}/invite", json={"user_id": friend.user_id})
@@ -107,7 +107,7 @@ class TestActions:
             "identifier": {"type": "m.id.user", "user": refused.localpart},
             "device_id": "DEVICE1",
         })
-        assert refusal.json() == {"errcode": "M_USER_DEACTIVATED",
+        assert refusal.json() == {"errcode": wire_plugin.VETO_ERRCODE,
                                   "error": f"{refused.user_id} may not log in (DEVICE1)"}
 
 

@@ -44,7 +44,7 @@ async def on_send_event(event: Event):
 def on_join_room(user_id: str, room_id: str):
     """Refuse joins by users whose localpart starts with "blocked"."""
     if _localpart(user_id).startswith("blocked"):
-        return Veto(f"{user_id} may not join {room_id}")
+        return Veto(f"{user_id} may not join {room_id}", VETO_ERRCODE)
     return None
 
 
@@ -52,7 +52,7 @@ def on_join_room(user_id: str, room_id: str):
 def on_invite(inviter_id: str, invitee_id: str, room_id: str):
     """Refuse invites of users whose localpart starts with "blocked"."""
     if _localpart(invitee_id).startswith("blocked"):
-        return Veto(f"{invitee_id} may not be invited", "M_FORBIDDEN")
+        return Veto(f"{invitee_id} may not be invited", VETO_ERRCODE)
     return None
 
 
@@ -68,5 +68,5 @@ def on_create_room(user_id: str, request):
 def on_connect_event_stream(user_id: str, device_id):
     """Refuse logins of users whose localpart starts with "nologin"."""
     if _localpart(user_id).startswith("nologin"):
-        return Veto(f"{user_id} may not log in ({device_id})", "M_USER_DEACTIVATED")
+        return Veto(f"{user_id} may not log in ({device_id})", VETO_ERRCODE)
     return None
