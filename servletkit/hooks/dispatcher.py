@@ -328,7 +328,8 @@ class Dispatcher:
             chains[hook_name] = tuple(slot for _, slot in entries)
         self._fast_chains = {
             hook: (
-                tuple((s.call, s.context, s.is_async, s.budget_s, s) for s in slots),
+                tuple((s.call if len(_spec_args(self._pm, hook)) == 2 else _packed(s.call),
+                       s.context, s.is_async, s.budget_s, s) for s in slots),
                 any(s.is_async for s in slots),
                 Outcome(hook, None, None),
                 slots[0].runs if slots else [0],
@@ -370,8 +371,9 @@ class Dispatcher:
             self._fast_chains.get(hook) or self._empty_chain(hook)
         )
         runs[0] += 1
-        subject = args[0] if args else None
-        unary = len(args) == 1  # most hooks: call(subject, context) without star-args
+        # every call is call(subject, context): the one argument of a one-argument hook
+        # (no star-args on the hot path), else the argument tuple (see _packed)
+        subject = args[0] if len(args) == 1 else args
         clock = _clock
         timed_out = _TIMED_OUT
         allowed_by: Slot | None = None
@@ -383,16 +385,16 @@ class Dispatcher:
             watch = watchdog.records.get(_task_of(watchdog.loop))  # type: ignore[arg-type]
             if watch is None or watchdog.timer is None:
                 watch = watchdog.record()
-        outer_deadline = watch[1] if watch is not None else None  # set by an enclosing call
+            outer_deadline = watch[1]  # set by an enclosing call, restored on the way out
         start = clock()
         try:
             for call, context, is_async, budget_s, slot in chain:
                 try:
                     if is_async:
                         watch[1] = start + budget_s  # type: ignore[index]
-                        answer = await (call(subject, context) if unary else call(*args, context))
+                        answer = await call(subject, context)
                     else:
-                        answer = call(subject, context) if unary else call(*args, context)
+                        answer = call(subject, context)
                 except asyncio.CancelledError:
                     if not _Watchdog.absorb(watch):
                         self._stopped_at(slots, slot)
@@ -435,7 +437,7 @@ class Dispatcher:
                     return Outcome(hook, veto, slot.plugin, event, failures)
         finally:
             if watch is not None:
-                watch[1] = outer_deadline
+                watch[1] = outer_deadline  # type: ignore[possibly-undefined]
         if modified_by is not None:
             event = args[0]
             return Outcome(hook, Modify(content=event.content), modified_by.plugin, event, failures)
@@ -606,6 +608,16 @@ def _adapt_arguments(
     return lambda *args: function(*take(args))
 
 
+def _spec_args(pm: pluggy.PluginManager, hook: str) -> tuple[str, ...]:
+    caller = getattr(pm.hook, hook, None)
+    return tuple(caller.spec.argnames) if caller is not None and caller.spec else ()
+
+
+def _packed(call: Callable[..., Any]) -> Callable[[tuple[Any, ...], Any], Any]:
+    """``call`` taking its arguments but ``context`` as one tuple (hooks of several arguments)."""
+    return lambda args, context: call(*args, context)
+
+
 def _implementations(
     pm: pluggy.PluginManager, hook: str
 ) -> list[tuple[pluggy.HookImpl, Callable[..., Any]]]:
@@ -613,7 +625,7 @@ def _implementations(
     caller = getattr(pm.hook, hook, None)
     if caller is None:
         return []
-    spec_args = tuple(caller.spec.argnames) if caller.spec else ()
+    spec_args = _spec_args(pm, hook)
     return [(impl, _adapt_arguments(impl.function, tuple(impl.argnames), spec_args))
             for impl in caller.get_hookimpls()]
 
