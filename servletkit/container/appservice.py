@@ -11,10 +11,16 @@ accepted too; if both are given they must match).
 through the ``on_send_event`` chain (``event.stage == "after_store"``) and the
 ``on_stored_event`` observers, every ephemeral item through ``on_ephemeral``,
 every hook call has returned, vetoes have been enforced (``redact`` mode), and
-then the transaction id, the plugins' store writes made meanwhile and the audit
-records were written in one SQLite commit (see :mod:`servletkit.container.store`).
-A transaction id already committed is answered ``200`` at once, whatever the
-body (the homeserver drops ephemeral data from retries), also after a restart.
+then the transaction's record, the plugins' store writes made meanwhile and the
+audit records were written in one SQLite commit (see :mod:`servletkit.container.store`).
+
+A retry is answered ``200`` at once, also after a restart. A retry is the same
+id with the same events (:func:`transaction_digest`; the homeserver drops
+ephemeral data from retries, so that may differ). The same id with other
+events is a *new* transaction: homeservers reuse ids (Synapse on SQLite numbers
+them from 1 again after a restart, because the table it counts from is emptied
+once transactions are delivered), so an id alone cannot tell. It is handled
+like any other, and a warning says the homeserver's counter went back.
 If the container dies before the commit, nothing of the transaction is recorded
 and the homeserver resends it: the plugins see its events again, and their
 store writes from the first attempt were never committed. Effects outside the
@@ -41,6 +47,7 @@ to the audit log.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import hmac
 import logging
 from collections.abc import Mapping
@@ -55,6 +62,7 @@ from servletkit.container.errors import MatrixError
 from servletkit.container.store import (
     AuditRecord,
     Batch,
+    ProcessedTransaction,
     audit_record,
     record_decision,
     unit_of_work,
@@ -94,6 +102,22 @@ def _first_present(data: dict[str, Any], keys: tuple[str, ...]) -> list[Any]:
     return []
 
 
+def transaction_digest(events: list[Any], ephemeral: list[Any]) -> str:
+    """What identifies a transaction's content, to tell a retry from a reused id.
+
+    The event ids, in order, when it has events: a retry carries the same
+    events, but not always the same ephemeral data. Without events, the
+    ephemeral data itself (a retry of such a transaction from Synapse carries
+    none, and so has nothing to deliver either).
+    """
+    if events:
+        identity = orjson.dumps([raw.get("event_id") if type(raw) is dict else None
+                                 for raw in events])
+    else:
+        identity = orjson.dumps(ephemeral, option=orjson.OPT_SORT_KEYS)
+    return hashlib.blake2b(identity, digest_size=16).hexdigest()
+
+
 class AppserviceWire:
     """The Application Service API routes of one container, and their state."""
 
@@ -104,6 +128,7 @@ class AppserviceWire:
         self._hs_token = config.hs_token.encode()
         self._lock = asyncio.Lock()
         self._online: set[str] = set()
+        self._counter_went_back = False
 
     def routes(self) -> list[BaseRoute]:
         """The routes under ``/_matrix/app/v1``."""
@@ -175,10 +200,6 @@ class AppserviceWire:
         """``PUT /transactions/{txnId}``: deliver the events once, then acknowledge."""
         self._authorize(request)
         txn_id = request.path_params["txn_id"]
-        store = self._store
-        if store.is_processed(txn_id):
-            return _ok()
-        # read and check the body before queueing: waiting for the network never holds the lock
         data = await self._read_json(request)
         if type(data) is not dict:
             raise MatrixError(400, "M_BAD_JSON", "The transaction must be a JSON object, got "
@@ -187,19 +208,36 @@ class AppserviceWire:
         if type(events) is not list:
             raise MatrixError(400, "M_BAD_JSON",
                               "The transaction needs 'events', an array of client events")
-        ephemeral = _first_present(data, _EPHEMERAL_KEYS)
-        to_device = _first_present(data, _TO_DEVICE_KEYS)
+        ephemeral = _first_present(data, _EPHEMERAL_KEYS) + _first_present(data, _TO_DEVICE_KEYS)
+        digest = transaction_digest(events, ephemeral)
+        store = self._store
+        if store.processed_digest(txn_id) == digest:  # a retry: no need to queue
+            return _ok()
         async with self._lock:
-            if store.is_processed(txn_id):  # a retry that waited for the first attempt
+            if self._is_retry(txn_id, digest):  # perhaps of an attempt that just finished
                 return _ok()
             batch = Batch()
             with unit_of_work(batch):
                 if events:
                     await self._deliver_events(txn_id, events, batch)
-                if ephemeral or to_device:
-                    await self._deliver_ephemeral(txn_id, ephemeral + to_device, batch)
-            store.commit(batch, txn_id)
+                if ephemeral:
+                    await self._deliver_ephemeral(txn_id, ephemeral, batch)
+            store.commit(batch, ProcessedTransaction(txn_id, digest))
         return _ok()
+
+    def _is_retry(self, txn_id: str, digest: str) -> bool:
+        """Whether ``txn_id`` was handled with this content; warn when its id is reused."""
+        recorded = self._store.processed_digest(txn_id)
+        if recorded == digest:
+            return True
+        if recorded is None:
+            self._counter_went_back = False
+        elif not self._counter_went_back:  # once per run of reused ids, not per transaction
+            self._counter_went_back = True
+            log.warning("transaction %.64s has the id of an earlier transaction but other "
+                        "events: the homeserver's transaction counter went back (Synapse on "
+                        "SQLite restarts it after a restart); handling it as new", txn_id)
+        return False
 
     async def _deliver_events(self, txn_id: str, events: list[Any], batch: Batch) -> None:
         dispatcher = self._container.dispatcher

@@ -118,21 +118,43 @@ def homeserver_config(
 
 @attrs.define
 class SynapseServer:
-    """A running Synapse child process."""
+    """A Synapse child process, and how to start it again (same config, port and data)."""
 
     url: str
     port: int
     workdir: Path
-    process: subprocess.Popen[bytes]
     server_name: str = "localhost"
+    python: str = sys.executable
+    env: dict[str, str] = attrs.field(factory=lambda: dict(os.environ), repr=False)
+    die_with_parent: bool = False
+    process: subprocess.Popen[bytes] | None = None
 
     @property
     def log_path(self) -> Path:
         return self.workdir / "synapse.log"
 
+    def spawn(self) -> subprocess.Popen[bytes]:
+        """Start Synapse on ``workdir/homeserver.yaml``; return without waiting."""
+        preexec = _die_with_parent if self.die_with_parent and sys.platform == "linux" else None
+        with open(self.log_path, "ab") as log:
+            self.process = subprocess.Popen(
+                [self.python, "-m", "synapse.app.homeserver", "-c",
+                 str(self.workdir / "homeserver.yaml")],
+                stdout=log, stderr=subprocess.STDOUT, env=self.env, cwd=self.workdir,
+                preexec_fn=preexec, start_new_session=self.die_with_parent,
+            )
+        return self.process
+
     def stop(self, timeout: float = 15.0) -> None:
         """SIGTERM, then SIGKILL if it has not exited within ``timeout`` seconds."""
-        stop_process(self.process, timeout)
+        if self.process is not None:
+            stop_process(self.process, timeout)
+
+    def restart(self, timeout: float = 60.0) -> None:
+        """Stop Synapse and start it again on the same port and data; wait until it answers."""
+        self.stop()
+        self.spawn()
+        self.wait_ready(timeout)
 
     def register(self, localpart: str, password: str = "servletkit-pw-1") -> dict[str, Any]:
         """Register a user with open registration; return the response (user_id, access_token)."""
@@ -145,9 +167,10 @@ class SynapseServer:
 
         Raises :class:`SynapseError` (with the log's tail) if the process has exited.
         """
-        if self.process.poll() is not None:
+        if self.process is None or self.process.poll() is not None:
+            status = None if self.process is None else self.process.returncode
             raise SynapseError(
-                f"Synapse exited with status {self.process.returncode}; log {self.log_path}:\n"
+                f"Synapse exited with status {status}; log {self.log_path}:\n"
                 + _tail(self.log_path)
             )
         try:
@@ -209,14 +232,10 @@ def launch_synapse(
         env["PYTHONPATH"] = os.pathsep.join(
             [*(str(p) for p in pythonpath), *filter(None, [env.get("PYTHONPATH")])]
         )
-    preexec = _die_with_parent if die_with_parent and sys.platform == "linux" else None
-    with open(workdir / "synapse.log", "ab") as log:
-        process = subprocess.Popen(
-            [python, "-m", "synapse.app.homeserver", "-c", str(config_path)],
-            stdout=log, stderr=subprocess.STDOUT, env=env, cwd=workdir, preexec_fn=preexec,
-            start_new_session=die_with_parent,
-        )
-    return SynapseServer(f"http://127.0.0.1:{port}", port, workdir, process, server_name)
+    server = SynapseServer(f"http://127.0.0.1:{port}", port, workdir, server_name, python, env,
+                           die_with_parent)
+    server.spawn()
+    return server
 
 
 def _die_with_parent() -> None:

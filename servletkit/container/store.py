@@ -1,4 +1,4 @@
-"""Durable state: processed transaction ids, each plugin's own data, the audit log.
+"""Durable state: processed transactions, each plugin's own data, the audit log.
 
 One interface, :class:`Store`, with an embedded default, :class:`SqliteStore`
 (the file named by ``[store] path``). Plugins see their own slice as
@@ -8,9 +8,15 @@ One interface, :class:`Store`, with an embedded default, :class:`SqliteStore`
 a :class:`Batch`: while it is current (a context variable, so it follows the
 hook calls and the tasks they start), plugin writes and audit records are held
 in memory, visible to reads in the same unit, and written in *one* SQLite
-commit together with the transaction id. So a transaction id is recorded if
+commit together with the transaction's record. So a transaction is recorded if
 and only if the data its events produced is; a crash before that commit loses
-both, and the homeserver resends the transaction. Writes outside a unit (a
+both, and the homeserver resends the transaction.
+
+**Processed transactions.** Each is recorded with its id and a digest of what
+it contained (:class:`ProcessedTransaction`), because a homeserver may reuse
+ids: Synapse on SQLite numbers them from 1 again after a restart. The wire
+tells a retry (same id, same digest) from a new transaction with a reused id
+(same id, another digest) by comparing the two. Writes outside a unit (a
 query hook, a background task after its unit ended) are committed at once.
 
 **Threading.** SQLite is called synchronously on the event loop. A commit in
@@ -28,7 +34,6 @@ import contextvars
 import json
 import sqlite3
 import time
-from collections import deque
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final, Protocol
@@ -44,7 +49,9 @@ _DELETED: Final = None
 """A pending write that deletes the key."""
 
 _SCHEMA: Final = """
-CREATE TABLE IF NOT EXISTS transactions (txn_id TEXT PRIMARY KEY, at REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS transactions (
+    txn_id TEXT PRIMARY KEY, at REAL NOT NULL, digest TEXT NOT NULL DEFAULT ''
+);
 CREATE TABLE IF NOT EXISTS plugin_data (
     plugin TEXT NOT NULL, key TEXT NOT NULL, value TEXT NOT NULL,
     PRIMARY KEY (plugin, key)
@@ -54,6 +61,19 @@ CREATE TABLE IF NOT EXISTS audit (
     decision TEXT NOT NULL, event_id TEXT, room_id TEXT, detail TEXT NOT NULL
 );
 """
+
+
+@attrs.frozen
+class ProcessedTransaction:
+    """A homeserver transaction as the store remembers it once it is handled.
+
+    ``digest`` stands for its content (see
+    :func:`servletkit.container.appservice.transaction_digest`); an empty
+    digest means "unknown" (recorded by a version that kept only ids).
+    """
+
+    txn_id: str
+    digest: str
 
 
 @attrs.frozen
@@ -112,11 +132,13 @@ class Store(Protocol):
     def close(self) -> None:
         """Release the storage."""
 
-    def is_processed(self, txn_id: str) -> bool:
-        """Whether transaction ``txn_id`` was committed (within the kept window)."""
+    def processed_digest(self, txn_id: str) -> str | None:
+        """The digest of the committed transaction ``txn_id`` (within the kept window), or
+        ``None`` if no transaction with that id was committed."""
 
-    def commit(self, batch: Batch, txn_id: str | None = None) -> None:
-        """Write ``batch`` (and record ``txn_id`` as processed) atomically; close the batch."""
+    def commit(self, batch: Batch, transaction: ProcessedTransaction | None = None) -> None:
+        """Write ``batch`` (and record ``transaction`` as processed, replacing an earlier
+        record of its id) atomically; close the batch."""
 
     def get(self, plugin: str, key: str) -> str | None:
         """The committed JSON text stored by ``plugin`` under ``key``, or ``None``."""
@@ -135,12 +157,11 @@ class StoreClosedError(RuntimeError):
 class SqliteStore:
     """The embedded store: one SQLite file in WAL mode.
 
-    Processed transaction ids are kept for the last ``transactions_kept``
-    transactions, in the table and in memory (so deduplication reads no disk).
-    That bound is safe because a homeserver only ever resends a transaction it
-    has not had a 2xx for: Synapse numbers them with an increasing integer per
-    appservice, keeps one in flight, and retries the oldest unacknowledged one
-    first, so a retried id is always newer than every id but the last few
+    Processed transactions are kept for the last ``transactions_kept``
+    commits (a lookup is one primary-key read, a few microseconds). That
+    bound is safe because a homeserver only ever resends a transaction it has
+    not had a 2xx for: Synapse keeps one in flight and retries the oldest
+    unacknowledged one first, so a retry is always among the last few
     processed. 10,000 leaves a wide margin for homeservers that pipeline.
 
     The audit log keeps the newest ``audit_kept`` records.
@@ -162,13 +183,14 @@ class SqliteStore:
         # records added since the audit log was last pruned; starts full, so the
         # first commit after a start prunes what an earlier run left
         self._audit_added = self._audit_step
+        self._transactions_step = max(1, transactions_kept // 10)
+        # like _audit_added: starts full, so the first record after a start prunes
+        self._transactions_added = self._transactions_step
         self._db: sqlite3.Connection | None = None
         self._closed = False
-        self._recent: deque[str] = deque()
-        self._recent_set: set[str] = set()
 
     def open(self) -> None:
-        """Open (creating if needed) the file, its tables, and load the kept transaction ids."""
+        """Open (creating if needed) the file and its tables."""
         if self._db is not None:
             return
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -176,12 +198,9 @@ class SqliteStore:
         db.execute("PRAGMA journal_mode=WAL")
         db.execute(f"PRAGMA synchronous={self.synchronous}")
         db.executescript(_SCHEMA)
-        rows = db.execute(
-            "SELECT txn_id FROM transactions ORDER BY rowid DESC LIMIT ?",
-            (self.transactions_kept,),
-        ).fetchall()
-        self._recent = deque(row[0] for row in reversed(rows))
-        self._recent_set = set(self._recent)
+        columns = {row[1] for row in db.execute("PRAGMA table_info(transactions)")}
+        if "digest" not in columns:  # a file written before digests were kept
+            db.execute("ALTER TABLE transactions ADD COLUMN digest TEXT NOT NULL DEFAULT ''")
         self._db = db
 
     def close(self) -> None:
@@ -200,25 +219,25 @@ class SqliteStore:
         assert self._db is not None  # internal invariant: open() sets it
         return self._db
 
-    def is_processed(self, txn_id: str) -> bool:
-        """Whether ``txn_id`` is among the kept processed transaction ids."""
-        return self._conn is not None and txn_id in self._recent_set
+    def processed_digest(self, txn_id: str) -> str | None:
+        """The digest recorded for ``txn_id`` among the kept transactions, or ``None``."""
+        row = self._conn.execute(
+            "SELECT digest FROM transactions WHERE txn_id = ?", (txn_id,)
+        ).fetchone()
+        return None if row is None else row[0]
 
-    def commit(self, batch: Batch, txn_id: str | None = None) -> None:
-        """One SQLite transaction: the plugin writes, the audit records, the transaction id."""
+    def commit(self, batch: Batch, transaction: ProcessedTransaction | None = None) -> None:
+        """One SQLite transaction: the plugin writes, the audit records, the transaction."""
         batch.open = False
         db = self._conn
-        if txn_id is not None and not batch.writes and not batch.audit:
-            # nothing but the id: one statement, committed on its own
-            db.execute("INSERT OR IGNORE INTO transactions VALUES (?, ?)", (txn_id, time.time()))
-            if txn_id not in self._recent_set:
-                self._remember(txn_id)
+        if transaction is not None and not batch.writes and not batch.audit:
+            # nothing but the transaction: one statement, committed on its own
+            self._record(db, transaction)
             return
         db.execute("BEGIN")
         try:
-            if txn_id is not None:
-                db.execute("INSERT OR IGNORE INTO transactions VALUES (?, ?)",
-                           (txn_id, time.time()))
+            if transaction is not None:
+                self._record(db, transaction)
             if batch.writes:
                 db.executemany(
                     "INSERT OR REPLACE INTO plugin_data VALUES (?, ?, ?)",
@@ -240,8 +259,18 @@ class SqliteStore:
         except BaseException:
             db.execute("ROLLBACK")
             raise
-        if txn_id is not None and txn_id not in self._recent_set:
-            self._remember(txn_id)
+
+    def _record(self, db: sqlite3.Connection, transaction: ProcessedTransaction) -> None:
+        # REPLACE gives a reused id a new rowid, so the rowid order stays the commit order
+        db.execute("INSERT OR REPLACE INTO transactions (txn_id, at, digest) VALUES (?, ?, ?)",
+                   (transaction.txn_id, time.time(), transaction.digest))
+        # prune in steps of a tenth of the window, so most commits delete nothing
+        self._transactions_added += 1
+        if self._transactions_added < self._transactions_step:
+            return
+        self._transactions_added = 0
+        db.execute("DELETE FROM transactions WHERE rowid <= "
+                   "(SELECT MAX(rowid) FROM transactions) - ?", (self.transactions_kept,))
 
     def _prune_audit(self, db: sqlite3.Connection, added: int) -> None:
         # in steps of a tenth of the bound, so most commits delete nothing
@@ -251,19 +280,6 @@ class SqliteStore:
         self._audit_added = 0
         db.execute("DELETE FROM audit WHERE id <= (SELECT MAX(id) FROM audit) - ?",
                    (self.audit_kept,))
-
-    def _remember(self, txn_id: str) -> None:
-        self._recent.append(txn_id)
-        self._recent_set.add(txn_id)
-        # prune in steps of a tenth of the window, so most commits delete nothing
-        if len(self._recent) >= self.transactions_kept + max(1, self.transactions_kept // 10):
-            while len(self._recent) > self.transactions_kept:
-                self._recent_set.discard(self._recent.popleft())
-            self._conn.execute(
-                "DELETE FROM transactions WHERE rowid <= "
-                "(SELECT MAX(rowid) FROM transactions) - ?",
-                (self.transactions_kept,),
-            )
 
     def get(self, plugin: str, key: str) -> str | None:
         """The committed JSON text of ``plugin``'s ``key``."""

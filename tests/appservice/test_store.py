@@ -8,6 +8,7 @@ from servletkit.container.store import (
     AuditRecord,
     Batch,
     PluginStore,
+    ProcessedTransaction,
     SqliteStore,
     current_batch,
     record_decision,
@@ -22,27 +23,57 @@ def store(tmp_path):
     store.close()
 
 
-class TestTransactionIds:
+def processed(n: int | str, digest: str = "d") -> ProcessedTransaction:
+    return ProcessedTransaction(str(n), digest)
+
+
+class TestProcessedTransactions:
     def test_pruned_to_the_window(self, store, tmp_path):
-        """Only about the last transactions_kept ids are remembered, in memory and on disk."""
+        """Only about the last transactions_kept transactions are remembered."""
         for n in range(35):
-            store.commit(Batch(), str(n))
-        assert store.is_processed("34")
-        assert not store.is_processed("0")
-        kept = [str(n) for n in range(35) if store.is_processed(str(n))]
+            store.commit(Batch(), processed(n))
+        assert store.processed_digest("34") == "d"
+        assert store.processed_digest("0") is None
+        kept = [str(n) for n in range(35) if store.processed_digest(str(n)) is not None]
         assert 10 <= len(kept) < 12  # pruned in steps of a tenth of the window
         assert kept == [str(n) for n in range(35 - len(kept), 35)]
         on_disk = store._conn.execute("SELECT count(*) FROM transactions").fetchone()[0]
         assert on_disk == len(kept)
 
-    def test_reopened_store_loads_the_window(self, store, tmp_path):
-        """A reopened store knows the newest transactions_kept ids."""
+    def test_reopened_store_knows_the_window(self, store, tmp_path):
+        """A reopened store knows the newest transactions_kept transactions and their digests."""
         for n in range(15):
-            store.commit(Batch(), str(n))
+            store.commit(Batch(), processed(n, f"d{n}"))
         store.close()
         reopened = SqliteStore(tmp_path / "s.db", transactions_kept=10)
-        assert [n for n in range(15) if reopened.is_processed(str(n))] == list(range(5, 15))
+        assert [reopened.processed_digest(str(n)) for n in range(15)] == (
+            [None] * 5 + [f"d{n}" for n in range(5, 15)])
         reopened.close()
+
+    def test_a_reused_id_replaces_the_record_and_counts_as_newest(self, store):
+        """After a counter reset, the id's new digest is kept and pruning keeps it longest."""
+        for n in range(1, 11):
+            store.commit(Batch(), processed(n, "before"))
+        store.commit(Batch(), processed(1, "after"))  # the homeserver counts from 1 again
+        assert store.processed_digest("1") == "after"
+        store.commit(Batch(), processed(11, "before"))
+        assert store.processed_digest("1") == "after"  # the newest, not pruned first
+        assert store.processed_digest("2") is None
+
+    def test_a_file_without_digests_is_upgraded(self, tmp_path):
+        """A store written by a version that kept only ids opens; those ids have digest ''."""
+        import sqlite3
+
+        db = sqlite3.connect(tmp_path / "old.db")
+        db.execute("CREATE TABLE transactions (txn_id TEXT PRIMARY KEY, at REAL NOT NULL)")
+        db.execute("INSERT INTO transactions VALUES ('7', 0)")
+        db.commit()
+        db.close()
+        store = SqliteStore(tmp_path / "old.db")
+        assert store.processed_digest("7") == ""
+        store.commit(Batch(), processed(8, "new"))
+        assert store.processed_digest("8") == "new"
+        store.close()
 
     def test_commit_is_atomic(self, store):
         """If the commit fails, neither the id nor the writes are recorded."""
@@ -52,8 +83,8 @@ class TestTransactionIds:
             plugin.put("k", "v")
         batch.audit.append(AuditRecord("p", "on_send_event", "veto", detail=object()))  # unbindable
         with pytest.raises(Exception, match="type"):
-            store.commit(batch, "t1")
-        assert not store.is_processed("t1")
+            store.commit(batch, processed("t1"))
+        assert store.processed_digest("t1") is None
         assert plugin.get("k") is None
 
 
@@ -140,9 +171,9 @@ def test_a_closed_store_is_not_reopened(tmp_path):
     from servletkit.container.store import StoreClosedError
 
     store = SqliteStore(tmp_path / "c.db")
-    store.commit(Batch(), "t1")
+    store.commit(Batch(), processed("t1"))
     store.close()
     with pytest.raises(StoreClosedError, match="is closed"):
         PluginStore(store, "p").put("k", "v")
     with pytest.raises(StoreClosedError):
-        store.is_processed("t1")
+        store.processed_digest("t1")

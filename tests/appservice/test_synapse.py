@@ -119,3 +119,49 @@ async def test_sigkill_mid_stream_loses_and_duplicates_nothing(deployment, alice
     await asyncio.sleep(0.3)  # nothing is delivered a second time later either
     seen = deployment.plugin_data("seen/")
     assert {event_id: seen[event_id] for event_id in sent} == dict.fromkeys(sent, 1)
+
+
+async def send_until_seen(deployment, alice, room_id: str, count: int, label: str) -> list[str]:
+    """Send ``count`` messages and wait until the plugin has observed each of them."""
+    sent = [await alice.send(room_id, f"{label} {i}") for i in range(count)]
+    await eventually(lambda: set(sent) <= deployment.plugin_data("seen/").keys(), within=30)
+    return sent
+
+
+def counted_once(deployment, sent: list[str]) -> dict[str, int]:
+    seen = deployment.plugin_data("seen/")
+    return {event_id: seen.get(event_id, 0) for event_id in sent}
+
+
+async def test_a_restarted_homeserver_reuses_ids_and_nothing_is_dropped(deployment, alice):
+    """Synapse on SQLite numbers transactions from 1 again after a restart: the container, still
+    running, tells the reused ids from retries and observes every new message once."""
+    assert deployment.synapse is not None
+    room_id = await alice.room_with_bot(deployment.bot_id)
+    sent = await send_until_seen(deployment, alice, room_id, 3, "before restart")
+    log = deployment.workdir / "container.log"
+    warnings_before = log.read_text().count("transaction counter went back")
+    await asyncio.to_thread(deployment.synapse.restart)
+    sent += await send_until_seen(deployment, alice, room_id, 5, "after restart")
+    await asyncio.sleep(0.3)  # nothing is delivered a second time later either
+    assert counted_once(deployment, sent) == dict.fromkeys(sent, 1)
+    # the ids were reused indeed (else this test would not show anything)
+    assert log.read_text().count("transaction counter went back") > warnings_before
+
+
+async def test_both_restarted_as_servletkit_dev_does(deployment, alice):
+    """Container and homeserver stopped, then both started again (what Ctrl-C and a new
+    `servletkit dev` do): every message is observed exactly once, before and after."""
+    assert deployment.synapse is not None
+    room_id = await alice.room_with_bot(deployment.bot_id)
+    sent = await send_until_seen(deployment, alice, room_id, 3, "first life")
+    for life in ("second life", "third life"):
+        await asyncio.to_thread(deployment.stop_container)
+        await asyncio.to_thread(deployment.synapse.stop)
+        await asyncio.to_thread(deployment.start_container)
+        await asyncio.to_thread(deployment.synapse.restart)
+        sent += await send_until_seen(deployment, alice, room_id, 3, life)
+    await asyncio.sleep(0.3)
+    assert counted_once(deployment, sent) == dict.fromkeys(sent, 1)
+    # and nothing the session delivered before was counted twice either
+    assert set(deployment.plugin_data("seen/").values()) == {1}

@@ -52,15 +52,57 @@ class FakeHomeserver:
 
 
 class TestExactlyOnce:
-    async def test_retried_id_is_not_delivered_again(self, make_wire):
-        """A retried transaction id is answered 200 and its (possibly different) body ignored."""
+    async def test_a_retry_is_not_delivered_again(self, make_wire):
+        """The same id with the same events is answered 200 and not delivered again, even
+        when its ephemeral data differs (homeservers drop it from retries)."""
         recorder = Recorder()
         _, client = await make_wire({"rec": recorder})
-        first, other = new_event(), new_event()
-        assert (await put(client, "5", {"events": [first]})).status_code == 200
-        response = await put(client, "5", {"events": [first, other]})
+        first = new_event()
+        typing = {"type": "m.typing", "room_id": "!room:localhost", "content": {}, "n": 1}
+        body = {"events": [first], "ephemeral": [typing]}
+        assert (await put(client, "5", body)).status_code == 200
+        response = await put(client, "5", {"events": [first]})
         assert (response.status_code, response.json()) == (200, {})
         assert recorder.seen == [("!room:localhost", first["event_id"])]
+        assert recorder.ephemeral == [("m.typing", 1)]
+
+    async def test_a_reused_id_with_other_events_is_a_new_transaction(self, make_wire, caplog):
+        """After the homeserver's counter went back (a Synapse restart), the same ids carry new
+        events: they are delivered, with one warning for the run of reused ids."""
+        recorder = Recorder()
+        _, client = await make_wire({"rec": recorder})
+        before = [new_event() for _ in range(3)]
+        for n, event in enumerate(before, start=1):
+            assert (await put(client, str(n), {"events": [event]})).status_code == 200
+        after = [new_event() for _ in range(3)]
+        for n, event in enumerate(after, start=1):  # the counter starts from 1 again
+            assert (await put(client, str(n), {"events": [event]})).status_code == 200
+        assert [event_id for _, event_id in recorder.seen] == [
+            e["event_id"] for e in before + after]
+        warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+        assert len(warnings) == 1
+        assert "transaction counter went back" in warnings[0]
+
+    async def test_a_retry_after_a_reset_is_not_delivered_again(self, make_wire):
+        """A retry of a transaction whose id was reused is a retry of the new one."""
+        recorder = Recorder()
+        _, client = await make_wire({"rec": recorder})
+        old, new = new_event(), new_event()
+        await put(client, "1", {"events": [old]})
+        await put(client, "1", {"events": [new]})
+        await put(client, "1", {"events": [new]})
+        await put(client, "1", {"events": [old]})  # an id reused twice over is new again
+        assert [event_id for _, event_id in recorder.seen] == [
+            old["event_id"], new["event_id"], old["event_id"]]
+
+    async def test_ephemeral_only_transactions_with_a_reused_id_are_delivered(self, make_wire):
+        """Without events, a transaction is told apart by its ephemeral data."""
+        recorder = Recorder()
+        _, client = await make_wire({"rec": recorder})
+        for n in (1, 2, 2):
+            typing = {"type": "m.typing", "room_id": "!r:localhost", "content": {}, "n": n}
+            await put(client, "1", {"events": [], "ephemeral": [typing]})
+        assert recorder.ephemeral == [("m.typing", 1), ("m.typing", 2)]
 
     async def test_a_retry_racing_the_first_attempt_is_not_delivered_twice(self, make_wire):
         """The same id sent while the first attempt still runs waits for it, then is a no-op."""
@@ -131,7 +173,7 @@ class TestExactlyOnce:
 
         container, client = await make_wire({"broken": Broken()})
         assert (await put(client, "1", {"events": [new_event()]})).status_code == 200
-        assert container.store.is_processed("1")
+        assert container.store.processed_digest("1") is not None
 
 
 class TestDecisions:

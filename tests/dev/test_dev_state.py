@@ -215,7 +215,8 @@ class TestFailuresAreOneMessage:
                  "--directory", str(workdir / "docroot")],
                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
             )
-            launched.append(SynapseServer(f"http://127.0.0.1:{port}", port, workdir, process))
+            launched.append(SynapseServer(f"http://127.0.0.1:{port}", port, workdir,
+                                          process=process))
             return launched[-1]
 
         monkeypatch.setattr(dev, "launch_synapse", fake_synapse)
