@@ -134,8 +134,8 @@ class StoreConfig:
     ``path`` is relative to the config file. ``synchronous``: ``"normal"``
     (a commit survives the container process crashing; the default) or
     ``"full"`` (it also survives the machine losing power, at the cost of an
-    fsync per commit). ``transactions_kept``: how many processed transaction
-    ids are remembered for deduplication. ``audit_kept``: how many of the
+    fsync per commit). ``transactions_kept``: how many processed transactions
+    (id and digest) are remembered for deduplication. ``audit_kept``: how many of the
     newest audit records are kept (older ones are deleted).
     """
 
