@@ -13,7 +13,12 @@ Conversation:
    container compares the secret in constant time and answers
    ``{"op": "hello", "protocol": 1}``, or an error frame (below) and closes.
 2. Then any number of requests, concurrently. A request is
-   ``{"id": N, "op": OP, ...fields}`` with ``OP`` one of :data:`OPS`; the
+   ``{"id": N, "op": OP, ...fields}``, where the hook table
+   (:data:`servletkit.hooks.specs.HOOKS`) gives each interception hook's op and
+   fields (a :class:`~servletkit.hooks.table.ModuleCall`): ``event``:
+   ``{"event": <client event>}``; ``join``: ``{"user_id", "room_id"}``;
+   ``invite``: ``{"inviter_id", "invitee_id", "room_id"}``; ``create_room``:
+   ``{"user_id", "request"}``; ``connect``: ``{"user_id", "device_id"}``. The
    container answers each, in any order, with the same ``id``:
 
    * ``{"id": N}`` — go ahead (every plugin allowed, or none had an opinion);
@@ -40,21 +45,6 @@ MAX_FRAME: Final = 8 * 1024 * 1024
 
 HEADER: Final = struct.Struct(">I")
 """The length prefix of a frame."""
-
-OPS: Final = {
-    "event": "on_send_event",
-    "join": "on_join_room",
-    "invite": "on_invite",
-    "create_room": "on_create_room",
-    "connect": "on_connect_event_stream",
-}
-"""Request ops and the interception hook each one runs in the container.
-
-``event``: ``{"event": <client event>}``; ``join``: ``{"user_id", "room_id"}``;
-``invite``: ``{"inviter_id", "invitee_id", "room_id"}``; ``create_room``:
-``{"user_id", "request"}``; ``connect``: ``{"user_id", "device_id"}``.
-"""
-
 
 class ProtocolError(ValueError):
     """A frame that breaks the protocol; the connection cannot go on."""

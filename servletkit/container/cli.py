@@ -58,6 +58,12 @@ def cmd_plugins(args: argparse.Namespace) -> int:
     open their connections or write their data (``servletkit check`` starts them).
     """
     _, container = _load(args.config)
+    print(plugins_table(container))
+    return 0
+
+
+def plugins_table(container: Container) -> str:
+    """The text of ``servletkit plugins``: one row per plugin the container knows."""
     rows = [("NAME", "DISTRIBUTION", "HOOKS", "ENABLED", "ORDER", "STATUS")]
     for status in container.statuses():
         dist = f"{status.distribution} {status.version}" if status.distribution else "-"
@@ -69,10 +75,11 @@ def cmd_plugins(args: argparse.Namespace) -> int:
              "yes" if status.enabled else "no", str(status.order), state)
         )
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]) - 1)]
-    for row in rows:
-        print("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=False))
-              + "  " + row[-1])
-    return 0
+    return "\n".join(
+        "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=False))
+        + "  " + row[-1]
+        for row in rows
+    )
 
 
 def cmd_check(args: argparse.Namespace) -> int:

@@ -20,6 +20,8 @@ from typing import Any, Literal
 
 import attrs
 
+from servletkit.hooks import specs
+
 
 class ConfigError(Exception):
     """The config file is unreadable or invalid. ``key`` is the dotted path of the culprit."""
@@ -169,16 +171,15 @@ class CallbackPolicy:
             raise ValueError(f"timeout_ms: must be positive, got {value:g}")
 
 
-@attrs.frozen
-class ModuleCallbacks:
-    """``[module.callbacks]``: a :class:`CallbackPolicy` per Synapse callback the module uses."""
-
-    check_event_allowed: CallbackPolicy = CallbackPolicy()
-    check_event_for_spam: CallbackPolicy = CallbackPolicy()
-    user_may_join_room: CallbackPolicy = CallbackPolicy()
-    user_may_invite: CallbackPolicy = CallbackPolicy()
-    user_may_create_room: CallbackPolicy = CallbackPolicy()
-    check_login_for_spam: CallbackPolicy = CallbackPolicy()
+ModuleCallbacks = attrs.make_class(
+    "ModuleCallbacks",
+    {name: attrs.field(type=CallbackPolicy, default=CallbackPolicy())
+     for name in specs.HOOKS.synapse_callbacks},
+    frozen=True,
+)
+ModuleCallbacks.__module__ = __name__
+ModuleCallbacks.__doc__ = """``[module.callbacks]``: a :class:`CallbackPolicy` per Synapse
+callback the module uses (fields derived from the hook table, :data:`specs.HOOKS`)."""
 
 
 @attrs.frozen
@@ -194,7 +195,8 @@ class ModuleConfig:
     host: str = "127.0.0.1"
     port: int = attrs.field(default=8091, validator=_tcp_port)
     secret: str = attrs.field(default="", repr=False, validator=_secret_when_enabled)
-    callbacks: ModuleCallbacks = ModuleCallbacks()
+    callbacks: ModuleCallbacks = attrs.field(  # type: ignore[valid-type]
+        factory=ModuleCallbacks)
 
 
 @attrs.frozen

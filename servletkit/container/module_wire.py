@@ -35,10 +35,11 @@ from servletkit.container.store import AuditRecord, Store, audit_record, record_
 from servletkit.hooks.decisions import Modify, Veto
 from servletkit.hooks.dispatcher import Dispatcher, Outcome, run_eagerly
 from servletkit.hooks.events import Event, EventFormatError
+from servletkit.hooks.specs import HOOKS
+from servletkit.hooks.table import FieldKind, HookTable
 from servletkit.module_protocol import (
     HEADER,
     MAX_FRAME,
-    OPS,
     PROTOCOL_VERSION,
     ProtocolError,
     decode,
@@ -60,43 +61,56 @@ class BadRequest(ValueError):
     """A request whose fields are missing or of the wrong type."""
 
 
-def _string(message: Mapping[str, Any], key: str, *, optional: bool = False) -> Any:
+def _string(message: Mapping[str, Any], key: str) -> str:
     value = message.get(key)
-    if value is None and optional:
-        return None
     if not isinstance(value, str):
         raise BadRequest(f"{key}: must be a string, got {type(value).__name__}")
     return value
 
 
-def _event_args(message: Mapping[str, Any]) -> tuple[Any, ...]:
+def _optional_string(message: Mapping[str, Any], key: str) -> str | None:
+    return None if message.get(key) is None else _string(message, key)
+
+
+def _object(message: Mapping[str, Any], key: str) -> Mapping[str, Any]:
+    value = message.get(key)
+    if not isinstance(value, Mapping):
+        raise BadRequest(f"{key}: must be an object, got {type(value).__name__}")
+    return value
+
+
+def _event(message: Mapping[str, Any], key: str) -> Event:
     try:
-        return (Event.from_json(message.get("event"), stage="before_store"),)
+        return Event.from_json(message.get(key), stage="before_store")
     except EventFormatError as exc:
-        raise BadRequest(f"event.{exc.field}: {exc.problem}") from None
+        raise BadRequest(f"{key}.{exc.field}: {exc.problem}") from None
 
 
-def _create_room_args(message: Mapping[str, Any]) -> tuple[Any, ...]:
-    request = message.get("request")
-    if not isinstance(request, Mapping):
-        raise BadRequest(f"request: must be an object, got {type(request).__name__}")
-    return (_string(message, "user_id"), request)
-
-
-_ARGUMENTS: Final[dict[str, Callable[[Mapping[str, Any]], tuple[Any, ...]]]] = {
-    "on_send_event": _event_args,
-    "on_join_room": lambda m: (_string(m, "user_id"), _string(m, "room_id")),
-    "on_invite": lambda m: (
-        _string(m, "inviter_id"), _string(m, "invitee_id"), _string(m, "room_id")
-    ),
-    "on_create_room": _create_room_args,
-    "on_connect_event_stream": lambda m: (
-        _string(m, "user_id"), _string(m, "device_id", optional=True)
-    ),
+_FIELD_READERS: Final[dict[FieldKind, Callable[[Mapping[str, Any], str], Any]]] = {
+    "event": _event, "str": _string, "optional_str": _optional_string, "object": _object,
 }
-"""How each op's hook gets its arguments from the request (keyed by hook: the op is
-looked up once, when the frame arrives)."""
-assert set(_ARGUMENTS) == set(OPS.values())
+"""How a request field of each kind (:data:`~servletkit.hooks.table.FieldKind`) is read."""
+
+
+@attrs.frozen
+class Operation:
+    """One module-wire op, ready to answer: its hook and how to read the hook's arguments."""
+
+    hook: str
+    readers: tuple[tuple[str, Callable[[Mapping[str, Any], str], Any]], ...]
+
+    @classmethod
+    def table(cls, hooks: HookTable) -> dict[str, Operation]:
+        """Every op of the hook table → its :class:`Operation`."""
+        return {
+            op: cls(facts.name, tuple((name, _FIELD_READERS[kind])
+                                      for name, kind in facts.module.fields))
+            for op, facts in hooks.module_ops.items() if facts.module is not None
+        }
+
+    def arguments(self, message: Mapping[str, Any]) -> tuple[Any, ...]:
+        """The hook's arguments from a request; :class:`BadRequest` names a wrong field."""
+        return tuple(read(message, name) for name, read in self.readers)
 
 
 def encode(message: Mapping[str, Any]) -> bytes:
@@ -133,10 +147,13 @@ def reply_for(request_id: int, outcome: Outcome) -> dict[str, Any]:
 class ModuleWire:
     """Answers module requests with the container's dispatcher; owns the open connections."""
 
-    def __init__(self, dispatcher: Dispatcher, secret: str, store: Store) -> None:
+    def __init__(
+        self, dispatcher: Dispatcher, secret: str, store: Store, hooks: HookTable = HOOKS
+    ) -> None:
         self.dispatcher = dispatcher
         self._secret = secret.encode()
         self._store = store
+        self.operations = Operation.table(hooks)
         self.connections: set[ModuleConnection] = set()
 
     def protocol(self) -> ModuleConnection:
@@ -147,18 +164,20 @@ class ModuleWire:
         """Whether ``secret`` is the shared secret (constant-time comparison)."""
         return isinstance(secret, str) and hmac.compare_digest(secret.encode(), self._secret)
 
-    async def answer(self, message: Mapping[str, Any], hook: str | None) -> bytes:
-        """The encoded answer frame to one request (``hook``: its op's hook, ``None`` if
+    async def answer(self, message: Mapping[str, Any], operation: Operation | None) -> bytes:
+        """The encoded answer frame to one request (``operation``: its op's, ``None`` if
         the op is unknown). Never raises: every failure becomes an error frame."""
         request_id = message.get("id")
         if type(request_id) is not int:
             return encode(_error(None, "M_BAD_JSON", f"id: must be an integer, got "
                                  f"{request_id!r:.100}"))
-        if hook is None:
+        if operation is None:
+            known = ", ".join(self.operations)
             return encode(_error(request_id, "M_UNRECOGNIZED", f"op: unknown operation "
-                                 f"{message.get('op')!r:.100} (known: {', '.join(OPS)})"))
+                                 f"{message.get('op')!r:.100} (known: {known})"))
+        hook = operation.hook
         try:
-            args = _ARGUMENTS[hook](message)
+            args = operation.arguments(message)
         except BadRequest as exc:
             return encode(_error(request_id, "M_BAD_JSON", f"{message['op']}: {exc}"))
         try:
@@ -280,14 +299,14 @@ class ModuleConnection(asyncio.Protocol):
             self._hello(message)
             return
         op = message.get("op")
-        hook = OPS.get(op) if type(op) is str else None
-        if hook is None or self._wire.dispatcher.all_sync(hook):
-            done, answer = run_eagerly(self._wire.answer(message, hook))
+        operation = self._wire.operations.get(op) if type(op) is str else None
+        if operation is None or self._wire.dispatcher.all_sync(operation.hook):
+            done, answer = run_eagerly(self._wire.answer(message, operation))
             if done:
                 self._write(answer)
                 return
         else:
-            answer = self._wire.answer(message, hook)
+            answer = self._wire.answer(message, operation)
         task = asyncio.ensure_future(self._respond(answer))
         self.tasks.add(task)
         task.add_done_callback(self.tasks.discard)
@@ -340,7 +359,7 @@ async def module_listener(container: Container) -> AsyncIterator[None]:
     if not settings.enabled:
         yield
         return
-    wire = ModuleWire(container.dispatcher, settings.secret, container.store)
+    wire = ModuleWire(container.dispatcher, settings.secret, container.store, container.hooks)
     try:
         server = await asyncio.get_running_loop().create_server(
             wire.protocol, settings.host, settings.port

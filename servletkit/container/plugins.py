@@ -17,16 +17,11 @@ from typing import Any, Final, Literal
 import attrs
 import pluggy
 
-from servletkit.hooks import specs
 from servletkit.hooks.markers import PROJECT_NAME
+from servletkit.hooks.specs import HOOKS
+from servletkit.hooks.table import HookTable
 
 ENTRY_POINT_GROUP: Final = "servletkit.plugins"
-
-HOOK_NAMES: Final = frozenset(
-    specs.INTERCEPTION_HOOKS | specs.OBSERVATION_HOOKS | specs.QUERY_HOOKS
-    | specs.LIFECYCLE_HOOKS
-)
-
 
 @attrs.frozen
 class PluginSource:
@@ -78,10 +73,11 @@ def installed_plugins() -> dict[str, PluginSource]:
     return found
 
 
-def new_plugin_manager() -> pluggy.PluginManager:
-    """A plugin manager with servletkit's hook specifications, and no plugins."""
+def new_plugin_manager(hooks: HookTable = HOOKS) -> pluggy.PluginManager:
+    """A plugin manager with the specifications of ``hooks``, and no plugins."""
     pm = pluggy.PluginManager(PROJECT_NAME)
-    pm.add_hookspecs(specs)
+    for module in hooks.modules:
+        pm.add_hookspecs(module)
     return pm
 
 
@@ -97,22 +93,20 @@ def register(pm: pluggy.PluginManager, source: PluginSource) -> Any:
         pm.register(obj, name=source.name)
     except pluggy.PluginValidationError as exc:
         raise PluginRejected(f"plugin {source.name!r}: {exc}") from None
-    unknown = sorted(
-        hook.name
-        for hook in pm.get_hookcallers(obj) or ()
-        if hook.name not in HOOK_NAMES
-    )
+    unknown = sorted(hook.name for hook in pm.get_hookcallers(obj) or () if hook.spec is None)
     if unknown:
         pm.unregister(obj)
+        known = sorted(name for name, hook in vars(pm.hook).items()
+                       if isinstance(hook, pluggy.HookCaller) and hook.spec is not None)
         raise PluginRejected(
             f"plugin {source.name!r} implements unknown hooks: "
-            + "; ".join(_unknown_hook_hint(name) for name in unknown)
+            + "; ".join(_unknown_hook_hint(name, known) for name in unknown)
         )
     return obj
 
 
-def _unknown_hook_hint(name: str) -> str:
-    close = difflib.get_close_matches(name, sorted(HOOK_NAMES), n=1)
+def _unknown_hook_hint(name: str, known: list[str]) -> str:
+    close = difflib.get_close_matches(name, known, n=1)
     return f"{name} (did you mean {close[0]}?)" if close else name
 
 

@@ -24,6 +24,8 @@ from servletkit.container.plugins import (
 )
 from servletkit.container.store import PluginStore, SqliteStore, Store
 from servletkit.hooks.dispatcher import Dispatcher, PluginPolicy, await_me_maybe, iter_plugin_impls
+from servletkit.hooks.specs import HOOKS
+from servletkit.hooks.table import HookTable
 
 log = logging.getLogger("servletkit.container")
 
@@ -56,7 +58,8 @@ class Container:
 
     ``extra_plugins`` are plugin sources handed in directly (tests, embedding)
     in addition to the installed entry points (which ``include_installed=False``
-    leaves out). Nothing happens at construction;
+    leaves out). ``hooks`` is the hook table (default: :data:`specs.HOOKS`; a
+    test may extend it). Nothing happens at construction;
     :meth:`load` imports and registers, :meth:`start` runs ``servlet_init``,
     :meth:`stop` runs ``servlet_destroy``.
     """
@@ -68,8 +71,10 @@ class Container:
         *,
         include_installed: bool = True,
         store: Store | None = None,
+        hooks: HookTable = HOOKS,
     ) -> None:
         self.config = config
+        self.hooks = hooks
         self._include_installed = include_installed
         self.store: Store = store or SqliteStore(
             config.resolve(config.store.path),
@@ -77,8 +82,8 @@ class Container:
             transactions_kept=config.store.transactions_kept,
             audit_kept=config.store.audit_kept,
         )
-        self.pm = new_plugin_manager()
-        self.dispatcher = Dispatcher(self.pm)
+        self.pm = new_plugin_manager(hooks)
+        self.dispatcher = Dispatcher(self.pm, hooks)
         self.errors: list[PluginError] = []
         self._extra = tuple(extra_plugins)
         self._sources: dict[str, PluginSource] = {}

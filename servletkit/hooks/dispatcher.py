@@ -27,12 +27,8 @@ import attrs
 import pluggy
 
 from servletkit.hooks.decisions import Allow, Decision, Modify, Veto
-from servletkit.hooks.specs import (
-    INTERCEPTION_HOOKS,
-    MODIFIABLE_HOOKS,
-    OBSERVATION_HOOKS,
-    QUERY_HOOKS,
-)
+from servletkit.hooks.specs import HOOKS
+from servletkit.hooks.table import HookTable
 
 log = logging.getLogger("servletkit.dispatcher")
 
@@ -287,8 +283,10 @@ class Dispatcher:
     chains they started with.
     """
 
-    def __init__(self, pm: pluggy.PluginManager) -> None:
+    def __init__(self, pm: pluggy.PluginManager, hooks: HookTable = HOOKS) -> None:
         self._pm = pm
+        self._hooks = hooks
+        self._modifiable = hooks.modifiable
         self._chains: dict[str, tuple[Slot, ...]] = {}
         # per hook: ((call, context, is_async, budget_s, slot), ...), "has an async slot",
         # the outcome when nobody has an opinion (built once), the run counter, the slots
@@ -304,7 +302,7 @@ class Dispatcher:
         ``position`` (the plugin's place in the config), then name.
         """
         chains: dict[str, tuple[Slot, ...]] = {}
-        for hook_name in INTERCEPTION_HOOKS | OBSERVATION_HOOKS | QUERY_HOOKS:
+        for hook_name in self._hooks.of_kind("interception", "observation", "query"):
             entries = []
             for impl, call in _implementations(self._pm, hook_name):
                 if impl.plugin_name not in plugins:
@@ -363,7 +361,7 @@ class Dispatcher:
     async def intercept(self, hook: str, *args: Any) -> Outcome:
         """Run the interception chain of ``hook``; ``args`` are its arguments but ``context``.
 
-        For :data:`MODIFIABLE_HOOKS` the first argument is the event; a ``Modify``
+        For a modifiable hook (the hook table's) the first argument is the event; a ``Modify``
         replaces its content for the plugins after it, and the outcome's ``event``
         is the modified event.
         """
@@ -421,7 +419,7 @@ class Dispatcher:
                     self._stopped_at(slots, slot)
                     event = args[0] if modified_by is not None else None
                     return Outcome(hook, answer, slot.plugin, event, failures)
-                if kind is Modify and hook in MODIFIABLE_HOOKS:
+                if kind is Modify and hook in self._modifiable:
                     subject = subject.with_content(answer.content)
                     args = (subject, *args[1:])
                     modified_by = slot

@@ -31,10 +31,19 @@ Two kinds of hooks:
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, Final
 
-from servletkit.hooks.markers import hookspec
+from servletkit.hooks.table import (
+    HookTable,
+    ModuleCall,
+    SynapseCallback,
+    interception,
+    lifecycle,
+    observation,
+    query,
+)
 
 if TYPE_CHECKING:
     from servletkit.container.context import PluginContext
@@ -46,7 +55,7 @@ if TYPE_CHECKING:
 # -------------------------------------------------------------------------
 
 
-@hookspec
+@lifecycle
 def servlet_init(context: PluginContext) -> None:
     """Prepare the plugin before it receives its first event.
 
@@ -59,7 +68,7 @@ def servlet_init(context: PluginContext) -> None:
     """
 
 
-@hookspec
+@lifecycle
 def servlet_destroy(context: PluginContext) -> None:
     """Release what :func:`servlet_init` acquired.
 
@@ -77,7 +86,13 @@ def servlet_destroy(context: PluginContext) -> None:
 # -------------------------------------------------------------------------
 
 
-@hookspec
+@interception(modifiable=True, module=ModuleCall(
+    "event", (("event", "event"),),
+    (SynapseCallback("check_event_allowed", "third_party_rules"),
+     # only remote events reach it here, and refusing one soft-fails and redacts it for
+     # good: it fails open, as synapse-http-antispam does
+     SynapseCallback("check_event_for_spam", "spam_checker", fail_open=True)),
+))
 def on_send_event(event: Event, context: PluginContext) -> Decision | None:
     """Decide on an event sent into a room: a message, a state event, a membership.
 
@@ -101,7 +116,10 @@ def on_send_event(event: Event, context: PluginContext) -> Decision | None:
     """
 
 
-@hookspec
+@interception(module=ModuleCall(
+    "join", (("user_id", "str"), ("room_id", "str")),
+    (SynapseCallback("user_may_join_room", "spam_checker"),),
+))
 def on_join_room(user_id: str, room_id: str, context: PluginContext) -> Decision | None:
     """Decide whether a user may join a room.
 
@@ -119,7 +137,10 @@ def on_join_room(user_id: str, room_id: str, context: PluginContext) -> Decision
     """
 
 
-@hookspec
+@interception(module=ModuleCall(
+    "invite", (("inviter_id", "str"), ("invitee_id", "str"), ("room_id", "str")),
+    (SynapseCallback("user_may_invite", "spam_checker"),),
+))
 def on_invite(
     inviter_id: str, invitee_id: str, room_id: str, context: PluginContext
 ) -> Decision | None:
@@ -136,7 +157,10 @@ def on_invite(
     """
 
 
-@hookspec
+@interception(module=ModuleCall(
+    "create_room", (("user_id", "str"), ("request", "object")),
+    (SynapseCallback("user_may_create_room", "spam_checker"),),
+))
 def on_create_room(
     user_id: str, request: Mapping[str, Any], context: PluginContext
 ) -> Decision | None:
@@ -152,7 +176,10 @@ def on_create_room(
     """
 
 
-@hookspec
+@interception(module=ModuleCall(
+    "connect", (("user_id", "str"), ("device_id", "optional_str")),
+    (SynapseCallback("check_login_for_spam", "spam_checker"),),
+))
 def on_connect_event_stream(
     user_id: str, device_id: str | None, context: PluginContext
 ) -> Decision | None:
@@ -175,7 +202,7 @@ def on_connect_event_stream(
 # -------------------------------------------------------------------------
 
 
-@hookspec
+@observation
 def on_stored_event(event: Event, context: PluginContext) -> None:
     """Observe an event the homeserver has stored.
 
@@ -193,7 +220,7 @@ def on_stored_event(event: Event, context: PluginContext) -> None:
     """
 
 
-@hookspec
+@observation
 def on_ephemeral(data: Ephemeral, context: PluginContext) -> None:
     """Observe data that is not stored in room history.
 
@@ -210,7 +237,7 @@ def on_ephemeral(data: Ephemeral, context: PluginContext) -> None:
 # -------------------------------------------------------------------------
 
 
-@hookspec
+@query
 def on_query_user(user_id: str, context: PluginContext) -> bool | None:
     """Say whether a user in the appservice's namespace exists, creating it if it should.
 
@@ -230,7 +257,7 @@ def on_query_user(user_id: str, context: PluginContext) -> bool | None:
     """
 
 
-@hookspec
+@query
 def on_query_alias(alias: str, context: PluginContext) -> bool | None:
     """Say whether an alias in the appservice's namespace exists, creating the room if it should.
 
@@ -248,7 +275,7 @@ def on_query_alias(alias: str, context: PluginContext) -> bool | None:
     """
 
 
-@hookspec
+@query
 def on_thirdparty_protocol(protocol: str, context: PluginContext) -> Mapping[str, Any] | None:
     """Describe a third-party protocol the appservice bridges (``irc``, ``xmpp``, …).
 
@@ -263,7 +290,7 @@ def on_thirdparty_protocol(protocol: str, context: PluginContext) -> Mapping[str
     """
 
 
-@hookspec
+@query
 def on_thirdparty_lookup(
     kind: str, protocol: str | None, fields: Mapping[str, str], context: PluginContext
 ) -> list[Mapping[str, Any]] | None:
@@ -285,21 +312,20 @@ def on_thirdparty_lookup(
     """
 
 
-INTERCEPTION_HOOKS: Final = frozenset(
-    {"on_send_event", "on_join_room", "on_invite", "on_create_room", "on_connect_event_stream"}
-)
+HOOKS: Final = HookTable.from_modules(sys.modules[__name__])
+"""Every hook above with its facts; the tables below and the wires' tables derive from it."""
+
+INTERCEPTION_HOOKS: Final = HOOKS.of_kind("interception")
 """Hooks whose answer is a decision, run as a chain by the dispatcher."""
 
-MODIFIABLE_HOOKS: Final = frozenset({"on_send_event"})
+MODIFIABLE_HOOKS: Final = HOOKS.modifiable
 """Interception hooks whose first argument is an event that ``Modify`` may change."""
 
-OBSERVATION_HOOKS: Final = frozenset({"on_stored_event", "on_ephemeral"})
+OBSERVATION_HOOKS: Final = HOOKS.of_kind("observation")
 """Hooks whose return value is ignored, run concurrently by the dispatcher."""
 
-QUERY_HOOKS: Final = frozenset(
-    {"on_query_user", "on_query_alias", "on_thirdparty_protocol", "on_thirdparty_lookup"}
-)
+QUERY_HOOKS: Final = HOOKS.of_kind("query")
 """Hooks that answer a question, asked plugin by plugin until one answers (first wins)."""
 
-LIFECYCLE_HOOKS: Final = frozenset({"servlet_init", "servlet_destroy"})
+LIFECYCLE_HOOKS: Final = HOOKS.of_kind("lifecycle")
 """Hooks the container calls once per plugin instance."""

@@ -51,6 +51,7 @@ from synapse.module_api.errors import Codes, ConfigError, SynapseError
 from twisted.internet import defer, reactor
 
 from servletkit.hooks.decisions import Allow, Modify, Veto
+from servletkit.hooks.specs import HOOKS
 from servletkit.synapse.client import ContainerClient
 from servletkit.synapse.settings import ModuleSettings, SettingsError, parse_settings
 
@@ -121,14 +122,15 @@ class ServletkitModule:
         self._policies = config.policies
         self._client = ContainerClient(reactor, config.host, config.port, config.secret)
         self._failures: dict[str, tuple[float, int]] = {}
-        api.register_third_party_rules_callbacks(check_event_allowed=self.check_event_allowed)
-        api.register_spam_checker_callbacks(
-            check_event_for_spam=self.check_event_for_spam,
-            user_may_join_room=self.user_may_join_room,
-            user_may_invite=self.user_may_invite,
-            user_may_create_room=self.user_may_create_room,
-            check_login_for_spam=self.check_login_for_spam,
-        )
+        # each Synapse callback of the hook table: its op, and the method that adapts it
+        self._ops: dict[str, str] = {}
+        registries: dict[str, dict[str, Any]] = {"third_party_rules": {}, "spam_checker": {}}
+        for name, (facts, callback) in HOOKS.synapse_callbacks.items():
+            assert facts.module is not None  # internal invariant: synapse_callbacks has one
+            self._ops[name] = facts.module.op
+            registries[callback.registry][name] = getattr(self, name)
+        api.register_third_party_rules_callbacks(**registries["third_party_rules"])
+        api.register_spam_checker_callbacks(**registries["spam_checker"])
         reactor.callWhenRunning(self._client.connect)
         reactor.addSystemEventTrigger("before", "shutdown", self._client.stop)
 
@@ -148,7 +150,7 @@ class ServletkitModule:
         """``on_send_event`` for an event a local user sends (see the module docstring)."""
         if not self._api.is_mine(event.sender):
             return True, None  # a remote knock: decided in check_event_for_spam on arrival
-        answer = await self._ask("check_event_allowed", "event", {"event": client_event(event)})
+        answer = await self._ask("check_event_allowed", {"event": client_event(event)})
         if type(answer) is Modify:
             replacement = event.get_dict()
             replacement["content"] = dict(answer.content)
@@ -160,7 +162,7 @@ class ServletkitModule:
         """``on_send_event`` for an event from another server (see the module docstring)."""
         if self._api.is_mine(event.sender):
             return NOT_SPAM  # decided in check_event_allowed, moments ago
-        answer = await self._ask("check_event_for_spam", "event", {"event": client_event(event)})
+        answer = await self._ask("check_event_for_spam", {"event": client_event(event)})
         if type(answer) is Veto:
             log.info("servletkit: refused remote event %s: %s %s", event.event_id,
                      answer.errcode, answer.reason)
@@ -174,22 +176,20 @@ class ServletkitModule:
 
     async def user_may_join_room(self, user_id: str, room_id: str, is_invited: bool) -> Any:
         """``on_join_room``."""
-        answer = await self._ask("user_may_join_room", "join",
-                                 {"user_id": user_id, "room_id": room_id})
+        answer = await self._ask("user_may_join_room", {"user_id": user_id, "room_id": room_id})
         self._enforce("user_may_join_room", answer)
         return NOT_SPAM
 
     async def user_may_invite(self, inviter: str, invitee: str, room_id: str) -> Any:
         """``on_invite``."""
-        answer = await self._ask("user_may_invite", "invite",
-                                 {"inviter_id": inviter, "invitee_id": invitee,
-                                  "room_id": room_id})
+        answer = await self._ask("user_may_invite",
+                                 {"inviter_id": inviter, "invitee_id": invitee, "room_id": room_id})
         self._enforce("user_may_invite", answer)
         return NOT_SPAM
 
     async def user_may_create_room(self, user_id: str, room_config: dict[str, Any]) -> Any:
         """``on_create_room``; ``room_config`` is the ``/createRoom`` body."""
-        answer = await self._ask("user_may_create_room", "create_room",
+        answer = await self._ask("user_may_create_room",
                                  {"user_id": user_id, "request": room_config})
         self._enforce("user_may_create_room", answer)
         return NOT_SPAM
@@ -199,18 +199,20 @@ class ServletkitModule:
         request_info: Any, auth_provider_id: str | None = None,
     ) -> Any:
         """``on_connect_event_stream``: a user's client logs in."""
-        answer = await self._ask("check_login_for_spam", "connect",
+        answer = await self._ask("check_login_for_spam",
                                  {"user_id": user_id, "device_id": device_id})
         self._enforce("check_login_for_spam", answer)
         return NOT_SPAM
 
     # -- forwarding ----------------------------------------------------------
 
-    async def _ask(self, callback: str, op: str, fields: dict[str, Any]) -> Answer:
-        """The container's answer for one callback, within the callback's budget."""
+    async def _ask(self, callback: str, fields: dict[str, Any]) -> Answer:
+        """The container's answer for one callback (its op's request with ``fields``),
+        within the callback's budget."""
         timeout_s = self._policies[callback].timeout_s
+        request = self._client.request(self._ops[callback], fields, timeout_s)
         try:
-            message = await make_deferred_yieldable(self._client.request(op, fields, timeout_s))
+            message = await make_deferred_yieldable(request)
         except defer.TimeoutError:
             answer: Answer = Unanswered(f"no answer within {timeout_s * 1000:g} ms")
         except Exception as exc:

@@ -20,6 +20,8 @@ from typing import Any, Final
 
 import attrs
 
+from servletkit.hooks.specs import HOOKS
+
 
 class SettingsError(ValueError):
     """The module config is wrong; the message names the key and the fix."""
@@ -41,14 +43,11 @@ class CallbackPolicy:
 DEFAULT_TIMEOUT_MS: Final = 2000.0
 
 DEFAULT_POLICIES: Final = {
-    "check_event_allowed": CallbackPolicy(DEFAULT_TIMEOUT_MS, fail_open=False),
-    "check_event_for_spam": CallbackPolicy(DEFAULT_TIMEOUT_MS, fail_open=True),
-    "user_may_join_room": CallbackPolicy(DEFAULT_TIMEOUT_MS, fail_open=False),
-    "user_may_invite": CallbackPolicy(DEFAULT_TIMEOUT_MS, fail_open=False),
-    "user_may_create_room": CallbackPolicy(DEFAULT_TIMEOUT_MS, fail_open=False),
-    "check_login_for_spam": CallbackPolicy(DEFAULT_TIMEOUT_MS, fail_open=False),
+    name: CallbackPolicy(DEFAULT_TIMEOUT_MS, callback.fail_open)
+    for name, (_, callback) in HOOKS.synapse_callbacks.items()
 }
-"""The defaults: 2 s budget each; fail closed (refuse) except ``check_event_for_spam``.
+"""The defaults: 2 s budget each; fail closed (refuse) except where the hook table
+(:mod:`servletkit.hooks.specs`) says ``fail_open`` (``check_event_for_spam``).
 
 A moderation deployment expects nothing unchecked to get in while the
 container is away, so local sends, joins, invites, room creation and logins
