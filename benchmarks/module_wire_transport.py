@@ -21,6 +21,7 @@ configurations alternate run by run; the machine is shared, so compare ratios.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import statistics
@@ -61,17 +62,26 @@ def serve(kind: str, port: int) -> None:
     container = Container(config, [PluginSource("noop", obj=NoopPlugin())])
     container.load()
 
-    def route(container: Container) -> list[BaseRoute]:
-        async def event(request: Request) -> Response:
-            body = await request.json()
-            await container.dispatcher.intercept(
-                "on_send_event", Event.from_json(body["event"], stage="before_store"))
-            return Response(b'{"id":1}', media_type="application/json")
+    class HttpWire:
+        """The same decision behind an HTTP route (a wire of the container's app)."""
 
-        return [Route("/event", event, methods=["POST"])]
+        name = "module"
+        honours_modify = True
 
-    uvicorn.run(build_app(container, wires=[route]), host="127.0.0.1", port=http_port,
-                log_level="warning", access_log=False)
+        def routes(self) -> list[BaseRoute]:
+            async def event(request: Request) -> Response:
+                body = await request.json()
+                await container.dispatcher.intercept(
+                    "on_send_event", Event.from_json(body["event"], wire="module"))
+                return Response(b'{"id":1}', media_type="application/json")
+
+            return [Route("/event", event, methods=["POST"])]
+
+        def lifespan(self) -> contextlib.AbstractAsyncContextManager[None]:
+            return contextlib.nullcontext()
+
+    app = build_app(container, wires=None if kind == "framed" else [HttpWire()])
+    uvicorn.run(app, host="127.0.0.1", port=http_port, log_level="warning", access_log=False)
 
 
 def _cpu_s(pid: int) -> float:

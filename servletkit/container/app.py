@@ -1,29 +1,40 @@
-"""The container's ASGI application: built once from the routes of each wire."""
+"""The container's ASGI application: built once from its wires.
+
+Start order: the wires' routes are mounted and their lifespans entered (the
+module wire's listener opens) *before* the plugins' ``servlet_init`` runs, in
+the background, so that a plugin's own homeserver calls during init are
+answered; what needs the plugins waits for :attr:`Container.ready`. Stop
+order: the wires drain and close, then the plugins' ``servlet_destroy`` runs.
+"""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Callable, Sequence
-from contextlib import AbstractAsyncContextManager
+from collections.abc import AsyncIterator, Sequence
 
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import BaseRoute, Route
 
-from servletkit.container.appservice import appservice_routes
+from servletkit.container.appservice import appservice_wire
 from servletkit.container.errors import EXCEPTION_HANDLERS
-from servletkit.container.module_wire import module_listener
+from servletkit.container.module_wire import module_wire
 from servletkit.container.runtime import Container
+from servletkit.wires import Wire, WireFactory
 
-Wire = Callable[[Container], Sequence[BaseRoute]]
-"""A wire contributes routes to the app, given the container."""
+WIRES: list[WireFactory] = [appservice_wire, module_wire]
+"""The wires every container may run; each factory gives ``None`` when its config is off."""
 
 
 def health_routes(container: Container) -> list[BaseRoute]:
-    """``GET /_servletkit/health``: liveness and which plugins are live."""
+    """``GET /_servletkit/health``: 200 once the plugins are live (which ones, which
+    failed), 503 while their ``servlet_init`` still runs."""
 
     async def health(request: Request) -> JSONResponse:
+        if not container.ready.is_set():
+            return JSONResponse({"status": "starting"}, status_code=503)
         return JSONResponse(
             {
                 "status": "ok",
@@ -35,36 +46,38 @@ def health_routes(container: Container) -> list[BaseRoute]:
     return [Route("/_servletkit/health", health, methods=["GET"])]
 
 
-WIRES: list[Wire] = [health_routes, appservice_routes]
-"""The wires every container serves, in route-matching order."""
-
-Service = Callable[[Container], AbstractAsyncContextManager[None]]
-"""Something that runs beside the routes while the app lives (a wire's own listener).
-
-Entered after the plugins have started, left before they stop.
-"""
-
-SERVICES: list[Service] = [module_listener]
-"""The services every container runs."""
+def container_wires(
+    container: Container, factories: Sequence[WireFactory] | None = None
+) -> list[Wire]:
+    """The wires the container's config turns on."""
+    found = (factory(container) for factory in (WIRES if factories is None else factories))
+    return [wire for wire in found if wire is not None]
 
 
-def build_app(
-    container: Container,
-    wires: Sequence[Wire] | None = None,
-    services: Sequence[Service] | None = None,
-) -> Starlette:
-    """The ASGI app for ``container``; its lifespan starts and stops the plugins and services."""
+def build_app(container: Container, wires: Sequence[Wire] | None = None) -> Starlette:
+    """The ASGI app for ``container`` (and its configured wires, unless ``wires`` are given).
+
+    Its lifespan enters the wires, starts the plugins, and on the way out stops
+    them in the reverse order.
+    """
+    wires = container_wires(container) if wires is None else wires
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        await container.start()
-        try:
-            async with contextlib.AsyncExitStack() as stack:
-                for service in SERVICES if services is None else services:
-                    await stack.enter_async_context(service(container))
-                yield
-        finally:
-            await container.stop()
+        async with contextlib.AsyncExitStack() as stack:
+            stack.push_async_callback(container.stop)
+            for wire in wires:
+                await stack.enter_async_context(wire.lifespan())
+            starting = asyncio.create_task(container.start())
+            stack.push_async_callback(_settle, starting)
+            yield
 
-    routes = [route for wire in (WIRES if wires is None else wires) for route in wire(container)]
+    routes = health_routes(container) + [route for wire in wires for route in wire.routes()]
     return Starlette(routes=routes, exception_handlers=EXCEPTION_HANDLERS, lifespan=lifespan)
+
+
+async def _settle(starting: asyncio.Task[None]) -> None:
+    """At shutdown: stop a ``servlet_init`` still running (its errors are the container's)."""
+    starting.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await starting

@@ -47,6 +47,7 @@ to the audit log.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import hmac
 import logging
@@ -119,7 +120,14 @@ def transaction_digest(events: list[Any], ephemeral: list[Any]) -> str:
 
 
 class AppserviceWire:
-    """The Application Service API routes of one container, and their state."""
+    """The Application Service API routes of one container, and their state.
+
+    Requests that need the plugins wait until their ``servlet_init`` has run
+    (the homeserver may push a transaction the moment the container listens).
+    """
+
+    name: Final = "appservice"
+    honours_modify: Final = False
 
     def __init__(self, container: Container, config: AppserviceConfig) -> None:
         self._container = container
@@ -129,6 +137,15 @@ class AppserviceWire:
         self._lock = asyncio.Lock()
         self._online: set[str] = set()
         self._counter_went_back = False
+
+    def lifespan(self) -> contextlib.AbstractAsyncContextManager[None]:
+        """Nothing of its own runs: it is all routes."""
+        return contextlib.nullcontext()
+
+    async def _plugins_ready(self) -> None:
+        ready = self._container.ready
+        if not ready.is_set():
+            await ready.wait()
 
     def routes(self) -> list[BaseRoute]:
         """The routes under ``/_matrix/app/v1``."""
@@ -213,6 +230,7 @@ class AppserviceWire:
         store = self._store
         if store.processed_digest(txn_id) == digest:  # a retry: no need to queue
             return _ok()
+        await self._plugins_ready()
         async with self._lock:
             if self._is_retry(txn_id, digest):  # perhaps of an attempt that just finished
                 return _ok()
@@ -329,6 +347,7 @@ class AppserviceWire:
         return await self._query("on_query_alias", request.path_params["alias"])
 
     async def _query(self, hook: str, subject: str) -> Response:
+        await self._plugins_ready()
         plugin, _ = await self._container.dispatcher.first_answer(
             hook, subject, accept=lambda answer: answer is True
         )
@@ -373,6 +392,7 @@ class AppserviceWire:
         return await self._thirdparty("on_thirdparty_lookup", list, kind, None, {param: value})
 
     async def _thirdparty(self, hook: str, expected: type, *args: Any) -> Response:
+        await self._plugins_ready()
         plugin, answer = await self._container.dispatcher.first_answer(hook, *args)
         if plugin is None:
             raise MatrixError(404, "M_NOT_FOUND", "No plugin knows this third-party entity")
@@ -383,9 +403,7 @@ class AppserviceWire:
         return JSONResponse(answer)
 
 
-def appservice_routes(container: Container) -> list[BaseRoute]:
-    """The appservice wire's routes (none if the config has no ``[appservice]`` section)."""
+def appservice_wire(container: Container) -> AppserviceWire | None:
+    """The container's appservice wire, or ``None`` without an ``[appservice]`` section."""
     config = container.config.appservice
-    if config is None:
-        return []
-    return AppserviceWire(container, config).routes()
+    return None if config is None else AppserviceWire(container, config)

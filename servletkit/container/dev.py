@@ -446,14 +446,15 @@ class DevSession:
         }, indent=2))
 
     async def serve_container(self, container: Container) -> None:
-        """Serve the container's app (in this process) and wait until it listens."""
+        """Serve the container's app (in this process); wait until it listens and its
+        plugins have run their servlet_init."""
         config = container.config
         self._server = _Server(uvicorn.Config(
             build_app(container), host=config.server.host, port=config.server.port,
             log_config=None, lifespan="on",
         ))
         self._serving = asyncio.create_task(self._server.serve())
-        while not self._server.started:
+        while not (self._server.started and container.ready.is_set()):
             if self._serving.done():
                 # uvicorn logs the reason and exits; the log has it
                 with contextlib.suppress(BaseException):

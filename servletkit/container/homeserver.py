@@ -136,8 +136,10 @@ class HomeserverClient:
         *,
         json: Any = None,
         params: Mapping[str, Any] | None = None,
-    ) -> dict[str, Any]:
-        """Send one client-server request as :attr:`user_id`; return the JSON body.
+    ) -> Any:
+        """Send one client-server request as :attr:`user_id`; return the JSON body
+        (whatever JSON the endpoint answers: an object, or an array for
+        ``GET /rooms/{roomId}/state``).
 
         ``path`` starts with ``/_matrix/``; quote path parameters with :func:`q`.
         Raises :class:`MatrixRequestError` for a non-2xx status (after
@@ -320,6 +322,12 @@ class HomeserverClient:
         path = f"{CLIENT}/rooms/{q(room_id)}/state/{q(event_type)}/{q(state_key)}"
         return await self.request("GET", path)
 
+    async def get_room_state(self, room_id: str) -> list[dict[str, Any]]:
+        """Every current state event of ``room_id`` (the endpoint answers a JSON array)."""
+        state: list[dict[str, Any]] = await self.request(
+            "GET", f"{CLIENT}/rooms/{q(room_id)}/state")
+        return state
+
     async def room_messages(self, room_id: str, *, direction: str = "b", limit: int = 50,
                             start: str | None = None) -> dict[str, Any]:
         """One page of ``/messages`` (``chunk``, ``start``, ``end``), newest first by default."""
@@ -388,15 +396,11 @@ def _error(method: str, path: str, response: httpx.Response) -> MatrixRequestErr
     return MatrixRequestError(method, path, response.status_code, errcode, error, body)
 
 
-def _json_body(method: str, path: str, response: httpx.Response) -> dict[str, Any]:
+def _json_body(method: str, path: str, response: httpx.Response) -> Any:
     try:
-        body = response.json()
+        return response.json()
     except ValueError:
-        body = None
-    if not isinstance(body, dict):
         raise MatrixRequestError(
             method, path, response.status_code, "M_NOT_JSON",
-            f"expected a JSON object from the homeserver, got {response.text[:200]!r}",
-            response.text,
-        )
-    return body
+            f"expected JSON from the homeserver, got {response.text[:200]!r}", response.text,
+        ) from None

@@ -28,6 +28,7 @@ from typing import Any, Final
 
 import attrs
 import orjson
+from starlette.routing import BaseRoute
 
 from servletkit.container.config import Config, ConfigError, ModuleCallbacks
 from servletkit.container.runtime import Container
@@ -81,7 +82,7 @@ def _object(message: Mapping[str, Any], key: str) -> Mapping[str, Any]:
 
 def _event(message: Mapping[str, Any], key: str) -> Event:
     try:
-        return Event.from_json(message.get(key), stage="before_store")
+        return Event.from_json(message.get(key), wire="module")
     except EventFormatError as exc:
         raise BadRequest(f"{key}.{exc.field}: {exc.problem}") from None
 
@@ -145,14 +146,37 @@ def reply_for(request_id: int, outcome: Outcome) -> dict[str, Any]:
 
 
 class ModuleWire:
-    """Answers module requests with the container's dispatcher; owns the open connections."""
+    """Answers module requests with the container's dispatcher; owns the open connections.
+
+    Until ``ready`` is set (the plugins' ``servlet_init`` is running), a request
+    about one of the container's own users (``own_user``: the users the plugins
+    act as) is answered by the plugins already live, so a plugin may join or
+    create rooms during its init; any other request waits for ``ready``, so
+    nothing gets in unchecked (Synapse applies the callback's failure policy
+    if that takes longer than its budget).
+    """
+
+    name: Final = "module"
+    honours_modify: Final = True
 
     def __init__(
-        self, dispatcher: Dispatcher, secret: str, store: Store, hooks: HookTable = HOOKS
+        self,
+        dispatcher: Dispatcher,
+        secret: str,
+        store: Store,
+        hooks: HookTable = HOOKS,
+        *,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        ready: asyncio.Event | None = None,
+        own_user: Callable[[str], bool] = lambda user_id: False,
     ) -> None:
         self.dispatcher = dispatcher
         self._secret = secret.encode()
         self._store = store
+        self._ready = ready
+        self._own_user = own_user
+        self.host, self.port = host, port
         self.operations = Operation.table(hooks)
         self.connections: set[ModuleConnection] = set()
 
@@ -180,6 +204,9 @@ class ModuleWire:
             args = operation.arguments(message)
         except BadRequest as exc:
             return encode(_error(request_id, "M_BAD_JSON", f"{message['op']}: {exc}"))
+        ready = self._ready
+        if ready is not None and not ready.is_set() and not self._for_own_user(args[0]):
+            await ready.wait()
         try:
             outcome = await self.dispatcher.intercept(hook, *args)
         except Exception:
@@ -204,6 +231,12 @@ class ModuleWire:
             asyncio.get_running_loop().call_soon(self._record, record)
         return reply
 
+    def _for_own_user(self, subject: Any) -> bool:
+        """Whether a request's actor (an event's sender, else its first field, a user ID)
+        is one of the container's own users."""
+        actor = subject.sender if type(subject) is Event else subject
+        return isinstance(actor, str) and self._own_user(actor)
+
     def _record(self, record: AuditRecord) -> None:
         try:
             record_decision(self._store, record)
@@ -227,6 +260,35 @@ class ModuleWire:
         """Drop every connection (the module notices at once and reconnects later)."""
         for connection in list(self.connections):
             connection.close()
+
+    def routes(self) -> list[BaseRoute]:
+        """None: the module connects to a listener of its own, not over HTTP."""
+        return []
+
+    @contextlib.asynccontextmanager
+    async def lifespan(self) -> AsyncIterator[None]:
+        """Accept module connections on ``host``:``port`` while the app lives.
+
+        On the way out it stops accepting connections, waits up to
+        :data:`DRAIN_TIMEOUT_S` for the requests in flight to be answered, then
+        closes the connections (before the plugins stop).
+        """
+        host, port = self.host, self.port
+        try:
+            server = await asyncio.get_running_loop().create_server(self.protocol, host, port)
+        except OSError as exc:
+            raise OSError(exc.errno, f"module wire: cannot listen on {host}:{port} ([module] "
+                          f"host and port): {exc.strerror}; is another container running "
+                          "there? Choose another port (and run `servletkit synapse-config` "
+                          "again)") from None
+        log.info("module wire: listening on %s:%d", host, port)
+        try:
+            yield
+        finally:
+            server.close()  # no new connections; the open ones get their answers
+            await self.drain()
+            self.close_all()
+            await server.wait_closed()
 
 
 class ModuleConnection(asyncio.Protocol):
@@ -347,36 +409,15 @@ class ModuleConnection(asyncio.Protocol):
             self._transport = None
 
 
-@contextlib.asynccontextmanager
-async def module_listener(container: Container) -> AsyncIterator[None]:
-    """Listen for the Synapse module while the app runs (when ``[module] enabled``).
-
-    On the way out it stops accepting connections, waits up to
-    :data:`DRAIN_TIMEOUT_S` for the requests in flight to be answered, then closes
-    the connections (before the plugins stop).
-    """
+def module_wire(container: Container) -> ModuleWire | None:
+    """The container's module wire, or ``None`` unless ``[module] enabled``."""
     settings = container.config.module
     if not settings.enabled:
-        yield
-        return
-    wire = ModuleWire(container.dispatcher, settings.secret, container.store, container.hooks)
-    try:
-        server = await asyncio.get_running_loop().create_server(
-            wire.protocol, settings.host, settings.port
-        )
-    except OSError as exc:
-        raise OSError(exc.errno, f"module wire: cannot listen on {settings.host}:"
-                      f"{settings.port} ([module] host and port): {exc.strerror}; is another "
-                      "container running there? Choose another port (and run "
-                      "`servletkit synapse-config` again)") from None
-    log.info("module wire: listening on %s:%d", settings.host, settings.port)
-    try:
-        yield
-    finally:
-        server.close()  # no new connections; the open ones get their answers
-        await wire.drain()
-        wire.close_all()
-        await server.wait_closed()
+        return None
+    wire = ModuleWire(container.dispatcher, settings.secret, container.store, container.hooks,
+                      host=settings.host, port=settings.port, ready=container.ready,
+                      own_user=container.is_own_user)
+    return wire
 
 
 def module_entry(config: Config) -> dict[str, Any]:

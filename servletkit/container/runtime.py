@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import re
 from collections.abc import Iterable
 from typing import Any
 
@@ -91,6 +93,9 @@ class Container:
         self._contexts: dict[str, PluginContext] = {}
         self._live: set[str] = set()
         self.homeserver = homeserver_client(config)
+        self.ready = asyncio.Event()
+        """Set once :meth:`start` has run every ``servlet_init``: the wires listen before
+        that, and hold what needs the plugins until it is set."""
 
     # -- loading -------------------------------------------------------------
 
@@ -146,6 +151,18 @@ class Container:
         ).index(name)
         return PluginPolicy(settings.order, position, settings.timeout_ms, settings.on_error)
 
+    def is_own_user(self, user_id: str) -> bool:
+        """Whether ``user_id`` is the appservice's: its sender or in its users namespace.
+
+        The plugins act in Matrix as these users (``context.homeserver``).
+        """
+        appservice = self.config.appservice
+        if appservice is None:
+            return False
+        sender = f"@{appservice.sender_localpart}:{self.config.homeserver.server_name}"
+        return user_id == sender or any(
+            re.match(namespace.regex, user_id) for namespace in appservice.namespaces.users)
+
     # -- lifecycle -----------------------------------------------------------
 
     async def start(self) -> None:
@@ -160,6 +177,7 @@ class Container:
                 continue
             self._live.add(name)
         self._rebuild()
+        self.ready.set()
 
     async def stop(self) -> None:
         """Stop dispatching, run ``servlet_destroy``, close the client and the store."""

@@ -7,8 +7,18 @@ from typing import Any, Literal
 
 import attrs
 
+WireName = Literal["module", "appservice", "policy"]
+"""Which wire brought an event to the plugins.
+
+``"module"``: the homeserver's own module asks before storing it (Veto and
+Modify take effect). ``"appservice"``: the homeserver pushed it after storing
+it (a Veto can only be enforced afterwards, by redaction). ``"policy"``: a
+homeserver asks the policy server before accepting it (Veto refuses it for
+every server in the room; Modify cannot apply).
+"""
+
 Stage = Literal["before_store", "after_store"]
-"""Where in the homeserver's lifecycle a hook sees an event.
+"""Where in the homeserver's lifecycle a hook sees an event, derived from its wire.
 
 ``"before_store"``: the homeserver asks before storing it (module and policy
 wires); a decision takes effect. ``"after_store"``: the event is already stored
@@ -51,9 +61,9 @@ class Event:
     plugins may replace it (:meth:`with_content`). ``event_id``, ``room_id``,
     ``type``, ``sender``, ``origin_server_ts``, ``state_key`` (``None`` for
     non-state events) and ``unsigned`` read from the JSON; ``extra`` gives the
-    other top-level keys (``redacts``, ``age`` …). ``stage`` says whether the
-    homeserver has stored the event yet (see :data:`Stage`); it is not part of
-    the JSON.
+    other top-level keys (``redacts``, ``age`` …). ``wire`` says which wire
+    brought it (:data:`WireName`) and ``stage`` whether the homeserver has stored
+    it yet (:data:`Stage`); neither is part of the JSON.
 
     Holding the JSON instead of copying each key into a field makes building an
     event cheap: the appservice wire builds one per event of every transaction.
@@ -61,7 +71,11 @@ class Event:
 
     json: Mapping[str, Any] = attrs.field(repr=False)
     content: Mapping[str, Any]
-    stage: Stage = "after_store"
+    wire: WireName = "appservice"
+
+    @property
+    def stage(self) -> Stage:
+        return "after_store" if self.wire == "appservice" else "before_store"
 
     @property
     def event_id(self) -> str:
@@ -104,10 +118,10 @@ class Event:
     def __repr__(self) -> str:
         return (f"Event(event_id={self.event_id!r}, room_id={self.room_id!r}, "
                 f"type={self.type!r}, sender={self.sender!r}, state_key={self.state_key!r}, "
-                f"content={self.content!r}, stage={self.stage!r})")
+                f"content={self.content!r}, wire={self.wire!r})")
 
     @classmethod
-    def from_json(cls, data: Mapping[str, Any], stage: Stage = "after_store") -> Event:
+    def from_json(cls, data: Mapping[str, Any], wire: WireName = "appservice") -> Event:
         """Build an event from client-event JSON; raise :class:`EventFormatError` if malformed.
 
         The event keeps ``data`` (not a copy) when it is a plain ``dict``: do not
@@ -134,11 +148,11 @@ class Event:
                     and (state_key is None or type(state_key) is str)
                     and type(get("unsigned", _EMPTY)) is dict
                 ):
-                    return cls(data, content, stage)
-        return cls._from_mapping(data, stage)
+                    return cls(data, content, wire)
+        return cls._from_mapping(data, wire)
 
     @classmethod
-    def _from_mapping(cls, data: Mapping[str, Any], stage: Stage) -> Event:
+    def _from_mapping(cls, data: Mapping[str, Any], wire: WireName) -> Event:
         if not isinstance(data, Mapping):
             raise EventFormatError("event", f"must be an object, got {type(data).__name__}")
         for key in ("event_id", "room_id", "type", "sender"):
@@ -155,7 +169,7 @@ class Event:
         unsigned = data.get("unsigned", {})
         if not isinstance(unsigned, Mapping):
             raise EventFormatError("unsigned", f"must be object, got {type(unsigned).__name__}")
-        return cls(dict(data), content, stage)
+        return cls(dict(data), content, wire)
 
     def to_json(self) -> dict[str, Any]:
         """Give back the client-event JSON, with the current content."""
@@ -167,7 +181,7 @@ class Event:
 
     def with_content(self, content: Mapping[str, Any]) -> Event:
         """Return a copy of this event with ``content`` replaced."""
-        return Event(self.json, content, self.stage)
+        return Event(self.json, content, self.wire)
 
 
 @attrs.frozen(slots=True)

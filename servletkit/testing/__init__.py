@@ -24,7 +24,7 @@ from typing import Any
 from servletkit.container.config import parse_config
 from servletkit.container.plugins import PluginSource
 from servletkit.container.runtime import Container
-from servletkit.hooks.events import Event, Stage
+from servletkit.hooks.events import Event, WireName
 
 _event_ids = itertools.count(1)
 
@@ -34,7 +34,7 @@ def make_event(
     *,
     type: str = "m.room.message",
     content: Mapping[str, Any] | None = None,
-    stage: Stage = "before_store",
+    wire: WireName = "module",
     **fields: Any,
 ) -> Event:
     """An event for a test: a text message with ``body`` unless ``content``/``type`` say otherwise.
@@ -52,7 +52,7 @@ def make_event(
         "type": type,
         "content": content,
     }
-    return Event.from_json(data, stage=stage)
+    return Event.from_json(data, wire=wire)
 
 
 @contextlib.asynccontextmanager

@@ -12,7 +12,7 @@ import pytest
 from servletkit import Veto, hookimpl
 from servletkit.container.cli import plugins_table
 from servletkit.container.config import parse_config
-from servletkit.container.module_wire import module_listener
+from servletkit.container.module_wire import module_wire
 from servletkit.container.plugins import PluginSource
 from servletkit.container.runtime import Container
 from servletkit.hooks import specs
@@ -85,7 +85,9 @@ async def test_it_is_listed_by_servletkit_plugins(container: Container) -> None:
 
 async def test_it_is_carried_by_the_module_wire(container: Container) -> None:
     """A module-wire request with its op reaches the plugin, and the veto comes back."""
-    async with module_listener(container):
+    wire = module_wire(container)
+    assert wire is not None
+    async with wire.lifespan():
         reader, writer = await asyncio.open_connection("127.0.0.1", container.config.module.port)
         peer = Peer(reader, writer)
         try:

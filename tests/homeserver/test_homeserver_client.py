@@ -119,11 +119,17 @@ class TestErrors:
             response.status_code, "M_UNKNOWN", error)
 
     async def test_success_that_is_not_json(self):
-        """A 200 whose body is not a JSON object is an error, not a crash later."""
+        """A 200 whose body is not JSON is an error, not a crash later."""
         client = make_client(Recorder(httpx.Response(200, text="OK")))
         with pytest.raises(MatrixRequestError) as info:
             await client.request("GET", "/_matrix/client/v3/x")
         assert info.value.errcode == "M_NOT_JSON"
+
+    async def test_a_json_array_is_read(self):
+        """Some endpoints answer an array (GET /rooms/{id}/state): it is returned as is."""
+        state = [{"type": "m.room.create", "state_key": "", "content": {}}]
+        client = make_client(Recorder(httpx.Response(200, json=state)))
+        assert await client.get_room_state("!r:example.org") == state
 
     async def test_token_never_in_errors_or_logs(self, caplog):
         """The as_token is sent as a header only; it is in no message, repr or log record."""

@@ -86,6 +86,9 @@ async def test_room_with_alias_joined_by_real_user(homeserver, new_user):
     assert await alice.join(f"#{localpart}:localhost") == room_id
     state = await homeserver.get_state(room_id, "m.room.member", alice.user_id)
     assert state["membership"] == "join"
+    everything = await homeserver.get_room_state(room_id)  # a JSON array
+    members = {e["state_key"] for e in everything if e["type"] == "m.room.member"}
+    assert alice.user_id in members and homeserver.user_id in members
 
 
 async def test_invite_and_leave(homeserver, new_user):

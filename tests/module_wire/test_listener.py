@@ -13,7 +13,7 @@ from typing import Any
 import attrs
 import pytest
 
-from servletkit.container.module_wire import ModuleWire, module_listener
+from servletkit.container.module_wire import ModuleWire, module_wire
 from servletkit.container.plugins import PluginSource
 from servletkit.container.runtime import Container
 from servletkit.container.store import SqliteStore
@@ -61,7 +61,7 @@ async def listening(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[C
     container = Container(config, [PluginSource("wire_test", obj=wire_plugin)])
     container.load()
     await container.start()
-    async with module_listener(container):
+    async with module_wire(container).lifespan():
         yield container
     await container.stop()
 
@@ -247,14 +247,11 @@ class TestDecisions:
         assert await authed.receive() == {"id": 1}
 
 
-async def test_disabled_module_does_not_listen() -> None:
-    """Without [module] enabled the container opens no listener."""
-    port = free_port()
-    config = container_config(port)
-    container = Container(type(config)(path=config.path), [])
-    async with module_listener(container):
-        with pytest.raises(ConnectionRefusedError):
-            await asyncio.open_connection("127.0.0.1", port)
+async def test_disabled_module_has_no_wire() -> None:
+    """Without [module] enabled the container has no module wire, so no listener."""
+    config = container_config(free_port())
+    assert module_wire(Container(type(config)(path=config.path), [])) is None
+    assert module_wire(Container(config, [])) is not None
 
 
 async def test_port_taken_is_explained() -> None:
@@ -265,7 +262,7 @@ async def test_port_taken_is_explained() -> None:
         port = taken.getsockname()[1]
         container = Container(container_config(port), [])
         with pytest.raises(OSError, match=r"cannot listen on 127\.0\.0\.1:\d+ \(\[module\] host"):
-            async with module_listener(container):
+            async with module_wire(container).lifespan():
                 pass
 
 
@@ -339,7 +336,7 @@ async def test_shutdown_answers_requests_in_flight(tmp_path: Path) -> None:
     stopping = asyncio.Event()
 
     async def serve() -> None:
-        async with module_listener(container):
+        async with module_wire(container).lifespan():
             await stopping.wait()
 
     serving = asyncio.create_task(serve())
