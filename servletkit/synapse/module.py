@@ -41,7 +41,6 @@ and a remote event is soft-failed.
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Mapping
 from typing import Any, Final
 
@@ -53,6 +52,7 @@ from twisted.internet import defer, reactor
 from servletkit.hooks.decisions import Allow, Modify, Veto
 from servletkit.synapse.client import ContainerClient
 from servletkit.synapse.settings import ModuleSettings, SettingsError, parse_settings
+from servletkit.throttle import Throttle
 
 log = logging.getLogger("servletkit.synapse")
 
@@ -120,7 +120,7 @@ class ServletkitModule:
         self._settings = config
         self._policies = config.policies
         self._client = ContainerClient(reactor, config.host, config.port, config.secret)
-        self._failures: dict[str, tuple[float, int]] = {}
+        self._failures = Throttle(FAILURE_LOG_INTERVAL_S)
         api.register_third_party_rules_callbacks(check_event_allowed=self.check_event_allowed)
         api.register_spam_checker_callbacks(
             check_event_for_spam=self.check_event_for_spam,
@@ -236,12 +236,9 @@ class ServletkitModule:
 
     def _report(self, callback: str, reason: str) -> None:
         """Log a failure, at most once per interval per callback (with a count)."""
-        now = time.monotonic()
-        last, suppressed = self._failures.get(callback, (0.0, 0))
-        if now - last < FAILURE_LOG_INTERVAL_S:
-            self._failures[callback] = (last, suppressed + 1)
+        suppressed = self._failures.allow(callback)
+        if suppressed is None:
             return
-        self._failures[callback] = (now, 0)
         effect = "let through" if self._policies[callback].fail_open else "refused"
         more = f" (and {suppressed} more since the last report)" if suppressed else ""
         log.warning("servletkit: %s not answered by the container: %s; %s (fail_open=%s)%s",
