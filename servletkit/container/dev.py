@@ -23,6 +23,11 @@ Everything lives in the state folder (``[dev] state_dir``, default
     The registration Synapse loads (``servletkit registration`` for this config).
 ``servletkit.log``
     The container's log: plugins, wires, HTTP requests.
+``dev.lock``
+    Locked (``flock``) by the ``servletkit dev`` that owns the folder, for as
+    long as it runs, and holding its pid. Another ``servletkit dev`` on the
+    same folder refuses to start before it changes anything here; the lock
+    goes with the process, however it ends.
 ``dev.json``
     Written once everything answers, removed on a clean stop, so its presence
     means "running". One JSON object (format version 1)::
@@ -45,6 +50,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
 import importlib.util
 import json
 import logging
@@ -138,6 +144,10 @@ class DevPaths:
         return self.root / "synapse"
 
     @property
+    def lock(self) -> Path:
+        return self.root / "dev.lock"
+
+    @property
     def registration(self) -> Path:
         return self.root / "appservice-registration.yaml"
 
@@ -198,23 +208,29 @@ def check_synapse_installed() -> None:
                        f"install it with: {INSTALL_HINT}")
 
 
-def check_not_running(paths: DevPaths) -> None:
-    """Raise :class:`DevError` if a live ``servletkit dev`` owns this state folder."""
+def claim_state_folder(paths: DevPaths) -> TextIO:
+    """Lock the state folder for this process; raise :class:`DevError` if another holds it.
+
+    Returns the open lock file: the folder is this process's until it is
+    closed (or the process ends). Of two ``servletkit dev`` started at the same
+    moment, exactly one gets it. The folder must exist.
+    """
+    lock = os.fdopen(os.open(paths.lock, os.O_RDWR | os.O_CREAT, 0o600), "r+", encoding="utf-8")
     try:
-        pid = json.loads(paths.run_file.read_text())["pids"]["servletkit"]
-    except (OSError, ValueError, KeyError, TypeError):
-        return
-    if not isinstance(pid, int) or pid == os.getpid():
-        return
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return  # left behind by a killed run
-    except PermissionError:
-        pass  # alive, someone else's
-    raise DevError(f"servletkit dev is already running for {paths.root} (pid {pid}): stop it "
-                   f"first (Ctrl-C in its terminal, or kill {pid}); if that process is not "
-                   f"servletkit dev, delete {paths.run_file}")
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        pid = lock.read().strip()  # empty if the owner has only just locked it
+        lock.close()
+        owner, kill = (f"pid {pid}", f", or kill {pid}") if pid else ("just starting", "")
+        raise DevError(f"servletkit dev is already running for {paths.root} ({owner}): "
+                       f"stop it first (Ctrl-C in its terminal{kill})") from None
+    except BaseException:
+        lock.close()
+        raise
+    lock.truncate()
+    lock.write(f"{os.getpid()}\n")
+    lock.flush()
+    return lock
 
 
 def require_port(config: Config, host: str, port: int, setting: str) -> None:
@@ -318,6 +334,7 @@ class DevSession:
         self.synapse: SynapseServer | None = None
         self._server: _Server | None = None
         self._serving: asyncio.Task[None] | None = None
+        self._lock: TextIO | None = None  # set once this session owns the state folder
 
     @property
     def state_folder_fix(self) -> str:
@@ -369,15 +386,16 @@ class DevSession:
             await asyncio.wait({stopping}, timeout=0.25)
 
     async def start(self) -> None:
-        """Start the container, then Synapse; create the test account; write ``dev.json``."""
+        """Claim the state folder; start the container, then Synapse; create the test
+        account; write ``dev.json``. Nothing in the folder changes until it is claimed."""
         config, paths = self.config, self.paths
-        check_not_running(paths)
         check_synapse_installed()
         with step(f"writing the state folder {paths.root}", self.state_folder_fix):
             # it holds secrets, access tokens and Synapse's signing key: owner only
             paths.root.mkdir(mode=0o700, parents=True, exist_ok=True)
+            self._lock = claim_state_folder(paths)
             paths.root.chmod(0o700)
-            paths.run_file.unlink(missing_ok=True)
+            paths.run_file.unlink(missing_ok=True)  # left by a run that was killed
             state = DevState.load(paths.state)
             port = choose_homeserver_port(config, state)
             if port != state.homeserver_port:
@@ -547,10 +565,17 @@ class DevSession:
         print("\n".join(lines), file=self.out, flush=True)
 
     async def stop(self) -> None:
-        """Stop Synapse, then the container; remove ``dev.json``. Safe to call at any stage."""
+        """Stop Synapse, then the container; remove ``dev.json``; give up the state folder.
+
+        Safe to call at any stage. A session that never claimed the folder
+        (another ``servletkit dev`` owns it) leaves it alone. The folder is
+        released last, so a new start never meets this one's Synapse or ports.
+        """
+        if self._lock is None:
+            return
         try:
             self.paths.run_file.unlink(missing_ok=True)
-        except OSError as exc:  # not fatal: a later start sees that its pid is gone
+        except OSError as exc:  # not fatal: the next start removes it
             log.warning("could not remove %s: %s", self.paths.run_file, exc)
         if self.synapse is not None:
             await asyncio.to_thread(self.synapse.stop)
@@ -558,6 +583,8 @@ class DevSession:
             self._server.should_exit = True
             with contextlib.suppress(BaseException):
                 await self._serving
+        self._lock.close()
+        self._lock = None
 
 
 class _PluginLines(logging.Formatter):
