@@ -347,20 +347,35 @@ class DevSession:
         print(f"servletkit dev: {message}", file=self.out, flush=True)
 
     async def run(self) -> int:
-        """Start, wait for SIGINT or SIGTERM, stop; return the exit status."""
+        """Start, wait for SIGINT or SIGTERM, stop; return the exit status.
+
+        0 when stopped after a complete start; ``128 + signal`` (130 for Ctrl-C,
+        143 for SIGTERM) when the signal cut the start short, as a shell reports it.
+        """
         stop = asyncio.Event()
+        received: list[int] = []
+
+        def on_signal(signum: int) -> None:
+            received.append(signum)
+            stop.set()
+
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(signum, stop.set)
+            loop.add_signal_handler(signum, on_signal, signum)
         starting = asyncio.create_task(self.start())
         stopping = asyncio.create_task(stop.wait())
+        status = 0
         try:
             await asyncio.wait({starting, stopping}, return_when=asyncio.FIRST_COMPLETED)
             if starting.done():
                 starting.result()  # raises what went wrong
                 self.print_summary(json.loads(self.paths.run_file.read_text()))
                 await self.until_stopped(stopping)
-            self.say("stopping…")
+                self.say("stopping…")
+            else:
+                status = 128 + received[0]
+                self.say(f"interrupted ({signal.Signals(received[0]).name}) while starting; "
+                         f"stopping…")
         finally:
             starting.cancel()
             stopping.cancel()
@@ -370,7 +385,7 @@ class DevSession:
             for signum in (signal.SIGINT, signal.SIGTERM):
                 loop.remove_signal_handler(signum)
         self.say("stopped")
-        return 0
+        return status
 
     async def until_stopped(self, stopping: asyncio.Task[Any]) -> None:
         """Wait for the stop signal; raise :class:`DevError` if Synapse or the container ends."""
