@@ -84,6 +84,8 @@ from servletkit.container.registration import (
     synapse_config,
 )
 from servletkit.container.runtime import Container
+from servletkit.hooks.dispatcher import FAILURE_RECORD_ATTRIBUTE, PluginFailure
+from servletkit.throttle import Throttle
 
 log = logging.getLogger("servletkit.dev")
 
@@ -602,26 +604,55 @@ class DevSession:
         self._lock = None
 
 
+PLUGIN_LOGGER_PREFIX: Final = "servletkit.plugins."
+FAILURE_LINE_INTERVAL_S: Final = 5.0
+
+
+class _ForTerminal(logging.Filter):
+    """What the terminal shows: the plugins' own records (``context.log``), and plugin
+    failures (from the dispatcher), at most one line per plugin and hook every
+    :data:`FAILURE_LINE_INTERVAL_S` seconds; the next line shown counts the ones held back.
+    """
+
+    def __init__(self, throttle: Throttle) -> None:
+        super().__init__()
+        self._throttle = throttle
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        failure: PluginFailure | None = getattr(record, FAILURE_RECORD_ATTRIBUTE, None)
+        if failure is None:
+            return record.name.startswith(PLUGIN_LOGGER_PREFIX)
+        held_back = self._throttle.allow((failure.plugin, failure.hook))
+        if held_back is None:
+            return False
+        record.held_back = held_back  # for _PluginLines
+        return True
+
+
 class _PluginLines(logging.Formatter):
-    """``[word_filter] message`` for the terminal; tracebacks stay in the log file."""
+    """``  [word_filter] message`` for the terminal; tracebacks stay in the log file."""
 
     def __init__(self, log_file: Path) -> None:
         super().__init__()
         self._log_file = log_file
 
     def format(self, record: logging.LogRecord) -> str:
-        plugin = record.name.removeprefix(PLUGIN_LOGGER_PREFIX)
-        line = f"  [{plugin}] {record.getMessage()}"
+        failure: PluginFailure | None = getattr(record, FAILURE_RECORD_ATTRIBUTE, None)
+        if failure is None:
+            line = f"  [{record.name.removeprefix(PLUGIN_LOGGER_PREFIX)}] {record.getMessage()}"
+        else:
+            line = f"  [{failure.plugin}] failed in {failure.hook}: {failure.detail}"
+        notes = []
         if record.exc_info:
-            line += f" (traceback in {self._log_file})"
-        return line
-
-
-PLUGIN_LOGGER_PREFIX: Final = "servletkit.plugins."
+            notes.append(f"traceback in {self._log_file}")
+        if held_back := getattr(record, "held_back", 0):
+            notes.append(f"{held_back} more like it not shown")
+        return f"{line} ({'; '.join(notes)})" if notes else line
 
 
 def route_logs(log_file: Path, out: TextIO) -> Callable[[], None]:
-    """Every log record to ``log_file``; the plugins' own (``context.log``) also to ``out``.
+    """Every log record to ``log_file``; the plugins' own (``context.log``) and plugin
+    failures also to ``out`` (one line each, see :class:`_ForTerminal`).
 
     Returns a function that puts the previous logging set-up back.
     """
@@ -629,7 +660,7 @@ def route_logs(log_file: Path, out: TextIO) -> Callable[[], None]:
     to_file = logging.FileHandler(log_file, encoding="utf-8")
     to_file.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     to_terminal = logging.StreamHandler(out)
-    to_terminal.addFilter(lambda record: record.name.startswith(PLUGIN_LOGGER_PREFIX))
+    to_terminal.addFilter(_ForTerminal(Throttle(FAILURE_LINE_INTERVAL_S)))
     to_terminal.setFormatter(_PluginLines(log_file))
     root = logging.getLogger()
     saved = root.handlers[:], root.level
