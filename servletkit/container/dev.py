@@ -646,7 +646,7 @@ class _PluginLines(logging.Formatter):
         if record.exc_info:
             notes.append(f"traceback in {self._log_file}")
         if held_back := getattr(record, "held_back", 0):
-            notes.append(f"{held_back} more like it not shown")
+            notes.append(f"{held_back} more since the last line")
         return f"{line} ({'; '.join(notes)})" if notes else line
 
 

@@ -264,5 +264,5 @@ class TestPluginFailuresInTheTerminal:
             undo()
         line = ("  [boom] failed in on_send_event: RuntimeError: plugin bug "
                 f"(traceback in {log_file}")
-        assert out.getvalue().splitlines() == [f"{line})", f"{line}; 2 more like it not shown)"]
+        assert out.getvalue().splitlines() == [f"{line})", f"{line}; 2 more since the last line)"]
         assert log_file.read_text().count("Traceback") == 4  # every one, in full, in the log
