@@ -42,11 +42,12 @@ def cmd_run(args: argparse.Namespace) -> int:
     config, container = _load(args.config)
     host = args.host or config.server.host
     port = args.port if args.port is not None else config.server.port
-    module = config.module
-    if module.enabled and (
-        taken := port_unavailable(config, module.host, module.port, "[module] port")
-    ):
-        raise CommandError(taken)
+    listens = [(host, port, "[server] port" if args.port is None else "--port")]
+    if config.module.enabled:
+        listens.append((config.module.host, config.module.port, "[module] port"))
+    for listen_host, listen_port, setting in listens:
+        if taken := port_unavailable(config, listen_host, listen_port, setting):
+            raise CommandError(taken)
     uvicorn.run(build_app(container), host=host, port=port, log_level="info", lifespan="on")
     return 0
 

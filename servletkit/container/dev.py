@@ -23,6 +23,11 @@ Everything lives in the state folder (``[dev] state_dir``, default
     The registration Synapse loads (``servletkit registration`` for this config).
 ``servletkit.log``
     The container's log: plugins, wires, HTTP requests.
+``dev.lock``
+    Locked (``flock``) by the ``servletkit dev`` that owns the folder, for as
+    long as it runs, and holding its pid. Another ``servletkit dev`` on the
+    same folder refuses to start before it changes anything here; the lock
+    goes with the process, however it ends.
 ``dev.json``
     Written once everything answers, removed on a clean stop, so its presence
     means "running". One JSON object (format version 1)::
@@ -45,6 +50,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
 import importlib.util
 import json
 import logging
@@ -78,6 +84,8 @@ from servletkit.container.registration import (
     synapse_config,
 )
 from servletkit.container.runtime import Container
+from servletkit.hooks.dispatcher import FAILURE_RECORD_ATTRIBUTE, PluginFailure
+from servletkit.throttle import Throttle
 
 log = logging.getLogger("servletkit.dev")
 
@@ -136,6 +144,10 @@ class DevPaths:
     @property
     def synapse(self) -> Path:
         return self.root / "synapse"
+
+    @property
+    def lock(self) -> Path:
+        return self.root / "dev.lock"
 
     @property
     def registration(self) -> Path:
@@ -198,23 +210,29 @@ def check_synapse_installed() -> None:
                        f"install it with: {INSTALL_HINT}")
 
 
-def check_not_running(paths: DevPaths) -> None:
-    """Raise :class:`DevError` if a live ``servletkit dev`` owns this state folder."""
+def claim_state_folder(paths: DevPaths) -> TextIO:
+    """Lock the state folder for this process; raise :class:`DevError` if another holds it.
+
+    Returns the open lock file: the folder is this process's until it is
+    closed (or the process ends). Of two ``servletkit dev`` started at the same
+    moment, exactly one gets it. The folder must exist.
+    """
+    lock = os.fdopen(os.open(paths.lock, os.O_RDWR | os.O_CREAT, 0o600), "r+", encoding="utf-8")
     try:
-        pid = json.loads(paths.run_file.read_text())["pids"]["servletkit"]
-    except (OSError, ValueError, KeyError, TypeError):
-        return
-    if not isinstance(pid, int) or pid == os.getpid():
-        return
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return  # left behind by a killed run
-    except PermissionError:
-        pass  # alive, someone else's
-    raise DevError(f"servletkit dev is already running for {paths.root} (pid {pid}): stop it "
-                   f"first (Ctrl-C in its terminal, or kill {pid}); if that process is not "
-                   f"servletkit dev, delete {paths.run_file}")
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        pid = lock.read().strip()  # empty if the owner has only just locked it
+        lock.close()
+        owner, kill = (f"pid {pid}", f", or kill {pid}") if pid else ("just starting", "")
+        raise DevError(f"servletkit dev is already running for {paths.root} ({owner}): "
+                       f"stop it first (Ctrl-C in its terminal{kill})") from None
+    except BaseException:
+        lock.close()
+        raise
+    lock.truncate()
+    lock.write(f"{os.getpid()}\n")
+    lock.flush()
+    return lock
 
 
 def require_port(config: Config, host: str, port: int, setting: str) -> None:
@@ -318,6 +336,7 @@ class DevSession:
         self.synapse: SynapseServer | None = None
         self._server: _Server | None = None
         self._serving: asyncio.Task[None] | None = None
+        self._lock: TextIO | None = None  # set once this session owns the state folder
 
     @property
     def state_folder_fix(self) -> str:
@@ -330,20 +349,35 @@ class DevSession:
         print(f"servletkit dev: {message}", file=self.out, flush=True)
 
     async def run(self) -> int:
-        """Start, wait for SIGINT or SIGTERM, stop; return the exit status."""
+        """Start, wait for SIGINT or SIGTERM, stop; return the exit status.
+
+        0 when stopped after a complete start; ``128 + signal`` (130 for Ctrl-C,
+        143 for SIGTERM) when the signal cut the start short, as a shell reports it.
+        """
         stop = asyncio.Event()
+        received: list[int] = []
+
+        def on_signal(signum: int) -> None:
+            received.append(signum)
+            stop.set()
+
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(signum, stop.set)
+            loop.add_signal_handler(signum, on_signal, signum)
         starting = asyncio.create_task(self.start())
         stopping = asyncio.create_task(stop.wait())
+        status = 0
         try:
             await asyncio.wait({starting, stopping}, return_when=asyncio.FIRST_COMPLETED)
             if starting.done():
                 starting.result()  # raises what went wrong
                 self.print_summary(json.loads(self.paths.run_file.read_text()))
                 await self.until_stopped(stopping)
-            self.say("stopping…")
+                self.say("stopping…")
+            else:
+                status = 128 + received[0]
+                self.say(f"interrupted ({signal.Signals(received[0]).name}) while starting; "
+                         f"stopping…")
         finally:
             starting.cancel()
             stopping.cancel()
@@ -353,7 +387,7 @@ class DevSession:
             for signum in (signal.SIGINT, signal.SIGTERM):
                 loop.remove_signal_handler(signum)
         self.say("stopped")
-        return 0
+        return status
 
     async def until_stopped(self, stopping: asyncio.Task[Any]) -> None:
         """Wait for the stop signal; raise :class:`DevError` if Synapse or the container ends."""
@@ -369,15 +403,16 @@ class DevSession:
             await asyncio.wait({stopping}, timeout=0.25)
 
     async def start(self) -> None:
-        """Start the container, then Synapse; create the test account; write ``dev.json``."""
+        """Claim the state folder; start the container, then Synapse; create the test
+        account; write ``dev.json``. Nothing in the folder changes until it is claimed."""
         config, paths = self.config, self.paths
-        check_not_running(paths)
         check_synapse_installed()
         with step(f"writing the state folder {paths.root}", self.state_folder_fix):
             # it holds secrets, access tokens and Synapse's signing key: owner only
             paths.root.mkdir(mode=0o700, parents=True, exist_ok=True)
+            self._lock = claim_state_folder(paths)
             paths.root.chmod(0o700)
-            paths.run_file.unlink(missing_ok=True)
+            paths.run_file.unlink(missing_ok=True)  # left by a run that was killed
             state = DevState.load(paths.state)
             port = choose_homeserver_port(config, state)
             if port != state.homeserver_port:
@@ -548,10 +583,17 @@ class DevSession:
         print("\n".join(lines), file=self.out, flush=True)
 
     async def stop(self) -> None:
-        """Stop Synapse, then the container; remove ``dev.json``. Safe to call at any stage."""
+        """Stop Synapse, then the container; remove ``dev.json``; give up the state folder.
+
+        Safe to call at any stage. A session that never claimed the folder
+        (another ``servletkit dev`` owns it) leaves it alone. The folder is
+        released last, so a new start never meets this one's Synapse or ports.
+        """
+        if self._lock is None:
+            return
         try:
             self.paths.run_file.unlink(missing_ok=True)
-        except OSError as exc:  # not fatal: a later start sees that its pid is gone
+        except OSError as exc:  # not fatal: the next start removes it
             log.warning("could not remove %s: %s", self.paths.run_file, exc)
         if self.synapse is not None:
             await asyncio.to_thread(self.synapse.stop)
@@ -559,28 +601,59 @@ class DevSession:
             self._server.should_exit = True
             with contextlib.suppress(BaseException):
                 await self._serving
+        self._lock.close()
+        self._lock = None
+
+
+PLUGIN_LOGGER_PREFIX: Final = "servletkit.plugins."
+FAILURE_LINE_INTERVAL_S: Final = 5.0
+
+
+class _ForTerminal(logging.Filter):
+    """What the terminal shows: the plugins' own records (``context.log``), and plugin
+    failures (from the dispatcher), at most one line per plugin and hook every
+    :data:`FAILURE_LINE_INTERVAL_S` seconds; the next line shown counts the ones held back.
+    """
+
+    def __init__(self, throttle: Throttle) -> None:
+        super().__init__()
+        self._throttle = throttle
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        failure: PluginFailure | None = getattr(record, FAILURE_RECORD_ATTRIBUTE, None)
+        if failure is None:
+            return record.name.startswith(PLUGIN_LOGGER_PREFIX)
+        held_back = self._throttle.allow((failure.plugin, failure.hook))
+        if held_back is None:
+            return False
+        record.held_back = held_back  # for _PluginLines
+        return True
 
 
 class _PluginLines(logging.Formatter):
-    """``[word_filter] message`` for the terminal; tracebacks stay in the log file."""
+    """``  [word_filter] message`` for the terminal; tracebacks stay in the log file."""
 
     def __init__(self, log_file: Path) -> None:
         super().__init__()
         self._log_file = log_file
 
     def format(self, record: logging.LogRecord) -> str:
-        plugin = record.name.removeprefix(PLUGIN_LOGGER_PREFIX)
-        line = f"  [{plugin}] {record.getMessage()}"
+        failure: PluginFailure | None = getattr(record, FAILURE_RECORD_ATTRIBUTE, None)
+        if failure is None:
+            line = f"  [{record.name.removeprefix(PLUGIN_LOGGER_PREFIX)}] {record.getMessage()}"
+        else:
+            line = f"  [{failure.plugin}] failed in {failure.hook}: {failure.detail}"
+        notes = []
         if record.exc_info:
-            line += f" (traceback in {self._log_file})"
-        return line
-
-
-PLUGIN_LOGGER_PREFIX: Final = "servletkit.plugins."
+            notes.append(f"traceback in {self._log_file}")
+        if held_back := getattr(record, "held_back", 0):
+            notes.append(f"{held_back} more since the last line")
+        return f"{line} ({'; '.join(notes)})" if notes else line
 
 
 def route_logs(log_file: Path, out: TextIO) -> Callable[[], None]:
-    """Every log record to ``log_file``; the plugins' own (``context.log``) also to ``out``.
+    """Every log record to ``log_file``; the plugins' own (``context.log``) and plugin
+    failures also to ``out`` (one line each, see :class:`_ForTerminal`).
 
     Returns a function that puts the previous logging set-up back.
     """
@@ -588,7 +661,7 @@ def route_logs(log_file: Path, out: TextIO) -> Callable[[], None]:
     to_file = logging.FileHandler(log_file, encoding="utf-8")
     to_file.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     to_terminal = logging.StreamHandler(out)
-    to_terminal.addFilter(lambda record: record.name.startswith(PLUGIN_LOGGER_PREFIX))
+    to_terminal.addFilter(_ForTerminal(Throttle(FAILURE_LINE_INTERVAL_S)))
     to_terminal.setFormatter(_PluginLines(log_file))
     root = logging.getLogger()
     saved = root.handlers[:], root.level

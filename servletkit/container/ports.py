@@ -20,8 +20,13 @@ def port_problem(host: str, port: int) -> str | None:
 
 
 def port_unavailable(config: Config, host: str, port: int, setting: str) -> str | None:
-    """The message for a taken ``host``:``port``, naming the config ``setting``; else ``None``."""
+    """The message for a taken ``host``:``port``, else ``None``.
+
+    ``setting`` is where the port came from: a key of ``config``'s file
+    (``[server] port``) or a command-line option (``--port``).
+    """
     if problem := port_problem(host, port):
+        where = setting if setting.startswith("--") else f"{setting} in {config.path}"
         return (f"port {port} on {host} is not available ({problem}): stop the process "
-                f"using it, or choose another {setting} in {config.path}")
+                f"using it, or choose another {where}")
     return None

@@ -262,6 +262,28 @@ async def await_me_maybe(value: T | Awaitable[T]) -> T:
     return value
 
 
+FAILURE_RECORD_ATTRIBUTE: Final = "plugin_failure"
+"""The attribute of a failure's log record that holds its :class:`PluginFailure`."""
+
+
+def _report(failure: PluginFailure, exc: BaseException | None = None) -> PluginFailure:
+    """Log ``failure`` (with ``exc``'s traceback) and return it.
+
+    The record carries the failure itself (:data:`FAILURE_RECORD_ATTRIBUTE`), so
+    a log handler can show it without parsing the message: ``servletkit dev``
+    prints one line per failure in its terminal. Failures are the slow path.
+    """
+    log.error("plugin %r failed in %s: %s", failure.plugin, failure.hook, failure.detail,
+              exc_info=exc, extra={FAILURE_RECORD_ATTRIBUTE: failure})
+    return failure
+
+
+def _raised(slot: Slot, hook: str, exc: BaseException) -> PluginFailure:
+    """Describe (and log) a plugin that raised ``exc``."""
+    detail = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+    return _report(PluginFailure(slot.plugin, hook, "raised", detail), exc)
+
+
 def _failure(slot: Slot, hook: str, kind: FailureKind, answer: object) -> PluginFailure:
     """Describe (and log) a plugin that overran its budget or answered nonsense."""
     if kind == "timed_out":
@@ -270,8 +292,7 @@ def _failure(slot: Slot, hook: str, kind: FailureKind, answer: object) -> Plugin
         detail = f"returned Modify, but {hook} has no event to modify"
     else:
         detail = f"returned {answer!r}; expected Allow(), Modify(...), Veto(...) or None"
-    log.error("plugin %r failed in %s: %s", slot.plugin, hook, detail)
-    return PluginFailure(slot.plugin, hook, kind, detail)
+    return _report(PluginFailure(slot.plugin, hook, kind, detail))
 
 
 class Dispatcher:
@@ -399,8 +420,7 @@ class Dispatcher:
                         raise
                     answer = timed_out
                 except Exception as exc:
-                    log.exception("plugin %r failed in %s", slot.plugin, hook)
-                    answer = PluginFailure(slot.plugin, hook, "raised", repr(exc))
+                    answer = _raised(slot, hook, exc)
                 end = clock()
                 elapsed = end - start
                 start = end
@@ -582,8 +602,7 @@ class Dispatcher:
         slot.failures += 1
         if isinstance(exc, TimeoutError):
             return _failure(slot, hook, "timed_out", None)
-        log.error("plugin %r failed in %s", slot.plugin, hook, exc_info=exc)
-        return PluginFailure(slot.plugin, hook, "raised", repr(exc))
+        return _raised(slot, hook, exc)
 
 
 def _adapt_arguments(

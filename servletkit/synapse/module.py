@@ -41,7 +41,6 @@ and a remote event is soft-failed.
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Mapping
 from typing import Any, Final
 
@@ -54,6 +53,7 @@ from servletkit.hooks.decisions import Allow, Modify, Veto
 from servletkit.hooks.specs import HOOKS
 from servletkit.synapse.client import ContainerClient
 from servletkit.synapse.settings import ModuleSettings, SettingsError, parse_settings
+from servletkit.throttle import Throttle
 
 log = logging.getLogger("servletkit.synapse")
 
@@ -121,7 +121,7 @@ class ServletkitModule:
         self._settings = config
         self._policies = config.policies
         self._client = ContainerClient(reactor, config.host, config.port, config.secret)
-        self._failures: dict[str, tuple[float, int]] = {}
+        self._failures = Throttle(FAILURE_LOG_INTERVAL_S)
         # each Synapse callback of the hook table: its op, and the method that adapts it
         self._ops: dict[str, str] = {}
         registries: dict[str, dict[str, Any]] = {"third_party_rules": {}, "spam_checker": {}}
@@ -238,12 +238,9 @@ class ServletkitModule:
 
     def _report(self, callback: str, reason: str) -> None:
         """Log a failure, at most once per interval per callback (with a count)."""
-        now = time.monotonic()
-        last, suppressed = self._failures.get(callback, (0.0, 0))
-        if now - last < FAILURE_LOG_INTERVAL_S:
-            self._failures[callback] = (last, suppressed + 1)
+        suppressed = self._failures.allow(callback)
+        if suppressed is None:
             return
-        self._failures[callback] = (now, 0)
         effect = "let through" if self._policies[callback].fail_open else "refused"
         more = f" (and {suppressed} more since the last report)" if suppressed else ""
         log.warning("servletkit: %s not answered by the container: %s; %s (fail_open=%s)%s",

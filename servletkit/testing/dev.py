@@ -69,9 +69,11 @@ class DevProcess:
         return cls(process, run_file, (Path(out.name), Path(err.name)))
 
     @classmethod
-    def start(cls, config: Path, *, timeout: float = 60.0) -> DevProcess:
+    def start(
+        cls, config: Path, env: Mapping[str, str] | None = None, *, timeout: float = 60.0
+    ) -> DevProcess:
         """Start it and wait until its dev.json names it (everything answers)."""
-        run = cls.launch(config)
+        run = cls.launch(config, env)
         run.wait_ready(timeout)
         return run
 

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import httpx
 import pytest
@@ -69,3 +71,26 @@ def test_sigterm_stops_it(served: tuple[str, subprocess.Popen[str]]) -> None:
     output = process.stdout.read() if process.stdout else ""
     assert "Application shutdown complete" in output
     assert "Traceback" not in output
+
+
+@pytest.mark.parametrize(("option", "setting"), [(False, "[server] port in {config}"),
+                                                 (True, "--port")])
+def test_a_taken_port_is_one_message(tmp_path: Path, option: bool, setting: str) -> None:
+    """The port to serve on is in use: exit 1 with one line naming the port and where it was
+    set (the config key and file, or --port), as servletkit dev says it; no uvicorn error."""
+    config = tmp_path / "servletkit.toml"
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        config.write_text(f"[server]\nport = {port if not option else free_port()}\n")
+        result = subprocess.run(
+            [sys.executable, "-m", "servletkit.container.cli", "run", "--config", str(config),
+             *(["--port", str(port)] if option else [])],
+            capture_output=True, text=True, timeout=30, check=False,
+        )
+    assert result.returncode == 1, result.stderr
+    assert result.stderr.splitlines()[-1] == (
+        f"servletkit: port {port} on 127.0.0.1 is not available (Address already in use): "
+        f"stop the process using it, or choose another {setting.format(config=config)}")
+    assert "Errno" not in result.stderr and "Traceback" not in result.stderr

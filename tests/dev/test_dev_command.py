@@ -1,12 +1,14 @@
 """`servletkit dev` as a user runs it: a subprocess, driven through its dev.json.
 
-Two starts per session: a cold one (empty state folder) that a client uses
-to talk to the example plugins, then SIGTERM, then a warm one on the same
+Two starts per session: a cold one (empty state folder, raced by a second
+`servletkit dev` that must lose) that a client uses to talk to the example
+plugins and to a plugin that fails, then SIGTERM, then a warm one on the same
 state. Plus the failures that stop it before Synapse starts.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -30,6 +32,17 @@ DOCS = Path(__file__).resolve().parents[2] / "docs"
 START_TIMEOUT_S = 60.0
 STOP_TIMEOUT_S = 30.0
 REASON = "This room does not take that word (servletkit word_filter)"
+FRAGILE = '''
+from servletkit import hookimpl
+
+
+@hookimpl
+def on_send_event(event, context):
+    """Fails on messages that start with "!crash", as a plugin with a bug does."""
+    body = event.content.get("body")
+    if isinstance(body, str) and body.startswith("!crash"):
+        raise RuntimeError(f"cannot handle {body!r}")
+'''
 
 
 def write_config(folder: Path, extra: str = "") -> Path:
@@ -134,16 +147,52 @@ class Stopped:
 
 
 @pytest.fixture(scope="module")
-def dev_config(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return write_config(tmp_path_factory.mktemp("dev"))
+def dev_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("dev")
 
 
 @pytest.fixture(scope="module")
-def first_run(dev_config: Path) -> Iterator[DevProcess]:
-    run = DevProcess.start(dev_config, timeout=START_TIMEOUT_S)
-    yield run
-    if run.process.poll() is None:
-        run.kill()
+def dev_config(dev_folder: Path) -> Path:
+    """The example plugins, and `fragile`, which refuses what it fails on (on_error deny)."""
+    return write_config(dev_folder / "project", '[plugins.fragile]\non_error = "deny"\n')
+
+
+@pytest.fixture(scope="module")
+def dev_env(dev_folder: Path) -> dict[str, str]:
+    """Where `fragile` is installed."""
+    return {"PYTHONPATH": str(plugin_site(dev_folder, "fragile", FRAGILE))}
+
+
+@attrs.frozen
+class Race:
+    """Two `servletkit dev` launched at the same moment on one empty state folder."""
+
+    winner: DevProcess
+    loser: DevProcess
+    loser_status: int
+
+
+@pytest.fixture(scope="module")
+def race(dev_config: Path, dev_env: dict[str, str]) -> Iterator[Race]:
+    runs = [DevProcess.launch(dev_config, dev_env) for _ in range(2)]
+    try:
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while all(run.process.poll() is None for run in runs):
+            assert time.monotonic() < deadline, "neither servletkit dev gave way"
+            time.sleep(0.02)
+        loser, winner = sorted(runs, key=lambda run: run.process.poll() is None)
+        status = loser.wait(STOP_TIMEOUT_S)
+        winner.wait_ready(START_TIMEOUT_S)
+        yield Race(winner, loser, status)
+    finally:
+        for run in runs:
+            if run.process.poll() is None:
+                run.kill()
+
+
+@pytest.fixture(scope="module")
+def first_run(race: Race) -> DevProcess:
+    return race.winner
 
 
 @pytest.fixture(scope="module")
@@ -187,8 +236,9 @@ def test_dev_json_has_the_documented_facts(first_run: DevProcess) -> None:
     assert facts["test_user"]["user_id"] == "@dev:localhost"
     assert httpx.get(f"{facts['homeserver_url']}/_matrix/client/versions").status_code == 200
     health = httpx.get(f"{facts['container_url']}/_servletkit/health").json()
-    assert set(health["plugins"]) == {"word_filter", "formatter"}
-    assert facts["plugins"] == {"word_filter": ["on_send_event"], "formatter": ["on_send_event"]}
+    assert set(health["plugins"]) == {"word_filter", "formatter", "fragile"}
+    assert facts["plugins"] == {"fragile": ["on_send_event"], "word_filter": ["on_send_event"],
+                                "formatter": ["on_send_event"]}
     assert facts["pids"]["synapse"] in descendants(first_run.process.pid)
     assert Path(facts["logs"]["synapse"]).exists() and Path(facts["logs"]["servletkit"]).exists()
 
@@ -218,6 +268,45 @@ def test_docs_show_the_client_that_is_tested() -> None:
     assert code in (DOCS.parent / "README.md").read_text()
 
 
+def test_of_two_started_at_once_exactly_one_runs(race: Race, dev_config: Path) -> None:
+    """Two on one empty state folder at the same moment: one runs; the other exits 1 with one
+    line naming the folder, and the state it leaves is the winner's."""
+    assert race.loser_status == 1, race.loser.stderr
+    message = race.loser.stderr.strip()
+    state_folder = dev_config.parent / "state"
+    assert message in (
+        f"servletkit: servletkit dev is already running for {state_folder} "
+        f"(pid {race.winner.process.pid}): stop it first (Ctrl-C in its terminal, or kill "
+        f"{race.winner.process.pid})",
+        f"servletkit: servletkit dev is already running for {state_folder} (just starting): "
+        f"stop it first (Ctrl-C in its terminal)",
+    )
+    state = json.loads((state_folder / "state.json").read_text())
+    assert race.winner.facts["homeserver_url"] == f"http://127.0.0.1:{state['homeserver_port']}"
+    assert json.loads(race.winner.run_file.read_text()) == race.winner.facts
+
+
+def test_a_plugin_failure_is_one_line_in_the_terminal(
+    first_run: DevProcess, conversation: Conversation
+) -> None:
+    """A plugin that raises: its on_error (deny) refuses the message, and the terminal shows
+    the plugin, the hook, the exception and where the traceback is, once for a burst."""
+    client = Client(first_run.facts)
+    try:
+        refused = [client.send(conversation.room_id, f"!crash {n}") for n in range(3)]
+    finally:
+        client.close()
+    assert [response.status_code for response in refused] == [403] * 3
+    assert refused[0].json()["error"] == "refused because the plugin 'fragile' failed"
+    log_file = first_run.facts["logs"]["servletkit"]
+    lines = [line for line in first_run.stdout.splitlines() if "[fragile]" in line]
+    assert lines == [f"  [fragile] failed in on_send_event: RuntimeError: cannot handle "
+                     f"'!crash 0' (traceback in {log_file})"]
+    log = Path(log_file).read_text()
+    assert log.count("plugin 'fragile' failed in on_send_event: RuntimeError") == 3
+    assert "Traceback" in log
+
+
 def test_sigterm_stops_synapse_and_the_container(
     first_run: DevProcess, first_stopped: Stopped
 ) -> None:
@@ -241,8 +330,10 @@ def test_sigterm_stops_synapse_and_the_container(
 
 
 @pytest.fixture(scope="module")
-def second_run(dev_config: Path, first_stopped: Stopped) -> Iterator[DevProcess]:
-    run = DevProcess.start(dev_config, timeout=START_TIMEOUT_S)
+def second_run(
+    dev_config: Path, dev_env: dict[str, str], first_stopped: Stopped
+) -> Iterator[DevProcess]:
+    run = DevProcess.start(dev_config, dev_env, timeout=START_TIMEOUT_S)
     yield run
     if run.process.poll() is None:
         run.kill()
@@ -265,16 +356,23 @@ def test_a_second_start_reuses_the_state(
 
 
 def test_a_second_dev_on_the_same_state_is_refused(
-    dev_config: Path, second_run: DevProcess
+    dev_config: Path, dev_env: dict[str, str], second_run: DevProcess
 ) -> None:
-    """While one runs, another on the same state folder exits 1 and leaves the first alone."""
-    other = DevProcess.launch(dev_config)
+    """While one runs, another on the same state folder exits 1 with one line and leaves the
+    first alone: its dev.json, its state.json, its processes and its ports."""
+    state_folder = dev_config.parent / "state"
+    before = {name: (state_folder / name).read_bytes() for name in ("dev.json", "state.json")}
+    other = DevProcess.launch(dev_config, dev_env)
     assert other.wait(STOP_TIMEOUT_S) == 1, other.stderr
-    err = other.stderr
-    assert f"already running for {dev_config.parent / 'state'} (pid {second_run.process.pid})" \
-        in err
+    assert other.stderr.strip() == (
+        f"servletkit: servletkit dev is already running for {state_folder} "
+        f"(pid {second_run.process.pid}): stop it first (Ctrl-C in its terminal, or kill "
+        f"{second_run.process.pid})")
+    assert {name: (state_folder / name).read_bytes() for name in before} == before
     assert second_run.process.poll() is None
     assert httpx.get(f"{second_run.facts['homeserver_url']}/_matrix/client/versions").is_success
+    health = httpx.get(f"{second_run.facts['container_url']}/_servletkit/health")
+    assert health.is_success
 
 
 def test_synapse_dying_ends_dev_with_a_message(second_run: DevProcess) -> None:
@@ -331,6 +429,42 @@ def test_a_plugin_that_fails_to_load_is_one_message(tmp_path: Path) -> None:
     assert "Traceback" not in err
     log = (tmp_path / "project" / "state" / "servletkit.log").read_text()
     assert "Traceback" in log  # the details are in the log
+
+
+SLOW_START = '''
+import asyncio
+
+from servletkit import hookimpl
+
+
+@hookimpl
+async def servlet_init(context):
+    """Takes its time to start, like a plugin that connects somewhere."""
+    context.log.info("starting slowly")
+    await asyncio.sleep(2)
+'''
+
+
+@pytest.mark.parametrize(("signum", "status"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)],
+                         ids=["SIGINT", "SIGTERM"])
+def test_a_signal_during_start_up_exits_non_zero(
+    tmp_path: Path, signum: signal.Signals, status: int
+) -> None:
+    """Ctrl-C (or SIGTERM) before everything is up: 128 + the signal, as a shell reports it,
+    nothing left behind, no traceback."""
+    site = plugin_site(tmp_path, "slow", SLOW_START)
+    run = DevProcess.launch(write_config(tmp_path / "project"), env={"PYTHONPATH": str(site)})
+    deadline = time.monotonic() + START_TIMEOUT_S
+    while "[slow] starting slowly" not in run.stdout:
+        assert run.process.poll() is None and time.monotonic() < deadline, run.stderr
+        time.sleep(0.02)
+    run.process.send_signal(signum)
+    assert run.wait(STOP_TIMEOUT_S) == status, run.stderr
+    assert f"servletkit dev: interrupted ({signum.name}) while starting; stopping…" in run.stdout
+    assert "servletkit dev: stopped" in run.stdout
+    assert run.stderr == ""
+    assert not run.run_file.exists()
+    assert not (tmp_path / "project" / "state" / "synapse" / "homeserver.yaml").exists()
 
 
 def test_a_chatty_plugin_does_not_block_servletkit_dev(tmp_path: Path) -> None:

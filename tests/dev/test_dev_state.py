@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import importlib.util
 import io
 import json
@@ -22,6 +23,8 @@ from servletkit.container import dev
 from servletkit.container.config import ConfigError, load_config, parse_config
 from servletkit.container.dev import DevError, DevPaths, DevState
 from servletkit.container.embedded_synapse import SynapseServer, free_port, launch_synapse
+from servletkit.hooks.dispatcher import OnError
+from tests.hooks.test_dispatcher import EVENT, Boom, dispatcher_for, policy
 
 TOML = """
 [server]
@@ -240,3 +243,27 @@ class TestFailuresAreOneMessage:
         assert message.startswith(f"asking Synapse failed: no answer from GET {url} "
                                   f"(ConnectError: ")
         assert message.endswith("); see synapse.log")
+
+
+class TestPluginFailuresInTheTerminal:
+    @pytest.mark.parametrize("on_error", ["allow", "deny"])
+    async def test_one_line_per_plugin_and_hook_then_a_count(
+        self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, on_error: OnError
+    ) -> None:
+        """Whatever its policy, a failing plugin is one terminal line (plugin, hook, exception,
+        the log with the traceback); a burst is one line, the next one counts the rest."""
+        monkeypatch.setattr(dev, "FAILURE_LINE_INTERVAL_S", 0.5)
+        dispatcher = dispatcher_for(("boom", Boom(), policy(on_error=on_error)))
+        out, log_file = io.StringIO(), tmp_path / "servletkit.log"
+        undo = dev.route_logs(log_file, out)
+        try:
+            for _ in range(3):
+                await dispatcher.intercept("on_send_event", EVENT)
+            await asyncio.sleep(0.6)
+            await dispatcher.intercept("on_send_event", EVENT)
+        finally:
+            undo()
+        line = ("  [boom] failed in on_send_event: RuntimeError: plugin bug "
+                f"(traceback in {log_file}")
+        assert out.getvalue().splitlines() == [f"{line})", f"{line}; 2 more since the last line)"]
+        assert log_file.read_text().count("Traceback") == 4  # every one, in full, in the log

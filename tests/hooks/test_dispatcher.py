@@ -11,7 +11,7 @@ import pytest
 from servletkit import Allow, Ephemeral, Event, Modify, Veto, hookimpl
 from servletkit.container.context import PluginContext
 from servletkit.container.plugins import new_plugin_manager
-from servletkit.hooks.dispatcher import Dispatcher, PluginPolicy
+from servletkit.hooks.dispatcher import FAILURE_RECORD_ATTRIBUTE, Dispatcher, PluginPolicy
 
 EVENT = Event.from_json({
     "event_id": "$e", "room_id": "!r:hs", "type": "m.room.message", "sender": "@a:hs",
@@ -306,6 +306,25 @@ class TestFailures:
         assert outcome.decision is None
         assert "no event to modify" in outcome.failures[0].detail
 
+    async def test_each_failure_is_logged_with_its_description(
+        self, caplog: pytest.LogCaptureFixture
+    ) -> None:
+        """Every failure, whatever the policy, is one error record carrying its PluginFailure
+        (what servletkit dev shows); a raised one also has the traceback."""
+        d = dispatcher_for(
+            ("boom", Boom(), policy(0, on_error="allow")),
+            ("odd", Recorder([], "odd", True), policy(1, on_error="allow")),
+            ("slow", Slow(0.1, blocking=True), policy(2, timeout_ms=20, on_error="deny")),
+        )
+        outcome = await d.intercept("on_send_event", EVENT)
+        records = [r for r in caplog.records if hasattr(r, FAILURE_RECORD_ATTRIBUTE)]
+        assert [getattr(r, FAILURE_RECORD_ATTRIBUTE) for r in records] == list(outcome.failures)
+        assert [(f.plugin, f.kind) for f in outcome.failures] == [
+            ("boom", "raised"), ("odd", "bad_answer"), ("slow", "timed_out")]
+        assert outcome.failures[0].detail == "RuntimeError: plugin bug"
+        assert [r.exc_info is not None for r in records] == [True, False, False]
+        assert all(r.levelname == "ERROR" for r in records)
+
     async def test_outside_cancellation_is_not_swallowed(self) -> None:
         """Cancelling the caller cancels the chain; the dispatcher only absorbs its own."""
         d = dispatcher_for(("slow", Slow(5.0), policy(timeout_ms=10_000)))
@@ -344,7 +363,9 @@ class TestObservation:
         d = dispatcher_for(("ping", Ping(), policy(0)), ("pong", Pong(), policy(1)))
         assert await d.observe("on_stored_event", EVENT) == ()
 
-    async def test_observer_failures_are_reported_not_raised(self) -> None:
+    async def test_observer_failures_are_reported_not_raised(
+        self, caplog: pytest.LogCaptureFixture
+    ) -> None:
         got: list[str] = []
 
         class Broken:
@@ -372,6 +393,8 @@ class TestObservation:
             ("broken", "raised"), ("hangs", "timed_out")
         ]
         assert got == ["$e"]
+        logged = [getattr(r, FAILURE_RECORD_ATTRIBUTE, None) for r in caplog.records]
+        assert set(failures) == {f for f in logged if f is not None}
 
 
 class EveryHook:
