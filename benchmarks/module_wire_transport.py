@@ -77,6 +77,9 @@ def serve(kind: str, port: int) -> None:
 
             return [Route("/event", event, methods=["POST"])]
 
+        async def settled(self, timeout_s: float) -> None:
+            pass
+
         def lifespan(self) -> contextlib.AbstractAsyncContextManager[None]:
             return contextlib.nullcontext()
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Sequence
+from typing import Final
 
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -26,6 +27,10 @@ from servletkit.wires import Wire, WireFactory
 
 WIRES: list[WireFactory] = [appservice_wire, module_wire]
 """The wires every container may run; each factory gives ``None`` when its config is off."""
+
+SETTLE_TIMEOUT_S: Final = 2.0
+"""How long the plugins' start waits for the homeserver to connect to the wires (Synapse's
+module retries at least every second)."""
 
 
 def health_routes(container: Container) -> list[BaseRoute]:
@@ -54,11 +59,16 @@ def container_wires(
     return [wire for wire in found if wire is not None]
 
 
-def build_app(container: Container, wires: Sequence[Wire] | None = None) -> Starlette:
+def build_app(
+    container: Container,
+    wires: Sequence[Wire] | None = None,
+    *,
+    settle_timeout_s: float = SETTLE_TIMEOUT_S,
+) -> Starlette:
     """The ASGI app for ``container`` (and its configured wires, unless ``wires`` are given).
 
-    Its lifespan enters the wires, starts the plugins, and on the way out stops
-    them in the reverse order.
+    Its lifespan enters the wires, starts the plugins once the wires have settled
+    (at most ``settle_timeout_s``), and on the way out stops them in the reverse order.
     """
     wires = container_wires(container) if wires is None else wires
 
@@ -68,12 +78,17 @@ def build_app(container: Container, wires: Sequence[Wire] | None = None) -> Star
             stack.push_async_callback(container.stop)
             for wire in wires:
                 await stack.enter_async_context(wire.lifespan())
-            starting = asyncio.create_task(container.start())
+            starting = asyncio.create_task(_start(container, wires, settle_timeout_s))
             stack.push_async_callback(_settle, starting)
             yield
 
     routes = health_routes(container) + [route for wire in wires for route in wire.routes()]
     return Starlette(routes=routes, exception_handlers=EXCEPTION_HANDLERS, lifespan=lifespan)
+
+
+async def _start(container: Container, wires: Sequence[Wire], settle_timeout_s: float) -> None:
+    await asyncio.gather(*(wire.settled(settle_timeout_s) for wire in wires))
+    await container.start()
 
 
 async def _settle(starting: asyncio.Task[None]) -> None:

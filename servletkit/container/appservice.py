@@ -142,6 +142,9 @@ class AppserviceWire:
         """Nothing of its own runs: it is all routes."""
         return contextlib.nullcontext()
 
+    async def settled(self, timeout_s: float) -> None:
+        """At once: the homeserver connects per request."""
+
     async def _plugins_ready(self) -> None:
         ready = self._container.ready
         if not ready.is_set():

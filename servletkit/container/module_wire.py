@@ -177,6 +177,7 @@ class ModuleWire:
         self._ready = ready
         self._own_user = own_user
         self.host, self.port = host, port
+        self._connected = asyncio.Event()  # set at the first module's hello
         self.operations = Operation.table(hooks)
         self.connections: set[ModuleConnection] = set()
 
@@ -231,6 +232,10 @@ class ModuleWire:
             asyncio.get_running_loop().call_soon(self._record, record)
         return reply
 
+    def connected(self) -> None:
+        """A module has authenticated."""
+        self._connected.set()
+
     def _for_own_user(self, subject: Any) -> bool:
         """Whether a request's actor (an event's sender, else its first field, a user ID)
         is one of the container's own users."""
@@ -264,6 +269,13 @@ class ModuleWire:
     def routes(self) -> list[BaseRoute]:
         """None: the module connects to a listener of its own, not over HTTP."""
         return []
+
+    async def settled(self, timeout_s: float) -> None:
+        """Wait until a module has said hello, at most ``timeout_s`` (the module retries
+        at least every second; without it, Synapse refuses a fail-closed callback at once)."""
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(timeout_s):
+                await self._connected.wait()
 
     @contextlib.asynccontextmanager
     async def lifespan(self) -> AsyncIterator[None]:
@@ -386,6 +398,7 @@ class ModuleConnection(asyncio.Protocol):
                          "[module] secret in servletkit.toml")
         else:
             self._authenticated = True
+            self._wire.connected()
             if self._hello_timer is not None:
                 self._hello_timer.cancel()
             self._write(encode({"op": "hello", "protocol": PROTOCOL_VERSION}))

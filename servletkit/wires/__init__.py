@@ -38,6 +38,12 @@ class Wire(Protocol):
     def routes(self) -> Sequence[BaseRoute]:
         """The HTTP routes it serves in the container's app (possibly none)."""
 
+    async def settled(self, timeout_s: float) -> None:
+        """Return once the homeserver's side has connected (the module wire: Synapse's
+        module is back), or after ``timeout_s``; at once for a wire with nothing to
+        wait for. The plugins start after every wire has settled, so that their own
+        homeserver calls from ``servlet_init`` are answered."""
+
     def lifespan(self) -> AbstractAsyncContextManager[None]:
         """What runs while the app lives (a listener of its own, a connection).
 

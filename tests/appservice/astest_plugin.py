@@ -5,15 +5,39 @@ It joins rooms it is invited to, counts every message it observes in its
 echoes ``!echo TEXT`` through a virtual user, vetoes messages containing
 ``forbidden-word``, creates rooms for aliases it is asked about, and slows
 down on messages starting with ``slow`` (so a kill lands mid-transaction).
+From ``servlet_init``, when the homeserver is up, it creates (or joins) the room
+``#_astest_init`` and counts its lives in ``init/lives``: the container's own
+requests must get through the module wire while plugins start.
 """
 
 from __future__ import annotations
 
 import asyncio
 
+import httpx
+
 from servletkit import Veto, hookimpl
+from servletkit.container.homeserver import MatrixRequestError
 
 ECHO_LOCALPART = "_astest_echo"
+
+
+@hookimpl
+async def servlet_init(context):
+    """Follow the init room (create it the first time); skipped while no homeserver answers."""
+    hs = context.homeserver
+    try:
+        await hs.whoami()
+    except httpx.TransportError:
+        return  # the first start, before the test starts Synapse
+    try:
+        room_id = await hs.create_room(alias_localpart="_astest_init", preset="public_chat")
+    except MatrixRequestError as exc:
+        if exc.errcode != "M_ROOM_IN_USE":
+            raise
+        room_id = await hs.join(f"#_astest_init:{hs.server_name}")
+    context.store.put("init/room", room_id)
+    context.store.put("init/lives", context.store.get("init/lives", 0) + 1)
 
 
 @hookimpl
@@ -42,8 +66,9 @@ async def on_stored_event(event, context):
 
 @hookimpl
 def on_send_event(event):
-    """Veto messages with the forbidden word (redacted in redact mode)."""
-    if "forbidden-word" in str(event.content.get("body", "")):
+    """Veto messages with the forbidden word once stored (redacted in redact mode); the
+    module wire asks too, before storing, and is left alone (``event.wire`` tells)."""
+    if event.wire == "appservice" and "forbidden-word" in str(event.content.get("body", "")):
         return Veto("forbidden-word is not welcome here")
     return None
 

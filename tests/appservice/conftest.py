@@ -20,10 +20,12 @@ import pytest
 from servletkit.container.app import build_app
 from servletkit.container.config import load_config
 from servletkit.container.embedded_synapse import stop_process
+from servletkit.container.module_wire import module_entry
 from servletkit.container.plugins import PluginSource, installed_plugins
 from servletkit.container.registration import dump_yaml, registration
 from servletkit.container.runtime import Container
 from servletkit.container.store import PluginStore, SqliteStore
+from servletkit.synapse.settings import DEFAULT_POLICIES
 from servletkit.testing.synapse import SynapseServer, free_port, start_synapse
 from tests.appservice.support import HS_TOKEN, container_config, eventually
 
@@ -63,6 +65,8 @@ PLUGIN = "astest"
 AS_ID = "servletkit-astest"
 AS_TOKEN = "astest-as-token"
 BOT = "astestbot"
+MODULE_SECRET = "astest-module-secret-0123456789"
+FAIL_CLOSED = ("user_may_create_room", "user_may_join_room")
 
 
 class Deployment:
@@ -131,7 +135,7 @@ def deployment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]
         "Metadata-Version: 2.1\nName: servletkit-astest\nVersion: 0.1\n")
     (dist_info / "entry_points.txt").write_text(
         f"[servletkit.plugins]\n{PLUGIN} = tests.appservice.astest_plugin\n")
-    hs_port, port = free_port(), free_port()
+    hs_port, port, module_port = free_port(), free_port(), free_port()
     plugins = {name: {"enabled": False} for name in installed_plugins()}
     config_path = workdir / "servletkit.toml"
     config_path.write_text("\n".join([
@@ -141,6 +145,12 @@ def deployment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]
         f'sender_localpart = "{BOT}"\nenforce_vetoes = "redact"\nreceive_ephemeral = true',
         '[[appservice.namespaces.users]]\nregex = "@_astest_.*:localhost"\nexclusive = true',
         '[[appservice.namespaces.aliases]]\nregex = "#_astest_.*:localhost"\nexclusive = true',
+        # the module wire too, failing closed for room creation and joins: a plugin's own
+        # calls from servlet_init must get through (the others fail open, so tests that
+        # send while the container is down still can)
+        f'[module]\nenabled = true\nport = {module_port}\nsecret = "{MODULE_SECRET}"',
+        *(f"[module.callbacks.{name}]\nfail_open = {str(name not in FAIL_CLOSED).lower()}"
+          for name in DEFAULT_POLICIES),
         *(f"[plugins.{name}]\nenabled = false" for name in plugins),
         f"[plugins.{PLUGIN}]\ntimeout_ms = 10000",
     ]) + "\n")
@@ -152,8 +162,9 @@ def deployment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]
     try:
         registration_file = workdir / "registration.yaml"
         registration_file.write_text(dump_yaml(registration(load_config(config_path))))
-        deployment.synapse = start_synapse(workdir / "synapse", port=hs_port,
-                                           app_service_config_files=[registration_file])
+        deployment.synapse = start_synapse(
+            workdir / "synapse", port=hs_port, app_service_config_files=[registration_file],
+            modules=[module_entry(load_config(config_path))])
         yield deployment
     finally:
         deployment.stop_container()
