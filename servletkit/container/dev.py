@@ -1,12 +1,14 @@
 """``servletkit dev``: a real homeserver wired to the container, in one command.
 
-The container (with every plugin the config enables) starts first, in this
-process, so the homeserver never sees the appservice down. Then an embedded
-Synapse (:mod:`servletkit.container.embedded_synapse`: SQLite, 127.0.0.1,
-relaxed rate limits) starts as a child process, with the module wire's
-``modules:`` entry and the appservice registration written for it. A test
-account is created once, Synapse is asked to ping the appservice, and the
-facts a client needs are printed and written to ``dev.json``.
+The container (with every plugin the config enables) starts listening first,
+in this process, so the homeserver never sees the appservice down. Then an
+embedded Synapse (:mod:`servletkit.container.embedded_synapse`: SQLite,
+127.0.0.1, relaxed rate limits) starts as a child process, with the module
+wire's ``modules:`` entry and the appservice registration written for it. The
+plugins' ``servlet_init`` runs once Synapse's module has connected, so a
+plugin may already act in Matrix from it. A test account is created once,
+Synapse is asked to ping the appservice, and the facts a client needs are
+printed and written to ``dev.json``.
 
 Everything lives in the state folder (``[dev] state_dir``, default
 ``.servletkit/dev`` next to the config file):
@@ -430,8 +432,6 @@ class DevSession:
         require_port(config, config.module.host, config.module.port, "[module] port")
         self.say(f"starting the container on {config.server.host}:{config.server.port}…")
         await self.serve_container(container)
-        if failure := plugin_failures(container):
-            raise failure
 
         first = not (paths.synapse / "homeserver.db").exists()
         self.say(f"starting Synapse on {homeserver_url} "
@@ -449,6 +449,11 @@ class DevSession:
                 die_with_parent=True,
             )
             await self.wait_for_synapse(self.synapse)
+        # the plugins' servlet_init runs once Synapse's module has connected, so that
+        # their own homeserver calls are answered
+        await self.wait_for_plugins(container)
+        if failure := plugin_failures(container):
+            raise failure
 
         with step(f"setting up the test account {config.dev.test_user!r}",
                   f"see {paths.synapse_log}"):
@@ -481,15 +486,27 @@ class DevSession:
         }, indent=2))
 
     async def serve_container(self, container: Container) -> None:
-        """Serve the container's app (in this process); wait until it listens and its
-        plugins have run their servlet_init."""
+        """Serve the container's app (in this process) and wait until it listens.
+
+        Its plugins start once Synapse's module connects (:meth:`wait_for_plugins`).
+        """
         config = container.config
+        app = build_app(container, settle_timeout_s=SYNAPSE_START_TIMEOUT_S)
         self._server = _Server(uvicorn.Config(
-            build_app(container), host=config.server.host, port=config.server.port,
-            log_config=None, lifespan="on",
+            app, host=config.server.host, port=config.server.port, log_config=None,
+            lifespan="on",
         ))
         self._serving = asyncio.create_task(self._server.serve())
-        while not (self._server.started and container.ready.is_set()):
+        await self._until(lambda: self._server is not None and self._server.started)
+
+    async def wait_for_plugins(self, container: Container) -> None:
+        """Wait until every plugin has run its ``servlet_init``."""
+        await self._until(container.ready.is_set)
+
+    async def _until(self, done: Callable[[], bool]) -> None:
+        """Poll ``done`` while the container serves; :class:`DevError` if it stops."""
+        assert self._serving is not None  # serve_container started it
+        while not done():
             if self._serving.done():
                 # uvicorn logs the reason and exits; the log has it
                 with contextlib.suppress(BaseException):
