@@ -38,8 +38,8 @@ from typing import Any
 import pluggy
 
 from servletkit import Event, hookimpl
-from servletkit.container.context import PluginContext
 from servletkit.container.plugins import new_plugin_manager
+from servletkit.hooks.context import PluginContext
 from servletkit.hooks.dispatcher import Dispatcher, PluginPolicy
 
 EVENT = Event.from_json({

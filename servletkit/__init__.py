@@ -2,9 +2,10 @@
 
 The public plugin API. Everything a plugin author imports comes from here::
 
-    from servletkit import hookimpl, Allow, Modify, Veto, Event
+    from servletkit import hookimpl, Allow, Modify, Veto, Event, PluginContext
 """
 
+from servletkit.hooks.context import PluginContext
 from servletkit.hooks.decisions import Allow, Decision, Modify, Veto
 from servletkit.hooks.events import Ephemeral, Event
 from servletkit.hooks.markers import hookimpl, hookspec
@@ -17,6 +18,7 @@ __all__ = [
     "Ephemeral",
     "Event",
     "Modify",
+    "PluginContext",
     "Veto",
     "__version__",
     "hookimpl",

@@ -11,7 +11,6 @@ from typing import Any
 import attrs
 
 from servletkit.container.config import Config, ConfigError, PluginSettings
-from servletkit.container.context import PluginContext
 from servletkit.container.homeserver import HomeserverClient
 from servletkit.container.plugins import (
     PluginError,
@@ -25,6 +24,7 @@ from servletkit.container.plugins import (
     sources_for,
 )
 from servletkit.container.store import PluginStore, SqliteStore, Store
+from servletkit.hooks.context import PluginContext
 from servletkit.hooks.dispatcher import Dispatcher, PluginPolicy, await_me_maybe, iter_plugin_impls
 from servletkit.hooks.specs import HOOKS
 from servletkit.hooks.table import HookTable

@@ -1,6 +1,6 @@
 """Hook specifications: the reference for plugin authors.
 
-Every hook receives ``context`` (a :class:`servletkit.container.context.PluginContext`),
+Every hook receives ``context`` (a :class:`servletkit.PluginContext`),
 the calling plugin's own view of the container: its config table, its logger,
 and, where the container provides them, its storage and homeserver client.
 
@@ -46,7 +46,7 @@ from servletkit.hooks.table import (
 )
 
 if TYPE_CHECKING:
-    from servletkit.container.context import PluginContext
+    from servletkit.hooks.context import PluginContext
     from servletkit.hooks.decisions import Decision
     from servletkit.hooks.events import Ephemeral, Event
 

@@ -10,9 +10,9 @@ import pytest
 
 from servletkit import Event, Veto, hookimpl
 from servletkit.container.config import ConfigError, parse_config
-from servletkit.container.context import PluginContext
 from servletkit.container.plugins import PluginSource
 from servletkit.container.runtime import Container
+from servletkit.hooks.context import PluginContext
 
 EVENT = Event.from_json({
     "event_id": "$e", "room_id": "!r:hs", "type": "m.room.message", "sender": "@a:hs",

@@ -9,8 +9,8 @@ from typing import Any
 import pytest
 
 from servletkit import Allow, Ephemeral, Event, Modify, Veto, hookimpl
-from servletkit.container.context import PluginContext
 from servletkit.container.plugins import new_plugin_manager
+from servletkit.hooks.context import PluginContext
 from servletkit.hooks.dispatcher import FAILURE_RECORD_ATTRIBUTE, Dispatcher, PluginPolicy
 
 EVENT = Event.from_json({

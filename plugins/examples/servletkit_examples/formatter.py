@@ -4,14 +4,14 @@ Config (``[plugins.formatter]``): ``prefix``, the command that triggers
 upper-casing (default ``/shout ``).
 """
 
-from servletkit import Event, Modify, hookimpl
+from servletkit import Event, Modify, PluginContext, hookimpl
 
 
 class Formatter:
     """A class-based plugin: the container instantiates it with no arguments."""
 
     @hookimpl
-    def on_send_event(self, event: Event, context) -> Modify | None:
+    def on_send_event(self, event: Event, context: PluginContext) -> Modify | None:
         """Upper-case a text message that starts with the configured prefix."""
         body = event.content.get("body")
         prefix = context.config.get("prefix", "/shout ")

@@ -4,11 +4,11 @@ Config (``[plugins.word_filter]``): ``words``, a list of words (case-insensitive
 ``reason``, what the sender is told.
 """
 
-from servletkit import Event, Veto, hookimpl
+from servletkit import Event, PluginContext, Veto, hookimpl
 
 
 @hookimpl
-def on_send_event(event: Event, context) -> Veto | None:
+def on_send_event(event: Event, context: PluginContext) -> Veto | None:
     """Veto an ``m.room.message`` whose body contains one of the configured words."""
     body = event.content.get("body")
     if event.type != "m.room.message" or not isinstance(body, str):

@@ -1,0 +1,65 @@
+"""What a plugin gets from the container: its :class:`PluginContext`, passed to every hook.
+
+Part of the public plugin API (``from servletkit import PluginContext``), so a
+plugin can type its hooks::
+
+    from servletkit import PluginContext, hookimpl
+
+    @hookimpl
+    async def servlet_init(context: PluginContext) -> None:
+        context.log.info("limit is %s", context.config.get("limit", 3))
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
+
+import attrs
+
+if TYPE_CHECKING:  # the container's classes, named for type checkers only
+    from servletkit.container.homeserver import HomeserverClient
+    from servletkit.container.store import PluginStore
+
+
+@attrs.frozen
+class PluginContext:
+    """One plugin's view of the container, passed to every hook as ``context``.
+
+    ``name``
+        the plugin's name (its entry-point name).
+    ``config``
+        its own ``[plugins.NAME]`` table without the container's keys
+        (``enabled``, ``order``, ``timeout_ms``, ``on_error``); read-only.
+    ``log``
+        a logger named ``servletkit.plugins.NAME`` (shown in ``servletkit dev``'s
+        terminal).
+    ``homeserver``
+        acts in Matrix as the appservice's user or, with ``as_user``, one of its
+        virtual users (:class:`~servletkit.container.homeserver.HomeserverClient`);
+        ``None`` when the config has no ``[appservice]`` section.
+    ``store``
+        the plugin's own durable key/value data
+        (:class:`~servletkit.container.store.PluginStore`): what must survive a
+        restart (or, later, a reload) goes here, not in module globals.
+    """
+
+    name: str
+    config: Mapping[str, Any]
+    log: logging.Logger
+    homeserver: HomeserverClient | None = None
+    store: PluginStore | None = None
+
+    @classmethod
+    def create(
+        cls,
+        name: str,
+        config: Mapping[str, Any],
+        homeserver: HomeserverClient | None = None,
+        *,
+        store: PluginStore | None = None,
+    ) -> PluginContext:
+        """The context of plugin ``name`` with its own config table."""
+        return cls(name=name, config=config, log=logging.getLogger(f"servletkit.plugins.{name}"),
+                   homeserver=homeserver, store=store)
