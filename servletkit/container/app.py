@@ -63,12 +63,15 @@ def build_app(
     container: Container,
     wires: Sequence[Wire] | None = None,
     *,
-    settle_timeout_s: float = SETTLE_TIMEOUT_S,
+    homeserver_started: asyncio.Event | None = None,
 ) -> Starlette:
     """The ASGI app for ``container`` (and its configured wires, unless ``wires`` are given).
 
     Its lifespan enters the wires, starts the plugins once the wires have settled
-    (at most ``settle_timeout_s``), and on the way out stops them in the reverse order.
+    (at most :data:`SETTLE_TIMEOUT_S`), and on the way out stops them in the reverse
+    order. A caller that starts the homeserver itself (``servletkit dev``) passes
+    ``homeserver_started`` and sets it once the homeserver answers: the settling
+    waits for it first.
     """
     wires = container_wires(container) if wires is None else wires
 
@@ -78,7 +81,7 @@ def build_app(
             stack.push_async_callback(container.stop)
             for wire in wires:
                 await stack.enter_async_context(wire.lifespan())
-            starting = asyncio.create_task(_start(container, wires, settle_timeout_s))
+            starting = asyncio.create_task(_start(container, wires, homeserver_started))
             stack.push_async_callback(_settle, starting)
             yield
 
@@ -86,8 +89,12 @@ def build_app(
     return Starlette(routes=routes, exception_handlers=EXCEPTION_HANDLERS, lifespan=lifespan)
 
 
-async def _start(container: Container, wires: Sequence[Wire], settle_timeout_s: float) -> None:
-    await asyncio.gather(*(wire.settled(settle_timeout_s) for wire in wires))
+async def _start(
+    container: Container, wires: Sequence[Wire], homeserver_started: asyncio.Event | None
+) -> None:
+    if homeserver_started is not None:
+        await homeserver_started.wait()
+    await asyncio.gather(*(wire.settled(SETTLE_TIMEOUT_S) for wire in wires))
     await container.start()
 
 

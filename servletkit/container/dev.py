@@ -338,6 +338,7 @@ class DevSession:
         self.synapse: SynapseServer | None = None
         self._server: _Server | None = None
         self._serving: asyncio.Task[None] | None = None
+        self._synapse_answers = asyncio.Event()
         self._lock: TextIO | None = None  # set once this session owns the state folder
 
     @property
@@ -449,8 +450,9 @@ class DevSession:
                 die_with_parent=True,
             )
             await self.wait_for_synapse(self.synapse)
-        # the plugins' servlet_init runs once Synapse's module has connected, so that
-        # their own homeserver calls are answered
+        # the plugins' servlet_init runs now, once Synapse's module has connected (at
+        # most 2 s), so that their own homeserver calls are answered
+        self._synapse_answers.set()
         await self.wait_for_plugins(container)
         if failure := plugin_failures(container):
             raise failure
@@ -488,10 +490,11 @@ class DevSession:
     async def serve_container(self, container: Container) -> None:
         """Serve the container's app (in this process) and wait until it listens.
 
-        Its plugins start once Synapse's module connects (:meth:`wait_for_plugins`).
+        Its plugins start once Synapse answers and its module connects
+        (:meth:`wait_for_plugins`).
         """
         config = container.config
-        app = build_app(container, settle_timeout_s=SYNAPSE_START_TIMEOUT_S)
+        app = build_app(container, homeserver_started=self._synapse_answers)
         self._server = _Server(uvicorn.Config(
             app, host=config.server.host, port=config.server.port, log_config=None,
             lifespan="on",
