@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 import textwrap
 from pathlib import Path
 
 import pytest
+
+from servletkit.testing import only_plugins, plugins_toml, python_path_env
 
 PLUGIN_MODULE = '''
 from servletkit import Modify, Veto, hookimpl
@@ -79,11 +80,8 @@ def installed_plugin(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]
         check=True, capture_output=True,
     )
     config = root / "servletkit.toml"
-    config.write_text('[plugins.shouty]\nbanned = "darn"\n'
-                      "[plugins.word_filter]\nenabled = false\n"
-                      "[plugins.formatter]\nenabled = false\n")
-    env = dict(os.environ, PYTHONPATH=str(target))
-    return {"config": str(config), **env}
+    config.write_text(plugins_toml(only_plugins({"shouty": {"banned": "darn"}})))
+    return {"config": str(config), **python_path_env(target)}
 
 
 def servletkit(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:

@@ -24,6 +24,7 @@ import httpx
 import pytest
 
 from servletkit.container.embedded_synapse import free_port
+from servletkit.testing import only_plugins, plugin_site, plugins_toml, python_path_env
 from servletkit.testing.dev import DevProcess
 
 pytestmark = pytest.mark.integration
@@ -45,9 +46,14 @@ def on_send_event(event, context):
 '''
 
 
-def write_config(folder: Path, extra: str = "") -> Path:
+def write_config(folder: Path) -> Path:
+    """A config running only the example plugins (whatever else is installed), on free ports."""
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / "servletkit.toml"
+    tables = only_plugins({
+        "word_filter": {"words": ["forbidden", "spam"], "reason": REASON},
+        "formatter": {"prefix": "/shout "},
+    })
     path.write_text(f"""
 [server]
 port = {free_port()}
@@ -55,12 +61,7 @@ port = {free_port()}
 port = {free_port()}
 [dev]
 state_dir = "state"
-[plugins.word_filter]
-words = ["forbidden", "spam"]
-reason = "{REASON}"
-[plugins.formatter]
-prefix = "/shout "
-{extra}""")
+{plugins_toml(tables)}""")
     return path
 
 
@@ -404,24 +405,11 @@ def test_a_taken_port_is_one_message(tmp_path: Path) -> None:
     assert not (tmp_path / "state" / "synapse" / "homeserver.yaml").exists()
 
 
-def plugin_site(folder: Path, name: str, code: str) -> Path:
-    """A folder for PYTHONPATH with plugin ``name`` installed: module ``{name}_plugin``."""
-    site = folder / "site"
-    dist_info = site / f"{name}_plugin-0.1.dist-info"
-    dist_info.mkdir(parents=True)
-    (site / f"{name}_plugin.py").write_text(code)
-    (dist_info / "METADATA").write_text(
-        f"Metadata-Version: 2.1\nName: {name}-plugin\nVersion: 0.1\n")
-    (dist_info / "entry_points.txt").write_text(
-        f"[servletkit.plugins]\n{name} = {name}_plugin\n")
-    return site
-
-
 def test_a_plugin_that_fails_to_load_is_one_message(tmp_path: Path) -> None:
     """An installed plugin that cannot be imported: exit 1, its name, the fix, no traceback."""
     site = plugin_site(tmp_path, "broken", "import no_such_module_for_servletkit_tests\n")
     config = write_config(tmp_path / "project")
-    run = DevProcess.launch(config, env={"PYTHONPATH": str(site)})
+    run = DevProcess.launch(config, env=python_path_env(site))
     assert run.wait(STOP_TIMEOUT_S) == 1
     err = run.stderr
     assert "plugin 'broken' failed to import: ModuleNotFoundError" in err
@@ -477,7 +465,7 @@ for n in range({lines}):
     print(f"chatty error {{n:06d}}", file=sys.stderr)
 raise ImportError("chatty gives up")
 """)
-    run = DevProcess.launch(write_config(tmp_path / "project"), env={"PYTHONPATH": str(site)})
+    run = DevProcess.launch(write_config(tmp_path / "project"), env=python_path_env(site))
     assert run.wait(STOP_TIMEOUT_S) == 1
     out, err = run.stdout, run.stderr
     assert out.count("chatty line ") == lines and f"chatty line {lines - 1:06d}" in out
