@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from servletkit.testing import only_plugins, plugins_toml, python_path_env
+from servletkit.testing import only_plugins, plugin_site, plugins_toml, python_path_env
 
 PLUGIN_MODULE = '''
 from servletkit import Modify, Veto, hookimpl
@@ -139,6 +139,20 @@ def test_check_fails_when_a_plugin_cannot_init(
     assert "plugin 'shouty' failed to init: ValueError: shouty needs a 'banned' word" in (
         result.stderr
     )
+    assert result.stderr.count("Traceback (most recent call last)") == 1
+
+
+def test_check_shows_an_import_failure_once(tmp_path: Path) -> None:
+    """A plugin that raises at import: exit 1, its traceback once, then the one-line summary."""
+    site = plugin_site(tmp_path, "broken", 'raise RuntimeError("broken at import")\n')
+    config = tmp_path / "servletkit.toml"
+    config.write_text(plugins_toml(only_plugins({})))
+    result = servletkit(python_path_env(site), "check", "--config", str(config))
+    assert result.returncode == 1
+    assert result.stderr.count("Traceback (most recent call last)") == 1
+    assert result.stderr.count('raise RuntimeError("broken at import")') == 1
+    assert result.stderr.rstrip().endswith(
+        "plugin 'broken' failed to import: RuntimeError: broken at import")
 
 
 def test_a_missing_config_file_is_one_clear_line(
