@@ -129,6 +129,17 @@ def test_check_fails_on_a_typo_in_the_plugin_table(
     assert "Traceback" not in result.stderr
 
 
+def test_check_warns_of_a_misspelt_container_key(
+    installed_plugin: dict[str, str], tmp_path: Path
+) -> None:
+    """`timeout` for `timeout_ms`: a warning on stderr naming both; the plugin still runs."""
+    config = tmp_path / "servletkit.toml"
+    config.write_text('[plugins.shouty]\nbanned = "darn"\ntimeout = 50\n')
+    result = servletkit(installed_plugin, "check", "--config", str(config))
+    assert result.returncode == 0, result.stderr
+    assert f"{config}: plugins.shouty.timeout: did you mean 'timeout_ms'?" in result.stderr
+
+
 def test_check_fails_when_a_plugin_cannot_init(
     installed_plugin: dict[str, str], tmp_path: Path
 ) -> None:
