@@ -19,7 +19,8 @@ from servletkit.testing import plugin_site, python_path_env
 pytestmark = pytest.mark.integration
 
 REPO = Path(__file__).resolve().parents[1]
-# the test modules whose servletkit subprocesses load the installed plugins
+# the test modules whose servletkit subprocesses load the installed plugins (and the
+# config writer that tests/dev/test_dev_restarts.py shares, left out here for its 16 s)
 SENSITIVE_MODULES = ["tests/container/test_entry_points.py", "tests/dev/test_dev_command.py"]
 
 MEDDLER = '''

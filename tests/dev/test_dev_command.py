@@ -15,7 +15,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -46,13 +46,17 @@ def on_send_event(event, context):
 '''
 
 
-def write_config(folder: Path) -> Path:
-    """A config running only the example plugins (whatever else is installed), on free ports."""
+def write_config(folder: Path, plugins: Mapping[str, Mapping[str, Any]] | None = None) -> Path:
+    """A config on free ports running the example plugins and ``plugins`` (name → table).
+
+    No other installed plugin runs, so the outcome does not depend on what is installed.
+    """
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / "servletkit.toml"
     tables = only_plugins({
         "word_filter": {"words": ["forbidden", "spam"], "reason": REASON},
         "formatter": {"prefix": "/shout "},
+        **(plugins or {}),
     })
     path.write_text(f"""
 [server]
@@ -155,13 +159,13 @@ def dev_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def dev_config(dev_folder: Path) -> Path:
     """The example plugins, and `fragile`, which refuses what it fails on (on_error deny)."""
-    return write_config(dev_folder / "project", '[plugins.fragile]\non_error = "deny"\n')
+    return write_config(dev_folder / "project", {"fragile": {"on_error": "deny"}})
 
 
 @pytest.fixture(scope="module")
 def dev_env(dev_folder: Path) -> dict[str, str]:
     """Where `fragile` is installed."""
-    return {"PYTHONPATH": str(plugin_site(dev_folder, "fragile", FRAGILE))}
+    return python_path_env(plugin_site(dev_folder, "fragile", FRAGILE))
 
 
 @attrs.frozen
@@ -441,7 +445,7 @@ def test_a_signal_during_start_up_exits_non_zero(
     """Ctrl-C (or SIGTERM) before everything is up: 128 + the signal, as a shell reports it,
     nothing left behind, no traceback."""
     site = plugin_site(tmp_path, "slow", SLOW_START)
-    run = DevProcess.launch(write_config(tmp_path / "project"), env={"PYTHONPATH": str(site)})
+    run = DevProcess.launch(write_config(tmp_path / "project"), env=python_path_env(site))
     deadline = time.monotonic() + START_TIMEOUT_S
     while "[slow] starting slowly" not in run.stdout:
         assert run.process.poll() is None and time.monotonic() < deadline, run.stderr
