@@ -87,9 +87,8 @@ def cmd_check(args: argparse.Namespace) -> int:
     """Validate the config and load and init every enabled plugin; exit 1 on any problem."""
     _, container = _load(args.config)
     statuses = asyncio.run(_inspect(container))
-    for error in container.errors:
+    for error in container.errors:  # its traceback is logged (to stderr) where it happened
         print(f"plugin {error.plugin!r} failed to {error.stage}: {error.message}", file=sys.stderr)
-        print(error.traceback, file=sys.stderr)
     if container.errors:
         return 1
     live = [status.name for status in statuses if status.live]

@@ -5,11 +5,14 @@ key and type against them and fails with a :class:`ConfigError` that names the
 file, the key and the problem. ``[plugins.NAME]`` tables mix the container's
 per-plugin settings (``enabled``, ``order``, ``timeout_ms``, ``on_error``) with
 the plugin's own keys, which are handed to the plugin untouched as
-``context.config``.
+``context.config``; a plugin key that looks like a misspelt container key
+(``timeout`` for ``timeout_ms``) is logged as a warning.
 """
 
 from __future__ import annotations
 
+import difflib
+import logging
 import re
 import tomllib
 import types
@@ -21,6 +24,12 @@ from typing import Any, Literal
 import attrs
 
 from servletkit.hooks import specs
+
+log = logging.getLogger("servletkit.config")
+
+# how alike (difflib's ratio) a plugin key and a container key must be to be a likely
+# typo: one edit away from any container key, e.g. 'timeout' for 'timeout_ms'
+NEAR_MISS_RATIO = 0.8
 
 
 class ConfigError(Exception):
@@ -317,7 +326,7 @@ def parse_config(data: Mapping[str, Any], path: str | Path = "<config>") -> Conf
 def _parse_plugins(tables: Any, path: Path) -> tuple[PluginTable, ...]:
     if not isinstance(tables, Mapping):
         raise ConfigError(path, "plugins", f"must be a table, got {_kind(tables)}")
-    setting_names = {field.name for field in attrs.fields(PluginSettings)}
+    setting_names = [field.name for field in attrs.fields(PluginSettings)]
     result = []
     for position, (name, table) in enumerate(tables.items()):
         key = f"plugins.{name}"
@@ -327,8 +336,21 @@ def _parse_plugins(tables: Any, path: Path) -> tuple[PluginTable, ...]:
             PluginSettings, {k: v for k, v in table.items() if k in setting_names}, path, key
         )
         options = {k: v for k, v in table.items() if k not in setting_names}
+        for option in options:
+            _warn_if_near_miss(path, f"{key}.{option}", option, setting_names)
         result.append(PluginTable(name, settings, types.MappingProxyType(options), position))
     return tuple(result)
+
+
+def _warn_if_near_miss(path: Path, key: str, option: str, setting_names: list[str]) -> None:
+    """Log a warning if a plugin's own key ``option`` looks like a misspelt container key."""
+    close = difflib.get_close_matches(option, setting_names, n=1, cutoff=NEAR_MISS_RATIO)
+    if close:
+        log.warning(
+            "%s: %s: did you mean %r? A key that is not the container's is passed to the "
+            "plugin as its own (context.config); the container's keys are %s. Rename it if it "
+            "is meant for the container.", path, key, close[0], ", ".join(setting_names),
+        )
 
 
 def build_section(cls: type, table: Any, path: Path, key: str) -> Any:

@@ -10,19 +10,27 @@
         assert outcome.vetoed
 
 ``servletkit.testing.synapse`` starts a real Synapse for integration tests.
+
+A test that runs ``servletkit`` on a config file must not depend on which other
+plugins happen to be installed (a user's own, installed as the README shows)::
+
+    tables = only_plugins({"my_filter": {"words": ["x"]}})   # every other one disabled
+    config.write_text(plugins_toml(tables))
 """
 
 from __future__ import annotations
 
 import contextlib
 import itertools
+import json
+import os
 import tempfile
 from collections.abc import AsyncIterator, Mapping
 from pathlib import Path
 from typing import Any
 
 from servletkit.container.config import parse_config
-from servletkit.container.plugins import PluginSource
+from servletkit.container.plugins import ENTRY_POINT_GROUP, PluginSource, installed_plugins
 from servletkit.container.runtime import Container
 from servletkit.hooks.events import Event, WireName
 
@@ -87,3 +95,54 @@ async def running_container(
             yield container
         finally:
             await container.stop()
+
+
+def only_plugins(tables: Mapping[str, Mapping[str, Any]]) -> dict[str, dict[str, Any]]:
+    """``[plugins.NAME]`` tables under which only the plugins in ``tables`` run.
+
+    ``tables`` maps a plugin's name to its table; every other plugin installed in
+    this environment gets ``enabled = false``, so a test's outcome does not
+    depend on what else is installed.
+    """
+    disabled = {name: {"enabled": False} for name in installed_plugins() if name not in tables}
+    return {**{name: dict(table) for name, table in tables.items()}, **disabled}
+
+
+def plugins_toml(tables: Mapping[str, Mapping[str, Any]]) -> str:
+    """``tables`` written as ``[plugins.NAME]`` tables of a ``servletkit.toml``.
+
+    Values may be strings, numbers, booleans and arrays of them (their JSON
+    spelling is valid TOML).
+    """
+    lines = []
+    for name, table in tables.items():
+        lines.append(f"[plugins.{json.dumps(name)}]")
+        lines.extend(f"{json.dumps(key)} = {json.dumps(value)}" for key, value in table.items())
+    return "\n".join(lines) + "\n"
+
+
+def plugin_site(folder: Path, name: str, code: str) -> Path:
+    """A folder for ``PYTHONPATH`` in which plugin ``name`` is installed; return it.
+
+    The plugin is module ``{name}_plugin`` with source ``code``, in a
+    distribution ``{name}-plugin`` 0.1 whose entry point names it, as pip would
+    install it. See :func:`python_path_env`.
+    """
+    site = folder / "site"
+    dist_info = site / f"{name}_plugin-0.1.dist-info"
+    dist_info.mkdir(parents=True)
+    (site / f"{name}_plugin.py").write_text(code)
+    (dist_info / "METADATA").write_text(
+        f"Metadata-Version: 2.1\nName: {name}-plugin\nVersion: 0.1\n")
+    (dist_info / "entry_points.txt").write_text(f"[{ENTRY_POINT_GROUP}]\n{name} = {name}_plugin\n")
+    return site
+
+
+def python_path_env(*folders: Path) -> dict[str, str]:
+    """This process's environment with ``folders`` first on ``PYTHONPATH``, for a subprocess.
+
+    What ``PYTHONPATH`` held already is kept after them, so the subprocess sees
+    the same installed plugins as this process, and those in ``folders``.
+    """
+    paths = [*map(str, folders), *filter(None, [os.environ.get("PYTHONPATH")])]
+    return {**os.environ, "PYTHONPATH": os.pathsep.join(paths)}

@@ -3,7 +3,6 @@ integration tests) a real Synapse that pushes to a ``servletkit run`` subprocess
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
 import sys
@@ -21,11 +20,12 @@ from servletkit.container.app import build_app
 from servletkit.container.config import load_config
 from servletkit.container.embedded_synapse import stop_process
 from servletkit.container.module_wire import module_entry
-from servletkit.container.plugins import PluginSource, installed_plugins
+from servletkit.container.plugins import PluginSource
 from servletkit.container.registration import dump_yaml, registration
 from servletkit.container.runtime import Container
 from servletkit.container.store import PluginStore, SqliteStore
 from servletkit.synapse.settings import DEFAULT_POLICIES
+from servletkit.testing import only_plugins, plugins_toml, python_path_env
 from servletkit.testing.synapse import SynapseServer, free_port, start_synapse
 from tests.appservice.support import HS_TOKEN, container_config, eventually
 
@@ -136,7 +136,6 @@ def deployment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]
     (dist_info / "entry_points.txt").write_text(
         f"[servletkit.plugins]\n{PLUGIN} = tests.appservice.astest_plugin\n")
     hs_port, port, module_port = free_port(), free_port(), free_port()
-    plugins = {name: {"enabled": False} for name in installed_plugins()}
     config_path = workdir / "servletkit.toml"
     config_path.write_text("\n".join([
         f'[server]\nhost = "127.0.0.1"\nport = {port}',
@@ -151,13 +150,9 @@ def deployment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]
         f'[module]\nenabled = true\nport = {module_port}\nsecret = "{MODULE_SECRET}"',
         *(f"[module.callbacks.{name}]\nfail_open = {str(name not in FAIL_CLOSED).lower()}"
           for name in DEFAULT_POLICIES),
-        *(f"[plugins.{name}]\nenabled = false" for name in plugins),
-        f"[plugins.{PLUGIN}]\ntimeout_ms = 10000",
-    ]) + "\n")
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(
-        [str(site), str(REPO), *filter(None, [env.get("PYTHONPATH")])])
-    deployment = Deployment(workdir, config_path, port, env)
+        plugins_toml(only_plugins({PLUGIN: {"timeout_ms": 10000}})),
+    ]))
+    deployment = Deployment(workdir, config_path, port, python_path_env(site, REPO))
     deployment.start_container()
     try:
         registration_file = workdir / "registration.yaml"

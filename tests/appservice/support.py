@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from servletkit.container.config import Config, parse_config
-from servletkit.container.plugins import installed_plugins
+from servletkit.testing import only_plugins
 
 HS_TOKEN = "unit-hs-token"
 AUTH = {"Authorization": f"Bearer {HS_TOKEN}"}
@@ -35,12 +35,10 @@ def new_event(room_id: str = "!room:localhost", body: str = "hello", **extra: An
 
 def container_config(tmp_path: Path, plugins: Mapping[str, Any], **appservice: Any) -> Config:
     """Config for a container with only ``plugins`` live; installed plugins are disabled."""
-    tables: dict[str, Any] = {name: {"enabled": False} for name in installed_plugins()}
-    tables.update({name: {} for name in plugins})
     return parse_config(
         {
             "appservice": {"as_token": "unit-as-token", "hs_token": HS_TOKEN, **appservice},
-            "plugins": tables,
+            "plugins": only_plugins({name: {} for name in plugins}),
         },
         tmp_path / "servletkit.toml",
     )

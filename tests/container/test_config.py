@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import pytest
@@ -44,6 +45,37 @@ def test_plugin_options_are_read_only(tmp_path: Path) -> None:
     config = load_config(write(tmp_path, "[plugins.p]\nwords = ['a']\n"))
     with pytest.raises(TypeError):
         config.plugins[0].options["words"] = []  # type: ignore[index]
+
+
+@pytest.mark.parametrize(
+    ("typo", "meant"),
+    [("timeout", "timeout_ms"), ("order_", "order"), ("enable", "enabled"),
+     ("onerror", "on_error")],
+)
+def test_a_plugin_key_one_edit_from_a_container_key_is_warned(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, typo: str, meant: str
+) -> None:
+    """The warning names the file, both keys and the container's; the key stays the plugin's."""
+    path = write(tmp_path, f"[plugins.quiet_room]\n{typo} = 5\n")
+    with caplog.at_level(logging.WARNING, logger="servletkit.config"):
+        config = load_config(path)
+    [record] = caplog.records
+    assert record.levelno == logging.WARNING
+    assert record.getMessage().startswith(
+        f"{path}: plugins.quiet_room.{typo}: did you mean {meant!r}? ")
+    assert "the container's keys are enabled, order, timeout_ms, on_error" in record.getMessage()
+    assert config.plugins[0].options == {typo: 5}
+
+
+def test_plugin_keys_far_from_container_keys_are_not_warned(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A plugin's own keys and exact container keys: no warning."""
+    path = write(tmp_path, "[plugins.quiet_room]\nmax_shout = 3\nwords = ['a']\n"
+                           "retry_timeout_ms = 5\ntimeout_ms = 200\norder = 5\n")
+    with caplog.at_level(logging.DEBUG, logger="servletkit.config"):
+        load_config(path)
+    assert caplog.records == []
 
 
 @pytest.mark.parametrize(

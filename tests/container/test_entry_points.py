@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 import textwrap
 from pathlib import Path
 
 import pytest
+
+from servletkit.testing import only_plugins, plugin_site, plugins_toml, python_path_env
 
 PLUGIN_MODULE = '''
 from servletkit import Modify, Veto, hookimpl
@@ -79,11 +80,8 @@ def installed_plugin(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]
         check=True, capture_output=True,
     )
     config = root / "servletkit.toml"
-    config.write_text('[plugins.shouty]\nbanned = "darn"\n'
-                      "[plugins.word_filter]\nenabled = false\n"
-                      "[plugins.formatter]\nenabled = false\n")
-    env = dict(os.environ, PYTHONPATH=str(target))
-    return {"config": str(config), **env}
+    config.write_text(plugins_toml(only_plugins({"shouty": {"banned": "darn"}})))
+    return {"config": str(config), **python_path_env(target)}
 
 
 def servletkit(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
@@ -131,6 +129,17 @@ def test_check_fails_on_a_typo_in_the_plugin_table(
     assert "Traceback" not in result.stderr
 
 
+def test_check_warns_of_a_misspelt_container_key(
+    installed_plugin: dict[str, str], tmp_path: Path
+) -> None:
+    """`timeout` for `timeout_ms`: a warning on stderr naming both; the plugin still runs."""
+    config = tmp_path / "servletkit.toml"
+    config.write_text('[plugins.shouty]\nbanned = "darn"\ntimeout = 50\n')
+    result = servletkit(installed_plugin, "check", "--config", str(config))
+    assert result.returncode == 0, result.stderr
+    assert f"{config}: plugins.shouty.timeout: did you mean 'timeout_ms'?" in result.stderr
+
+
 def test_check_fails_when_a_plugin_cannot_init(
     installed_plugin: dict[str, str], tmp_path: Path
 ) -> None:
@@ -141,6 +150,20 @@ def test_check_fails_when_a_plugin_cannot_init(
     assert "plugin 'shouty' failed to init: ValueError: shouty needs a 'banned' word" in (
         result.stderr
     )
+    assert result.stderr.count("Traceback (most recent call last)") == 1
+
+
+def test_check_shows_an_import_failure_once(tmp_path: Path) -> None:
+    """A plugin that raises at import: exit 1, its traceback once, then the one-line summary."""
+    site = plugin_site(tmp_path, "broken", 'raise RuntimeError("broken at import")\n')
+    config = tmp_path / "servletkit.toml"
+    config.write_text(plugins_toml(only_plugins({})))
+    result = servletkit(python_path_env(site), "check", "--config", str(config))
+    assert result.returncode == 1
+    assert result.stderr.count("Traceback (most recent call last)") == 1
+    assert result.stderr.count('raise RuntimeError("broken at import")') == 1
+    assert result.stderr.rstrip().endswith(
+        "plugin 'broken' failed to import: RuntimeError: broken at import")
 
 
 def test_a_missing_config_file_is_one_clear_line(

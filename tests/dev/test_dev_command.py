@@ -15,7 +15,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +24,7 @@ import httpx
 import pytest
 
 from servletkit.container.embedded_synapse import free_port
+from servletkit.testing import only_plugins, plugin_site, plugins_toml, python_path_env
 from servletkit.testing.dev import DevProcess
 
 pytestmark = pytest.mark.integration
@@ -45,9 +46,18 @@ def on_send_event(event, context):
 '''
 
 
-def write_config(folder: Path, extra: str = "") -> Path:
+def write_config(folder: Path, plugins: Mapping[str, Mapping[str, Any]] | None = None) -> Path:
+    """A config on free ports running the example plugins and ``plugins`` (name → table).
+
+    No other installed plugin runs, so the outcome does not depend on what is installed.
+    """
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / "servletkit.toml"
+    tables = only_plugins({
+        "word_filter": {"words": ["forbidden", "spam"], "reason": REASON},
+        "formatter": {"prefix": "/shout "},
+        **(plugins or {}),
+    })
     path.write_text(f"""
 [server]
 port = {free_port()}
@@ -55,12 +65,7 @@ port = {free_port()}
 port = {free_port()}
 [dev]
 state_dir = "state"
-[plugins.word_filter]
-words = ["forbidden", "spam"]
-reason = "{REASON}"
-[plugins.formatter]
-prefix = "/shout "
-{extra}""")
+{plugins_toml(tables)}""")
     return path
 
 
@@ -154,13 +159,13 @@ def dev_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def dev_config(dev_folder: Path) -> Path:
     """The example plugins, and `fragile`, which refuses what it fails on (on_error deny)."""
-    return write_config(dev_folder / "project", '[plugins.fragile]\non_error = "deny"\n')
+    return write_config(dev_folder / "project", {"fragile": {"on_error": "deny"}})
 
 
 @pytest.fixture(scope="module")
 def dev_env(dev_folder: Path) -> dict[str, str]:
     """Where `fragile` is installed."""
-    return {"PYTHONPATH": str(plugin_site(dev_folder, "fragile", FRAGILE))}
+    return python_path_env(plugin_site(dev_folder, "fragile", FRAGILE))
 
 
 @attrs.frozen
@@ -404,24 +409,11 @@ def test_a_taken_port_is_one_message(tmp_path: Path) -> None:
     assert not (tmp_path / "state" / "synapse" / "homeserver.yaml").exists()
 
 
-def plugin_site(folder: Path, name: str, code: str) -> Path:
-    """A folder for PYTHONPATH with plugin ``name`` installed: module ``{name}_plugin``."""
-    site = folder / "site"
-    dist_info = site / f"{name}_plugin-0.1.dist-info"
-    dist_info.mkdir(parents=True)
-    (site / f"{name}_plugin.py").write_text(code)
-    (dist_info / "METADATA").write_text(
-        f"Metadata-Version: 2.1\nName: {name}-plugin\nVersion: 0.1\n")
-    (dist_info / "entry_points.txt").write_text(
-        f"[servletkit.plugins]\n{name} = {name}_plugin\n")
-    return site
-
-
 def test_a_plugin_that_fails_to_load_is_one_message(tmp_path: Path) -> None:
     """An installed plugin that cannot be imported: exit 1, its name, the fix, no traceback."""
     site = plugin_site(tmp_path, "broken", "import no_such_module_for_servletkit_tests\n")
     config = write_config(tmp_path / "project")
-    run = DevProcess.launch(config, env={"PYTHONPATH": str(site)})
+    run = DevProcess.launch(config, env=python_path_env(site))
     assert run.wait(STOP_TIMEOUT_S) == 1
     err = run.stderr
     assert "plugin 'broken' failed to import: ModuleNotFoundError" in err
@@ -453,7 +445,7 @@ def test_a_signal_during_start_up_exits_non_zero(
     """Ctrl-C (or SIGTERM) before everything is up: 128 + the signal, as a shell reports it,
     nothing left behind, no traceback."""
     site = plugin_site(tmp_path, "slow", SLOW_START)
-    run = DevProcess.launch(write_config(tmp_path / "project"), env={"PYTHONPATH": str(site)})
+    run = DevProcess.launch(write_config(tmp_path / "project"), env=python_path_env(site))
     deadline = time.monotonic() + START_TIMEOUT_S
     while "[slow] starting slowly" not in run.stdout:
         assert run.process.poll() is None and time.monotonic() < deadline, run.stderr
@@ -478,7 +470,7 @@ for n in range({lines}):
     print(f"chatty error {{n:06d}}", file=sys.stderr)
 raise ImportError("chatty gives up")
 """)
-    run = DevProcess.launch(write_config(tmp_path / "project"), env={"PYTHONPATH": str(site)})
+    run = DevProcess.launch(write_config(tmp_path / "project"), env=python_path_env(site))
     assert run.wait(STOP_TIMEOUT_S) == 1
     out, err = run.stdout, run.stderr
     assert out.count("chatty line ") == lines and f"chatty line {lines - 1:06d}" in out

@@ -15,14 +15,9 @@ from typing import Any
 import pytest
 
 from servletkit.container.store import PluginStore, SqliteStore
+from servletkit.testing import plugin_site, python_path_env
 from servletkit.testing.dev import DevProcess
-from tests.dev.test_dev_command import (
-    START_TIMEOUT_S,
-    STOP_TIMEOUT_S,
-    Client,
-    plugin_site,
-    write_config,
-)
+from tests.dev.test_dev_command import START_TIMEOUT_S, STOP_TIMEOUT_S, Client, write_config
 
 pytestmark = pytest.mark.integration
 
@@ -64,7 +59,7 @@ def test_a_counting_bot_counts_every_message_once_across_restarts(tmp_path: Path
     room_id = None
     sent: list[str] = []
     for life in range(3):
-        run = DevProcess.launch(config, env={"PYTHONPATH": str(site)})
+        run = DevProcess.launch(config, env=python_path_env(site))
         try:
             run.wait_ready(START_TIMEOUT_S)
             client = Client(run.facts)

@@ -25,9 +25,10 @@ import uvicorn
 from servletkit.container.app import build_app
 from servletkit.container.config import Config, parse_config
 from servletkit.container.module_wire import module_entry
-from servletkit.container.plugins import PluginSource, installed_plugins
+from servletkit.container.plugins import PluginSource
 from servletkit.container.runtime import Container
 from servletkit.synapse.settings import DEFAULT_POLICIES
+from servletkit.testing import only_plugins
 from servletkit.testing.synapse import SynapseServer, free_port, start_synapse
 from tests.module_wire import wire_plugin
 
@@ -49,10 +50,7 @@ def container_config(
         **({"store": {"path": str(store)}} if store is not None else {}),
         "module": {"enabled": True, "host": "127.0.0.1", "port": module_port,
                    "secret": SECRET, "callbacks": callbacks},
-        "plugins": {
-            **{name: {"enabled": False} for name in installed_plugins()},
-            "wire_test": {"timeout_ms": 5000},
-        },
+        "plugins": only_plugins({"wire_test": {"timeout_ms": 5000}}),
     })
 
 
