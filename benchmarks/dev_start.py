@@ -32,7 +32,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from servletkit.container.embedded_synapse import free_port, start_synapse
+from servletkit.dev.embedded_synapse import free_port, start_synapse
 from servletkit.testing.dev import DevProcess
 
 WARM_TARGET_S = 10.0

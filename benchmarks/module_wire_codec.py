@@ -17,9 +17,9 @@ import timeit
 
 import orjson
 
-from servletkit.container.module_wire import encode as orjson_encode
-from servletkit.module_protocol import decode
-from servletkit.module_protocol import encode as stdlib_encode
+from servletkit.wires.module.listener import encode as orjson_encode
+from servletkit.wires.module.protocol import decode
+from servletkit.wires.module.protocol import encode as stdlib_encode
 
 EVENT = {"event_id": "$abcdefghijklmnopqrstuvwxyz0123456789", "room_id": "!room:localhost",
          "type": "m.room.message", "sender": "@alice:localhost",

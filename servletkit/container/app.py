@@ -19,11 +19,11 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import BaseRoute, Route
 
-from servletkit.container.appservice import appservice_wire
 from servletkit.container.errors import EXCEPTION_HANDLERS
-from servletkit.container.module_wire import module_wire
 from servletkit.container.runtime import Container
 from servletkit.wires import Wire, WireFactory
+from servletkit.wires.appservice.wire import appservice_wire
+from servletkit.wires.module.listener import module_wire
 
 WIRES: list[WireFactory] = [appservice_wire, module_wire]
 """The wires every container may run; each factory gives ``None`` when its config is off."""

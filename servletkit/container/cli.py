@@ -11,13 +11,13 @@ from pathlib import Path
 
 from servletkit.container.config import Config, ConfigError, load_config
 from servletkit.container.ports import port_unavailable
-from servletkit.container.registration import (
+from servletkit.container.runtime import Container, PluginStatus
+from servletkit.container.snippets import (
     DEFAULT_REGISTRATION_FILE,
     dump_yaml,
     registration,
     synapse_config,
 )
-from servletkit.container.runtime import Container, PluginStatus
 
 DEFAULT_CONFIG = "servletkit.toml"
 
@@ -111,7 +111,7 @@ def cmd_synapse_config(args: argparse.Namespace) -> int:
 
 def cmd_dev(args: argparse.Namespace) -> int:
     """Run an embedded Synapse wired to the container and its plugins until stopped."""
-    from servletkit.container.dev import DevError, run_dev
+    from servletkit.dev.command import DevError, run_dev
 
     try:
         return run_dev(load_config(args.config))

@@ -11,7 +11,6 @@ from typing import Any
 import attrs
 
 from servletkit.container.config import Config, ConfigError, PluginSettings
-from servletkit.container.homeserver import HomeserverClient
 from servletkit.container.plugins import (
     PluginError,
     PluginRejected,
@@ -23,11 +22,12 @@ from servletkit.container.plugins import (
     register,
     sources_for,
 )
-from servletkit.container.store import PluginStore, SqliteStore, Store
 from servletkit.hooks.context import PluginContext
 from servletkit.hooks.dispatcher import Dispatcher, PluginPolicy, await_me_maybe, iter_plugin_impls
 from servletkit.hooks.specs import HOOKS
 from servletkit.hooks.table import HookTable
+from servletkit.store.sqlite import PluginStore, SqliteStore, Store
+from servletkit.wires.appservice.homeserver import HomeserverClient
 
 log = logging.getLogger("servletkit.container")
 

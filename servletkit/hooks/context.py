@@ -19,8 +19,8 @@ from typing import TYPE_CHECKING, Any
 import attrs
 
 if TYPE_CHECKING:  # the container's classes, named for type checkers only
-    from servletkit.container.homeserver import HomeserverClient
-    from servletkit.container.store import PluginStore
+    from servletkit.store.sqlite import PluginStore
+    from servletkit.wires.appservice.homeserver import HomeserverClient
 
 
 @attrs.frozen
@@ -37,11 +37,11 @@ class PluginContext:
         terminal).
     ``homeserver``
         acts in Matrix as the appservice's user or, with ``as_user``, one of its
-        virtual users (:class:`~servletkit.container.homeserver.HomeserverClient`);
+        virtual users (:class:`~servletkit.wires.appservice.homeserver.HomeserverClient`);
         ``None`` when the config has no ``[appservice]`` section.
     ``store``
         the plugin's own durable key/value data
-        (:class:`~servletkit.container.store.PluginStore`): what must survive a
+        (:class:`~servletkit.store.sqlite.PluginStore`): what must survive a
         restart (or, later, a reload) goes here, not in module globals.
     """
 

@@ -11,7 +11,7 @@ entry)::
           secret: "<[module] secret of servletkit.toml>"
 
 It runs inside Synapse's process and imports only the standard library,
-Synapse, Twisted, :mod:`servletkit.module_protocol` and servletkit's hook
+Synapse, Twisted, :mod:`servletkit.wires.module.protocol` and servletkit's hook
 values (``import servletkit`` also loads attrs and pluggy), never the
 container or its web stack. Config keys, defaults and failure behaviour:
 :mod:`servletkit.synapse.settings` and ``docs/module-wire.md``.

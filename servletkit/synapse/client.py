@@ -2,7 +2,7 @@
 
 :class:`ContainerClient` keeps a single authenticated connection to the
 container's module-wire listener and multiplexes requests over it (the frames
-of :mod:`servletkit.module_protocol`, answers matched by id). It never blocks
+of :mod:`servletkit.wires.module.protocol`, answers matched by id). It never blocks
 the reactor: a request is a frame written to the socket and a Deferred fired
 when the answer frame arrives, cancelled by a timer when its budget runs out.
 
@@ -29,7 +29,13 @@ from twisted.internet.protocol import connectionDone
 from twisted.protocols.basic import Int32StringReceiver
 from twisted.python.failure import Failure
 
-from servletkit.module_protocol import MAX_FRAME, PROTOCOL_VERSION, ProtocolError, decode, encode
+from servletkit.wires.module.protocol import (
+    MAX_FRAME,
+    PROTOCOL_VERSION,
+    ProtocolError,
+    decode,
+    encode,
+)
 
 log = logging.getLogger("servletkit.synapse")
 

@@ -4,7 +4,7 @@ A plugin author's end-to-end test::
 
     run = DevProcess.start(Path("servletkit.toml"))
     try:
-        facts = run.facts          # homeserver_url, test_user, ... (servletkit.container.dev)
+        facts = run.facts          # homeserver_url, test_user, ... (servletkit.dev.command)
         ...                        # log in, send messages, see the plugin act
     finally:
         run.stop()
@@ -25,8 +25,8 @@ from typing import Any
 import attrs
 
 from servletkit.container.config import load_config
-from servletkit.container.dev import DevPaths
-from servletkit.container.embedded_synapse import stop_process
+from servletkit.dev.command import DevPaths
+from servletkit.dev.embedded_synapse import stop_process
 
 
 class DevStartError(RuntimeError):

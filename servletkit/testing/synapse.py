@@ -1,10 +1,10 @@
 """A real Synapse on loopback for tests: re-exported from the container's embedded Synapse.
 
-The implementation lives in :mod:`servletkit.container.embedded_synapse`
+The implementation lives in :mod:`servletkit.dev.embedded_synapse`
 (``servletkit dev`` runs the same homeserver); tests import it from here.
 """
 
-from servletkit.container.embedded_synapse import (
+from servletkit.dev.embedded_synapse import (
     SynapseError,
     SynapseServer,
     free_port,

@@ -17,7 +17,7 @@ import asyncio
 import httpx
 
 from servletkit import Veto, hookimpl
-from servletkit.container.homeserver import MatrixRequestError
+from servletkit.wires.appservice.homeserver import MatrixRequestError
 
 ECHO_LOCALPART = "_astest_echo"
 

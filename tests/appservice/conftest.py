@@ -18,12 +18,11 @@ import pytest
 
 from servletkit.container.app import build_app
 from servletkit.container.config import load_config
-from servletkit.container.embedded_synapse import stop_process
-from servletkit.container.module_wire import module_entry
 from servletkit.container.plugins import PluginSource
-from servletkit.container.registration import dump_yaml, registration
 from servletkit.container.runtime import Container
-from servletkit.container.store import PluginStore, SqliteStore
+from servletkit.container.snippets import dump_yaml, module_entry, registration
+from servletkit.dev.embedded_synapse import stop_process
+from servletkit.store.sqlite import PluginStore, SqliteStore
 from servletkit.synapse.settings import DEFAULT_POLICIES
 from servletkit.testing import only_plugins, plugins_toml, python_path_env
 from servletkit.testing.synapse import SynapseServer, free_port, start_synapse

@@ -7,7 +7,7 @@ import yaml
 
 from servletkit.container.cli import main
 from servletkit.container.config import ConfigError, parse_config
-from servletkit.container.registration import (
+from servletkit.container.snippets import (
     SYNAPSE_SNIPPETS,
     appservice_url,
     registration,
@@ -93,7 +93,7 @@ def test_url_explicit_or_derived(tmp_path):
 def test_other_wires_extend_the_synapse_snippet(tmp_path, monkeypatch):
     """A wire appends a snippet function; lists and tables from several snippets are merged."""
     config = parse_config({"appservice": {"as_token": "a", "hs_token": "h"}}, tmp_path)
-    monkeypatch.setattr("servletkit.container.registration.SYNAPSE_SNIPPETS", [
+    monkeypatch.setattr("servletkit.container.snippets.SYNAPSE_SNIPPETS", [
         *SYNAPSE_SNIPPETS, lambda config, reg: {"modules": [{"module": "m.M", "config": {}}]},
     ])
     assert synapse_config(config, tmp_path / "r.yaml") == {

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from servletkit.container.store import (
+from servletkit.store.sqlite import (
     AuditRecord,
     Batch,
     PluginStore,
@@ -168,7 +168,7 @@ class TestAuditBound:
 
 def test_a_closed_store_is_not_reopened(tmp_path):
     """A plugin task that outlives the container gets an error, not a new connection."""
-    from servletkit.container.store import StoreClosedError
+    from servletkit.store.sqlite import StoreClosedError
 
     store = SqliteStore(tmp_path / "c.db")
     store.commit(Batch(), processed("t1"))

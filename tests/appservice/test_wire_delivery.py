@@ -6,7 +6,7 @@ import asyncio
 import random
 
 from servletkit import Allow, Modify, Veto, hookimpl
-from servletkit.container.homeserver import MatrixRequestError
+from servletkit.wires.appservice.homeserver import MatrixRequestError
 from tests.appservice.support import AUTH, new_event
 
 

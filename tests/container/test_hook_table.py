@@ -12,13 +12,13 @@ import pytest
 from servletkit import Veto, hookimpl
 from servletkit.container.cli import plugins_table
 from servletkit.container.config import parse_config
-from servletkit.container.module_wire import module_wire
 from servletkit.container.plugins import PluginSource
 from servletkit.container.runtime import Container
 from servletkit.hooks import specs
 from servletkit.hooks.decisions import Decision
 from servletkit.hooks.table import HookTable, ModuleCall, interception
 from servletkit.testing.synapse import free_port
+from servletkit.wires.module.listener import module_wire
 from tests.module_wire.conftest import SECRET
 from tests.module_wire.test_listener import Peer
 

@@ -7,7 +7,7 @@ import subprocess
 import sys
 import time
 
-from servletkit.container.embedded_synapse import stop_process
+from servletkit.dev.embedded_synapse import stop_process
 
 IGNORES_SIGTERM = ("import signal, sys, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); "
                    "print('ready', flush=True); time.sleep(60)")

@@ -23,7 +23,7 @@ import attrs
 import httpx
 import pytest
 
-from servletkit.container.embedded_synapse import free_port
+from servletkit.dev.embedded_synapse import free_port
 from servletkit.testing import only_plugins, plugin_site, plugins_toml, python_path_env
 from servletkit.testing.dev import DevProcess
 

@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from servletkit.container.store import PluginStore, SqliteStore
+from servletkit.store.sqlite import PluginStore, SqliteStore
 from servletkit.testing import plugin_site, python_path_env
 from servletkit.testing.dev import DevProcess
 from tests.dev.test_dev_command import START_TIMEOUT_S, STOP_TIMEOUT_S, Client, write_config

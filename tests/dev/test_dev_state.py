@@ -19,10 +19,10 @@ import httpx
 import pytest
 import yaml
 
-from servletkit.container import dev
 from servletkit.container.config import ConfigError, load_config, parse_config
-from servletkit.container.dev import DevError, DevPaths, DevState
-from servletkit.container.embedded_synapse import SynapseServer, free_port, launch_synapse
+from servletkit.dev import command as dev
+from servletkit.dev.command import DevError, DevPaths, DevState
+from servletkit.dev.embedded_synapse import SynapseServer, free_port, launch_synapse
 from servletkit.hooks.dispatcher import OnError
 from tests.hooks.test_dispatcher import EVENT, Boom, dispatcher_for, policy
 

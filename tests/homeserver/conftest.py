@@ -12,8 +12,8 @@ from urllib.parse import quote
 import httpx
 import pytest
 
-from servletkit.container.homeserver import HomeserverClient
 from servletkit.testing.synapse import SynapseServer, start_synapse
+from servletkit.wires.appservice.homeserver import HomeserverClient
 
 AS_TOKEN = "hsclient-test-as-token"
 SENDER = "_test_bot"

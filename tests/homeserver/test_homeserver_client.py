@@ -9,7 +9,7 @@ from collections.abc import Callable
 import httpx
 import pytest
 
-from servletkit.container.homeserver import HomeserverClient, MatrixRequestError
+from servletkit.wires.appservice.homeserver import HomeserverClient, MatrixRequestError
 
 TOKEN = "as-secret-token-123"
 

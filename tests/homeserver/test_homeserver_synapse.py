@@ -11,10 +11,10 @@ import pytest
 
 from servletkit import hookimpl
 from servletkit.container.config import parse_config
-from servletkit.container.homeserver import HomeserverClient, MatrixRequestError
 from servletkit.container.plugins import PluginSource
 from servletkit.container.runtime import Container
 from servletkit.hooks.context import PluginContext
+from servletkit.wires.appservice.homeserver import HomeserverClient, MatrixRequestError
 
 pytestmark = pytest.mark.integration
 

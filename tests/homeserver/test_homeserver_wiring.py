@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from servletkit.container.config import ConfigError, parse_config
-from servletkit.container.homeserver import HomeserverClient
 from servletkit.container.runtime import Container
+from servletkit.wires.appservice.homeserver import HomeserverClient
 
 APPSERVICE = {"id": "bridge", "as_token": "as-tok-xyz", "hs_token": "hs-tok-xyz",
               "sender_localpart": "bridgebot"}

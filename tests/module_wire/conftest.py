@@ -24,9 +24,9 @@ import uvicorn
 
 from servletkit.container.app import build_app
 from servletkit.container.config import Config, parse_config
-from servletkit.container.module_wire import module_entry
 from servletkit.container.plugins import PluginSource
 from servletkit.container.runtime import Container
+from servletkit.container.snippets import module_entry
 from servletkit.synapse.settings import DEFAULT_POLICIES
 from servletkit.testing import only_plugins
 from servletkit.testing.synapse import SynapseServer, free_port, start_synapse

@@ -15,7 +15,6 @@ from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.python.failure import Failure
 
 from servletkit.hooks.decisions import Allow, Modify, Veto
-from servletkit.module_protocol import HEADER, PROTOCOL_VERSION, decode, encode
 from servletkit.synapse.client import (
     FIRST_RETRY_DELAY_S,
     MAX_RETRY_DELAY_S,
@@ -24,6 +23,7 @@ from servletkit.synapse.client import (
 )
 from servletkit.synapse.module import Unanswered, read_answer
 from servletkit.synapse.settings import DEFAULT_POLICIES, SettingsError, parse_settings
+from servletkit.wires.module.protocol import HEADER, PROTOCOL_VERSION, decode, encode
 
 
 class TcpTransport(StringTransport):

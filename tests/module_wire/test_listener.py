@@ -13,14 +13,14 @@ from typing import Any
 import attrs
 import pytest
 
-from servletkit.container.module_wire import ModuleWire, module_wire
 from servletkit.container.plugins import PluginSource
 from servletkit.container.runtime import Container
-from servletkit.container.store import SqliteStore
 from servletkit.hooks.decisions import Modify, Veto
 from servletkit.hooks.dispatcher import Outcome
-from servletkit.module_protocol import HEADER, MAX_FRAME, PROTOCOL_VERSION, decode, encode
+from servletkit.store.sqlite import SqliteStore
 from servletkit.testing.synapse import free_port
+from servletkit.wires.module.listener import ModuleWire, module_wire
+from servletkit.wires.module.protocol import HEADER, MAX_FRAME, PROTOCOL_VERSION, decode, encode
 from tests.module_wire import wire_plugin
 from tests.module_wire.conftest import SECRET, container_config
 

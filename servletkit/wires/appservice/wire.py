@@ -12,7 +12,7 @@ through the ``on_send_event`` chain (``event.stage == "after_store"``) and the
 ``on_stored_event`` observers, every ephemeral item through ``on_ephemeral``,
 every hook call has returned, vetoes have been enforced (``redact`` mode), and
 then the transaction's record, the plugins' store writes made meanwhile and the
-audit records were written in one SQLite commit (see :mod:`servletkit.container.store`).
+audit records were written in one SQLite commit (see :mod:`servletkit.store.sqlite`).
 
 A retry is answered ``200`` at once, also after a restart. A retry is the same
 id with the same events (:func:`transaction_digest`; the homeserver drops
@@ -60,7 +60,9 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
 from servletkit.container.errors import MatrixError
-from servletkit.container.store import (
+from servletkit.hooks.decisions import Modify, Veto
+from servletkit.hooks.events import Ephemeral, Event, EventFormatError
+from servletkit.store.sqlite import (
     AuditRecord,
     Batch,
     ProcessedTransaction,
@@ -68,8 +70,6 @@ from servletkit.container.store import (
     record_decision,
     unit_of_work,
 )
-from servletkit.hooks.decisions import Modify, Veto
-from servletkit.hooks.events import Ephemeral, Event, EventFormatError
 
 if TYPE_CHECKING:
     from servletkit.container.config import AppserviceConfig

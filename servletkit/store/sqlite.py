@@ -68,7 +68,7 @@ class ProcessedTransaction:
     """A homeserver transaction as the store remembers it once it is handled.
 
     ``digest`` stands for its content (see
-    :func:`servletkit.container.appservice.transaction_digest`); an empty
+    :func:`servletkit.wires.appservice.wire.transaction_digest`); an empty
     digest means "unknown" (recorded by a version that kept only ids).
     """
 

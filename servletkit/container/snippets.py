@@ -1,5 +1,6 @@
 """What the homeserver needs to know about the container: the appservice registration
-and the snippet for Synapse's ``homeserver.yaml``.
+and the snippet for Synapse's ``homeserver.yaml`` (the module wire's ``modules:`` entry
+among it), printed by the CLI beside this module.
 
 Both are built as plain dicts (so tests and other wires can use and extend
 them) and printed as YAML by ``servletkit registration`` and ``servletkit
@@ -13,10 +14,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import attrs
 import yaml
 
-from servletkit.container.config import AppserviceConfig, Config, ConfigError
-from servletkit.container.module_wire import module_snippet
+from servletkit.container.config import AppserviceConfig, Config, ConfigError, ModuleCallbacks
 
 DEFAULT_REGISTRATION_FILE = "appservice-registration.yaml"
 
@@ -74,6 +75,38 @@ def appservice_snippet(config: Config, registration_file: Path) -> dict[str, Any
         # to-device messages also need this experimental flag.
         snippet["experimental_features"] = {"msc2409_to_device_messages_enabled": True}
     return snippet
+
+
+def module_entry(config: Config) -> dict[str, Any]:
+    """The ``modules:`` entry of homeserver.yaml that connects Synapse to this container.
+
+    Raises :class:`ConfigError` when ``[module]`` is not enabled.
+    """
+    settings = config.module
+    if not settings.enabled:
+        raise ConfigError(config.path, "module.enabled",
+                          "the module wire is off; set [module] enabled = true and a "
+                          "secret to print its Synapse config")
+    module_config: dict[str, Any] = {
+        "host": settings.host, "port": settings.port, "secret": settings.secret,
+    }
+    callbacks = {}
+    for field in attrs.fields(ModuleCallbacks):
+        policy = getattr(settings.callbacks, field.name)
+        chosen = {key: value for key, value in attrs.asdict(policy).items() if value is not None}
+        if chosen:
+            callbacks[field.name] = chosen
+    if callbacks:
+        module_config["callbacks"] = callbacks
+    return {"module": "servletkit.synapse.ServletkitModule", "config": module_config}
+
+
+def module_snippet(config: Config, registration_file: Path) -> dict[str, Any]:
+    """``homeserver.yaml`` keys for the module wire (none unless ``[module] enabled``).
+
+    One of :data:`SYNAPSE_SNIPPETS`; ``registration_file`` is not used by this wire.
+    """
+    return {"modules": [module_entry(config)]} if config.module.enabled else {}
 
 
 SynapseSnippet = Callable[[Config, Path], dict[str, Any]]

@@ -2,7 +2,7 @@
 
 The container (with every plugin the config enables) starts listening first,
 in this process, so the homeserver never sees the appservice down. Then an
-embedded Synapse (:mod:`servletkit.container.embedded_synapse`: SQLite,
+embedded Synapse (:mod:`servletkit.dev.embedded_synapse`: SQLite,
 127.0.0.1, relaxed rate limits) starts as a child process, with the module
 wire's ``modules:`` entry and the appservice registration written for it. The
 plugins' ``servlet_init`` runs once Synapse's module has connected, so a
@@ -71,21 +71,21 @@ import uvicorn
 
 from servletkit.container.app import build_app
 from servletkit.container.config import AppserviceConfig, Config, Namespace, Namespaces
-from servletkit.container.embedded_synapse import (
-    SynapseError,
-    SynapseServer,
-    free_port,
-    launch_synapse,
-)
 from servletkit.container.files import write_private
 from servletkit.container.ports import port_problem, port_unavailable
-from servletkit.container.registration import (
+from servletkit.container.runtime import Container
+from servletkit.container.snippets import (
     appservice_url,
     dump_yaml,
     registration,
     synapse_config,
 )
-from servletkit.container.runtime import Container
+from servletkit.dev.embedded_synapse import (
+    SynapseError,
+    SynapseServer,
+    free_port,
+    launch_synapse,
+)
 from servletkit.hooks.dispatcher import FAILURE_RECORD_ATTRIBUTE, PluginFailure
 from servletkit.throttle import Throttle
 

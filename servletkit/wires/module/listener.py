@@ -2,7 +2,7 @@
 
 ``servletkit.synapse.ServletkitModule`` runs inside Synapse and forwards its
 callbacks over one persistent TCP connection (the framed JSON protocol of
-:mod:`servletkit.module_protocol`). This module is the listener at the other
+:mod:`servletkit.wires.module.protocol`). This module is the listener at the other
 end: it checks the shared secret, turns each request into an interception
 hook call (``event.stage == "before_store"``) and answers with the decision.
 Every decision (not "no opinion") goes to the audit log, after its answer is sent.
@@ -23,22 +23,19 @@ import hmac
 import logging
 import typing
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
-from pathlib import Path
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 import attrs
 import orjson
 from starlette.routing import BaseRoute
 
-from servletkit.container.config import Config, ConfigError, ModuleCallbacks
-from servletkit.container.runtime import Container
-from servletkit.container.store import AuditRecord, Store, audit_record, record_decision
 from servletkit.hooks.decisions import Modify, Veto
 from servletkit.hooks.dispatcher import Dispatcher, Outcome, run_eagerly
 from servletkit.hooks.events import Event, EventFormatError
 from servletkit.hooks.specs import HOOKS
 from servletkit.hooks.table import FieldKind, HookTable
-from servletkit.module_protocol import (
+from servletkit.store.sqlite import AuditRecord, Store, audit_record, record_decision
+from servletkit.wires.module.protocol import (
     HEADER,
     MAX_FRAME,
     PROTOCOL_VERSION,
@@ -47,6 +44,9 @@ from servletkit.module_protocol import (
     frame,
     jsonable,
 )
+
+if TYPE_CHECKING:
+    from servletkit.container.runtime import Container
 
 log = logging.getLogger("servletkit.module_wire")
 
@@ -431,36 +431,3 @@ def module_wire(container: Container) -> ModuleWire | None:
                       host=settings.host, port=settings.port, ready=container.ready,
                       own_user=container.is_own_user)
     return wire
-
-
-def module_entry(config: Config) -> dict[str, Any]:
-    """The ``modules:`` entry of homeserver.yaml that connects Synapse to this container.
-
-    Raises :class:`ConfigError` when ``[module]`` is not enabled.
-    """
-    settings = config.module
-    if not settings.enabled:
-        raise ConfigError(config.path, "module.enabled",
-                          "the module wire is off; set [module] enabled = true and a "
-                          "secret to print its Synapse config")
-    module_config: dict[str, Any] = {
-        "host": settings.host, "port": settings.port, "secret": settings.secret,
-    }
-    callbacks = {}
-    for field in attrs.fields(ModuleCallbacks):
-        policy = getattr(settings.callbacks, field.name)
-        chosen = {key: value for key, value in attrs.asdict(policy).items() if value is not None}
-        if chosen:
-            callbacks[field.name] = chosen
-    if callbacks:
-        module_config["callbacks"] = callbacks
-    return {"module": "servletkit.synapse.ServletkitModule", "config": module_config}
-
-
-def module_snippet(config: Config, registration_file: Path) -> dict[str, Any]:
-    """``homeserver.yaml`` keys for the module wire (none unless ``[module] enabled``).
-
-    One of :data:`servletkit.container.registration.SYNAPSE_SNIPPETS`;
-    ``registration_file`` is not used by this wire.
-    """
-    return {"modules": [module_entry(config)]} if config.module.enabled else {}

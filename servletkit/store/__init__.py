@@ -1,0 +1,1 @@
+"""Durable state: processed transactions, each plugin's own data, the audit log."""
