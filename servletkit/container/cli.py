@@ -111,7 +111,8 @@ def cmd_synapse_config(args: argparse.Namespace) -> int:
 
 def cmd_dev(args: argparse.Namespace) -> int:
     """Run an embedded Synapse wired to the container and its plugins until stopped."""
-    from servletkit.dev.command import DevError, run_dev
+    from servletkit.dev.command import run_dev
+    from servletkit.dev.errors import DevError
 
     try:
         return run_dev(load_config(args.config))

@@ -52,33 +52,27 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import fcntl
 import importlib.util
 import json
 import logging
 import os
-import secrets
 import signal
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Final, TextIO
-from urllib.parse import quote
 
 import attrs
 import httpx
 import uvicorn
 
 from servletkit.container.app import build_app
-from servletkit.container.config import AppserviceConfig, Config, Namespace, Namespaces
+from servletkit.container.config import Config
 from servletkit.container.files import write_private
 from servletkit.container.ports import port_problem, port_unavailable
 from servletkit.container.runtime import Container
 from servletkit.container.snippets import (
     appservice_url,
-    dump_yaml,
-    registration,
-    synapse_config,
 )
 from servletkit.dev.embedded_synapse import (
     SynapseError,
@@ -86,120 +80,16 @@ from servletkit.dev.embedded_synapse import (
     free_port,
     launch_synapse,
 )
-from servletkit.hooks.dispatcher import FAILURE_RECORD_ATTRIBUTE, PluginFailure
-from servletkit.throttle import Throttle
+from servletkit.dev.errors import DevError, step
+from servletkit.dev.state import DevPaths, DevState, claim_state_folder
+from servletkit.dev.terminal import route_logs
+from servletkit.dev.wiring import ping_appservice, synapse_wiring, wired_config
 
 log = logging.getLogger("servletkit.dev")
 
 RUN_FILE_VERSION: Final = 1
 SYNAPSE_START_TIMEOUT_S: Final = 60.0
 INSTALL_HINT: Final = "pip install 'servletkit[synapse]' (or run scripts/bootstrap)"
-
-
-class DevError(Exception):
-    """``servletkit dev`` cannot go on; the message says what failed and how to fix it."""
-
-
-@contextlib.contextmanager
-def step(what: str, hint: str) -> Iterator[None]:
-    """Turn an OS, HTTP or JSON error raised in the block into a :class:`DevError`.
-
-    The message says ``what`` failed and why, then ``hint`` (the log to read,
-    or the fix), so ``servletkit dev`` ends with one message, not a traceback.
-    """
-    try:
-        yield
-    except OSError as exc:
-        reason = str(exc)
-    except httpx.RequestError as exc:
-        reason = (f"no answer from {exc.request.method} {exc.request.url} "
-                  f"({type(exc).__name__}{f': {exc}' if str(exc) else ''})")
-    except json.JSONDecodeError as exc:
-        reason = f"the answer is not JSON ({exc})"
-    else:
-        return
-    raise DevError(f"{what} failed: {reason}; {hint}")
-
-
-# -- the state folder -----------------------------------------------------------
-
-
-@attrs.frozen
-class DevPaths:
-    """Where ``servletkit dev`` keeps things, all under ``root`` (the state folder)."""
-
-    root: Path
-
-    @classmethod
-    def for_config(cls, config: Config) -> DevPaths:
-        """The state folder ``[dev] state_dir`` of ``config``, made absolute."""
-        return cls(config.resolve(config.dev.state_dir))
-
-    @property
-    def state(self) -> Path:
-        return self.root / "state.json"
-
-    @property
-    def run_file(self) -> Path:
-        return self.root / "dev.json"
-
-    @property
-    def synapse(self) -> Path:
-        return self.root / "synapse"
-
-    @property
-    def lock(self) -> Path:
-        return self.root / "dev.lock"
-
-    @property
-    def registration(self) -> Path:
-        return self.root / "appservice-registration.yaml"
-
-    @property
-    def container_log(self) -> Path:
-        return self.root / "servletkit.log"
-
-    @property
-    def synapse_log(self) -> Path:
-        return self.synapse / "synapse.log"
-
-
-def _secret() -> str:
-    return secrets.token_urlsafe(32)
-
-
-@attrs.frozen
-class DevState:
-    """What ``servletkit dev`` generates once and reuses on every later start."""
-
-    as_token: str = attrs.field(factory=_secret, repr=False)
-    hs_token: str = attrs.field(factory=_secret, repr=False)
-    module_secret: str = attrs.field(factory=_secret, repr=False)
-    registration_shared_secret: str = attrs.field(factory=_secret, repr=False)
-    macaroon_secret_key: str = attrs.field(factory=_secret, repr=False)
-    form_secret: str = attrs.field(factory=_secret, repr=False)
-    test_password: str = attrs.field(factory=lambda: secrets.token_urlsafe(12), repr=False)
-    homeserver_port: int | None = None
-
-    @classmethod
-    def load(cls, path: Path) -> DevState:
-        """The state saved at ``path``, or a fresh one if there is none.
-
-        Keys a newer or older version does not know are dropped or generated.
-        """
-        try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            return cls()
-        except (OSError, ValueError) as exc:
-            raise DevError(f"{path}: cannot be read ({exc}); delete it to generate new "
-                           f"secrets (the homeserver's users and rooms are kept)") from None
-        known = {field.name for field in attrs.fields(cls)}
-        return cls(**{key: value for key, value in data.items() if key in known})
-
-    def save(self, path: Path) -> None:
-        """Write the state to ``path``, readable by its owner only."""
-        write_private(path, json.dumps(attrs.asdict(self), indent=2))
 
 
 # -- checks before starting anything ------------------------------------------
@@ -210,31 +100,6 @@ def check_synapse_installed() -> None:
     if importlib.util.find_spec("synapse") is None:
         raise DevError(f"Synapse is not installed in this Python environment ({sys.executable}); "
                        f"install it with: {INSTALL_HINT}")
-
-
-def claim_state_folder(paths: DevPaths) -> TextIO:
-    """Lock the state folder for this process; raise :class:`DevError` if another holds it.
-
-    Returns the open lock file: the folder is this process's until it is
-    closed (or the process ends). Of two ``servletkit dev`` started at the same
-    moment, exactly one gets it. The folder must exist.
-    """
-    lock = os.fdopen(os.open(paths.lock, os.O_RDWR | os.O_CREAT, 0o600), "r+", encoding="utf-8")
-    try:
-        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        pid = lock.read().strip()  # empty if the owner has only just locked it
-        lock.close()
-        owner, kill = (f"pid {pid}", f", or kill {pid}") if pid else ("just starting", "")
-        raise DevError(f"servletkit dev is already running for {paths.root} ({owner}): "
-                       f"stop it first (Ctrl-C in its terminal{kill})") from None
-    except BaseException:
-        lock.close()
-        raise
-    lock.truncate()
-    lock.write(f"{os.getpid()}\n")
-    lock.flush()
-    return lock
 
 
 def require_port(config: Config, host: str, port: int, setting: str) -> None:
@@ -264,57 +129,6 @@ def plugin_failures(container: Container) -> DevError | None:
     lines.append(f"fix: repair the plugin (its traceback is in {log_file}), or switch it off "
                  f"with enabled = false in {tables} of {container.config.path}")
     return DevError("\n".join(lines))
-
-
-# -- the wiring ------------------------------------------------------------------
-
-
-def wired_config(config: Config, state: DevState, paths: DevPaths, homeserver_url: str) -> Config:
-    """``config`` pointed at the dev homeserver, with both wires on and the generated secrets.
-
-    The file's ``[appservice]`` and ``[module]`` settings are kept except the
-    secrets (the dev homeserver has its own) and ``[appservice] url`` (derived
-    from ``[server]``). Without an ``[appservice]`` section the appservice is
-    interested in every room, so observers see every stored event. The store
-    moves into the state folder: the transaction ids it remembers belong to
-    this homeserver.
-    """
-    appservice = config.appservice or AppserviceConfig(
-        as_token=state.as_token, hs_token=state.hs_token,
-        namespaces=Namespaces(rooms=(Namespace(".*"),)),
-    )
-    return attrs.evolve(
-        config,
-        homeserver=attrs.evolve(config.homeserver, url=homeserver_url),
-        appservice=attrs.evolve(appservice, as_token=state.as_token, hs_token=state.hs_token,
-                                url=None),
-        module=attrs.evolve(config.module, enabled=True, secret=state.module_secret),
-        store=attrs.evolve(config.store, path=str(paths.root / "servletkit.db")),
-    )
-
-
-def synapse_wiring(config: Config, paths: DevPaths) -> dict[str, Any]:
-    """Write the appservice registration; return the homeserver.yaml keys of every wire."""
-    write_private(paths.registration, dump_yaml(registration(config)))
-    return synapse_config(config, paths.registration)
-
-
-async def ping_appservice(config: Config) -> None:
-    """Have Synapse ping the container's appservice (``/_matrix/client/v1/appservice/.../ping``).
-
-    Raises :class:`DevError` if Synapse cannot reach it.
-    """
-    appservice = config.appservice
-    assert appservice is not None  # wired_config always sets it
-    url = (f"{config.homeserver.url}/_matrix/client/v1/appservice/"
-           f"{quote(appservice.id, safe='')}/ping")
-    async with httpx.AsyncClient(timeout=30) as client:
-        response = await client.post(url, json={"transaction_id": "servletkit-dev"},
-                                     headers={"Authorization": f"Bearer {appservice.as_token}"})
-    if response.status_code != 200:
-        raise DevError(f"Synapse cannot reach the container's appservice at "
-                       f"{appservice_url(config)}: {response.status_code} {response.text}; "
-                       f"check [server] in {config.path}")
 
 
 # -- running ---------------------------------------------------------------------
@@ -623,77 +437,6 @@ class DevSession:
                 await self._serving
         self._lock.close()
         self._lock = None
-
-
-PLUGIN_LOGGER_PREFIX: Final = "servletkit.plugins."
-FAILURE_LINE_INTERVAL_S: Final = 5.0
-
-
-class _ForTerminal(logging.Filter):
-    """What the terminal shows: the plugins' own records (``context.log``), and plugin
-    failures (from the dispatcher), at most one line per plugin and hook every
-    :data:`FAILURE_LINE_INTERVAL_S` seconds; the next line shown counts the ones held back.
-    """
-
-    def __init__(self, throttle: Throttle) -> None:
-        super().__init__()
-        self._throttle = throttle
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        failure: PluginFailure | None = getattr(record, FAILURE_RECORD_ATTRIBUTE, None)
-        if failure is None:
-            return record.name.startswith(PLUGIN_LOGGER_PREFIX)
-        held_back = self._throttle.allow((failure.plugin, failure.hook))
-        if held_back is None:
-            return False
-        record.held_back = held_back  # for _PluginLines
-        return True
-
-
-class _PluginLines(logging.Formatter):
-    """``  [word_filter] message`` for the terminal; tracebacks stay in the log file."""
-
-    def __init__(self, log_file: Path) -> None:
-        super().__init__()
-        self._log_file = log_file
-
-    def format(self, record: logging.LogRecord) -> str:
-        failure: PluginFailure | None = getattr(record, FAILURE_RECORD_ATTRIBUTE, None)
-        if failure is None:
-            line = f"  [{record.name.removeprefix(PLUGIN_LOGGER_PREFIX)}] {record.getMessage()}"
-        else:
-            line = f"  [{failure.plugin}] failed in {failure.hook}: {failure.detail}"
-        notes = []
-        if record.exc_info:
-            notes.append(f"traceback in {self._log_file}")
-        if held_back := getattr(record, "held_back", 0):
-            notes.append(f"{held_back} more since the last line")
-        return f"{line} ({'; '.join(notes)})" if notes else line
-
-
-def route_logs(log_file: Path, out: TextIO) -> Callable[[], None]:
-    """Every log record to ``log_file``; the plugins' own (``context.log``) and plugin
-    failures also to ``out`` (one line each, see :class:`_ForTerminal`).
-
-    Returns a function that puts the previous logging set-up back.
-    """
-    log_file.parent.mkdir(parents=True, exist_ok=True)
-    to_file = logging.FileHandler(log_file, encoding="utf-8")
-    to_file.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    to_terminal = logging.StreamHandler(out)
-    to_terminal.addFilter(_ForTerminal(Throttle(FAILURE_LINE_INTERVAL_S)))
-    to_terminal.setFormatter(_PluginLines(log_file))
-    root = logging.getLogger()
-    saved = root.handlers[:], root.level
-    root.handlers[:] = [to_file, to_terminal]
-    root.setLevel(logging.INFO)
-
-    def undo() -> None:
-        root.handlers[:], level = saved
-        root.setLevel(level)
-        to_file.close()
-
-    return undo
 
 
 def run_dev(config: Config, out: TextIO = sys.stdout) -> int:

@@ -25,8 +25,8 @@ from typing import Any
 import attrs
 
 from servletkit.container.config import load_config
-from servletkit.dev.command import DevPaths
 from servletkit.dev.embedded_synapse import stop_process
+from servletkit.dev.state import DevPaths
 
 
 class DevStartError(RuntimeError):

@@ -21,8 +21,10 @@ import yaml
 
 from servletkit.container.config import ConfigError, load_config, parse_config
 from servletkit.dev import command as dev
-from servletkit.dev.command import DevError, DevPaths, DevState
+from servletkit.dev import terminal, wiring
 from servletkit.dev.embedded_synapse import SynapseServer, free_port, launch_synapse
+from servletkit.dev.errors import DevError, step
+from servletkit.dev.state import DevPaths, DevState
 from servletkit.hooks.dispatcher import OnError
 from tests.hooks.test_dispatcher import EVENT, Boom, dispatcher_for, policy
 
@@ -109,7 +111,7 @@ class TestWiring:
         config = config_in(tmp_path)
         state = DevState()
         paths = DevPaths.for_config(config)
-        wired = dev.wired_config(config, state, paths, "http://127.0.0.1:41234")
+        wired = wiring.wired_config(config, state, paths, "http://127.0.0.1:41234")
         assert wired.homeserver.url == "http://127.0.0.1:41234"
         assert wired.appservice is not None
         assert (wired.appservice.as_token, wired.appservice.hs_token) == (state.as_token,
@@ -133,7 +135,7 @@ regex = "@_br_.*:localhost"
 exclusive = true
 """)
         state = DevState()
-        wired = dev.wired_config(config, state, DevPaths.for_config(config), "http://h:1")
+        wired = wiring.wired_config(config, state, DevPaths.for_config(config), "http://h:1")
         assert wired.appservice is not None
         assert wired.appservice.id == "mybridge"
         assert wired.appservice.url is None
@@ -147,8 +149,8 @@ exclusive = true
         config = config_in(tmp_path)
         state = DevState()
         paths = DevPaths.for_config(config)
-        wired = dev.wired_config(config, state, paths, "http://127.0.0.1:41234")
-        keys = dev.synapse_wiring(wired, paths)
+        wired = wiring.wired_config(config, state, paths, "http://127.0.0.1:41234")
+        keys = wiring.synapse_wiring(wired, paths)
         assert keys["app_service_config_files"] == [str(paths.registration)]
         registration = yaml.safe_load(paths.registration.read_text())
         assert registration["as_token"] == state.as_token
@@ -237,7 +239,7 @@ class TestFailuresAreOneMessage:
     def test_no_answer_names_the_request(self) -> None:
         """A refused connection becomes a DevError with the step, the request and the hint."""
         url = f"http://127.0.0.1:{free_port()}/_matrix/client/versions"
-        with pytest.raises(DevError) as info, dev.step("asking Synapse", "see synapse.log"):
+        with pytest.raises(DevError) as info, step("asking Synapse", "see synapse.log"):
             httpx.get(url)
         message = str(info.value)
         assert message.startswith(f"asking Synapse failed: no answer from GET {url} "
@@ -252,10 +254,10 @@ class TestPluginFailuresInTheTerminal:
     ) -> None:
         """Whatever its policy, a failing plugin is one terminal line (plugin, hook, exception,
         the log with the traceback); a burst is one line, the next one counts the rest."""
-        monkeypatch.setattr(dev, "FAILURE_LINE_INTERVAL_S", 0.5)
+        monkeypatch.setattr(terminal, "FAILURE_LINE_INTERVAL_S", 0.5)
         dispatcher = dispatcher_for(("boom", Boom(), policy(on_error=on_error)))
         out, log_file = io.StringIO(), tmp_path / "servletkit.log"
-        undo = dev.route_logs(log_file, out)
+        undo = terminal.route_logs(log_file, out)
         try:
             for _ in range(3):
                 await dispatcher.intercept("on_send_event", EVENT)
