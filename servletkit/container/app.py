@@ -19,10 +19,10 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import BaseRoute, Route
 
-from servletkit.container.errors import EXCEPTION_HANDLERS
 from servletkit.container.runtime import Container
 from servletkit.wires import Wire, WireFactory
 from servletkit.wires.appservice.wire import appservice_wire
+from servletkit.wires.errors import EXCEPTION_HANDLERS
 from servletkit.wires.module.listener import module_wire
 
 WIRES: list[WireFactory] = [appservice_wire, module_wire]

@@ -59,7 +59,6 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
-from servletkit.container.errors import MatrixError
 from servletkit.hooks.decisions import Modify, Veto
 from servletkit.hooks.events import Ephemeral, Event, EventFormatError
 from servletkit.store.sqlite import (
@@ -70,6 +69,7 @@ from servletkit.store.sqlite import (
     record_decision,
     unit_of_work,
 )
+from servletkit.wires.errors import MatrixError
 
 if TYPE_CHECKING:
     from servletkit.container.config import AppserviceConfig
