@@ -176,7 +176,8 @@ def main(argv: Sequence[str] | None = None) -> int:
               f"(pass --config PATH, or create ./{DEFAULT_CONFIG})", file=sys.stderr)
         return 2
     try:
-        return args.handler(args)
+        status: int = args.handler(args)
+        return status
     except (ConfigError, CommandError) as exc:
         print(f"servletkit: {exc}", file=sys.stderr)
         return 1

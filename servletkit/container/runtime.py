@@ -128,8 +128,8 @@ class Container:
             except Exception as exc:
                 self._fail(describe_failure(name, "import", exc))
                 continue
-            table = self.config.plugin(name)
-            self._contexts[name] = self.make_context(name, table.options if table else {})
+            own = self.config.plugin(name)
+            self._contexts[name] = self.make_context(name, own.options if own else {})
 
     def make_context(self, name: str, options: Any) -> PluginContext:
         """The context handed to plugin ``name``'s hooks (wires extend what it carries)."""

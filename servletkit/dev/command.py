@@ -209,8 +209,10 @@ class DevSession:
     async def until_stopped(self, stopping: asyncio.Task[Any]) -> None:
         """Wait for the stop signal; raise :class:`DevError` if Synapse or the container ends."""
         assert self.synapse is not None and self._serving is not None  # start() set them
+        synapse = self.synapse.process
+        assert synapse is not None  # launch_synapse spawned it
         while not stopping.done():
-            status = self.synapse.process.poll()
+            status = synapse.poll()
             if status is not None:
                 raise DevError(f"Synapse exited on its own (status {status}); "
                                f"see {self.paths.synapse_log}")
@@ -286,7 +288,7 @@ class DevSession:
     ) -> None:
         """Write ``dev.json``: the facts a client or script needs (format in the module doc)."""
         config, paths = container.config, self.paths
-        assert self.synapse is not None  # start() launched it
+        assert self.synapse is not None and self.synapse.process is not None  # start() did
         write_private(paths.run_file, json.dumps({
             "version": RUN_FILE_VERSION,
             "homeserver_url": homeserver_url,

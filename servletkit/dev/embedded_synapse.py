@@ -53,7 +53,8 @@ def free_port() -> int:
     """A TCP port on 127.0.0.1 that was free a moment ago."""
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+        port: int = sock.getsockname()[1]
+        return port
 
 
 def stop_process(process: subprocess.Popen[Any], timeout: float) -> int:
@@ -159,7 +160,8 @@ class SynapseServer:
     def register(self, localpart: str, password: str = "servletkit-pw-1") -> dict[str, Any]:
         """Register a user with open registration; return the response (user_id, access_token)."""
         body = {"username": localpart, "password": password, "auth": {"type": "m.login.dummy"}}
-        return _request("POST", f"{self.url}/_matrix/client/v3/register", body)
+        answer: dict[str, Any] = _request("POST", f"{self.url}/_matrix/client/v3/register", body)
+        return answer
 
 
     def answers(self) -> bool:

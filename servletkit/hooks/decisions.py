@@ -26,7 +26,9 @@ class Modify:
     plugin builds the decision).
     """
 
-    content: Mapping[str, Any] = attrs.field(validator=attrs.validators.instance_of(Mapping))
+    content: Mapping[str, Any] = attrs.field(
+        validator=attrs.validators.instance_of(Mapping)  # type: ignore[type-abstract]
+    )
 
 
 @attrs.frozen(slots=True)

@@ -121,8 +121,9 @@ class Event:
                 f"content={self.content!r}, wire={self.wire!r})")
 
     @classmethod
-    def from_json(cls, data: Mapping[str, Any], wire: WireName = "appservice") -> Event:
-        """Build an event from client-event JSON; raise :class:`EventFormatError` if malformed.
+    def from_json(cls, data: Any, wire: WireName = "appservice") -> Event:
+        """Build an event from client-event JSON; raise :class:`EventFormatError` if ``data``
+        (any parsed JSON) is not a client event.
 
         The event keeps ``data`` (not a copy) when it is a plain ``dict``: do not
         change it afterwards.
@@ -152,7 +153,7 @@ class Event:
         return cls._from_mapping(data, wire)
 
     @classmethod
-    def _from_mapping(cls, data: Mapping[str, Any], wire: WireName) -> Event:
+    def _from_mapping(cls, data: Any, wire: WireName) -> Event:
         if not isinstance(data, Mapping):
             raise EventFormatError("event", f"must be an object, got {type(data).__name__}")
         for key in ("event_id", "room_id", "type", "sender"):

@@ -24,7 +24,6 @@ from typing import Any, Final
 
 from twisted.internet import defer
 from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
-from twisted.internet.interfaces import IReactorTCP, IReactorTime
 from twisted.internet.protocol import connectionDone
 from twisted.protocols.basic import Int32StringReceiver
 from twisted.python.failure import Failure
@@ -60,9 +59,14 @@ class _Connection(Int32StringReceiver):
         self._authenticated = False
         self.ready: defer.Deferred[_Connection] = defer.Deferred()
 
+    @property
+    def tcp(self) -> Any:
+        """The TCP transport (Twisted types it through zope interfaces mypy cannot read)."""
+        return self.transport
+
     def connectionMade(self) -> None:
-        self.transport.setTcpNoDelay(True)
-        self.transport.write(
+        self.tcp.setTcpNoDelay(True)
+        self.tcp.write(
             encode({"op": "hello", "protocol": PROTOCOL_VERSION, "secret": self._client.secret})
         )
 
@@ -79,10 +83,10 @@ class _Connection(Int32StringReceiver):
         pending[request_id] = answer
         fields["id"] = request_id
         fields["op"] = op
-        self.transport.write(encode(fields))
+        self.tcp.write(encode(fields))
         # Twisted sends buffered data on the reactor's next turn; flush now instead
         # (measured: 5 to 50 us less per round trip, and less reactor work).
-        self.transport.doWrite()
+        self.tcp.doWrite()
         return answer
 
     def stringReceived(self, body: bytes) -> None:
@@ -118,7 +122,7 @@ class _Connection(Int32StringReceiver):
             self.ready.errback(ContainerUnavailable(reason))
         else:
             log.error("servletkit: %s; reconnecting", reason)
-        self.transport.abortConnection()
+        self.tcp.abortConnection()
 
     def lengthLimitExceeded(self, length: int) -> None:
         self._abort(f"the container sent a frame of {length} bytes (at most {MAX_FRAME})")
@@ -137,7 +141,8 @@ class ContainerClient:
     """A reconnecting, multiplexed connection to the container's module-wire listener."""
 
     def __init__(self, reactor: Any, host: str, port: int, secret: str) -> None:
-        self._reactor: IReactorTCP | IReactorTime = reactor
+        # a reactor with TCP and time (typed through zope interfaces mypy cannot read)
+        self._reactor: Any = reactor
         self.host = host
         self.port = port
         self.secret = secret
@@ -170,7 +175,7 @@ class ContainerClient:
                 f"no connection to the container at {self.host}:{self.port} "
                 f"({self._last_error}); reconnecting"
             ))
-        answer.addTimeout(timeout_s, self._reactor)  # type: ignore[arg-type]
+        answer.addTimeout(timeout_s, self._reactor)
         return answer
 
     def connect(self) -> None:
@@ -182,7 +187,7 @@ class ContainerClient:
         endpoint = TCP4ClientEndpoint(self._reactor, self.host, self.port,
                                       timeout=CONNECT_TIMEOUT_S)
         connection = _Connection(self)
-        attempt = connectProtocol(endpoint, connection)
+        attempt = connectProtocol(endpoint, connection)  # type: ignore[no-untyped-call]
         attempt.addCallback(
             lambda _: connection.ready.addTimeout(CONNECT_TIMEOUT_S, self._reactor)
         )
@@ -194,7 +199,7 @@ class ContainerClient:
         if self._retry_call is not None and self._retry_call.active():
             self._retry_call.cancel()
         if self._connection is not None:
-            self._connection.transport.loseConnection()
+            self._connection.tcp.loseConnection()
 
     def lost(self, connection: _Connection) -> None:
         """Called by a connection when it closes."""
@@ -217,8 +222,8 @@ class ContainerClient:
 
     def _failed(self, failure: Failure, connection: _Connection) -> None:
         waiters, self._waiters = self._waiters or [], None
-        if connection.transport is not None:  # e.g. no answer to the hello
-            connection.transport.abortConnection()
+        if connection.tcp is not None:  # e.g. no answer to the hello
+            connection.tcp.abortConnection()
         error = failure.value
         reason = str(error) if isinstance(error, ContainerUnavailable) else (
             failure.getErrorMessage() or type(error).__name__)
@@ -237,7 +242,7 @@ class ContainerClient:
             return
         delay = self._retry_delay
         self._retry_delay = min(max(delay * 2, FIRST_RETRY_DELAY_S), MAX_RETRY_DELAY_S)
-        self._retry_call = self._reactor.callLater(delay, self.connect)  # type: ignore[union-attr]
+        self._retry_call = self._reactor.callLater(delay, self.connect)
 
     def _forget_waiter(self, waiter: defer.Deferred[_Connection]) -> None:
         if self._waiters is not None and waiter in self._waiters:

@@ -57,6 +57,9 @@ from servletkit.throttle import Throttle
 
 log = logging.getLogger("servletkit.synapse")
 
+_reactor: Any = reactor
+"""Twisted's global reactor (typed through zope interfaces that mypy cannot read)."""
+
 UNAVAILABLE_STATUS: Final = 503
 VETO_STATUS: Final = 403
 FAILURE_LOG_INTERVAL_S: Final = 10.0
@@ -131,8 +134,8 @@ class ServletkitModule:
             registries[callback.registry][name] = getattr(self, name)
         api.register_third_party_rules_callbacks(**registries["third_party_rules"])
         api.register_spam_checker_callbacks(**registries["spam_checker"])
-        reactor.callWhenRunning(self._client.connect)
-        reactor.addSystemEventTrigger("before", "shutdown", self._client.stop)
+        _reactor.callWhenRunning(self._client.connect)
+        _reactor.addSystemEventTrigger("before", "shutdown", self._client.stop)
 
     @staticmethod
     def parse_config(config: Any) -> ModuleSettings:

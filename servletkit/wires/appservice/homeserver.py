@@ -149,6 +149,17 @@ class HomeserverClient:
         response = await self._send(method, path, json=json, params=params)
         return _json_body(method, path, response)
 
+    async def _object(
+        self, method: str, path: str, *, json: Any = None,
+        params: Mapping[str, Any] | None = None,
+    ) -> dict[str, Any]:
+        """:meth:`request` for an endpoint that answers a JSON object."""
+        body = await self.request(method, path, json=json, params=params)
+        if not isinstance(body, dict):
+            raise MatrixRequestError(method, path, 200, "M_NOT_JSON",
+                                     f"expected a JSON object, got {type(body).__name__}", body)
+        return body
+
     async def _send(
         self,
         method: str,
@@ -213,7 +224,7 @@ class HomeserverClient:
 
     async def whoami(self) -> str:
         """The user ID the homeserver sees for this client."""
-        return (await self.request("GET", f"{CLIENT}/account/whoami"))["user_id"]
+        return str((await self._object("GET", f"{CLIENT}/account/whoami"))["user_id"])
 
     async def set_displayname(self, displayname: str) -> None:
         """Set :attr:`user_id`'s display name."""
@@ -227,7 +238,7 @@ class HomeserverClient:
 
     async def get_profile(self, user_id: str | None = None) -> dict[str, Any]:
         """The profile (``displayname``, ``avatar_url``) of ``user_id`` (default: this user)."""
-        return await self.request("GET", f"{CLIENT}/profile/{q(user_id or self._user_id)}")
+        return await self._object("GET", f"{CLIENT}/profile/{q(user_id or self._user_id)}")
 
     # -- rooms ---------------------------------------------------------------
 
@@ -240,14 +251,14 @@ class HomeserverClient:
         """
         if alias_localpart is not None:
             body["room_alias_name"] = alias_localpart
-        return (await self.request("POST", f"{CLIENT}/createRoom", json=body))["room_id"]
+        return str((await self._object("POST", f"{CLIENT}/createRoom", json=body))["room_id"])
 
     async def join(self, room_id_or_alias: str, *, via: tuple[str, ...] = ()) -> str:
         """Join a room by ID or alias as :attr:`user_id`; return the room ID."""
         params = {"via": list(via)} if via else None
-        answer = await self.request("POST", f"{CLIENT}/join/{q(room_id_or_alias)}",
+        answer = await self._object("POST", f"{CLIENT}/join/{q(room_id_or_alias)}",
                                     json={}, params=params)
-        return answer["room_id"]
+        return str(answer["room_id"])
 
     async def invite(self, room_id: str, user_id: str, reason: str | None = None) -> None:
         """Invite ``user_id`` into ``room_id``."""
@@ -278,8 +289,8 @@ class HomeserverClient:
         that carry the remote network's timestamps.
         """
         path = f"{CLIENT}/rooms/{q(room_id)}/send/{q(event_type)}/{q(txn_id or _txn_id())}"
-        answer = await self.request("PUT", path, json=dict(content), params=_ts(ts))
-        return answer["event_id"]
+        answer = await self._object("PUT", path, json=dict(content), params=_ts(ts))
+        return str(answer["event_id"])
 
     async def send_message(self, room_id: str, body_or_content: str | Mapping[str, Any],
                            **send: Any) -> str:
@@ -302,25 +313,25 @@ class HomeserverClient:
     ) -> str:
         """Set a state event; return its event ID. ``ts`` as in :meth:`send_event`."""
         path = f"{CLIENT}/rooms/{q(room_id)}/state/{q(event_type)}/{q(state_key)}"
-        answer = await self.request("PUT", path, json=dict(content), params=_ts(ts))
-        return answer["event_id"]
+        answer = await self._object("PUT", path, json=dict(content), params=_ts(ts))
+        return str(answer["event_id"])
 
     async def redact(self, room_id: str, event_id: str, reason: str | None = None, *,
                      txn_id: str | None = None) -> str:
         """Redact ``event_id``; return the redaction's event ID."""
         path = f"{CLIENT}/rooms/{q(room_id)}/redact/{q(event_id)}/{q(txn_id or _txn_id())}"
-        answer = await self.request("PUT", path, json=_with_reason({}, reason))
-        return answer["event_id"]
+        answer = await self._object("PUT", path, json=_with_reason({}, reason))
+        return str(answer["event_id"])
 
     async def get_event(self, room_id: str, event_id: str) -> dict[str, Any]:
         """One event of ``room_id``, as :attr:`user_id` may see it."""
-        return await self.request("GET", f"{CLIENT}/rooms/{q(room_id)}/event/{q(event_id)}")
+        return await self._object("GET", f"{CLIENT}/rooms/{q(room_id)}/event/{q(event_id)}")
 
     async def get_state(self, room_id: str, event_type: str,
                         state_key: str = "") -> dict[str, Any]:
         """The content of one state event of ``room_id``."""
         path = f"{CLIENT}/rooms/{q(room_id)}/state/{q(event_type)}/{q(state_key)}"
-        return await self.request("GET", path)
+        return await self._object("GET", path)
 
     async def get_room_state(self, room_id: str) -> list[dict[str, Any]]:
         """Every current state event of ``room_id`` (the endpoint answers a JSON array)."""
@@ -334,7 +345,8 @@ class HomeserverClient:
         params: dict[str, Any] = {"dir": direction, "limit": limit}
         if start is not None:
             params["from"] = start
-        return await self.request("GET", f"{CLIENT}/rooms/{q(room_id)}/messages", params=params)
+        return await self._object("GET", f"{CLIENT}/rooms/{q(room_id)}/messages",
+                                  params=params)
 
     # -- media ---------------------------------------------------------------
 
@@ -344,7 +356,7 @@ class HomeserverClient:
         params = {"filename": filename} if filename else None
         response = await self._send("POST", MEDIA_UPLOAD, content=data, params=params,
                                     headers={"Content-Type": content_type})
-        return _json_body("POST", MEDIA_UPLOAD, response)["content_uri"]
+        return str(_json_body("POST", MEDIA_UPLOAD, response)["content_uri"])
 
     async def download_media(self, mxc_uri: str) -> bytes:
         """The bytes behind an ``mxc://server/media_id`` URI (authenticated media)."""
@@ -374,7 +386,7 @@ def _retry_after(response: httpx.Response) -> float:
     except ValueError:
         body = None
     if isinstance(body, dict) and isinstance(body.get("retry_after_ms"), int | float):
-        return max(0.0, body["retry_after_ms"] / 1000)
+        return max(0.0, float(body["retry_after_ms"]) / 1000)
     header = response.headers.get("Retry-After", "")
     try:
         return max(0.0, float(header))

@@ -293,10 +293,12 @@ class AppserviceWire:
         """Carry out a Veto on a stored event: redact it as the appservice user."""
         assert isinstance(outcome.decision, Veto)
         reason = outcome.decision.reason
+        homeserver = self._container.homeserver
+        assert homeserver is not None  # internal invariant: [appservice] makes one
         try:
             # a txn_id derived from the event makes a redelivered veto one redaction
-            await self._container.homeserver.redact(event.room_id, event.event_id, reason,
-                                                    txn_id=f"servletkit-veto-{event.event_id}")
+            await homeserver.redact(event.room_id, event.event_id, reason,
+                                    txn_id=f"servletkit-veto-{event.event_id}")
         except Exception as exc:
             log.error("could not redact %s (vetoed by plugin %r): %s", event.event_id,
                       outcome.decided_by, exc)
