@@ -1,6 +1,8 @@
 """Finding, importing and registering plugins.
 
-A plugin is an entry point in the group ``servletkit.plugins``: its name is the
+A plugin is an entry point in the group ``servletkit.plugins``, found with the
+``importlib-metadata`` package (not the stdlib module: its discovery and caches
+behave the same on every Python, which reload and deploy rely on): its name is the
 plugin's name, its value a module (``pkg.module``) or a class
 (``pkg.module:Class``, instantiated with no arguments). pluggy registers it and
 checks its hook implementations against the specs.
@@ -9,12 +11,12 @@ checks its hook implementations against the specs.
 from __future__ import annotations
 
 import difflib
-import importlib.metadata
 import traceback
 from collections.abc import Iterable
 from typing import Any, Final, Literal
 
 import attrs
+import importlib_metadata
 import pluggy
 
 from servletkit.hooks.markers import PROJECT_NAME
@@ -30,11 +32,11 @@ class PluginSource:
     name: str
     distribution: str | None = None
     version: str | None = None
-    entry_point: importlib.metadata.EntryPoint | None = None
+    entry_point: importlib_metadata.EntryPoint | None = None
     obj: Any = None
 
     @classmethod
-    def from_entry_point(cls, entry_point: importlib.metadata.EntryPoint) -> PluginSource:
+    def from_entry_point(cls, entry_point: importlib_metadata.EntryPoint) -> PluginSource:
         dist = entry_point.dist
         return cls(
             name=entry_point.name,
@@ -68,7 +70,7 @@ class PluginRejected(Exception):
 def installed_plugins() -> dict[str, PluginSource]:
     """Every plugin installed in this environment, by name."""
     found: dict[str, PluginSource] = {}
-    for entry_point in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
+    for entry_point in importlib_metadata.entry_points(group=ENTRY_POINT_GROUP):
         found.setdefault(entry_point.name, PluginSource.from_entry_point(entry_point))
     return found
 

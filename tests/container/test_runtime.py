@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import importlib.metadata
 from pathlib import Path
 from typing import Any
 
+import importlib_metadata
 import pytest
 
 from servletkit import Event, Veto, hookimpl
@@ -83,7 +83,7 @@ async def test_unknown_hook_is_rejected_with_a_hint() -> None:
 
 
 async def test_import_failure_is_reported_with_traceback_and_the_rest_run() -> None:
-    broken = importlib.metadata.EntryPoint(
+    broken = importlib_metadata.EntryPoint(
         name="broken", value="servletkit_no_such_module_xyz", group="servletkit.plugins"
     )
     config = parse_config({}, Path("/tmp/x.toml"))
