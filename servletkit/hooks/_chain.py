@@ -124,8 +124,10 @@ class Chain:
 
     ``async_count`` is how many slots are ``async def``; ``modifiable`` whether a
     ``Modify`` may replace the hook's event; ``no_opinion`` the outcome when no
-    plugin answers, built once; ``runs`` counts the chain's runs (one per
-    subject), the list every slot's :attr:`Slot.runs` is.
+    plugin answers, built once; ``runs`` counts the chain's runs, the list every
+    slot's :attr:`Slot.runs` is; ``calls`` is ``slots`` as the dispatcher's loop
+    unpacks them (:data:`SlotCall`: a tuple unpacks faster than five attributes
+    are read).
     """
 
     hook: str
