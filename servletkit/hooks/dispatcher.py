@@ -4,12 +4,20 @@ pluggy finds and validates the implementations; the dispatcher calls them,
 because pluggy neither awaits coroutines nor gives each plugin its own context,
 time budget and failure policy. The dispatcher is pure: no HTTP, no storage.
 
-Hot-path notes (see ``benchmarks/dispatch.py``): the chain for each hook is a
-tuple of :class:`Slot` built once per plugin change; outcomes that carry no
-new data (nobody had an opinion; one plugin allowed) are built once and reused;
-an ``async def`` implementation is awaited directly, and its time budget is
-enforced by a :class:`_Watchdog` that costs one dict entry per call and only
-acts when a plugin is still suspended past its deadline.
+Every mode (:meth:`~Dispatcher.intercept`, :meth:`~Dispatcher.observe`,
+:meth:`~Dispatcher.observe_each`, :meth:`~Dispatcher.first_answer`) calls the
+plugins through one routine, :meth:`Dispatcher._run`, so a plugin fails the same
+way in each: it raised (``raised``), or it took longer than its budget
+(``timed_out``; an ``async def`` plugin is cancelled, a sync one cannot be and
+its answer is ignored). Each mode only brings its rule for combining answers
+(:class:`_Interception`, :class:`_Observation`, :class:`_FirstAnswer`).
+
+Hot-path notes (see ``benchmarks/dispatch.py``): a :class:`Chain` is built once
+per plugin change; a plugin that answers ``None`` in time costs one clock read
+and one addition, and no rule object is made unless some plugin answers
+something else; outcomes that carry no new data are built once; an ``async def``
+implementation is awaited directly, its budget enforced by a
+:class:`~servletkit.hooks._eventloop.Watchdog`.
 """
 
 from __future__ import annotations
@@ -17,242 +25,55 @@ from __future__ import annotations
 import asyncio
 import inspect
 import logging
-import math
-import operator
 import time
-from collections.abc import Awaitable, Callable, Coroutine, Generator, Iterable, Mapping
-from typing import Any, Final, Literal, TypeVar
+from asyncio import current_task
+from collections.abc import Awaitable, Callable, Coroutine, Iterable, Mapping
+from typing import Any, Final, Generic, TypeVar
 
-import attrs
 import pluggy
 
-from servletkit.hooks.decisions import Allow, Decision, Modify, Veto
+from servletkit.hooks._chain import (
+    Chain,
+    FailureKind,
+    OnError,
+    Outcome,
+    PluginFailure,
+    PluginPolicy,
+    Slot,
+    SlotTimings,
+    build_chains,
+    iter_plugin_impls,
+)
+from servletkit.hooks._eventloop import Watchdog, run_eagerly
+from servletkit.hooks.decisions import Allow, Modify, Veto
 from servletkit.hooks.specs import HOOKS
 from servletkit.hooks.table import HookTable
+
+__all__ = [
+    "FAILURE_RECORD_ATTRIBUTE",
+    "Chain",
+    "Dispatcher",
+    "FailureKind",
+    "OnError",
+    "Outcome",
+    "PluginFailure",
+    "PluginPolicy",
+    "Slot",
+    "SlotTimings",
+    "await_me_maybe",
+    "iter_plugin_impls",
+    "run_eagerly",
+]
 
 log = logging.getLogger("servletkit.dispatcher")
 
 T = TypeVar("T")
 
-OnError = Literal["allow", "deny"]
-FailureKind = Literal["raised", "timed_out", "bad_answer"]
-
-
-@attrs.frozen
-class PluginPolicy:
-    """How the dispatcher treats one plugin: its place in chains and its failure policy."""
-
-    order: int = 0
-    position: int = 0
-    timeout_ms: float = 1000.0
-    on_error: OnError = "allow"
-
-
-@attrs.frozen
-class PluginFailure:
-    """A plugin raised, overran its budget, or answered something that is not a decision."""
-
-    plugin: str
-    hook: str
-    kind: FailureKind
-    detail: str
-
-
-@attrs.frozen
-class Outcome:
-    """The combined answer of an interception chain.
-
-    ``decision`` is the first ``Veto``; otherwise ``Modify`` with the final
-    content if any plugin modified the event; otherwise ``Allow()`` if any plugin
-    allowed; otherwise ``None`` (nobody had an opinion). ``decided_by`` names the
-    vetoing plugin, the last modifying plugin, or the first allowing plugin.
-    ``event`` is the modified event when a plugin modified it, else ``None``.
-    ``failures`` lists the plugins that raised, overran or answered nonsense.
-    """
-
-    hook: str
-    decision: Decision | None
-    decided_by: str | None
-    event: Any = None
-    failures: tuple[PluginFailure, ...] = ()
-
-    @property
-    def vetoed(self) -> bool:
-        """Whether the chain ended in a Veto."""
-        return type(self.decision) is Veto
-
-
-@attrs.define(slots=True, eq=False)
-class Slot:
-    """One plugin's implementation of one hook, ready to call; also its timing record."""
-
-    plugin: str
-    call: Callable[..., Any]
-    is_async: bool
-    context: Any
-    budget_s: float
-    deny: bool
-    allow_outcome: Outcome
-    index: int = 0
-    runs: list[int] = attrs.field(factory=lambda: [0])  # shared by the slots of one chain
-    skipped: int = 0  # chain runs that ended before reaching this slot
-    total_s: float = 0.0
-    failures: int = 0
-
-    @property
-    def calls(self) -> int:
-        """How often this implementation was called (counted without touching the hot path)."""
-        return self.runs[0] - self.skipped
-
-
-@attrs.frozen
-class SlotTimings:
-    """Per-plugin, per-hook timing figures since the chains were built."""
-
-    plugin: str
-    hook: str
-    calls: int
-    total_s: float
-    failures: int
-
-
-class _Resumed:
-    """Awaitable that continues a coroutine the dispatcher already started.
-
-    The dispatcher drives a coroutine once with ``send(None)``; if it suspended,
-    the value it yielded (an asyncio future) must reach the running task, and the
-    rest of the coroutine must run under that task. This does what ``yield from``
-    would, starting from the first yield instead of the beginning.
-    """
-
-    __slots__ = ("_coro", "_yielded")
-
-    def __init__(self, coro: Coroutine[Any, Any, Any], yielded: Any) -> None:
-        self._coro = coro
-        self._yielded = yielded
-
-    def __await__(self) -> Generator[Any, Any, Any]:
-        coro, yielded = self._coro, self._yielded
-        while True:
-            try:
-                sent = yield yielded
-            except BaseException as exc:  # forwarded into the plugin, e.g. cancellation
-                try:
-                    yielded = coro.throw(exc)
-                except StopIteration as stop:
-                    return stop.value
-            else:
-                try:
-                    yielded = coro.send(sent)
-                except StopIteration as stop:
-                    return stop.value
-
-
-async def _within(coro: Coroutine[Any, Any, Any], budget_s: float) -> Any:
-    """Run a plugin coroutine to its end (in the task awaiting this) within ``budget_s``."""
-    async with asyncio.timeout(budget_s):
-        return await coro
-
-
-async def _finish(coro: Coroutine[Any, Any, Any], yielded: Any, remaining_s: float) -> Any:
-    """Let a suspended plugin coroutine finish within ``remaining_s`` seconds."""
-    if remaining_s <= 0:
-        coro.close()
-        raise TimeoutError
-    async with asyncio.timeout(remaining_s):
-        return await _Resumed(coro, yielded)
-
-
-def run_eagerly(coro: Coroutine[Any, Any, T]) -> tuple[bool, Any]:
-    """Run ``coro`` until it first suspends, without a task.
-
-    Returns ``(True, result)`` if it finished, else ``(False, rest)`` where
-    ``rest`` is an awaitable that finishes it (await it from a task). Saves a
-    task and a loop turn when, as usual, every plugin on the hook is sync; only
-    for such hooks (:meth:`Dispatcher.all_sync`): the budgets of async plugins
-    are enforced on the task that runs them.
-    """
-    try:
-        yielded = coro.send(None)
-    except StopIteration as stop:
-        return True, stop.value
-    return False, _Resumed(coro, yielded)
-
-
-_TASK, _DEADLINE, _FIRED = 0, 1, 2
-_TIMED_OUT: Final = object()
+_STOP: Final = object()  # a rule's answer: the run ends here
+_TIMED_OUT: Final = object()  # the watchdog cancelled the plugin
+_RAISED: Final = object()  # the plugin raised
 _clock: Final = time.perf_counter
-
-_current_tasks = getattr(asyncio.tasks, "_current_tasks", None)
-# The running task of a loop. CPython 3.11 keeps them in a dict: reading it
-# directly costs a tenth of asyncio.current_task(), which looks the loop up again.
-_task_of: Callable[[asyncio.AbstractEventLoop], asyncio.Task[Any] | None] = (
-    _current_tasks.get if isinstance(_current_tasks, dict) else asyncio.current_task
-)
-
-
-class _Watchdog:
-    """Cancels plugin coroutines that are still suspended after their deadline.
-
-    Each task that runs interception chains with async plugins gets one record
-    ``[task, deadline, fired]`` (reused across its calls, dropped when the task
-    ends). The dispatcher writes the running plugin's deadline into it before
-    awaiting the plugin and resets it to infinity afterwards. A timer, armed
-    only while some record has a deadline, checks them every :attr:`TICK_S`
-    seconds and cancels the task of a record past its deadline; the dispatcher
-    then absorbs that cancellation and applies the plugin's failure policy.
-    Precision is one tick. A dispatcher serves one event loop at a time.
-    """
-
-    TICK_S: Final = 0.005
-
-    def __init__(self) -> None:
-        self.records: dict[asyncio.Task[Any], list[Any]] = {}
-        self.loop: asyncio.AbstractEventLoop | None = None
-        self.timer: asyncio.TimerHandle | None = None
-
-    def record(self) -> list[Any]:
-        """The current task's record; arms the timer."""
-        loop = self.loop
-        task = _task_of(loop) if loop is not None else None
-        if task is None:  # first call, or a new event loop
-            loop = self.loop = asyncio.get_running_loop()
-            self.timer = None
-            task = asyncio.current_task(loop)
-            if task is None:
-                raise RuntimeError("the dispatcher must be awaited from an asyncio task")
-        record = self.records.get(task)
-        if record is None:
-            record = self.records[task] = [task, math.inf, False]
-            task.add_done_callback(self.records.pop)
-        if self.timer is None:
-            self.timer = loop.call_later(self.TICK_S, self._check)
-        return record
-
-    @staticmethod
-    def absorb(record: list[Any] | None) -> bool:
-        """If the watchdog cancelled this call, undo the cancellation and say so."""
-        if record is None or not record[_FIRED]:
-            return False
-        record[_FIRED] = False
-        record[_TASK].uncancel()
-        return True
-
-    def _check(self) -> None:
-        self.timer = None
-        now = time.perf_counter()
-        waiting = False
-        for record in self.records.values():
-            deadline = record[_DEADLINE]
-            if deadline == math.inf or record[_FIRED]:
-                continue
-            if now > deadline:
-                record[_FIRED] = True
-                record[_TASK].cancel()
-            else:
-                waiting = True
-        if waiting and self.loop is not None:
-            self.timer = self.loop.call_later(self.TICK_S, self._check)
+_NO_FAILURES: Final[tuple[PluginFailure, ...]] = ()
 
 
 async def await_me_maybe(value: T | Awaitable[T]) -> T:
@@ -262,58 +83,150 @@ async def await_me_maybe(value: T | Awaitable[T]) -> T:
     return value
 
 
-FAILURE_RECORD_ATTRIBUTE: Final = "plugin_failure"
-"""The attribute of a failure's log record that holds its :class:`PluginFailure`."""
+class _Rule(Generic[T]):
+    """How one mode combines the answers of a run; the only code a mode adds.
 
-
-def _report(failure: PluginFailure, exc: BaseException | None = None) -> PluginFailure:
-    """Log ``failure`` (with ``exc``'s traceback) and return it.
-
-    The record carries the failure itself (:data:`FAILURE_RECORD_ATTRIBUTE`), so
-    a log handler can show it without parsing the message: ``servletkit dev``
-    prints one line per failure in its terminal. Failures are the slow path.
+    :meth:`Dispatcher._run` makes the rule when a plugin first answers something
+    other than ``None`` in time, or fails, and asks it about each such answer.
     """
-    log.error("plugin %r failed in %s: %s", failure.plugin, failure.hook, failure.detail,
-              exc_info=exc, extra={FAILURE_RECORD_ATTRIBUTE: failure})
-    return failure
+
+    __slots__ = ("failures",)
+
+    def __init__(self) -> None:
+        self.failures: list[PluginFailure] = []
+
+    def take(self, slot: Slot, answer: object, subject: Any) -> Any:
+        """Combine a plugin's answer (not ``None``, in time).
+
+        :returns: the subject for the next plugins, or ``_STOP`` to end the run.
+        """
+        raise NotImplementedError
+
+    def failed(self, slot: Slot, failure: PluginFailure) -> bool:
+        """Record a plugin's failure; ``True`` ends the run."""
+        slot.failures += 1
+        self.failures.append(failure)
+        return False
+
+    def result(self) -> T:
+        """What the mode returns."""
+        raise NotImplementedError
 
 
-def _raised(slot: Slot, hook: str, exc: BaseException) -> PluginFailure:
-    """Describe (and log) a plugin that raised ``exc``."""
-    detail = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
-    return _report(PluginFailure(slot.plugin, hook, "raised", detail), exc)
+class _Interception(_Rule[Outcome]):
+    """The first ``Veto`` ends the chain; ``Modify`` is pipelined; ``Allow`` is noted.
+
+    Anything else is a ``bad_answer`` failure. A failure of a plugin whose
+    ``on_error`` is ``"deny"`` ends the chain with a veto naming it.
+    """
+
+    __slots__ = ("allowed_by", "chain", "decided", "event", "modified_by")
+
+    def __init__(self, chain: Chain) -> None:
+        super().__init__()
+        self.chain = chain
+        self.allowed_by: Slot | None = None
+        self.modified_by: Slot | None = None
+        self.event: Any = None
+        self.decided: tuple[Veto, str] | None = None
+
+    def take(self, slot: Slot, answer: object, subject: Any) -> Any:
+        kind = type(answer)
+        if kind is Allow:
+            if self.allowed_by is None:
+                self.allowed_by = slot
+            return subject
+        if kind is Veto:
+            self.decided = (answer, slot.plugin)  # type: ignore[assignment]
+            return _STOP
+        if kind is Modify and self.chain.modifiable:
+            self.event = subject.with_content(answer.content)  # type: ignore[attr-defined]
+            self.modified_by = slot
+            return self.event
+        return _STOP if self.failed(slot, _bad_answer(slot, self.chain, answer)) else subject
+
+    def failed(self, slot: Slot, failure: PluginFailure) -> bool:
+        super().failed(slot, failure)
+        if not slot.deny:
+            return False
+        self.decided = (Veto(f"refused because the plugin {slot.plugin!r} failed"), slot.plugin)
+        return True
+
+    def result(self) -> Outcome:
+        hook, failures = self.chain.hook, tuple(self.failures)
+        if self.decided is not None:
+            veto, plugin = self.decided
+            return Outcome(hook, veto, plugin, self.event, failures)
+        if self.modified_by is not None:
+            return Outcome(hook, Modify(content=self.event.content), self.modified_by.plugin,
+                           self.event, failures)
+        if self.allowed_by is not None:
+            if failures:
+                return Outcome(hook, Allow(), self.allowed_by.plugin, None, failures)
+            return self.allowed_by.allow_outcome
+        return Outcome(hook, None, None, None, failures)
 
 
-def _failure(slot: Slot, hook: str, kind: FailureKind, answer: object) -> PluginFailure:
-    """Describe (and log) a plugin that overran its budget or answered nonsense."""
-    if kind == "timed_out":
-        detail = f"no answer within {slot.budget_s * 1000:g} ms"
-    elif type(answer) is Modify:
-        detail = f"returned Modify, but {hook} has no event to modify"
-    else:
-        detail = f"returned {answer!r}; expected Allow(), Modify(...), Veto(...) or None"
-    return _report(PluginFailure(slot.plugin, hook, kind, detail))
+class _Observation(_Rule[tuple[PluginFailure, ...]]):
+    """Answers are ignored; failures are reported."""
+
+    __slots__ = ()
+
+    def __init__(self, chain: Chain) -> None:
+        super().__init__()
+
+    def take(self, slot: Slot, answer: object, subject: Any) -> Any:
+        return subject
+
+    def result(self) -> tuple[PluginFailure, ...]:
+        return tuple(self.failures)
+
+
+class _FirstAnswer(_Rule[tuple[str | None, Any]]):
+    """The first answer ``accept`` takes ends the run; failures are skipped."""
+
+    __slots__ = ("accept", "answer")
+
+    def __init__(self, accept: Callable[[Any], bool]) -> None:
+        super().__init__()
+        self.accept = accept
+        self.answer: tuple[str | None, Any] = (None, None)
+
+    def take(self, slot: Slot, answer: object, subject: Any) -> Any:
+        if not self.accept(answer):
+            return subject
+        self.answer = (slot.plugin, answer)
+        return _STOP
+
+    def result(self) -> tuple[str | None, Any]:
+        return self.answer
+
+
+def _accept_any(answer: object) -> bool:
+    return True
 
 
 class Dispatcher:
-    """Runs interception chains and observation fan-outs over a set of plugins.
+    """Runs interception chains, observation fan-outs and queries over a set of plugins.
 
     Build it from a pluggy :class:`~pluggy.PluginManager` that has the plugins
-    registered, and the per-plugin policies and contexts. Call :meth:`rebuild`
-    after registering or unregistering plugins; in-flight calls finish on the
-    chains they started with.
+    registered, then call :meth:`rebuild` with the per-plugin policies and
+    contexts, and again after registering or unregistering plugins; in-flight
+    calls finish on the chains they started with.
+
+    In every mode a plugin that raises, or takes longer than its policy's
+    ``timeout_ms``, has failed: the failure is logged and counted in
+    :meth:`timings`, and the plugin's answer, if any, is ignored. An ``async def``
+    plugin past its budget is cancelled (within 5 ms). Only :meth:`intercept`
+    has a decision to make, so only there does ``on_error = "deny"`` turn a
+    failure into a veto; the other modes go on with the next plugin.
     """
 
     def __init__(self, pm: pluggy.PluginManager, hooks: HookTable = HOOKS) -> None:
         self._pm = pm
         self._hooks = hooks
-        self._modifiable = hooks.modifiable
-        self._chains: dict[str, tuple[Slot, ...]] = {}
-        # per hook: ((call, context, is_async, budget_s, slot), ...), "has an async slot",
-        # the outcome when nobody has an opinion (built once), the run counter, the slots
-        self._fast_chains: dict[str, tuple[Any, ...]] = {}
-        self._async_counts: dict[str, int] = {}  # per hook: how many implementations are async
-        self._watchdog = _Watchdog()
+        self._chains: dict[str, Chain] = {}
+        self._watchdog = Watchdog()
 
     def rebuild(self, plugins: Mapping[str, tuple[PluginPolicy, Any]]) -> None:
         """Build every hook's chain from ``plugins``: name → (policy, context).
@@ -322,333 +235,215 @@ class Dispatcher:
         Order: policy ``order``, then ``tryfirst``/normal/``trylast``, then
         ``position`` (the plugin's place in the config), then name.
         """
-        chains: dict[str, tuple[Slot, ...]] = {}
-        for hook_name in self._hooks.of_kind("interception", "observation", "query"):
-            entries = []
-            for impl, call in _implementations(self._pm, hook_name):
-                if impl.plugin_name not in plugins:
-                    continue
-                policy, context = plugins[impl.plugin_name]
-                rank = 0 if impl.tryfirst else 2 if impl.trylast else 1
-                slot = Slot(
-                    plugin=impl.plugin_name,
-                    call=call,
-                    is_async=inspect.iscoroutinefunction(impl.function),
-                    context=context,
-                    budget_s=policy.timeout_ms / 1000.0,
-                    deny=policy.on_error == "deny",
-                    allow_outcome=Outcome(hook_name, Allow(), impl.plugin_name),
-                )
-                entries.append(((policy.order, rank, policy.position, impl.plugin_name), slot))
-            entries.sort(key=lambda entry: entry[0])
-            runs = [0]
-            for index, (_, slot) in enumerate(entries):
-                slot.index, slot.runs = index, runs
-            chains[hook_name] = tuple(slot for _, slot in entries)
-        self._fast_chains = {
-            hook: (
-                tuple((s.call if len(_spec_args(self._pm, hook)) == 2 else _packed(s.call),
-                       s.context, s.is_async, s.budget_s, s) for s in slots),
-                any(s.is_async for s in slots),
-                Outcome(hook, None, None),
-                slots[0].runs if slots else [0],
-                slots,
-            )
-            for hook, slots in chains.items()
-        }
-        self._async_counts = {
-            hook: sum(slot.is_async for slot in slots) for hook, slots in chains.items()
-        }
-        self._chains = chains
+        hooks = self._hooks.of_kind("interception", "observation", "query")
+        self._chains = build_chains(self._pm, sorted(hooks), self._hooks.modifiable, plugins)
 
     def all_sync(self, hook: str) -> bool:
         """Whether every implementation of ``hook`` is sync: then a call never suspends
         and may be driven without a task (see :func:`run_eagerly`). Async plugins'
         budgets need the caller's task, so their chains must run in one."""
-        return not self._async_counts.get(hook, 0)
+        chain = self._chains.get(hook)
+        return chain is None or not chain.async_count
 
     def chain(self, hook: str) -> tuple[Slot, ...]:
         """The slots of ``hook`` in call order (empty if no plugin implements it)."""
-        return self._chains.get(hook, ())
+        chain = self._chains.get(hook)
+        return () if chain is None else chain.slots
 
     def timings(self) -> list[SlotTimings]:
         """What each plugin's implementations have cost so far."""
         return [
             SlotTimings(slot.plugin, hook, slot.calls, slot.total_s, slot.failures)
             for hook, chain in sorted(self._chains.items())
-            for slot in chain
+            for slot in chain.slots
         ]
 
-    async def intercept(self, hook: str, *args: Any) -> Outcome:
+    def intercept(self, hook: str, *args: Any) -> Coroutine[Any, Any, Outcome]:
         """Run the interception chain of ``hook``; ``args`` are its arguments but ``context``.
 
-        For a modifiable hook (the hook table's) the first argument is the event; a ``Modify``
-        replaces its content for the plugins after it, and the outcome's ``event``
-        is the modified event.
+        Plugins run one after the other. The first ``Veto`` ends the chain. For a
+        modifiable hook (the hook table's) the first argument is the event; a ``Modify``
+        replaces its content for the plugins after it, and the outcome's
+        ``event`` is the modified event. An answer that is no decision is a
+        ``bad_answer`` failure. A failed plugin whose ``on_error`` is ``"deny"``
+        ends the chain with a veto; otherwise the chain goes on without it.
         """
-        chain, has_async, no_opinion, runs, slots = (
-            self._fast_chains.get(hook) or self._empty_chain(hook)
-        )
-        runs[0] += 1
-        # every call is call(subject, context): the one argument of a one-argument hook
-        # (no star-args on the hot path), else the argument tuple (see _packed)
-        subject = args[0] if len(args) == 1 else args
-        clock = _clock
-        timed_out = _TIMED_OUT
-        allowed_by: Slot | None = None
-        modified_by: Slot | None = None
-        failures: tuple[PluginFailure, ...] = ()
-        watch = None
-        if has_async:
-            watchdog = self._watchdog
-            watch = watchdog.records.get(_task_of(watchdog.loop))  # type: ignore[arg-type]
-            if watch is None or watchdog.timer is None:
-                watch = watchdog.record()
-            outer_deadline = watch[1]  # set by an enclosing call, restored on the way out
-        start = clock()
         try:
-            for call, context, is_async, budget_s, slot in chain:
-                try:
-                    if is_async:
-                        watch[1] = start + budget_s  # type: ignore[index]
-                        answer = await call(subject, context)
-                    else:
-                        answer = call(subject, context)
-                except asyncio.CancelledError:
-                    if not _Watchdog.absorb(watch):
-                        self._stopped_at(slots, slot)
-                        raise
-                    answer = timed_out
-                except Exception as exc:
-                    answer = _raised(slot, hook, exc)
-                end = clock()
-                elapsed = end - start
-                start = end
-                slot.total_s += elapsed
-                if answer is None and elapsed <= budget_s:
-                    continue
-                if elapsed > budget_s or answer is timed_out:
-                    _Watchdog.absorb(watch)  # it may have fired after the plugin answered
-                    answer = _failure(slot, hook, "timed_out", None)
-                kind = type(answer)
-                if kind is Allow:
-                    if allowed_by is None:
-                        allowed_by = slot
-                    continue
-                if kind is Veto:
-                    self._stopped_at(slots, slot)
-                    event = args[0] if modified_by is not None else None
-                    return Outcome(hook, answer, slot.plugin, event, failures)
-                if kind is Modify and hook in self._modifiable:
-                    subject = subject.with_content(answer.content)
-                    args = (subject, *args[1:])
-                    modified_by = slot
-                    continue
-                if kind is not PluginFailure:
-                    answer = _failure(slot, hook, "bad_answer", answer)
-                slot.failures += 1
-                failures = (*failures, answer)
-                if slot.deny:
-                    self._stopped_at(slots, slot)
-                    veto = Veto(f"refused because the plugin {slot.plugin!r} failed")
-                    event = args[0] if modified_by is not None else None
-                    return Outcome(hook, veto, slot.plugin, event, failures)
-        finally:
-            if watch is not None:
-                watch[1] = outer_deadline  # type: ignore[possibly-undefined]
-        if modified_by is not None:
-            event = args[0]
-            return Outcome(hook, Modify(content=event.content), modified_by.plugin, event, failures)
-        if allowed_by is not None:
-            if failures:
-                return Outcome(hook, Allow(), allowed_by.plugin, None, failures)
-            return allowed_by.allow_outcome
-        if failures:
-            return Outcome(hook, None, None, None, failures)
-        return no_opinion
-
-    @staticmethod
-    def _empty_chain(hook: str) -> tuple[Any, ...]:
-        return (), False, Outcome(hook, None, None), [0], ()
-
-    @staticmethod
-    def _stopped_at(slots: tuple[Slot, ...], slot: Slot) -> None:
-        """Count the chain's run as not reaching the slots after ``slot``."""
-        for later in slots[slot.index + 1:]:
-            later.skipped += 1
+            chain = self._chains[hook]
+        except KeyError:
+            chain = Chain.of(hook, ())
+        # slots are called as call(subject, context): the one argument of a one-argument
+        # hook (no star-args on the hot path), else the tuple of its arguments
+        subject = args[0] if len(args) == 1 else args
+        return self._run(chain, subject, _Interception, chain.no_opinion)
 
     async def observe(self, hook: str, *args: Any) -> tuple[PluginFailure, ...]:
-        """Run every implementation of observation ``hook`` concurrently; wait for all.
+        """Run every implementation of observation ``hook``; return the failures.
 
-        Each plugin gets its own budget; failures are logged and returned, never raised.
-        A plugin coroutine runs in one task from start to end (anyio, under httpx,
-        refuses a cancel scope that changes task): when it is the chain's only
-        async implementation, in the caller's task; otherwise each in its own task.
+        Answers are ignored; failures are returned, never raised. Plugins run
+        one after the other, in chain order, in the caller's task; but when
+        several are async, the sync ones run first and then the async ones
+        concurrently, each in a task of its own (a plugin coroutine runs in one
+        task from start to end: anyio, under httpx, refuses a cancel scope that
+        changes task).
         """
-        pending: list[tuple[Slot, Awaitable[Any], float]] = []
-        failures: list[PluginFailure] = []
-        slots = self.chain(hook)
-        if slots:
-            slots[0].runs[0] += 1
-        several_async = self._async_counts.get(hook, 0) > 1
-        for slot in slots:
-            start = time.perf_counter()
-            try:
-                answer = slot.call(*args, slot.context)
-                if slot.is_async:
-                    if several_async:
-                        pending.append((slot, _within(answer, slot.budget_s), start))
-                        continue
-                    try:
-                        yielded = answer.send(None)
-                    except StopIteration:
-                        pass
-                    else:
-                        remaining = slot.budget_s - (time.perf_counter() - start)
-                        await _finish(answer, yielded, remaining)
-                self._record(slot, start)
-            except Exception as exc:
-                failures.append(self._observation_failed(slot, hook, exc, start))
-        if pending:
-            results = await asyncio.gather(*(aw for _, aw, _ in pending), return_exceptions=True)
-            for (slot, _, start), result in zip(pending, results, strict=True):
-                if isinstance(result, Exception):
-                    failures.append(self._observation_failed(slot, hook, result, start))
-                elif isinstance(result, BaseException):
-                    raise result
-                else:
-                    self._record(slot, start)
-        return tuple(failures)
+        chain = self._chain(hook)
+        subject = args[0] if len(args) == 1 else args
+        if chain.async_count <= 1:
+            return await self._run(chain, subject, _Observation, _NO_FAILURES)
+        inline = _part(chain, tuple(slot for slot in chain.slots if not slot.is_async),
+                       chain.runs)  # counts the run for every slot
+        failures = await self._run(inline, subject, _Observation, _NO_FAILURES)
+        alone = [_part(chain, (slot,), [0]) for slot in chain.slots if slot.is_async]
+        results = await asyncio.gather(*(self._run(part, subject, _Observation, _NO_FAILURES)
+                                         for part in alone))
+        return failures + tuple(failure for result in results for failure in result)
 
     async def observe_each(self, hook: str, items: Iterable[Any]) -> tuple[PluginFailure, ...]:
         """Observe ``items`` one after the other: an item's observers finish before the next's.
 
-        The same as awaiting :meth:`observe` for each item (``hook`` takes one argument
-        besides ``context``), but when every implementation is synchronous the items
-        are run in one loop, without a coroutine per item.
+        The same as awaiting :meth:`observe` for each item (``hook`` takes one
+        argument besides ``context``).
         """
-        if self._async_counts.get(hook, 0):
-            failures: list[PluginFailure] = []
-            for item in items:
-                failures.extend(await self.observe(hook, item))
-            return tuple(failures)
-        slots = self.chain(hook)
-        if not slots:
-            return ()
-        failures = []
-        clock = time.perf_counter
-        runs = 0
-        if len(slots) == 1:  # one plugin: time the whole run, not each item
-            (slot,) = slots
-            call, context, start = slot.call, slot.context, clock()
-            for item in items:
-                runs += 1
-                try:
-                    call(item, context)
-                except Exception as exc:
-                    failures.append(self._observation_failed(slot, hook, exc, clock()))
-            slot.total_s += clock() - start
-        else:
-            for item in items:
-                runs += 1
-                for slot in slots:
-                    start = clock()
-                    try:
-                        slot.call(item, slot.context)
-                    except Exception as exc:
-                        failures.append(self._observation_failed(slot, hook, exc, start))
-                        continue
-                    slot.total_s += clock() - start
-        slots[0].runs[0] += runs
-        return tuple(failures)
+        chain = self._chain(hook)
+        if chain.async_count > 1:
+            each = [await self.observe(hook, item) for item in items]
+        else:  # the common case, without a coroutine per item for observe
+            each = [await self._run(chain, item, _Observation, _NO_FAILURES) for item in items]
+        return tuple(failure for failures in each for failure in failures)
 
     async def first_answer(
         self, hook: str, *args: Any, accept: Callable[[Any], bool] | None = None
     ) -> tuple[str | None, Any]:
         """Ask ``hook``'s implementations in chain order until one gives an accepted answer.
 
-        ``accept`` decides which answers end the search (default: any but
-        ``None``). Returns ``(plugin, answer)``, or ``(None, None)`` when no
-        answer was accepted. A plugin that raises or overruns its budget is
+        ``None`` is never an answer; ``accept`` decides which other answers end
+        the search (default: any). Returns ``(plugin, answer)``, or
+        ``(None, None)`` when no answer was accepted. A plugin that fails is
         logged and counted, and the next one is asked.
         """
-        slots = self.chain(hook)
-        if slots:
-            slots[0].runs[0] += 1
-        for slot in slots:
-            start = time.perf_counter()
+        chain = self._chain(hook)
+        subject = args[0] if len(args) == 1 else args
+        take = accept or _accept_any
+        return await self._run(chain, subject, lambda _: _FirstAnswer(take), (None, None))
+
+    def _chain(self, hook: str) -> Chain:
+        return self._chains.get(hook) or Chain.of(hook, ())
+
+    async def _run(
+        self, chain: Chain, subject: Any, new_rule: Callable[[Chain], _Rule[T]], nothing: T
+    ) -> T:
+        """Call ``chain``'s slots in order with ``subject``; combine their answers by the rule.
+
+        This is where plugins are called, in every mode. A plugin's answer of
+        ``None`` in time is no answer. Otherwise the rule, made by ``new_rule``
+        the first time, gets the answer (:meth:`_Rule.take`) or the plugin's
+        failure (:meth:`_Rule.failed`), and may end the run. Returns the rule's
+        result, or ``nothing`` when no plugin answered or failed.
+        """
+        calls, runs = chain.calls, chain.runs
+        rule: _Rule[T] | None = None
+        clock = _clock
+        watch = None
+        if chain.async_count:  # the task's watch (Watchdog.watch's fast path, inlined)
+            watchdog = self._watchdog
             try:
-                answer = slot.call(*args, slot.context)
-                if slot.is_async:
-                    async with asyncio.timeout(slot.budget_s):
-                        answer = await answer
-            except Exception as exc:
-                self._observation_failed(slot, hook, exc, start)
-                continue
-            self._record(slot, start)
-            if answer is not None if accept is None else accept(answer):
-                self._stopped_at(slots, slot)
-                return slot.plugin, answer
-        return None, None
+                watch = watchdog.watches[current_task(watchdog.loop)]  # type: ignore[index]
+            except KeyError:  # the task's first run with async plugins, or a new event loop
+                watch = None
+            if watch is None or watchdog.timer is None:
+                watch = watchdog.watch()
+            outer_deadline = watch.deadline  # of an enclosing run in this task, if any
+        try:
+            runs[0] += 1
+            start = clock()
+            for call, context, is_async, budget_s, slot in calls:
+                try:
+                    if is_async:
+                        watch.deadline = start + budget_s  # type: ignore[union-attr]
+                        answer = await call(subject, context)
+                    else:
+                        answer = call(subject, context)
+                except asyncio.CancelledError:
+                    if not Watchdog.absorb(watch):
+                        _stopped_at(chain.slots, slot)
+                        raise
+                    answer = _TIMED_OUT
+                except Exception as exc:
+                    error = exc
+                    answer = _RAISED
+                end = clock()
+                elapsed = end - start
+                start = end
+                slot.total_s += elapsed
+                if answer is None and elapsed <= budget_s:
+                    continue
+                if rule is None:
+                    rule = new_rule(chain)
+                if answer is _TIMED_OUT or elapsed > budget_s:
+                    Watchdog.absorb(watch)  # it may have fired after the plugin answered
+                    stop = rule.failed(slot, _timed_out(slot, chain, elapsed, answer))
+                elif answer is _RAISED:
+                    stop = rule.failed(slot, _raised(slot, chain, error))
+                else:
+                    subject = rule.take(slot, answer, subject)
+                    stop = subject is _STOP
+                if stop:
+                    _stopped_at(chain.slots, slot)
+                    return rule.result()
+        finally:
+            if watch is not None:
+                watch.deadline = outer_deadline
+        return nothing if rule is None else rule.result()
 
-    @staticmethod
-    def _record(slot: Slot, start: float) -> None:
-        slot.total_s += time.perf_counter() - start
 
-    def _observation_failed(
-        self, slot: Slot, hook: str, exc: BaseException, start: float
-    ) -> PluginFailure:
-        self._record(slot, start)
-        slot.failures += 1
-        if isinstance(exc, TimeoutError):
-            return _failure(slot, hook, "timed_out", None)
-        return _raised(slot, hook, exc)
+def _part(chain: Chain, slots: tuple[Slot, ...], runs: list[int]) -> Chain:
+    """A chain over some of ``chain``'s slots, counting its runs in ``runs``."""
+    return Chain(chain.hook, slots, sum(slot.is_async for slot in slots), chain.modifiable,
+                 chain.no_opinion, runs)
 
 
-def _adapt_arguments(
-    function: Callable[..., Any], impl_args: tuple[str, ...], spec_args: tuple[str, ...]
-) -> Callable[..., Any]:
-    """Return a callable taking the spec's arguments positionally.
+def _stopped_at(slots: tuple[Slot, ...], slot: Slot) -> None:
+    """Count the run as not reaching the slots after ``slot``."""
+    for later in slots[slots.index(slot) + 1:]:
+        later.skipped += 1
 
-    pluggy lets an implementation declare a subset of the spec's arguments, in
-    any order. The common case (all of them, in order) is the function itself.
+
+FAILURE_RECORD_ATTRIBUTE: Final = "plugin_failure"
+"""The attribute of a failure's log record that holds its :class:`PluginFailure`."""
+
+
+def _failure(slot: Slot, chain: Chain, kind: FailureKind, detail: str,
+             exc: BaseException | None = None) -> PluginFailure:
+    """Log a plugin's failure (with ``exc``'s traceback) and return it.
+
+    The record carries the failure itself (:data:`FAILURE_RECORD_ATTRIBUTE`), so
+    a log handler can show it without parsing the message: ``servletkit dev``
+    prints one line per failure in its terminal. Failures are the slow path.
     """
-    if impl_args == spec_args:
-        return function
-    picks = tuple(spec_args.index(name) for name in impl_args)
-    if not picks:
-        return lambda *args: function()
-    if len(picks) == 1:
-        (pick,) = picks
-        return lambda *args: function(args[pick])
-    take = operator.itemgetter(*picks)
-    return lambda *args: function(*take(args))
+    failure = PluginFailure(slot.plugin, chain.hook, kind, detail)
+    log.error("plugin %r failed in %s: %s", slot.plugin, chain.hook, detail, exc_info=exc,
+              extra={FAILURE_RECORD_ATTRIBUTE: failure})
+    return failure
 
 
-def _spec_args(pm: pluggy.PluginManager, hook: str) -> tuple[str, ...]:
-    caller = getattr(pm.hook, hook, None)
-    return tuple(caller.spec.argnames) if caller is not None and caller.spec else ()
+def _timed_out(slot: Slot, chain: Chain, elapsed: float, answer: object) -> PluginFailure:
+    """A plugin that took longer than its budget (cancelled, if it was still running)."""
+    budget = f"its budget of {slot.budget_s * 1000:g} ms (timeout_ms)"
+    if answer is _TIMED_OUT:
+        return _failure(slot, chain, "timed_out", f"no answer within {budget}: cancelled")
+    return _failure(slot, chain, "timed_out",
+                    f"took {elapsed * 1000:.1f} ms, over {budget}: its answer is ignored")
 
 
-def _packed(call: Callable[..., Any]) -> Callable[[tuple[Any, ...], Any], Any]:
-    """``call`` taking its arguments but ``context`` as one tuple (hooks of several arguments)."""
-    return lambda args, context: call(*args, context)
+def _raised(slot: Slot, chain: Chain, exc: Exception) -> PluginFailure:
+    detail = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+    return _failure(slot, chain, "raised", detail, exc)
 
 
-def _implementations(
-    pm: pluggy.PluginManager, hook: str
-) -> list[tuple[pluggy.HookImpl, Callable[..., Any]]]:
-    """Each implementation of ``hook``, with a callable taking the spec's arguments."""
-    caller = getattr(pm.hook, hook, None)
-    if caller is None:
-        return []
-    spec_args = _spec_args(pm, hook)
-    return [(impl, _adapt_arguments(impl.function, tuple(impl.argnames), spec_args))
-            for impl in caller.get_hookimpls()]
-
-
-def iter_plugin_impls(
-    pm: pluggy.PluginManager, hook: str, plugin_name: str
-) -> Iterable[Callable[..., Any]]:
-    """The implementations of ``hook`` registered by one plugin (for lifecycle calls)."""
-    return [call for impl, call in _implementations(pm, hook) if impl.plugin_name == plugin_name]
+def _bad_answer(slot: Slot, chain: Chain, answer: object) -> PluginFailure:
+    if type(answer) is Modify:
+        detail = f"returned Modify, but {chain.hook} has no event to modify"
+    else:
+        detail = f"returned {answer!r}; expected Allow(), Modify(...), Veto(...) or None"
+    return _failure(slot, chain, "bad_answer", detail)

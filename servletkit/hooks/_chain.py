@@ -1,0 +1,239 @@
+"""What the dispatcher runs: per-plugin policies, slots, chains, and their results.
+
+A :class:`Chain` is one hook's implementations in call order, each a :class:`Slot`
+holding everything a call needs (the callable adapted to the spec's arguments,
+the plugin's context, its budget and failure policy) and its timing figures.
+Chains are built once per plugin change by :func:`build_chains`.
+"""
+
+from __future__ import annotations
+
+import inspect
+import operator
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any, Literal
+
+import attrs
+import pluggy
+
+from servletkit.hooks.decisions import Allow, Decision, Veto
+
+OnError = Literal["allow", "deny"]
+"""A plugin's failure policy in an interception chain: carry on, or refuse."""
+
+FailureKind = Literal["raised", "timed_out", "bad_answer"]
+"""How a plugin failed: it raised, overran its budget, or answered something else."""
+
+
+@attrs.frozen
+class PluginPolicy:
+    """How the dispatcher treats one plugin: its place in chains and its failure policy.
+
+    ``order`` then ``position`` (its place in the config) place it in chains;
+    ``timeout_ms`` is its budget per call, in every mode; ``on_error`` says
+    what a failure means where the mode has a decision (interception only):
+    ``"allow"`` skips the plugin, ``"deny"`` vetoes.
+    """
+
+    order: int = 0
+    position: int = 0
+    timeout_ms: float = 1000.0
+    on_error: OnError = "allow"
+
+
+@attrs.frozen
+class PluginFailure:
+    """A plugin raised, overran its budget, or answered something that is not a decision."""
+
+    plugin: str
+    hook: str
+    kind: FailureKind
+    detail: str
+
+
+@attrs.frozen
+class Outcome:
+    """The combined answer of an interception chain.
+
+    ``decision`` is the first ``Veto``; otherwise ``Modify`` with the final
+    content if any plugin modified the event; otherwise ``Allow()`` if any plugin
+    allowed; otherwise ``None`` (nobody had an opinion). ``decided_by`` names the
+    vetoing plugin, the last modifying plugin, or the first allowing plugin.
+    ``event`` is the modified event when a plugin modified it, else ``None``.
+    ``failures`` lists the plugins that raised, overran or answered nonsense.
+    """
+
+    hook: str
+    decision: Decision | None
+    decided_by: str | None
+    event: Any = None
+    failures: tuple[PluginFailure, ...] = ()
+
+    @property
+    def vetoed(self) -> bool:
+        """Whether the chain ended in a Veto."""
+        return type(self.decision) is Veto
+
+
+@attrs.define(eq=False)
+class Slot:
+    """One plugin's implementation of one hook, ready to call; also its timing record.
+
+    ``call(subject, context)`` calls the implementation: ``subject`` is the hook's
+    one argument besides ``context``, or the tuple of its arguments when it has
+    several. ``deny`` is the plugin's ``on_error == "deny"``; ``allow_outcome``
+    the outcome of a chain that only this plugin allowed, built once.
+    """
+
+    plugin: str
+    call: Callable[[Any, Any], Any]
+    is_async: bool
+    context: Any
+    budget_s: float
+    deny: bool
+    allow_outcome: Outcome
+    runs: list[int] = attrs.field(factory=lambda: [0])  # shared by the slots of one chain
+    skipped: int = 0  # chain runs that ended before reaching this slot
+    total_s: float = 0.0
+    failures: int = 0
+
+    @property
+    def calls(self) -> int:
+        """How often this implementation was called (counted without touching the hot path)."""
+        return self.runs[0] - self.skipped
+
+
+@attrs.frozen
+class SlotTimings:
+    """Per-plugin, per-hook timing figures since the chains were built."""
+
+    plugin: str
+    hook: str
+    calls: int
+    total_s: float
+    failures: int
+
+
+SlotCall = tuple[Callable[[Any, Any], Any], Any, bool, float, Slot]
+"""A slot as the dispatcher's loop unpacks it: ``(call, context, is_async, budget_s, slot)``."""
+
+
+@attrs.frozen
+class Chain:
+    """One hook's slots in call order, and what every run of them shares.
+
+    ``async_count`` is how many slots are ``async def``; ``modifiable`` whether a
+    ``Modify`` may replace the hook's event; ``no_opinion`` the outcome when no
+    plugin answers, built once; ``runs`` counts the chain's runs, the list every
+    slot's :attr:`Slot.runs` is; ``calls`` is ``slots`` as the dispatcher's loop
+    unpacks them (:data:`SlotCall`: a tuple unpacks faster than five attributes
+    are read).
+    """
+
+    hook: str
+    slots: tuple[Slot, ...]
+    async_count: int
+    modifiable: bool
+    no_opinion: Outcome
+    runs: list[int]
+    calls: tuple[SlotCall, ...] = attrs.field(init=False)
+
+    @calls.default
+    def _calls(self) -> tuple[SlotCall, ...]:
+        return tuple((slot.call, slot.context, slot.is_async, slot.budget_s, slot)
+                     for slot in self.slots)
+
+    @classmethod
+    def of(cls, hook: str, slots: tuple[Slot, ...], *, modifiable: bool = False) -> Chain:
+        """The chain of ``slots``; they count their runs in the chain's counter from now."""
+        runs = [0]
+        for slot in slots:
+            slot.runs = runs
+        return cls(hook, slots, sum(slot.is_async for slot in slots), modifiable,
+                   Outcome(hook, None, None), runs)
+
+
+def build_chains(
+    pm: pluggy.PluginManager,
+    hooks: Iterable[str],
+    modifiable: frozenset[str],
+    plugins: Mapping[str, tuple[PluginPolicy, Any]],
+) -> dict[str, Chain]:
+    """The chain of each of ``hooks`` over ``plugins``: name → (policy, context).
+
+    Implementations of plugins not named in ``plugins`` (disabled ones) are left
+    out. Order: policy ``order``, then ``tryfirst``/normal/``trylast``, then
+    ``position`` (the plugin's place in the config), then name.
+    """
+    chains = {}
+    for hook in hooks:
+        one_argument = len(_spec_args(pm, hook)) == 2  # the argument and ``context``
+        entries = []
+        for impl, call in _implementations(pm, hook):
+            if impl.plugin_name not in plugins:
+                continue
+            policy, context = plugins[impl.plugin_name]
+            rank = 0 if impl.tryfirst else 2 if impl.trylast else 1
+            slot = Slot(
+                plugin=impl.plugin_name,
+                call=call if one_argument else _packed(call),
+                is_async=inspect.iscoroutinefunction(impl.function),
+                context=context,
+                budget_s=policy.timeout_ms / 1000.0,
+                deny=policy.on_error == "deny",
+                allow_outcome=Outcome(hook, Allow(), impl.plugin_name),
+            )
+            entries.append(((policy.order, rank, policy.position, impl.plugin_name), slot))
+        entries.sort(key=lambda entry: entry[0])
+        chains[hook] = Chain.of(hook, tuple(slot for _, slot in entries),
+                                modifiable=hook in modifiable)
+    return chains
+
+
+def iter_plugin_impls(
+    pm: pluggy.PluginManager, hook: str, plugin_name: str
+) -> Iterable[Callable[..., Any]]:
+    """The implementations of ``hook`` registered by one plugin (for lifecycle calls)."""
+    return [call for impl, call in _implementations(pm, hook) if impl.plugin_name == plugin_name]
+
+
+def _adapt_arguments(
+    function: Callable[..., Any], impl_args: tuple[str, ...], spec_args: tuple[str, ...]
+) -> Callable[..., Any]:
+    """Return a callable taking the spec's arguments positionally.
+
+    pluggy lets an implementation declare a subset of the spec's arguments, in
+    any order. The common case (all of them, in order) is the function itself.
+    """
+    if impl_args == spec_args:
+        return function
+    picks = tuple(spec_args.index(name) for name in impl_args)
+    if not picks:
+        return lambda *args: function()
+    if len(picks) == 1:
+        (pick,) = picks
+        return lambda *args: function(args[pick])
+    take = operator.itemgetter(*picks)
+    return lambda *args: function(*take(args))
+
+
+def _spec_args(pm: pluggy.PluginManager, hook: str) -> tuple[str, ...]:
+    caller = getattr(pm.hook, hook, None)
+    return tuple(caller.spec.argnames) if caller is not None and caller.spec else ()
+
+
+def _packed(call: Callable[..., Any]) -> Callable[[tuple[Any, ...], Any], Any]:
+    """``call`` taking its arguments but ``context`` as one tuple (hooks of several arguments)."""
+    return lambda args, context: call(*args, context)
+
+
+def _implementations(
+    pm: pluggy.PluginManager, hook: str
+) -> list[tuple[pluggy.HookImpl, Callable[..., Any]]]:
+    """Each implementation of ``hook``, with a callable taking the spec's arguments."""
+    caller = getattr(pm.hook, hook, None)
+    if caller is None:
+        return []
+    spec_args = _spec_args(pm, hook)
+    return [(impl, _adapt_arguments(impl.function, tuple(impl.argnames), spec_args))
+            for impl in caller.get_hookimpls()]
