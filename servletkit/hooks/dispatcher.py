@@ -167,6 +167,20 @@ class _Interception(_Rule[Outcome]):
         return Outcome(hook, None, None, None, failures)
 
 
+class _InterceptionWithoutModify(_Interception):
+    """As :class:`_Interception`, but a ``Modify`` is a ``bad_answer`` failure: the wire
+    that asked can only let the event through or refuse it (the policy wire)."""
+
+    __slots__ = ()
+
+    def take(self, slot: Slot, answer: object, subject: Any) -> Any:
+        if type(answer) is Modify:
+            failure = _failure(slot, self.chain, "bad_answer", "returned Modify, but the wire "
+                               "that asked can only allow or refuse the event")
+            return _STOP if self.failed(slot, failure) else subject
+        return super().take(slot, answer, subject)
+
+
 class _Observation(_Rule[tuple[PluginFailure, ...]]):
     """Answers are ignored; failures are reported."""
 
@@ -258,7 +272,9 @@ class Dispatcher:
             for slot in chain.slots
         ]
 
-    def intercept(self, hook: str, *args: Any) -> Coroutine[Any, Any, Outcome]:
+    def intercept(
+        self, hook: str, *args: Any, modify: bool = True
+    ) -> Coroutine[Any, Any, Outcome]:
         """Run the interception chain of ``hook``; ``args`` are its arguments but ``context``.
 
         Plugins run one after the other. The first ``Veto`` ends the chain. For a
@@ -267,6 +283,9 @@ class Dispatcher:
         ``event`` is the modified event. An answer that is no decision is a
         ``bad_answer`` failure. A failed plugin whose ``on_error`` is ``"deny"``
         ends the chain with a veto; otherwise the chain goes on without it.
+
+        ``modify=False`` is for a wire that can only allow or refuse (the policy
+        wire): there a ``Modify`` is a ``bad_answer`` failure.
         """
         try:
             chain = self._chains[hook]
@@ -275,7 +294,8 @@ class Dispatcher:
         # slots are called as call(subject, context): the one argument of a one-argument
         # hook (no star-args on the hot path), else the tuple of its arguments
         subject = args[0] if len(args) == 1 else args
-        return self._run(chain, subject, _Interception, chain.no_opinion)
+        rule = _Interception if modify else _InterceptionWithoutModify
+        return self._run(chain, subject, rule, chain.no_opinion)
 
     async def observe(self, hook: str, *args: Any) -> tuple[PluginFailure, ...]:
         """Run every implementation of observation ``hook``; return the failures.

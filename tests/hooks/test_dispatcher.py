@@ -124,6 +124,24 @@ class TestDecisions:
         assert outcome.event.content == {"body": "HELLO!"}
         assert outcome.event.event_id == EVENT.event_id
 
+    async def test_a_wire_that_cannot_modify_makes_modify_a_failure(self) -> None:
+        """With modify=False (the policy wire) a Modify is a bad answer, by on_error."""
+        seen: list[str] = []
+        d = dispatcher_for(
+            ("upper", Recorder(seen, "upper", Modify(content={"body": "HELLO"})), policy(0)),
+            ("watch", Recorder(seen, "watch"), policy(1)),
+        )
+        outcome = await d.intercept("on_send_event", EVENT, modify=False)
+        assert seen == ["upper:hello", "watch:hello"]  # nobody saw a modified event
+        assert outcome.decision is None and outcome.event is None
+        [failure] = outcome.failures
+        assert (failure.plugin, failure.kind) == ("upper", "bad_answer")
+        assert "can only allow or refuse" in failure.detail
+        strict = dispatcher_for(
+            ("upper", Recorder([], "upper", Modify(content={})), policy(0, on_error="deny")))
+        outcome = await strict.intercept("on_send_event", EVENT, modify=False)
+        assert outcome.vetoed and outcome.decided_by == "upper"
+
     async def test_first_veto_ends_the_chain(self) -> None:
         seen: list[str] = []
         d = dispatcher_for(
