@@ -26,7 +26,7 @@ from servletkit.hooks.context import PluginContext
 from servletkit.hooks.dispatcher import Dispatcher, PluginPolicy, await_me_maybe, iter_plugin_impls
 from servletkit.hooks.specs import HOOKS
 from servletkit.hooks.table import HookTable
-from servletkit.store.sqlite import PluginStore, SqliteStore, Store
+from servletkit.store import PluginStore, SqliteStore, Store
 from servletkit.wires.appservice.homeserver import HomeserverClient
 
 log = logging.getLogger("servletkit.container")
@@ -191,7 +191,7 @@ class Container:
                 self._fail(describe_failure(name, "destroy", exc))
         if self.homeserver is not None:
             await self.homeserver.aclose()
-        self.store.close()
+        await self.store.close()
 
     def _rebuild(self) -> None:
         self.dispatcher.rebuild(

@@ -17,7 +17,7 @@ from servletkit.container.plugins import PluginSource
 from servletkit.container.runtime import Container
 from servletkit.hooks.decisions import Modify, Veto
 from servletkit.hooks.dispatcher import Outcome
-from servletkit.store.sqlite import SqliteStore
+from servletkit.store import SqliteStore
 from servletkit.testing.synapse import free_port
 from servletkit.wires.module.listener import ModuleWire, module_wire
 from servletkit.wires.module.protocol import HEADER, MAX_FRAME, PROTOCOL_VERSION, decode, encode
@@ -169,8 +169,9 @@ class TestAudit:
             await authed.send({"id": request_id, **request})
             assert (await authed.receive())["id"] == request_id
         await asyncio.sleep(0)
+        records = await listening.store.audit_log(1000)
         mine = [(r.plugin, r.hook, r.decision, r.event_id, r.room_id, r.detail)
-                for r in listening.store.audit_log(1000) if tag in f"{r.event_id}{r.room_id}"]
+                for r in records if tag in f"{r.event_id}{r.room_id}"]
         assert mine == [
             ("wire_test", "on_send_event", "veto", f"$veto{tag}", EVENT["room_id"],
              "the word 'forbidden' is not welcome here"),
@@ -317,9 +318,9 @@ async def test_a_decision_that_cannot_be_sent_keeps_the_connection(
             assert answer["error"]["errcode"] == "M_UNKNOWN"
             assert "'badplugin'" in answer["error"]["error"]
         assert "plugin 'badplugin' answered on_send_event" in caplog.text
-        assert store.audit_log() == []  # nothing was decided
+        assert await store.audit_log() == []  # nothing was decided
     finally:
-        store.close()
+        await store.close()
         writer.close()
         server.close()
         wire.close_all()

@@ -34,7 +34,7 @@ from servletkit.hooks.dispatcher import Dispatcher, Outcome, run_eagerly
 from servletkit.hooks.events import Event, EventFormatError
 from servletkit.hooks.specs import HOOKS
 from servletkit.hooks.table import FieldKind, HookTable
-from servletkit.store.sqlite import AuditRecord, Store, audit_record, record_decision
+from servletkit.store import AuditRecord, Store, audit_record, record_decision
 from servletkit.wires.module.protocol import (
     HEADER,
     MAX_FRAME,
@@ -180,6 +180,7 @@ class ModuleWire:
         self._connected = asyncio.Event()  # set at the first module's hello
         self.operations = Operation.table(hooks)
         self.connections: set[ModuleConnection] = set()
+        self._recording: set[asyncio.Task[None]] = set()  # audit records being written
 
     def protocol(self) -> ModuleConnection:
         """A protocol instance for one new connection (the ``create_server`` factory)."""
@@ -228,8 +229,7 @@ class ModuleWire:
                 record = audit_record(outcome, subject.event_id, subject.room_id)
             else:
                 record = audit_record(outcome, room_id=message.get("room_id"))
-            # after this answer is written (it is, before the loop's next turn)
-            asyncio.get_running_loop().call_soon(self._record, record)
+            self._record_later(record)
         return reply
 
     def connected(self) -> None:
@@ -242,22 +242,32 @@ class ModuleWire:
         actor = subject.sender if type(subject) is Event else subject
         return isinstance(actor, str) and self._own_user(actor)
 
-    def _record(self, record: AuditRecord) -> None:
+    def _record_later(self, record: AuditRecord) -> None:
+        """Write ``record`` to the audit log in a task of its own: it starts on the loop's
+        next turn, after the answer is written (the answer is, before that turn), and a
+        slow store never holds an answer back."""
+        task = asyncio.get_running_loop().create_task(self._record(record))
+        self._recording.add(task)
+        task.add_done_callback(self._recording.discard)
+
+    async def _record(self, record: AuditRecord) -> None:
         try:
-            record_decision(self._store, record)
+            await record_decision(self._store, record)
         except Exception:
             log.exception("module wire: could not write %s's %s to the audit log",
                           record.plugin, record.decision)
 
     async def drain(self, timeout_s: float = DRAIN_TIMEOUT_S) -> None:
-        """Wait until no request is in flight on any connection, at most ``timeout_s``."""
+        """Wait until no request is in flight on any connection and their audit records
+        are written, at most ``timeout_s``."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout_s
-        while tasks := {task for connection in self.connections for task in connection.tasks}:
+        while tasks := {task for connection in self.connections
+                        for task in connection.tasks} | self._recording:
             remaining = deadline - loop.time()
             if remaining <= 0:
-                log.warning("module wire: stopping with %d requests unanswered after %g s",
-                            len(tasks), timeout_s)
+                log.warning("module wire: stopping with %d requests unanswered or audit "
+                            "records unwritten after %g s", len(tasks), timeout_s)
                 return
             await asyncio.wait(tasks, timeout=remaining)
 
