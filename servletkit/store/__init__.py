@@ -2,12 +2,13 @@
 
 One interface, :class:`Store` (asynchronous, so a networked store fits it),
 with an embedded default, :class:`SqliteStore` (the file named by ``[store]
-path``). Plugins see their own slice as
+path``), chosen by :func:`store_from_config`. Plugins see their own slice as
 ``context.store`` (a :class:`PluginStore`). A homeserver transaction's writes
 are one unit of work (:class:`Batch`, :func:`unit_of_work`), committed with its
 record.
 """
 
+from servletkit.store.factory import store_from_config
 from servletkit.store.interface import AuditRecord, ProcessedTransaction, Store, StoreClosedError
 from servletkit.store.plugin import PluginStore
 from servletkit.store.sqlite import SqliteStore
@@ -30,5 +31,6 @@ __all__ = [
     "audit_record",
     "current_batch",
     "record_decision",
+    "store_from_config",
     "unit_of_work",
 ]
