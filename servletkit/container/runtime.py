@@ -161,7 +161,11 @@ class Container:
     # -- lifecycle -----------------------------------------------------------
 
     async def start(self) -> None:
-        """Run ``servlet_init`` for each loaded plugin; the ones that fail are unloaded."""
+        """Open the store, run ``servlet_init`` for each loaded plugin; the ones that fail
+        are unloaded."""
+        # the app opened it already, before its wires listen; a container started
+        # without the app (servletkit.testing, `servletkit plugins`) is opened here
+        await self.store.open()
         for name in list(self._objects):
             try:
                 for init in iter_plugin_impls(self.pm, "servlet_init", name):
