@@ -77,8 +77,9 @@ def build_app(
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        await container.store.open()  # the wires read it from their first request
         async with contextlib.AsyncExitStack() as stack:
-            stack.push_async_callback(container.stop)
+            stack.push_async_callback(container.stop)  # also closes the store
             for wire in wires:
                 await stack.enter_async_context(wire.lifespan())
             starting = asyncio.create_task(_start(container, wires, homeserver_started))

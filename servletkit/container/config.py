@@ -140,9 +140,11 @@ class AppserviceConfig:
 
 @attrs.frozen
 class StoreConfig:
-    """``[store]``: the embedded SQLite store (transaction ids, plugin data, audit log).
+    """``[store]``: durable state (transaction ids, plugin data, audit log).
 
-    ``path`` is relative to the config file. ``synchronous``: ``"normal"``
+    ``path`` is the embedded SQLite file, relative to the config file. ``url``
+    names a networked store by its scheme instead (none is built in yet; see
+    :func:`servletkit.store.store_from_config`). ``synchronous``: ``"normal"``
     (a commit survives the container process crashing; the default) or
     ``"full"`` (it also survives the machine losing power, at the cost of an
     fsync per commit). ``transactions_kept``: how many processed transactions
@@ -151,6 +153,7 @@ class StoreConfig:
     """
 
     path: str = "servletkit.db"
+    url: str | None = None
     synchronous: Literal["normal", "full"] = "normal"
     transactions_kept: int = attrs.field(default=10_000, validator=_positive)
     audit_kept: int = attrs.field(default=100_000, validator=_positive)

@@ -26,7 +26,7 @@ from servletkit.hooks.context import PluginContext
 from servletkit.hooks.dispatcher import Dispatcher, PluginPolicy, await_me_maybe, iter_plugin_impls
 from servletkit.hooks.specs import HOOKS
 from servletkit.hooks.table import HookTable
-from servletkit.store.sqlite import PluginStore, SqliteStore, Store
+from servletkit.store import PluginStore, Store, store_from_config
 from servletkit.wires.appservice.homeserver import HomeserverClient
 
 log = logging.getLogger("servletkit.container")
@@ -78,12 +78,7 @@ class Container:
         self.config = config
         self.hooks = hooks
         self._include_installed = include_installed
-        self.store: Store = store or SqliteStore(
-            config.resolve(config.store.path),
-            synchronous=config.store.synchronous,
-            transactions_kept=config.store.transactions_kept,
-            audit_kept=config.store.audit_kept,
-        )
+        self.store: Store = store or store_from_config(config)
         self.pm = new_plugin_manager(hooks)
         self.dispatcher = Dispatcher(self.pm, hooks)
         self.errors: list[PluginError] = []
@@ -166,7 +161,11 @@ class Container:
     # -- lifecycle -----------------------------------------------------------
 
     async def start(self) -> None:
-        """Run ``servlet_init`` for each loaded plugin; the ones that fail are unloaded."""
+        """Open the store, run ``servlet_init`` for each loaded plugin; the ones that fail
+        are unloaded."""
+        # the app opened it already, before its wires listen; a container started
+        # without the app (servletkit.testing, `servletkit plugins`) is opened here
+        await self.store.open()
         for name in list(self._objects):
             try:
                 for init in iter_plugin_impls(self.pm, "servlet_init", name):
@@ -191,7 +190,7 @@ class Container:
                 self._fail(describe_failure(name, "destroy", exc))
         if self.homeserver is not None:
             await self.homeserver.aclose()
-        self.store.close()
+        await self.store.close()
 
     def _rebuild(self) -> None:
         self.dispatcher.rebuild(

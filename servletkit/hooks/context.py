@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 import attrs
 
 if TYPE_CHECKING:  # the container's classes, named for type checkers only
-    from servletkit.store.sqlite import PluginStore
+    from servletkit.store import PluginStore
     from servletkit.wires.appservice.homeserver import HomeserverClient
 
 
@@ -41,8 +41,13 @@ class PluginContext:
         ``None`` when the config has no ``[appservice]`` section.
     ``store``
         the plugin's own durable key/value data
-        (:class:`~servletkit.store.sqlite.PluginStore`): what must survive a
-        restart (or, later, a reload) goes here, not in module globals.
+        (:class:`~servletkit.store.PluginStore`): what must survive a restart
+        (or, later, a reload) goes here, not in module globals. Its methods
+        are awaited, whichever store backs it: ``await context.store.get(key,
+        default)``, ``await context.store.put(key, value)`` (any JSON value),
+        ``await context.store.delete(key)``, ``await context.store.items(prefix)``.
+        Writes made while the appservice wire handles a transaction become
+        durable with it (see :func:`~servletkit.hooks.specs.on_stored_event`).
     """
 
     name: str

@@ -1,52 +1,30 @@
-"""Durable state: processed transactions, each plugin's own data, the audit log.
-
-One interface, :class:`Store`, with an embedded default, :class:`SqliteStore`
-(the file named by ``[store] path``). Plugins see their own slice as
-``context.store`` (a :class:`PluginStore`).
-
-**Units of work.** The appservice wire handles a homeserver transaction inside
-a :class:`Batch`: while it is current (a context variable, so it follows the
-hook calls and the tasks they start), plugin writes and audit records are held
-in memory, visible to reads in the same unit, and written in *one* SQLite
-commit together with the transaction's record. So a transaction is recorded if
-and only if the data its events produced is; a crash before that commit loses
-both, and the homeserver resends the transaction.
+"""The embedded store: one SQLite file in WAL mode (``[store] path``).
 
 **Processed transactions.** Each is recorded with its id and a digest of what
-it contained (:class:`ProcessedTransaction`), because a homeserver may reuse
-ids: Synapse on SQLite numbers them from 1 again after a restart. The wire
-tells a retry (same id, same digest) from a new transaction with a reused id
-(same id, another digest) by comparing the two. Writes outside a unit (a
-query hook, a background task after its unit ended) are committed at once.
+it contained (:class:`~servletkit.store.interface.ProcessedTransaction`),
+because a homeserver may reuse ids: Synapse on SQLite numbers them from 1
+again after a restart. The wire tells a retry (same id, same digest) from a
+new transaction with a reused id (same id, another digest) by comparing the two.
 
-**Threading.** SQLite is called synchronously on the event loop. A commit in
-WAL mode costs about 25 µs with ``synchronous = "normal"`` and about 130 µs
-with ``"full"`` (measured on the 2-core development machine); handing each
-commit to a thread would cost more than that in scheduling and make the
-plugin API asynchronous. Plugins writing large amounts of data should batch
-it in one value, or run their own database.
+**Synchronous inside.** The :class:`~servletkit.store.interface.Store`
+protocol is asynchronous for networked stores; this implementation does its
+work directly in those coroutines, on the event loop, and never suspends. A
+commit in WAL mode costs about 25 µs with ``synchronous = "normal"`` and
+about 130 µs with ``"full"`` (measured on the 2-core development machine);
+handing each call to a thread would cost more than that in scheduling.
+Plugins writing large amounts of data should batch it in one value, or run
+their own database.
 """
 
 from __future__ import annotations
 
-import contextlib
-import contextvars
-import json
 import sqlite3
 import time
-from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Final, Protocol
+from typing import Final
 
-import attrs
-
-from servletkit.hooks.decisions import Veto
-
-if TYPE_CHECKING:
-    from servletkit.hooks.dispatcher import Outcome
-
-_DELETED: Final = None
-"""A pending write that deletes the key."""
+from servletkit.store.interface import AuditRecord, ProcessedTransaction, StoreClosedError
+from servletkit.store.units import Batch
 
 _SCHEMA: Final = """
 CREATE TABLE IF NOT EXISTS transactions (
@@ -61,97 +39,6 @@ CREATE TABLE IF NOT EXISTS audit (
     decision TEXT NOT NULL, event_id TEXT, room_id TEXT, detail TEXT NOT NULL
 );
 """
-
-
-@attrs.frozen
-class ProcessedTransaction:
-    """A homeserver transaction as the store remembers it once it is handled.
-
-    ``digest`` stands for its content (see
-    :func:`servletkit.wires.appservice.wire.transaction_digest`); an empty
-    digest means "unknown" (recorded by a version that kept only ids).
-    """
-
-    txn_id: str
-    digest: str
-
-
-@attrs.frozen
-class AuditRecord:
-    """One decision as the audit log keeps it.
-
-    ``decision`` is ``"allow"``, ``"modify"`` or ``"veto"`` (or what a wire
-    did about it, e.g. ``"redacted"``); ``detail`` says why or what happened.
-    """
-
-    plugin: str | None
-    hook: str
-    decision: str
-    event_id: str | None = None
-    room_id: str | None = None
-    detail: str = ""
-    at: float = attrs.field(factory=time.time)
-
-
-@attrs.define(eq=False)
-class Batch:
-    """The writes and audit records of one unit of work, until it is committed."""
-
-    writes: dict[tuple[str, str], str | None] = attrs.field(factory=dict)
-    audit: list[AuditRecord] = attrs.field(factory=list)
-    open: bool = True
-
-
-_current_batch: contextvars.ContextVar[Batch | None] = contextvars.ContextVar(
-    "servletkit_store_batch", default=None
-)
-
-
-def current_batch() -> Batch | None:
-    """The unit of work the caller runs in, if one is open."""
-    batch = _current_batch.get()
-    return batch if batch is not None and batch.open else None
-
-
-@contextlib.contextmanager
-def unit_of_work(batch: Batch) -> Iterator[Batch]:
-    """Make ``batch`` the current unit of work inside the ``with`` block."""
-    token = _current_batch.set(batch)
-    try:
-        yield batch
-    finally:
-        _current_batch.reset(token)
-
-
-class Store(Protocol):
-    """What the container needs from durable storage. All methods are synchronous and short."""
-
-    def open(self) -> None:
-        """Create or open the storage (the embedded store also does it on first use)."""
-
-    def close(self) -> None:
-        """Release the storage."""
-
-    def processed_digest(self, txn_id: str) -> str | None:
-        """The digest of the committed transaction ``txn_id`` (within the kept window), or
-        ``None`` if no transaction with that id was committed."""
-
-    def commit(self, batch: Batch, transaction: ProcessedTransaction | None = None) -> None:
-        """Write ``batch`` (and record ``transaction`` as processed, replacing an earlier
-        record of its id) atomically; close the batch."""
-
-    def get(self, plugin: str, key: str) -> str | None:
-        """The committed JSON text stored by ``plugin`` under ``key``, or ``None``."""
-
-    def keys(self, plugin: str, prefix: str = "") -> list[str]:
-        """The committed keys of ``plugin`` that start with ``prefix``, sorted."""
-
-    def audit_log(self, limit: int = 100) -> list[AuditRecord]:
-        """The newest ``limit`` audit records, oldest first."""
-
-
-class StoreClosedError(RuntimeError):
-    """The store was used after the container stopped (a plugin task outlived it)."""
 
 
 class SqliteStore:
@@ -189,8 +76,15 @@ class SqliteStore:
         self._db: sqlite3.Connection | None = None
         self._closed = False
 
-    def open(self) -> None:
-        """Open (creating if needed) the file and its tables."""
+    async def open(self) -> None:
+        """Open (creating if needed) the file and its tables.
+
+        Also done on first use, so a store built outside the container's lifespan
+        (a test, a script reading the audit log) needs no ``open``.
+        """
+        self._connect()
+
+    def _connect(self) -> None:
         if self._db is not None:
             return
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -203,7 +97,7 @@ class SqliteStore:
             db.execute("ALTER TABLE transactions ADD COLUMN digest TEXT NOT NULL DEFAULT ''")
         self._db = db
 
-    def close(self) -> None:
+    async def close(self) -> None:
         """Close the connection (SQLite checkpoints the WAL); the store is unusable after."""
         self._closed = True
         if self._db is not None:
@@ -215,18 +109,18 @@ class SqliteStore:
         if self._db is None:
             if self._closed:
                 raise StoreClosedError(f"the store {self.path} is closed (the container stopped)")
-            self.open()
-        assert self._db is not None  # internal invariant: open() sets it
+            self._connect()
+        assert self._db is not None  # internal invariant: _connect() sets it
         return self._db
 
-    def processed_digest(self, txn_id: str) -> str | None:
+    async def processed_digest(self, txn_id: str) -> str | None:
         """The digest recorded for ``txn_id`` among the kept transactions, or ``None``."""
         row = self._conn.execute(
             "SELECT digest FROM transactions WHERE txn_id = ?", (txn_id,)
         ).fetchone()
         return None if row is None else row[0]
 
-    def commit(self, batch: Batch, transaction: ProcessedTransaction | None = None) -> None:
+    async def commit(self, batch: Batch, transaction: ProcessedTransaction | None = None) -> None:
         """One SQLite transaction: the plugin writes, the audit records, the transaction."""
         batch.open = False
         db = self._conn
@@ -241,11 +135,11 @@ class SqliteStore:
             if batch.writes:
                 db.executemany(
                     "INSERT OR REPLACE INTO plugin_data VALUES (?, ?, ?)",
-                    [(p, k, v) for (p, k), v in batch.writes.items() if v is not _DELETED],
+                    [(p, k, v) for (p, k), v in batch.writes.items() if v is not None],
                 )
                 db.executemany(
                     "DELETE FROM plugin_data WHERE plugin = ? AND key = ?",
-                    [(p, k) for (p, k), v in batch.writes.items() if v is _DELETED],
+                    [(p, k) for (p, k), v in batch.writes.items() if v is None],
                 )
             if batch.audit:
                 db.executemany(
@@ -281,105 +175,27 @@ class SqliteStore:
         db.execute("DELETE FROM audit WHERE id <= (SELECT MAX(id) FROM audit) - ?",
                    (self.audit_kept,))
 
-    def get(self, plugin: str, key: str) -> str | None:
+    async def get(self, plugin: str, key: str) -> str | None:
         """The committed JSON text of ``plugin``'s ``key``."""
         row = self._conn.execute(
             "SELECT value FROM plugin_data WHERE plugin = ? AND key = ?", (plugin, key)
         ).fetchone()
         return row[0] if row else None
 
-    def keys(self, plugin: str, prefix: str = "") -> list[str]:
-        """The committed keys of ``plugin`` starting with ``prefix``."""
-        rows = self._conn.execute(
-            "SELECT key FROM plugin_data WHERE plugin = ? AND substr(key, 1, ?) = ? ORDER BY key",
+    async def items(self, plugin: str, prefix: str = "") -> list[tuple[str, str]]:
+        """The committed ``(key, JSON text)`` pairs of ``plugin`` whose key starts with
+        ``prefix``, sorted by key."""
+        rows: list[tuple[str, str]] = self._conn.execute(
+            "SELECT key, value FROM plugin_data WHERE plugin = ? AND substr(key, 1, ?) = ? "
+            "ORDER BY key",
             (plugin, len(prefix), prefix),
         ).fetchall()
-        return [row[0] for row in rows]
+        return rows
 
-    def audit_log(self, limit: int = 100) -> list[AuditRecord]:
+    async def audit_log(self, limit: int = 100) -> list[AuditRecord]:
         """The newest ``limit`` audit records, oldest first."""
         rows = self._conn.execute(
             "SELECT plugin, hook, decision, event_id, room_id, detail, at FROM audit "
             "ORDER BY id DESC LIMIT ?", (limit,),
         ).fetchall()
         return [AuditRecord(*row) for row in reversed(rows)]
-
-
-def audit_record(
-    outcome: Outcome,
-    event_id: str | None = None,
-    room_id: str | None = None,
-    detail: str | None = None,
-) -> AuditRecord:
-    """The audit record of an interception ``outcome`` that has a decision.
-
-    ``detail`` defaults to the Veto's reason (empty for Allow and Modify).
-    """
-    decision = outcome.decision
-    if detail is None:
-        detail = decision.reason if type(decision) is Veto else ""
-    return AuditRecord(outcome.decided_by, outcome.hook, type(decision).__name__.lower(),
-                       event_id, room_id, detail)
-
-
-def record_decision(store: Store, record: AuditRecord) -> None:
-    """Add ``record`` to the current unit of work, or commit it at once if there is none."""
-    batch = current_batch()
-    if batch is not None:
-        batch.audit.append(record)
-    else:
-        store.commit(Batch(audit=[record]))
-
-
-class PluginStore:
-    """One plugin's durable key/value data, as ``context.store``.
-
-    Keys are strings; values anything JSON can hold. Inside a homeserver
-    transaction, writes become durable with the transaction (see the module
-    docs); elsewhere, when the call returns.
-    """
-
-    def __init__(self, store: Store, plugin: str) -> None:
-        self._store = store
-        self._plugin = plugin
-
-    def get(self, key: str, default: Any = None) -> Any:
-        """The value stored under ``key``, or ``default``."""
-        batch = current_batch()
-        if batch is not None and (self._plugin, key) in batch.writes:
-            text = batch.writes[(self._plugin, key)]
-        else:
-            text = self._store.get(self._plugin, key)
-        return default if text is None else json.loads(text)
-
-    def put(self, key: str, value: Any) -> None:
-        """Store ``value`` (JSON-serialisable) under ``key``, replacing what was there."""
-        if not isinstance(key, str):
-            raise TypeError(f"store keys must be str, got {type(key).__name__}")
-        self._write(key, json.dumps(value))
-
-    def delete(self, key: str) -> None:
-        """Forget ``key`` (no error if it is not there)."""
-        self._write(key, _DELETED)
-
-    def items(self, prefix: str = "") -> list[tuple[str, Any]]:
-        """Every ``(key, value)`` whose key starts with ``prefix``, sorted by key."""
-        keys = set(self._store.keys(self._plugin, prefix))
-        batch = current_batch()
-        if batch is not None:
-            for plugin, key in batch.writes:
-                if plugin == self._plugin and key.startswith(prefix):
-                    keys.add(key)
-        found = ((key, self.get(key, _MISSING)) for key in sorted(keys))
-        return [(key, value) for key, value in found if value is not _MISSING]
-
-    def _write(self, key: str, text: str | None) -> None:
-        batch = current_batch()
-        if batch is not None:
-            batch.writes[(self._plugin, key)] = text
-        else:
-            self._store.commit(Batch(writes={(self._plugin, key): text}))
-
-
-_MISSING: Final = object()
-

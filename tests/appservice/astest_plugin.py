@@ -36,8 +36,8 @@ async def servlet_init(context):
         if exc.errcode != "M_ROOM_IN_USE":
             raise
         room_id = await hs.join(f"#_astest_init:{hs.server_name}")
-    context.store.put("init/room", room_id)
-    context.store.put("init/lives", context.store.get("init/lives", 0) + 1)
+    await context.store.put("init/room", room_id)
+    await context.store.put("init/lives", await context.store.get("init/lives", 0) + 1)
 
 
 @hookimpl
@@ -51,7 +51,7 @@ async def on_stored_event(event, context):
     if event.type != "m.room.message":
         return
     key = f"seen/{event.event_id}"
-    context.store.put(key, context.store.get(key, 0) + 1)
+    await context.store.put(key, await context.store.get(key, 0) + 1)
     body = event.content.get("body", "")
     if body.startswith("slow"):
         await asyncio.sleep(0.02)
@@ -85,7 +85,7 @@ async def on_query_alias(alias, context):
 
 
 @hookimpl
-def on_ephemeral(data, context):
+async def on_ephemeral(data, context):
     """Remember that typing notifications arrived."""
     if data.type == "m.typing" and data.room_id:
-        context.store.put(f"typing/{data.room_id}", list(data.content.get("user_ids", [])))
+        await context.store.put(f"typing/{data.room_id}", list(data.content.get("user_ids", [])))

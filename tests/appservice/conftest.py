@@ -8,7 +8,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterator, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -22,7 +22,7 @@ from servletkit.container.plugins import PluginSource
 from servletkit.container.runtime import Container
 from servletkit.container.snippets import dump_yaml, module_entry, registration
 from servletkit.dev.embedded_synapse import stop_process
-from servletkit.store.sqlite import PluginStore, SqliteStore
+from servletkit.store import PluginStore, SqliteStore
 from servletkit.synapse.settings import DEFAULT_POLICIES
 from servletkit.testing import only_plugins, plugins_toml, python_path_env
 from servletkit.testing.synapse import SynapseServer, free_port, start_synapse
@@ -113,14 +113,25 @@ class Deployment:
         if self.process is not None:
             stop_process(self.process, 10)
 
-    def plugin_data(self, prefix: str) -> dict[str, Any]:
+    async def plugin_data(self, prefix: str) -> dict[str, Any]:
         """What the test plugin has durably stored under ``prefix`` (read from the SQLite file)."""
         store = SqliteStore(self.workdir / "servletkit.db")
         try:
             plugin = PluginStore(store, PLUGIN)
-            return {key.removeprefix(prefix): value for key, value in plugin.items(prefix)}
+            return {key.removeprefix(prefix): value for key, value in await plugin.items(prefix)}
         finally:
-            store.close()
+            await store.close()
+
+    async def seen(self, sent: list[str]) -> set[str]:
+        """The event ids of ``sent`` the test plugin has durably observed."""
+        return set(sent) & (await self.plugin_data("seen/")).keys()
+
+    def has_seen(self, sent: list[str]) -> Callable[[], Awaitable[bool]]:
+        """A check for ``eventually``: the plugin has observed every event id in ``sent``
+        (read when checked, so events appended later count)."""
+        async def check() -> bool:
+            return await self.seen(sent) == set(sent)
+        return check
 
 
 @pytest.fixture(scope="session")

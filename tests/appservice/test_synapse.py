@@ -5,6 +5,7 @@ survives SIGKILL without losing or duplicating an event."""
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 from urllib.parse import quote
 
 import httpx
@@ -20,8 +21,11 @@ async def test_client_events_reach_the_plugin(deployment, alice):
     """A message sent by a real client is observed by the plugin, once."""
     room_id = await alice.room_with_bot(deployment.bot_id)
     event_id = await alice.send(room_id, "hello servletkit")
-    seen = await eventually(lambda: deployment.plugin_data("seen/").get(event_id))
-    assert seen == 1
+
+    async def seen() -> Any:
+        return (await deployment.plugin_data("seen/")).get(event_id)
+
+    assert await eventually(seen) == 1
 
 
 async def test_virtual_user_registers_joins_and_replies(deployment, alice):
@@ -80,8 +84,11 @@ async def test_typing_reaches_on_ephemeral(deployment, alice):
     room_id = await alice.room_with_bot(deployment.bot_id)
     await alice.call("PUT", f"/rooms/{quote(room_id)}/typing/{quote(alice.user_id)}",
                      {"typing": True, "timeout": 5000})
-    typing = await eventually(lambda: deployment.plugin_data("typing/").get(room_id))
-    assert typing == [alice.user_id]
+
+    async def typing() -> Any:
+        return (await deployment.plugin_data("typing/")).get(room_id)
+
+    assert await eventually(typing) == [alice.user_id]
 
 
 async def test_sigkill_mid_stream_loses_and_duplicates_nothing(deployment, alice):
@@ -95,10 +102,12 @@ async def test_sigkill_mid_stream_loses_and_duplicates_nothing(deployment, alice
             sent.append(await alice.send(room_id, f"slow {i}"))
 
     sender = asyncio.create_task(send_stream())
-    await eventually(lambda: len(set(sent) & deployment.plugin_data("seen/").keys()) >= 3,
-                     interval=0.005)
+    async def three_seen() -> bool:
+        return len(await deployment.seen(sent)) >= 3
+
+    await eventually(three_seen, interval=0.005)
     deployment.kill_container()
-    seen_at_kill = set(sent) & deployment.plugin_data("seen/").keys()
+    seen_at_kill = await deployment.seen(sent)
     await sender
     assert len(seen_at_kill) < len(sent), "the kill came too late to be mid-stream"
     sent += [await alice.send(room_id, f"while down {i}") for i in range(10)]
@@ -118,23 +127,23 @@ async def test_sigkill_mid_stream_loses_and_duplicates_nothing(deployment, alice
     # recoverer is finishing can be left in an unsent transaction until the next failure
     # (Synapse 1.163 checks "service up" before creating the transaction, the recoverer
     # may already have looked for the oldest unsent one).
-    await eventually(lambda: set(sent) <= deployment.plugin_data("seen/").keys(), within=30)
+    await eventually(deployment.has_seen(sent), within=30)
     sent += [await alice.send(room_id, f"after {i}") for i in range(5)]
-    await eventually(lambda: set(sent) <= deployment.plugin_data("seen/").keys())
+    await eventually(deployment.has_seen(sent))
     await asyncio.sleep(0.3)  # nothing is delivered a second time later either
-    seen = deployment.plugin_data("seen/")
+    seen = await deployment.plugin_data("seen/")
     assert {event_id: seen[event_id] for event_id in sent} == dict.fromkeys(sent, 1)
 
 
 async def send_until_seen(deployment, alice, room_id: str, count: int, label: str) -> list[str]:
     """Send ``count`` messages and wait until the plugin has observed each of them."""
     sent = [await alice.send(room_id, f"{label} {i}") for i in range(count)]
-    await eventually(lambda: set(sent) <= deployment.plugin_data("seen/").keys(), within=30)
+    await eventually(deployment.has_seen(sent), within=30)
     return sent
 
 
-def counted_once(deployment, sent: list[str]) -> dict[str, int]:
-    seen = deployment.plugin_data("seen/")
+async def counted_once(deployment, sent: list[str]) -> dict[str, int]:
+    seen = await deployment.plugin_data("seen/")
     return {event_id: seen.get(event_id, 0) for event_id in sent}
 
 
@@ -149,7 +158,7 @@ async def test_a_restarted_homeserver_reuses_ids_and_nothing_is_dropped(deployme
     await asyncio.to_thread(deployment.synapse.restart)
     sent += await send_until_seen(deployment, alice, room_id, 5, "after restart")
     await asyncio.sleep(0.3)  # nothing is delivered a second time later either
-    assert counted_once(deployment, sent) == dict.fromkeys(sent, 1)
+    assert await counted_once(deployment, sent) == dict.fromkeys(sent, 1)
     # the ids were reused indeed (else this test would not show anything)
     assert log.read_text().count("transaction counter went back") > warnings_before
 
@@ -167,22 +176,22 @@ async def test_both_restarted_as_servletkit_dev_does(deployment, alice):
         await asyncio.to_thread(deployment.synapse.restart)
         sent += await send_until_seen(deployment, alice, room_id, 3, life)
     await asyncio.sleep(0.3)
-    assert counted_once(deployment, sent) == dict.fromkeys(sent, 1)
+    assert await counted_once(deployment, sent) == dict.fromkeys(sent, 1)
     # and nothing the session delivered before was counted twice either
-    assert set(deployment.plugin_data("seen/").values()) == {1}
+    assert set((await deployment.plugin_data("seen/")).values()) == {1}
 
 
 async def test_a_plugin_acts_in_matrix_from_servlet_init(deployment, alice):
     """A plugin that creates or joins a room from servlet_init, while the module wire fails
     closed for room creation and joins, gets through: the wires listen before plugins start."""
     assert deployment.synapse is not None
-    lives = deployment.plugin_data("init/").get("lives", 0)
+    lives = (await deployment.plugin_data("init/")).get("lives", 0)
     await asyncio.to_thread(deployment.stop_container)
     await asyncio.to_thread(deployment.start_container)
     async with httpx.AsyncClient() as http:
         health = (await http.get(f"{deployment.url}/_servletkit/health")).json()
     assert health["failed"] == [], (deployment.workdir / "container.log").read_text()[-3000:]
-    init = deployment.plugin_data("init/")
+    init = await deployment.plugin_data("init/")
     assert init["lives"] == lives + 1
     alias = quote("#_astest_init:localhost")
     assert (await alice.call("GET", f"/directory/room/{alias}"))["room_id"] == init["room"]

@@ -27,7 +27,7 @@ class Recorder:
         if self.delay:
             await asyncio.sleep(random.random() / 200)
         self.seen.append((event.room_id, event.event_id))
-        context.store.put(f"seen/{event.event_id}", event.content.get("body"))
+        await context.store.put(f"seen/{event.event_id}", event.content.get("body"))
 
     @hookimpl
     def on_ephemeral(self, data):
@@ -125,7 +125,8 @@ class TestExactlyOnce:
         container2, client2 = await make_wire({"rec": again})
         assert (await put(client2, "7", {"events": [ev]})).status_code == 200
         assert again.seen == []
-        assert container2.make_context("rec", {}).store.get(f"seen/{ev['event_id']}") == "kept"
+        stored = container2.make_context("rec", {}).store
+        assert await stored.get(f"seen/{ev['event_id']}") == "kept"
 
     async def test_plugin_writes_commit_with_the_transaction(self, make_wire):
         """Writes made while a transaction is handled are readable inside it, durable after."""
@@ -133,15 +134,15 @@ class TestExactlyOnce:
 
         class Writer:
             @hookimpl
-            def on_stored_event(self, event, context):
-                context.store.put("count", context.store.get("count", 0) + 1)
-                reads.append(container.store.get("writer", "count"))
+            async def on_stored_event(self, event, context):
+                await context.store.put("count", await context.store.get("count", 0) + 1)
+                reads.append(await container.store.get("writer", "count"))
 
         container, client = await make_wire({"writer": Writer()})
         await put(client, "1", {"events": [new_event(), new_event()]})
         # inside the transaction the committed value was unchanged; after it, both writes count
         assert reads == [None, None]
-        assert container.store.get("writer", "count") == "2"
+        assert await container.store.get("writer", "count") == "2"
 
     async def test_concurrent_transactions_keep_room_order(self, make_wire):
         """Transactions sent concurrently are handled one by one: each room's order is kept."""
@@ -173,7 +174,7 @@ class TestExactlyOnce:
 
         container, client = await make_wire({"broken": Broken()})
         assert (await put(client, "1", {"events": [new_event()]})).status_code == 200
-        assert container.store.processed_digest("1") is not None
+        assert await container.store.processed_digest("1") is not None
 
 
 class TestDecisions:
@@ -193,7 +194,7 @@ class TestDecisions:
         ev = new_event()
         await put(client, "1", {"events": [ev]})
         assert container.homeserver.redacted == []
-        [record] = container.store.audit_log()
+        [record] = await container.store.audit_log()
         assert (record.plugin, record.hook, record.decision, record.event_id, record.detail) == (
             "judge", "on_send_event", "veto", ev["event_id"], "no spam")
 
@@ -205,7 +206,7 @@ class TestDecisions:
         ev = new_event()
         await put(client, "1", {"events": [ev]})
         assert container.homeserver.redacted == [("!room:localhost", ev["event_id"], "no spam")]
-        assert [r.decision for r in container.store.audit_log()] == ["veto", "redacted"]
+        assert [r.decision for r in await container.store.audit_log()] == ["veto", "redacted"]
 
     async def test_failed_redaction_is_audited_and_acknowledged(self, make_wire):
         """A redaction the homeserver refuses is audited; the transaction still succeeds."""
@@ -213,7 +214,7 @@ class TestDecisions:
                                             enforce_vetoes="redact")
         container.homeserver = FakeHomeserver(fail=True)
         assert (await put(client, "1", {"events": [new_event()]})).status_code == 200
-        records = container.store.audit_log()
+        records = await container.store.audit_log()
         assert [r.decision for r in records] == ["veto", "redact_failed"]
         assert "M_FORBIDDEN" in records[1].detail
 
@@ -234,8 +235,9 @@ class TestDecisions:
         ev = new_event(body="original")
         await put(client, "1", {"events": [ev]})
         assert later_saw == ["edited"]
-        assert container.make_context("rec", {}).store.get(f"seen/{ev['event_id']}") == "original"
-        [record] = container.store.audit_log()
+        stored = container.make_context("rec", {}).store
+        assert await stored.get(f"seen/{ev['event_id']}") == "original"
+        [record] = await container.store.audit_log()
         assert (record.plugin, record.decision) == ("editor", "modify")
         assert "not applied" in record.detail
 
@@ -243,7 +245,7 @@ class TestDecisions:
         """An Allow is an audited decision too."""
         container, client = await make_wire({"judge": self.plugin(Allow())})
         await put(client, "1", {"events": [new_event()]})
-        assert [r.decision for r in container.store.audit_log()] == ["allow"]
+        assert [r.decision for r in await container.store.audit_log()] == ["allow"]
 
     async def test_events_arrive_after_store(self, make_wire):
         """Interception hooks on this wire see event.stage == "after_store"."""
@@ -294,7 +296,8 @@ class TestEphemeral:
         await put(client, "3", {"events": [], "ephemeral": [presence("offline"),
                                                               presence("online")]})
         assert connects == [("@a:localhost", None)] * 2
-        assert [r.hook for r in container.store.audit_log()] == ["on_connect_event_stream"] * 2
+        records = await container.store.audit_log()
+        assert [r.hook for r in records] == ["on_connect_event_stream"] * 2
 
 
 class TestQueries:
@@ -318,7 +321,7 @@ class TestQueries:
         response = await client.get("/_matrix/app/v1/users/@_x_romeo:localhost", headers=AUTH)
         assert (response.status_code, response.json()) == (200, {})
         assert asked == ["a", "b", "c"]
-        [record] = container.store.audit_log()
+        [record] = await container.store.audit_log()
         assert (record.plugin, record.hook, record.detail) == (
             "c", "on_query_user", "@_x_romeo:localhost")
 

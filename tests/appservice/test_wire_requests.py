@@ -80,7 +80,7 @@ async def test_malformed_json_is_400_not_json(make_wire, body):
     container, client = await make_wire()
     response = await client.put("/_matrix/app/v1/transactions/t1", content=body, headers=AUTH)
     assert_error(response, 400, "M_NOT_JSON")
-    assert container.store.processed_digest("t1") is None
+    assert await container.store.processed_digest("t1") is None
 
 
 @pytest.mark.parametrize(
@@ -93,7 +93,7 @@ async def test_wrong_shape_is_400_bad_json(make_wire, body):
     container, client = await make_wire()
     response = await client.put("/_matrix/app/v1/transactions/t1", json=body, headers=AUTH)
     assert_error(response, 400, "M_BAD_JSON")
-    assert container.store.processed_digest("t1") is None
+    assert await container.store.processed_digest("t1") is None
 
 
 async def test_a_rejected_transaction_can_be_retried(make_wire):
@@ -114,7 +114,7 @@ async def test_too_large_by_content_length_is_413(make_wire):
     response = await client.put("/_matrix/app/v1/transactions/t1", content=body, headers=AUTH)
     assert_error(response, 413, "M_TOO_LARGE")
     assert "max_transaction_bytes" in response.json()["error"]
-    assert container.store.processed_digest("t1") is None
+    assert await container.store.processed_digest("t1") is None
 
 
 async def test_too_large_streamed_is_413(make_wire):

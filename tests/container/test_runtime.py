@@ -13,6 +13,7 @@ from servletkit.container.config import ConfigError, parse_config
 from servletkit.container.plugins import PluginSource
 from servletkit.container.runtime import Container
 from servletkit.hooks.context import PluginContext
+from servletkit.store import SqliteStore
 
 EVENT = Event.from_json({
     "event_id": "$e", "room_id": "!r:hs", "type": "m.room.message", "sender": "@a:hs",
@@ -136,3 +137,30 @@ async def test_statuses_list_hooks_and_order() -> None:
     assert [(r.name, r.order, r.live) for r in rows] == [("b", 1, False), ("a", 2, True)]
     assert rows[1].hooks == ("on_send_event", "servlet_destroy", "servlet_init")
     assert rows[0].error is not None and rows[0].error.stage == "init"
+
+
+async def test_start_opens_the_store_before_servlet_init(tmp_path: Path) -> None:
+    """A container started without the app has an open store when plugins first use it (a
+    networked store cannot open itself lazily as the SQLite file does)."""
+    opened_at_init: list[bool] = []
+
+    class Opening(SqliteStore):
+        is_open = False
+
+        async def open(self) -> None:
+            self.is_open = True
+            await super().open()
+
+    class Init:
+        @hookimpl
+        async def servlet_init(self, context: PluginContext) -> None:
+            opened_at_init.append(store.is_open)
+
+    store = Opening(tmp_path / "s.db")
+    config = parse_config({}, tmp_path / "servletkit.toml")
+    c = Container(config, [PluginSource("init", obj=Init())], include_installed=False,
+                  store=store)
+    c.load()
+    await c.start()
+    await c.stop()
+    assert opened_at_init == [True]

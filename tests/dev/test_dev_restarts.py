@@ -7,6 +7,7 @@ transactions, not retries, or the bot goes deaf after the first Ctrl-C.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -14,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from servletkit.store.sqlite import PluginStore, SqliteStore
+from servletkit.store import PluginStore, SqliteStore
 from servletkit.testing import plugin_site, python_path_env
 from servletkit.testing.dev import DevProcess
 from tests.dev.test_dev_command import START_TIMEOUT_S, STOP_TIMEOUT_S, Client, write_config
@@ -26,21 +27,25 @@ from servletkit import hookimpl
 
 
 @hookimpl
-def on_stored_event(event, context):
+async def on_stored_event(event, context):
     if event.type == "m.room.message":
         key = f"seen/{event.event_id}"
-        context.store.put(key, context.store.get(key, 0) + 1)
+        await context.store.put(key, await context.store.get(key, 0) + 1)
 """
 
 
 def counts(state: Path) -> dict[str, int]:
     """What the counter bot has durably stored: event id → times observed."""
+    return asyncio.run(_counts(state))
+
+
+async def _counts(state: Path) -> dict[str, int]:
     store = SqliteStore(state / "servletkit.db")
     try:
         return {key.removeprefix("seen/"): value
-                for key, value in PluginStore(store, "counter").items("seen/")}
+                for key, value in await PluginStore(store, "counter").items("seen/")}
     finally:
-        store.close()
+        await store.close()
 
 
 def wait_for(check: Callable[[], Any], within: float = 30.0) -> None:

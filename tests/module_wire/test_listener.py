@@ -17,7 +17,7 @@ from servletkit.container.plugins import PluginSource
 from servletkit.container.runtime import Container
 from servletkit.hooks.decisions import Modify, Veto
 from servletkit.hooks.dispatcher import Outcome
-from servletkit.store.sqlite import SqliteStore
+from servletkit.store import Batch, SqliteStore
 from servletkit.testing.synapse import free_port
 from servletkit.wires.module.listener import ModuleWire, module_wire
 from servletkit.wires.module.protocol import HEADER, MAX_FRAME, PROTOCOL_VERSION, decode, encode
@@ -169,8 +169,9 @@ class TestAudit:
             await authed.send({"id": request_id, **request})
             assert (await authed.receive())["id"] == request_id
         await asyncio.sleep(0)
+        records = await listening.store.audit_log(1000)
         mine = [(r.plugin, r.hook, r.decision, r.event_id, r.room_id, r.detail)
-                for r in listening.store.audit_log(1000) if tag in f"{r.event_id}{r.room_id}"]
+                for r in records if tag in f"{r.event_id}{r.room_id}"]
         assert mine == [
             ("wire_test", "on_send_event", "veto", f"$veto{tag}", EVENT["room_id"],
              "the word 'forbidden' is not welcome here"),
@@ -317,9 +318,53 @@ async def test_a_decision_that_cannot_be_sent_keeps_the_connection(
             assert answer["error"]["errcode"] == "M_UNKNOWN"
             assert "'badplugin'" in answer["error"]["error"]
         assert "plugin 'badplugin' answered on_send_event" in caplog.text
-        assert store.audit_log() == []  # nothing was decided
+        assert await store.audit_log() == []  # nothing was decided
     finally:
-        store.close()
+        await store.close()
+        writer.close()
+        server.close()
+        wire.close_all()
+        await server.wait_closed()
+
+
+class AuditStore:
+    """Keeps the event ids of each audit commit, or fails every commit."""
+
+    def __init__(self, *, fails: bool) -> None:
+        self.fails = fails
+        self.commits: list[list[str | None]] = []
+
+    async def commit(self, batch: Batch, transaction: Any = None) -> None:
+        if self.fails:
+            raise OSError("disk full")
+        self.commits.append([record.event_id for record in batch.audit])
+
+
+@pytest.mark.parametrize("fails", [False, True], ids=["written", "store-fails"])
+async def test_decisions_are_audited_without_holding_answers(
+    fails: bool, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Every decision reaches the audit log once its answer is sent; a store that fails is
+    logged, and the answers are the same."""
+    store = AuditStore(fails=fails)
+    dispatcher = FixedDispatcher(Outcome("on_send_event", Veto("no"), "judge"), sync=True)
+    wire = ModuleWire(dispatcher, SECRET, store)  # type: ignore[arg-type]
+    server = await asyncio.get_running_loop().create_server(wire.protocol, "127.0.0.1", 0)
+    reader, writer = await asyncio.open_connection("127.0.0.1", server.sockets[0].getsockname()[1])
+    try:
+        peer = Peer(reader, writer)
+        await peer.hello()
+        ids = [f"$e{n}" for n in range(3)]
+        for request_id, event_id in enumerate(ids):
+            await peer.send({"id": request_id, "op": "event",
+                             "event": {**EVENT, "event_id": event_id}})
+        answers = [await peer.receive() for _ in ids]
+        assert [answer["veto"]["reason"] for answer in answers] == ["no"] * 3
+        await wire.drain()  # waits for the audit writer too
+        assert [event_id for commit in store.commits for event_id in commit] == (
+            [] if fails else ids)
+        assert ("could not write" in caplog.text) is fails
+    finally:
         writer.close()
         server.close()
         wire.close_all()

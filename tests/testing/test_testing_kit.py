@@ -14,15 +14,15 @@ class Counter:
     """Counts the events it sees in its own durable store."""
 
     @hookimpl
-    def on_send_event(self, event: Any, context: Any) -> None:
-        context.store.put("seen", context.store.get("seen", 0) + 1)
+    async def on_send_event(self, event: Any, context: Any) -> None:
+        await context.store.put("seen", await context.store.get("seen", 0) + 1)
 
 
 async def count_once() -> int:
     plugin = Counter()
     async with running_container({"counter": plugin}) as container:
         await container.dispatcher.intercept("on_send_event", make_event("hi"))
-        return container.store.get("counter", "seen")  # type: ignore[return-value]
+        return await container.store.get("counter", "seen")  # type: ignore[return-value]
 
 
 async def test_each_container_has_its_own_store() -> None:

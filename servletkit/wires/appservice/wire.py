@@ -12,7 +12,7 @@ through the ``on_send_event`` chain (``event.stage == "after_store"``) and the
 ``on_stored_event`` observers, every ephemeral item through ``on_ephemeral``,
 every hook call has returned, vetoes have been enforced (``redact`` mode), and
 then the transaction's record, the plugins' store writes made meanwhile and the
-audit records were written in one SQLite commit (see :mod:`servletkit.store.sqlite`).
+audit records were written in one commit (see :mod:`servletkit.store.units`).
 
 A retry is answered ``200`` at once, also after a restart. A retry is the same
 id with the same events (:func:`transaction_digest`; the homeserver drops
@@ -61,7 +61,7 @@ from starlette.routing import BaseRoute, Route
 
 from servletkit.hooks.decisions import Modify, Veto
 from servletkit.hooks.events import Ephemeral, Event, EventFormatError
-from servletkit.store.sqlite import (
+from servletkit.store import (
     AuditRecord,
     Batch,
     ProcessedTransaction,
@@ -231,11 +231,11 @@ class AppserviceWire:
         ephemeral = _first_present(data, _EPHEMERAL_KEYS) + _first_present(data, _TO_DEVICE_KEYS)
         digest = transaction_digest(events, ephemeral)
         store = self._store
-        if store.processed_digest(txn_id) == digest:  # a retry: no need to queue
+        if await store.processed_digest(txn_id) == digest:  # a retry: no need to queue
             return _ok()
         await self._plugins_ready()
         async with self._lock:
-            if self._is_retry(txn_id, digest):  # perhaps of an attempt that just finished
+            if await self._is_retry(txn_id, digest):  # perhaps of an attempt that just finished
                 return _ok()
             batch = Batch()
             with unit_of_work(batch):
@@ -243,12 +243,12 @@ class AppserviceWire:
                     await self._deliver_events(txn_id, events, batch)
                 if ephemeral:
                     await self._deliver_ephemeral(txn_id, ephemeral, batch)
-            store.commit(batch, ProcessedTransaction(txn_id, digest))
+            await store.commit(batch, ProcessedTransaction(txn_id, digest))
         return _ok()
 
-    def _is_retry(self, txn_id: str, digest: str) -> bool:
+    async def _is_retry(self, txn_id: str, digest: str) -> bool:
         """Whether ``txn_id`` was handled with this content; warn when its id is reused."""
-        recorded = self._store.processed_digest(txn_id)
+        recorded = await self._store.processed_digest(txn_id)
         if recorded == digest:
             return True
         if recorded is None:
@@ -358,7 +358,7 @@ class AppserviceWire:
         )
         if plugin is None:
             raise MatrixError(404, "M_NOT_FOUND", f"No plugin provides {subject}")
-        record_decision(self._store, AuditRecord(plugin, hook, "exists", detail=subject))
+        await record_decision(self._store, AuditRecord(plugin, hook, "exists", detail=subject))
         return _ok()
 
     async def ping(self, request: Request) -> Response:

@@ -34,7 +34,7 @@ from servletkit.hooks.dispatcher import Dispatcher, Outcome, run_eagerly
 from servletkit.hooks.events import Event, EventFormatError
 from servletkit.hooks.specs import HOOKS
 from servletkit.hooks.table import FieldKind, HookTable
-from servletkit.store.sqlite import AuditRecord, Store, audit_record, record_decision
+from servletkit.store import AuditRecord, Batch, Store, audit_record
 from servletkit.wires.module.protocol import (
     HEADER,
     MAX_FRAME,
@@ -180,6 +180,8 @@ class ModuleWire:
         self._connected = asyncio.Event()  # set at the first module's hello
         self.operations = Operation.table(hooks)
         self.connections: set[ModuleConnection] = set()
+        self._unwritten: list[AuditRecord] = []  # decided, not yet in the audit log
+        self._writer: asyncio.Task[None] | None = None  # writes them
 
     def protocol(self) -> ModuleConnection:
         """A protocol instance for one new connection (the ``create_server`` factory)."""
@@ -228,8 +230,7 @@ class ModuleWire:
                 record = audit_record(outcome, subject.event_id, subject.room_id)
             else:
                 record = audit_record(outcome, room_id=message.get("room_id"))
-            # after this answer is written (it is, before the loop's next turn)
-            asyncio.get_running_loop().call_soon(self._record, record)
+            self._record_later(record)
         return reply
 
     def connected(self) -> None:
@@ -242,22 +243,45 @@ class ModuleWire:
         actor = subject.sender if type(subject) is Event else subject
         return isinstance(actor, str) and self._own_user(actor)
 
-    def _record(self, record: AuditRecord) -> None:
-        try:
-            record_decision(self._store, record)
-        except Exception:
-            log.exception("module wire: could not write %s's %s to the audit log",
-                          record.plugin, record.decision)
+    def _record_later(self, record: AuditRecord) -> None:
+        """Queue ``record`` for the audit log, written by one writer task.
+
+        The task starts on the loop's next turn, after the answer is written (it
+        is, before that turn), so a slow store never holds an answer back; the
+        records decided meanwhile go into one commit (a task per record would
+        cost more than the commit).
+        """
+        self._unwritten.append(record)
+        if self._writer is None or self._writer.done():
+            self._writer = asyncio.get_running_loop().create_task(self._write_audit())
+
+    async def _write_audit(self) -> None:
+        while self._unwritten:
+            records, self._unwritten = self._unwritten, []
+            try:
+                await self._store.commit(Batch(audit=records))
+            except Exception:
+                log.exception("module wire: could not write %d decisions to the audit log "
+                              "(the first: plugin %r's %s)", len(records), records[0].plugin,
+                              records[0].decision)
+
+    def _in_flight(self) -> set[asyncio.Task[None]]:
+        """The requests being answered, and the audit writer while it runs."""
+        tasks = {task for connection in self.connections for task in connection.tasks}
+        if self._writer is not None and not self._writer.done():
+            tasks.add(self._writer)
+        return tasks
 
     async def drain(self, timeout_s: float = DRAIN_TIMEOUT_S) -> None:
-        """Wait until no request is in flight on any connection, at most ``timeout_s``."""
+        """Wait until no request is in flight on any connection and their audit records
+        are written, at most ``timeout_s``."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout_s
-        while tasks := {task for connection in self.connections for task in connection.tasks}:
+        while tasks := self._in_flight():
             remaining = deadline - loop.time()
             if remaining <= 0:
-                log.warning("module wire: stopping with %d requests unanswered after %g s",
-                            len(tasks), timeout_s)
+                log.warning("module wire: stopping with %d requests unanswered or audit "
+                            "records unwritten after %g s", len(tasks), timeout_s)
                 return
             await asyncio.wait(tasks, timeout=remaining)
 

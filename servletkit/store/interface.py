@@ -1,0 +1,88 @@
+"""What the container needs from durable storage: the :class:`Store` protocol and its values.
+
+Every method that may do I/O is a coroutine, so a networked store (PostgreSQL,
+for several container instances) implements the same protocol as the embedded
+SQLite file; callers always ``await`` them.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import TYPE_CHECKING, Protocol
+
+import attrs
+
+if TYPE_CHECKING:
+    from servletkit.store.units import Batch
+
+
+@attrs.frozen
+class ProcessedTransaction:
+    """A homeserver transaction as the store remembers it once it is handled.
+
+    ``digest`` stands for its content (see
+    :func:`servletkit.wires.appservice.wire.transaction_digest`); an empty
+    digest means "unknown" (recorded by a version that kept only ids).
+    """
+
+    txn_id: str
+    digest: str
+
+
+@attrs.frozen
+class AuditRecord:
+    """One decision as the audit log keeps it.
+
+    ``decision`` is ``"allow"``, ``"modify"`` or ``"veto"`` (or what a wire
+    did about it, e.g. ``"redacted"``); ``detail`` says why or what happened.
+    """
+
+    plugin: str | None
+    hook: str
+    decision: str
+    event_id: str | None = None
+    room_id: str | None = None
+    detail: str = ""
+    at: float = attrs.field(factory=time.time)
+
+
+class StoreClosedError(RuntimeError):
+    """The store was used after the container stopped (a plugin task outlived it)."""
+
+
+class Store(Protocol):
+    """Durable state: processed transactions, each plugin's data, the audit log.
+
+    Plugin data is JSON text under ``(plugin, key)``. A closed store raises
+    :class:`StoreClosedError` rather than opening again.
+    """
+
+    async def open(self) -> None:
+        """Connect and create what is missing; the container awaits it before the wires
+        listen. Opening an open store does nothing."""
+
+    async def close(self) -> None:
+        """Release the storage; the store is unusable after."""
+
+    async def processed_digest(self, txn_id: str) -> str | None:
+        """The digest of the committed transaction ``txn_id`` (within the kept window), or
+        ``None`` if no transaction with that id was committed."""
+
+    async def commit(self, batch: Batch, transaction: ProcessedTransaction | None = None) -> None:
+        """Write ``batch`` (and record ``transaction`` as processed, replacing an earlier
+        record of its id) atomically.
+
+        Closes ``batch`` (``batch.open = False``) before its first ``await``, so a
+        task that outlives the unit of work writes on its own instead of into a
+        batch already being written.
+        """
+
+    async def get(self, plugin: str, key: str) -> str | None:
+        """The committed JSON text stored by ``plugin`` under ``key``, or ``None``."""
+
+    async def items(self, plugin: str, prefix: str = "") -> list[tuple[str, str]]:
+        """The committed ``(key, JSON text)`` pairs of ``plugin`` whose key starts with
+        ``prefix``, sorted by key (one query, not one per key)."""
+
+    async def audit_log(self, limit: int = 100) -> list[AuditRecord]:
+        """The newest ``limit`` audit records, oldest first."""

@@ -1,0 +1,64 @@
+"""What a plugin gets as ``context.store``: its own durable key/value data."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from servletkit.store.interface import Store
+from servletkit.store.units import Batch, current_batch
+
+
+class PluginStore:
+    """One plugin's durable key/value data, as ``context.store``.
+
+    Keys are strings; values anything JSON can hold. Every method is awaited
+    (``await context.store.get(key)``), whichever store backs it, so a plugin
+    runs unchanged on the embedded SQLite file and on a networked store.
+
+    Inside a homeserver transaction (the appservice wire's unit of work, see
+    :mod:`servletkit.store.units`) writes are held until the transaction is
+    committed, and reads see them; elsewhere a write is durable when its
+    ``await`` returns.
+    """
+
+    def __init__(self, store: Store, plugin: str) -> None:
+        self._store = store
+        self._plugin = plugin
+
+    async def get(self, key: str, default: Any = None) -> Any:
+        """The value stored under ``key``, or ``default``."""
+        batch = current_batch()
+        if batch is not None and (self._plugin, key) in batch.writes:
+            text = batch.writes[(self._plugin, key)]
+        else:
+            text = await self._store.get(self._plugin, key)
+        return default if text is None else json.loads(text)
+
+    async def put(self, key: str, value: Any) -> None:
+        """Store ``value`` (JSON-serialisable) under ``key``, replacing what was there."""
+        if not isinstance(key, str):
+            raise TypeError(f"store keys must be str, got {type(key).__name__}")
+        await self._write(key, json.dumps(value))
+
+    async def delete(self, key: str) -> None:
+        """Forget ``key`` (no error if it is not there)."""
+        await self._write(key, None)
+
+    async def items(self, prefix: str = "") -> list[tuple[str, Any]]:
+        """Every ``(key, value)`` whose key starts with ``prefix``, sorted by key."""
+        found: dict[str, str | None] = dict(await self._store.items(self._plugin, prefix))
+        batch = current_batch()
+        if batch is not None:
+            for (plugin, key), text in batch.writes.items():
+                if plugin == self._plugin and key.startswith(prefix):
+                    found[key] = text
+        return [(key, json.loads(text)) for key, text in sorted(found.items())
+                if text is not None]
+
+    async def _write(self, key: str, text: str | None) -> None:
+        batch = current_batch()
+        if batch is not None:
+            batch.writes[(self._plugin, key)] = text
+        else:
+            await self._store.commit(Batch(writes={(self._plugin, key): text}))

@@ -1,0 +1,87 @@
+"""Units of work: what one homeserver transaction writes, committed at once.
+
+The appservice wire handles a homeserver transaction inside a :class:`Batch`:
+while it is current (a context variable, so it follows the hook calls and the
+tasks they start), plugin writes and audit records are held in memory,
+visible to reads in the same unit, and written in *one* commit together with
+the transaction's record (:meth:`Store.commit
+<servletkit.store.interface.Store.commit>`). So a transaction is recorded if
+and only if the data its events produced is; a crash before that commit loses
+both, and the homeserver resends the transaction. Writes outside a unit (a
+query hook, a background task after its unit ended) are committed at once.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+from collections.abc import Iterator
+from typing import TYPE_CHECKING
+
+import attrs
+
+from servletkit.hooks.decisions import Veto
+from servletkit.store.interface import AuditRecord, Store
+
+if TYPE_CHECKING:
+    from servletkit.hooks.dispatcher import Outcome
+
+
+@attrs.define(eq=False)
+class Batch:
+    """The writes and audit records of one unit of work, until it is committed.
+
+    ``writes`` maps ``(plugin, key)`` to the JSON text to store, or to ``None``
+    to delete the key. ``open`` is false once a store has begun committing it.
+    """
+
+    writes: dict[tuple[str, str], str | None] = attrs.field(factory=dict)
+    audit: list[AuditRecord] = attrs.field(factory=list)
+    open: bool = True
+
+
+_current_batch: contextvars.ContextVar[Batch | None] = contextvars.ContextVar(
+    "servletkit_store_batch", default=None
+)
+
+
+def current_batch() -> Batch | None:
+    """The unit of work the caller runs in, if one is open."""
+    batch = _current_batch.get()
+    return batch if batch is not None and batch.open else None
+
+
+@contextlib.contextmanager
+def unit_of_work(batch: Batch) -> Iterator[Batch]:
+    """Make ``batch`` the current unit of work inside the ``with`` block."""
+    token = _current_batch.set(batch)
+    try:
+        yield batch
+    finally:
+        _current_batch.reset(token)
+
+
+def audit_record(
+    outcome: Outcome,
+    event_id: str | None = None,
+    room_id: str | None = None,
+    detail: str | None = None,
+) -> AuditRecord:
+    """The audit record of an interception ``outcome`` that has a decision.
+
+    ``detail`` defaults to the Veto's reason (empty for Allow and Modify).
+    """
+    decision = outcome.decision
+    if detail is None:
+        detail = decision.reason if type(decision) is Veto else ""
+    return AuditRecord(outcome.decided_by, outcome.hook, type(decision).__name__.lower(),
+                       event_id, room_id, detail)
+
+
+async def record_decision(store: Store, record: AuditRecord) -> None:
+    """Add ``record`` to the current unit of work, or commit it at once if there is none."""
+    batch = current_batch()
+    if batch is not None:
+        batch.audit.append(record)
+    else:
+        await store.commit(Batch(audit=[record]))

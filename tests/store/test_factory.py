@@ -1,0 +1,40 @@
+"""The store a config names: the SQLite file by path; an unknown URL scheme refused."""
+
+from __future__ import annotations
+
+import pytest
+
+from servletkit.container.config import ConfigError, parse_config
+from servletkit.store import SqliteStore, store_from_config
+
+
+def test_path_chooses_the_sqlite_file_next_to_the_config(tmp_path):
+    """[store] path (relative to the config file) is the SQLite file, with its settings."""
+    config = parse_config({"store": {"path": "state/s.db", "synchronous": "full",
+                                     "transactions_kept": 5, "audit_kept": 7}},
+                          tmp_path / "servletkit.toml")
+    store = store_from_config(config)
+    assert isinstance(store, SqliteStore)
+    assert (store.path, store.synchronous, store.transactions_kept, store.audit_kept) == (
+        tmp_path / "state" / "s.db", "FULL", 5, 7)
+
+
+def test_the_default_is_servletkit_db(tmp_path):
+    """Without a [store] section the file is servletkit.db beside the config."""
+    store = store_from_config(parse_config({}, tmp_path / "servletkit.toml"))
+    assert isinstance(store, SqliteStore)
+    assert store.path == tmp_path / "servletkit.db"
+
+
+@pytest.mark.parametrize(("url", "named"), [
+    ("postgresql://servletkit:secret@db/servletkit", "the scheme 'postgresql'"),
+    ("servletkit.db", "a URL without a scheme"),
+])
+def test_an_unknown_url_is_refused_naming_the_key(tmp_path, url, named):
+    """A url no store answers to is a ConfigError naming store.url, without the password."""
+    config = parse_config({"store": {"url": url}}, tmp_path / "servletkit.toml")
+    with pytest.raises(ConfigError, match=r"store\.url") as caught:
+        store_from_config(config)
+    assert caught.value.key == "store.url"
+    assert named in caught.value.problem
+    assert "secret" not in str(caught.value)
