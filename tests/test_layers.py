@@ -2,8 +2,8 @@
 
 ``hooks`` ← ``store`` ← ``wires`` ← ``container`` ← ``dev`` ← ``testing``, and the CLI
 (``container/cli.py``) on top of them all. The config (``container/config.py``, which
-imports only the hook table) sits with the store: every layer above reads it; the Synapse module imports only what may run
-inside Synapse. Imports for type checkers
+imports only the hook table) sits with the store: every layer above reads it. The
+Synapse module imports only what may run inside Synapse. Imports for type checkers
 (under ``if TYPE_CHECKING:``) are not run and may name anything.
 """
 
