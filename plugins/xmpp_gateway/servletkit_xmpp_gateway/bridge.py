@@ -60,7 +60,7 @@ class Bridge(OutboundRelay, InboundRelay):
         self.link = ComponentLink(config, {
             "groupchat_message": self.xmpp_groupchat,
             "message": self.xmpp_direct,
-            "presence": self.xmpp_presence,
+            "groupchat_presence": self.xmpp_presence,
         }, self._online, self._offline, self.log)
         self.xmpp: ComponentXMPP | None = None
         # per connection (rebuilt after each reconnect): who is in each MUC
