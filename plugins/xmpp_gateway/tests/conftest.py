@@ -12,14 +12,14 @@ from pathlib import Path
 
 import httpx
 import pytest
+from servletkit_xmpp_gateway.prosody import ProsodyServer, start_prosody
+from servletkit_xmpp_gateway.testing import MatrixUser, XmppUser
 
 from servletkit.container.config import load_config
 from servletkit.container.snippets import dump_yaml, registration
 from servletkit.dev.embedded_synapse import stop_process
 from servletkit.testing import only_plugins, plugins_toml
 from servletkit.testing.synapse import SynapseServer, free_port, start_synapse
-from servletkit_xmpp_gateway.prosody import ProsodyServer, start_prosody
-from servletkit_xmpp_gateway.testing import MatrixUser, XmppUser
 
 XMPP_USERS = {"human": "humanpass", "bob": "bobpass", "carol": "carolpass"}
 COMPONENT = "matrix.localhost"

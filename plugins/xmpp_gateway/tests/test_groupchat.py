@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import pytest
-
 from servletkit_xmpp_gateway.testing import eventually
 
 pytestmark = pytest.mark.integration
