@@ -98,6 +98,7 @@ class MatrixUser:
     def __init__(self, http: httpx.AsyncClient, user_id: str) -> None:
         self.http = http
         self.user_id = user_id
+        self._since: str | None = None
 
     async def call(self, method: str, path: str, body: Any = None, **params: Any) -> Any:
         """One request; fails the test on a non-2xx answer."""
@@ -142,8 +143,13 @@ class MatrixUser:
         return (await eventually(found, within))[0]
 
     async def invites(self) -> list[str]:
-        """Room IDs this user is invited to now."""
-        sync = await self.call("GET", "/sync", timeout=0)
+        """Room IDs this user has been invited to since the last call (incremental
+        ``/sync``: Synapse caches an identical initial sync for minutes)."""
+        params: dict[str, Any] = {"timeout": 0}
+        if self._since is not None:
+            params["since"] = self._since
+        sync = await self.call("GET", "/sync", **params)
+        self._since = sync["next_batch"]
         return list(sync.get("rooms", {}).get("invite", {}))
 
 

@@ -32,3 +32,46 @@ async def test_room_on_demand_and_messages_both_ways(gateway, matrix_user, xmpp_
     bodies = [e["content"]["body"] for e in await alice.messages(room_id)]
     assert bodies.count("hello from Matrix") == 1 and bodies.count("hello from XMPP") == 1
     assert len(human.messages(lambda m: m["body"] == "hello from Matrix")) == 1
+
+
+async def test_formatted_messages_both_ways(gateway, matrix_user, xmpp_user) -> None:
+    """Matrix HTML arrives as XHTML-IM with a plain body; XHTML-IM arrives as Matrix HTML."""
+    room = "styles@conference.localhost"
+    dora = await matrix_user("Dora")
+    room_id = await dora.join("#_xmpp_styles_conference.localhost:localhost")
+    human = await xmpp_user("human")
+    await human.join(room, "human")
+    await eventually(lambda: "Dora" in human.occupants(room))
+
+    await dora.send(room_id, "this is bold", html="this is <b>bold</b><br>")
+    got = await human.wait_message(lambda m: m["body"] == "this is bold")
+    assert got["html"]["body"] == "this is <strong>bold</strong><br />"
+
+    human.say(room, "and this is emphasised", xhtml="and this is <em>emphasised</em>")
+    event = await dora.wait_message(room_id, lambda e: e["content"]["body"]
+                                    == "and this is emphasised")
+    assert event["content"]["format"] == "org.matrix.custom.html"
+    assert event["content"]["formatted_body"] == "and this is <em>emphasised</em>"
+
+
+async def test_nick_conflict_gets_a_suffix_and_the_matrix_user_is_told(
+        gateway, matrix_user, xmpp_user) -> None:
+    """A Matrix user whose name is taken in the MUC joins as 'Name (2)' and gets a notice."""
+    room = "clash@conference.localhost"
+    bob = await xmpp_user("bob")
+    await bob.join(room, "Carol")
+    carol = await matrix_user("Carol")
+    room_id = await carol.join("#_xmpp_clash_conference.localhost:localhost")
+
+    await eventually(lambda: "Carol (2)" in bob.occupants(room))
+    notice = await carol.wait_message(room_id, lambda e: e["content"]["msgtype"] == "m.notice")
+    assert carol.user_id in notice["content"]["body"] and "'Carol (2)'" in notice["content"]["body"]
+
+    await carol.send(room_id, "which Carol am I?")
+    got = await bob.wait_message(lambda m: m["body"] == "which Carol am I?")
+    assert got["from"].resource == "Carol (2)"
+    # the XMPP Carol is a virtual user of her own, named after her nick; nobody twice
+    members = await carol.members(room_id)
+    assert sorted(name for name in members.values() if name and "Carol" in name) == [
+        "Carol", "Carol"]
+    assert len(members) == 3  # the gateway's bot, the Matrix Carol, the XMPP Carol
