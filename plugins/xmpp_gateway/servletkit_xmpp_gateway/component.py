@@ -102,6 +102,8 @@ class ComponentLink:
                 await ended.wait()
                 self.xmpp = None
                 self.on_offline()
+                if self._closing:
+                    break
                 self.log.warning("XMPP connection lost; reconnecting in %.1f s", delay)
             else:
                 self.log.warning("cannot connect to %s:%d as %s; retrying in %.1f s",
