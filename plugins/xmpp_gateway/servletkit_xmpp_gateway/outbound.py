@@ -66,6 +66,26 @@ class OutboundRelay:
                                   f"XMPP users see you as {nick!r}.")
         return nick
 
+    async def change_nick(self: Bridge, muc: str, room_id: str, user_id: str,
+                          wanted: str) -> None:
+        """Change the nick of ``user_id``'s puppet in ``muc`` to ``wanted`` (or a free variant)."""
+        assert self.xmpp is not None
+        current = self.puppets[(muc, user_id)]
+        occupants = self.occupants.setdefault(muc, {})
+        nick = names.free_nick(wanted, (set(occupants) | {self.config.bot_nick}) - {current})
+        jid = names.puppet_jid(user_id, self.server_name, self.config.component_jid)
+        ours = self.our_nicks.setdefault(muc, set())
+        ours.add(nick)
+        self.xmpp.send_presence(pto=JID(f"{muc}/{nick}"), pfrom=JID(f"{jid}/matrix"))
+        ours.discard(current)
+        occupants.pop(current, None)
+        occupants[nick] = jid
+        self.puppets[(muc, user_id)] = nick
+        await self.store.put(f"member/{room_id}/{user_id}", nick)
+        if nick != wanted:
+            await self.notice(room_id, f"{user_id}: the nick {wanted!r} is taken in {muc}; "
+                              f"XMPP users see you as {nick!r}.")
+
     async def leave_puppet(self: Bridge, muc: str, room_id: str, user_id: str) -> None:
         """Take ``user_id``'s puppet out of ``muc`` and forget it."""
         assert self.xmpp is not None
@@ -88,9 +108,14 @@ class OutboundRelay:
         if kind == "leave":
             await self.leave_puppet(muc, room_id, user_id)
             return
-        if (muc, user_id) not in self.puppets:  # (nick changes are part 2 of the issue)
+        if (muc, user_id) not in self.puppets:
             wanted = await self._wanted_nick(room_id, user_id, op.get("displayname"))
             await self.join_puppet(muc, room_id, user_id, wanted)
+        elif kind == "join":  # already in: a display name change
+            wanted = await self._wanted_nick(room_id, user_id, op.get("displayname"))
+            current = self.puppets[(muc, user_id)]
+            if current != wanted and not current.startswith(f"{wanted[:names.NICK_MAX - 6]} ("):
+                await self.change_nick(muc, room_id, user_id, wanted)
         if kind == "join":
             return
         await self._say(muc, user_id, op)
