@@ -102,16 +102,31 @@ class Bridge(OutboundRelay, InboundRelay):
         self._offline()
         self.xmpp = xmpp
         self.rooms = {k.removeprefix("room/"): v for k, v in await self.store.items("room/")}
-        for muc in self.config.rooms:
-            try:
-                await self.ensure_room(muc)
-            except Exception as exc:  # the homeserver may be down; next session tries again
-                self.log.warning("cannot bridge %s from the config yet: %s", muc, exc)
         for muc, room_id in list(self.rooms.items()):
             await self.join_bot(muc)
             for member_key, nick in await self.store.items(f"member/{room_id}/"):
                 await self.join_puppet(muc, room_id, member_key.rsplit("/", 1)[1], nick)
         self._out_wake.set()
+        if set(self.config.rooms) - set(self.rooms):
+            self._tasks.append(asyncio.get_running_loop().create_task(
+                self._bridge_configured(xmpp), name="xmpp-configured-rooms"))
+
+    async def _bridge_configured(self, session: ComponentXMPP) -> None:
+        """Bridge the rooms of ``rooms`` that are not yet, retrying while the homeserver
+        is not there (it may start after the container), for as long as ``session`` lasts."""
+        delay = self.config.reconnect_min
+        while self.xmpp is session:
+            missing = [muc for muc in self.config.rooms if muc not in self.rooms]
+            if not missing:
+                return
+            try:
+                for muc in missing:
+                    await self.ensure_room(muc)
+            except Exception as exc:
+                self.log.info("cannot bridge %s from the config yet (%s); retrying in %.1f s",
+                              missing, exc, delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, self.config.reconnect_max)
 
     def _offline(self) -> None:
         self.xmpp = None

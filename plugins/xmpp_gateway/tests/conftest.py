@@ -24,6 +24,7 @@ from servletkit.testing.synapse import SynapseServer, free_port, start_synapse
 XMPP_USERS = {"human": "humanpass", "bob": "bobpass", "carol": "carolpass"}
 COMPONENT = "matrix.localhost"
 MUC = "conference.localhost"
+CONFIGURED_ROOM = f"configured@{MUC}"  # bridged by the gateway's config, not on demand
 
 
 class Gateway:
@@ -43,7 +44,8 @@ class Gateway:
         """The container's config: appservice namespaces and the gateway's table."""
         table = {"component_jid": COMPONENT, "component_secret": self.prosody.secret,
                  "xmpp_host": "127.0.0.1", "xmpp_port": self.prosody.component_port,
-                 "muc_domain": MUC, "reconnect_max": 1.0, "timeout_ms": 10000}
+                 "muc_domain": MUC, "reconnect_max": 1.0, "timeout_ms": 10000,
+                 "rooms": [CONFIGURED_ROOM]}
         self.config_path.write_text("\n".join([
             f'[server]\nhost = "127.0.0.1"\nport = {self.port}',
             f'[homeserver]\nurl = "http://127.0.0.1:{self.hs_port}"\nserver_name = "localhost"',

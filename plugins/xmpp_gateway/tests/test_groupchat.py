@@ -82,3 +82,18 @@ async def test_nick_conflict_gets_a_suffix_and_the_matrix_user_is_told(
     assert sorted(name for name in members.values() if name and "Carol" in name) == [
         "Carol", "Carol"]
     assert len(members) == 3  # the gateway's bot, the Matrix Carol, the XMPP Carol
+
+
+async def test_a_room_bridged_by_configuration_exists_from_the_start(
+        gateway, matrix_user, xmpp_user) -> None:
+    """`rooms` in the config: the alias resolves and the gateway is in the MUC unasked."""
+    human = await xmpp_user("human")
+    await human.join("configured@conference.localhost", "human")
+    await eventually(lambda: "Matrix" in human.occupants("configured@conference.localhost"))
+    ivy = await matrix_user("Ivy")
+    alias = "%23_xmpp_configured_conference.localhost%3Alocalhost"
+    resolved = await ivy.call("GET", f"/directory/room/{alias}")
+    room_id = await ivy.join("#_xmpp_configured_conference.localhost:localhost")
+    assert resolved["room_id"] == room_id
+    human.say("configured@conference.localhost", "configured and working")
+    await ivy.wait_message(room_id, lambda e: e["content"]["body"] == "configured and working")
