@@ -48,3 +48,27 @@ async def test_prosody_restart_loses_and_doubles_nothing(gateway, matrix_user,
     bodies = [e["content"]["body"] for e in await gina.messages(room_id)]
     assert bodies.count("after the restart") == 1
     assert bodies.count("while down 1") == 1 and bodies.count("while down 2") == 1
+
+
+async def test_synapse_down_delays_xmpp_messages_and_loses_none(gateway, matrix_user,
+                                                                xmpp_user) -> None:
+    """What XMPP says while the homeserver is down reaches Matrix once, in order, after."""
+    room, alias = "outage@conference.localhost", "#_xmpp_outage_conference.localhost:localhost"
+    jo = await matrix_user("Jo")
+    room_id = await jo.join(alias)
+    human = await xmpp_user("human")
+    await human.join(room, "human")
+    await eventually(lambda: "Jo" in human.occupants(room))
+
+    gateway.synapse.stop()
+    human.say(room, "during the outage 1")
+    human.say(room, "during the outage 2")
+    await asyncio.sleep(1.0)  # the gateway keeps them and retries
+    await asyncio.to_thread(lambda: (gateway.synapse.spawn(), gateway.synapse.wait_ready(60)))
+
+    await jo.wait_message(room_id, lambda e: e["content"]["body"] == "during the outage 2",
+                          within=30)
+    await asyncio.sleep(1.0)  # time for a duplicate to show up, if there were one
+    bodies = [e["content"]["body"] for e in await jo.messages(room_id)]
+    assert [b for b in bodies if b.startswith("during the outage")] == [
+        "during the outage 1", "during the outage 2"]
