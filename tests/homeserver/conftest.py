@@ -35,7 +35,7 @@ REGISTRATION = {
 
 # Messages are rate limited (the appservice is too, ``rate_limited: true``) so that
 # a burst of sends meets real 429s; everything else stays relaxed.
-RC_MESSAGE = {"per_second": 10, "burst_count": 3}
+RC_MESSAGE = {"per_second": 2, "burst_count": 3}  # slow enough to hit on a loaded machine
 
 
 @pytest.fixture(scope="session")
