@@ -26,6 +26,7 @@ import contextlib
 import itertools
 import time
 from typing import TYPE_CHECKING, Any
+from urllib.parse import quote
 
 import httpx
 
@@ -104,6 +105,7 @@ class Bridge(OutboundRelay, InboundRelay):
         self.rooms = {k.removeprefix("room/"): v for k, v in await self.store.items("room/")}
         for muc, room_id in list(self.rooms.items()):
             await self.join_bot(muc)
+            await self._drop_ghosts(muc, room_id)
             for member_key, nick in await self.store.items(f"member/{room_id}/"):
                 await self.join_puppet(muc, room_id, member_key.rsplit("/", 1)[1], nick)
         self._out_wake.set()
@@ -127,6 +129,27 @@ class Bridge(OutboundRelay, InboundRelay):
                               missing, exc, delay)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, self.config.reconnect_max)
+
+    async def _drop_ghosts(self, muc: str, room_id: str) -> None:
+        """After (re)joining ``muc``: virtual users of people no longer in it leave Matrix.
+
+        The occupants are complete once the join returned (the MUC sends them before
+        the gateway's own presence); whoever left while the gateway was away would
+        otherwise stay in the Matrix room for ever.
+        """
+        present = {names.virtual_localpart(self.config.user_prefix, address)
+                   for address in self.occupants.get(muc, {}).values()}
+        try:
+            joined = await self.hs.request("GET", f"/_matrix/client/v3/rooms/"
+                                           f"{quote(room_id, safe='')}/joined_members")
+        except Exception as exc:  # the homeserver may be down: try at the next session
+            self.log.info("cannot check %s for departed XMPP users: %s", room_id, exc)
+            return
+        for user_id in joined.get("joined", {}):
+            localpart = user_id[1:].split(":", 1)[0]
+            address = names.xmpp_address_of(self.config.user_prefix, localpart)
+            if self.is_ours(user_id) and address and localpart not in present:
+                self.queue_in({"op": "leave", "muc": muc, "address": address})
 
     def _offline(self) -> None:
         self.xmpp = None
