@@ -1,0 +1,127 @@
+"""The XMPP side: one XEP-0114 external component connection, kept up with backoff.
+
+:class:`ComponentLink` owns the connection. Each attempt builds a fresh
+:class:`slixmpp.ComponentXMPP` (so no stale MUC state survives a reconnect),
+waits for the handshake, reports it with ``on_online(xmpp)``, waits for the
+stream to end, reports ``on_offline()``, sleeps (doubling from
+``reconnect_min`` to ``reconnect_max`` seconds, reset by a good session) and
+tries again, until :meth:`ComponentLink.close`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from slixmpp.componentxmpp import ComponentXMPP
+
+from servletkit_xmpp_gateway.config import GatewayConfig
+
+Handler = Callable[[Any], None]
+HANDSHAKE_TIMEOUT = 10.0
+
+
+class ComponentLink:
+    """Keeps the gateway's component connected; calls back when it is up or down.
+
+    ``handlers`` maps slixmpp event names (``groupchat_message``, ``message``,
+    ``presence``) to callbacks installed on every new connection.
+    """
+
+    def __init__(
+        self,
+        config: GatewayConfig,
+        handlers: dict[str, Handler],
+        on_online: Callable[[ComponentXMPP], Awaitable[None]],
+        on_offline: Callable[[], None],
+        log: logging.Logger,
+    ) -> None:
+        self.config = config
+        self.handlers = handlers
+        self.on_online = on_online
+        self.on_offline = on_offline
+        self.log = log
+        self.xmpp: ComponentXMPP | None = None  # the live connection, while online
+        self.sessions = 0  # handshakes completed so far (tests and logs read it)
+        self._task: asyncio.Task[None] | None = None
+        self._closing = False
+
+    def start(self) -> None:
+        """Start connecting in the background (returns at once)."""
+        self._task = asyncio.get_running_loop().create_task(self._run(), name="xmpp-link")
+
+    async def close(self) -> None:
+        """Close the stream (if up) and stop reconnecting."""
+        self._closing = True
+        xmpp = self.xmpp
+        if xmpp is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(xmpp.disconnect(wait=1.0), 2.0)
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+    def _new_component(self) -> ComponentXMPP:
+        cfg = self.config
+        xmpp = ComponentXMPP(cfg.component_jid, cfg.component_secret,
+                             host=cfg.xmpp_host, port=cfg.xmpp_port)
+        xmpp.register_plugin("xep_0030")
+        xmpp.register_plugin("xep_0045", {"multi_from": True})
+        xmpp.register_plugin("xep_0071")
+        xmpp.register_plugin("xep_0199")
+        for event, handler in self.handlers.items():
+            xmpp.add_event_handler(event, handler)
+        return xmpp
+
+    async def _run(self) -> None:
+        delay = self.config.reconnect_min
+        while not self._closing:
+            xmpp = self._new_component()
+            ended = asyncio.Event()
+            started = asyncio.Event()
+            xmpp.add_event_handler("session_start", lambda _e, s=started: s.set())
+            xmpp.add_event_handler("disconnected", lambda _e, e=ended: e.set())
+            xmpp.add_event_handler("connection_failed", lambda _e, e=ended: e.set())
+            xmpp.connect(self.config.xmpp_host, self.config.xmpp_port)
+            online = await self._first(started, ended)
+            if online:
+                self.xmpp = xmpp
+                self.sessions += 1
+                delay = self.config.reconnect_min
+                self.log.info("connected to %s:%d as component %s", self.config.xmpp_host,
+                              self.config.xmpp_port, self.config.component_jid)
+                try:
+                    await self.on_online(xmpp)
+                except Exception:
+                    self.log.exception("setting up the XMPP session failed; reconnecting")
+                    xmpp.abort()
+                await ended.wait()
+                self.xmpp = None
+                self.on_offline()
+                if self._closing:
+                    break
+                self.log.warning("XMPP connection lost; reconnecting in %.1f s", delay)
+            else:
+                self.log.warning("cannot connect to %s:%d as %s; retrying in %.1f s",
+                                 self.config.xmpp_host, self.config.xmpp_port,
+                                 self.config.component_jid, delay)
+            xmpp.cancel_connection_attempt()
+            xmpp.abort()
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, self.config.reconnect_max)
+
+    @staticmethod
+    async def _first(started: asyncio.Event, ended: asyncio.Event) -> bool:
+        """Wait for the handshake or the end of the attempt; ``True`` if online."""
+        waiters = [asyncio.ensure_future(started.wait()), asyncio.ensure_future(ended.wait())]
+        try:
+            await asyncio.wait(waiters, timeout=HANDSHAKE_TIMEOUT,
+                               return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for waiter in waiters:
+                waiter.cancel()
+        return started.is_set() and not ended.is_set()

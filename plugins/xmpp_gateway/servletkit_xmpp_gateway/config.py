@@ -1,0 +1,75 @@
+"""The gateway's settings: its ``[plugins.xmpp_gateway]`` table, checked once at init."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import attrs
+
+TABLE = "[plugins.xmpp_gateway]"
+
+
+class GatewayConfigError(ValueError):
+    """A key of the plugin's table is missing or has the wrong type; names the key."""
+
+
+@attrs.frozen
+class GatewayConfig:
+    """What the gateway needs to know about both networks.
+
+    ``component_jid``/``component_secret``/``xmpp_host``/``xmpp_port``: the
+    XEP-0114 external component the gateway connects as. ``muc_domain``: the
+    MUC service whose rooms are bridged. ``alias_prefix``/``user_prefix``: the
+    Matrix namespaces (``#{alias_prefix}{room}_{muc_domain}:server``,
+    ``@{user_prefix}…:server``). ``bot_nick``: the gateway's own occupant in
+    each bridged MUC. ``rooms``: MUC room JIDs bridged from the start.
+    ``reconnect_min``/``reconnect_max``: the backoff bounds (seconds).
+    """
+
+    component_jid: str
+    component_secret: str
+    muc_domain: str
+    xmpp_host: str = "127.0.0.1"
+    xmpp_port: int = 5347
+    alias_prefix: str = "_xmpp_"
+    user_prefix: str = "_xmpp_"
+    bot_nick: str = "Matrix"
+    rooms: tuple[str, ...] = ()
+    reconnect_min: float = 0.2
+    reconnect_max: float = 30.0
+
+    @classmethod
+    def from_table(cls, table: Mapping[str, Any]) -> GatewayConfig:
+        """Parse the plugin's table; raise :class:`GatewayConfigError` naming the bad key."""
+        values: dict[str, Any] = {}
+        for field in attrs.fields(cls):
+            if field.name not in table:
+                if field.default is attrs.NOTHING:
+                    raise GatewayConfigError(
+                        f"{TABLE} {field.name}: required, e.g. {_EXAMPLES[field.name]}")
+                continue
+            values[field.name] = _checked(field.name, table[field.name], field.default)
+        return cls(**values)
+
+
+_EXAMPLES = {
+    "component_jid": 'component_jid = "matrix.example.org"',
+    "component_secret": 'component_secret = "the secret in the XMPP server\'s Component block"',
+    "muc_domain": 'muc_domain = "conference.example.org"',
+}
+
+
+def _checked(key: str, value: Any, default: Any) -> Any:
+    """``value`` converted to the type of ``default`` (str, int, float or a str list)."""
+    expected: type = str if default is attrs.NOTHING else type(default)
+    if expected is tuple:
+        if not (isinstance(value, list) and all(isinstance(v, str) for v in value)):
+            raise GatewayConfigError(f"{TABLE} {key}: must be a list of strings, got {value!r}")
+        return tuple(value)
+    if expected is float and isinstance(value, int | float) and not isinstance(value, bool):
+        return float(value)
+    if not isinstance(value, expected) or isinstance(value, bool):
+        raise GatewayConfigError(f"{TABLE} {key}: must be {expected.__name__}, "
+                                 f"got {value!r} ({type(value).__name__})")
+    return value

@@ -1,0 +1,224 @@
+"""XMPP → Matrix: occupants as virtual users, their messages, DMs (a mixin of :class:`Bridge`).
+
+The component's callbacks (plain functions, called by slixmpp) only decide
+whether a stanza matters and queue an operation (:meth:`Bridge.queue_in`);
+:meth:`InboundRelay.apply_in` carries it out against the homeserver later.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from typing import TYPE_CHECKING, Any
+
+from slixmpp import JID
+
+from servletkit.wires.appservice.homeserver import MatrixRequestError
+from servletkit_xmpp_gateway import names
+from servletkit_xmpp_gateway.formatting import matrix_content, xhtml_to_html
+
+if TYPE_CHECKING:
+    from servletkit import Event
+    from servletkit_xmpp_gateway.bridge import Bridge
+
+STATUS_SELF = 110
+STATUS_NICK_CHANGED = 303
+
+
+class InboundRelay:
+    """What the gateway does on the Matrix side for XMPP users."""
+
+    # -- callbacks from slixmpp (sync; they only queue) ---------------------------
+
+    def _ours_in_muc(self: Bridge, muc: str, nick: str, real: JID) -> bool:
+        return (nick == self.config.bot_nick or nick in self.our_nicks.get(muc, set())
+                or real.domain == self.config.component_jid)
+
+    def xmpp_presence(self: Bridge, pres: Any) -> None:
+        """An occupant came, went or changed nick in a bridged MUC."""
+        sender: JID = pres["from"]
+        muc, nick = sender.bare, sender.resource
+        if (str(pres["to"]) != self.bot_jid or muc not in self.rooms or not nick
+                or pres["type"] == "error"):
+            return
+        codes = pres["muc"]["status_codes"]
+        real: JID = pres["muc"]["jid"]
+        room = self.occupants.setdefault(muc, {})
+        if STATUS_SELF in codes or self._ours_in_muc(muc, nick, real):
+            return
+        address = room.get(nick) or (real.bare if real.bare else f"{muc}/{nick}")
+        if pres["type"] == "unavailable":
+            room.pop(nick, None)
+            if STATUS_NICK_CHANGED in codes:
+                new = pres["muc"]["item_nick"]
+                new_address = address if real.bare else f"{muc}/{new}"
+                room[new] = new_address
+                self.queue_in({"op": "rename", "muc": muc, "address": address,
+                               "new_address": new_address, "nick": new})
+            else:
+                self.queue_in({"op": "leave", "muc": muc, "address": address})
+        elif nick not in room:
+            room[nick] = address
+            self.queue_in({"op": "join", "muc": muc, "address": address, "nick": nick})
+
+    def xmpp_groupchat(self: Bridge, msg: Any) -> None:
+        """A message in a bridged MUC (one copy per occupant we have: take the bot's)."""
+        sender: JID = msg["from"]
+        muc, nick = sender.bare, sender.resource
+        if (str(msg["to"]) != self.bot_jid or muc not in self.rooms or not nick
+                or not msg["body"] or msg.get_plugin("delay", check=True) is not None
+                or self._ours_in_muc(muc, nick, JID())):
+            return
+        address = self.occupants.get(muc, {}).get(nick, f"{muc}/{nick}")
+        self.queue_in({"op": "msg", "muc": muc, "nick": nick, "address": address,
+                       "body": msg["body"], "html": _html_of(msg),
+                       "id": msg["id"] or ""})
+
+    def xmpp_direct(self: Bridge, msg: Any) -> None:
+        """A 1:1 message from an XMPP user to a Matrix user's address."""
+        if msg["type"] not in ("chat", "normal") or not msg["body"]:
+            return
+        sender: JID = msg["from"]
+        user_id = names.user_of_puppet(str(msg["to"].bare), self.server_name,
+                                       self.config.component_jid)
+        if (user_id is None or sender.domain == self.config.component_jid
+                or sender.bare in self.rooms):
+            return
+        self.queue_in({"op": "dm", "address": sender.bare, "user": user_id,
+                       "body": msg["body"], "html": _html_of(msg), "id": msg["id"] or ""})
+
+    # -- applying to Matrix ----------------------------------------------------------
+
+    async def apply_in(self: Bridge, op: dict[str, Any]) -> None:
+        """Carry out one queued XMPP → Matrix operation."""
+        kind = op["op"]
+        if kind == "dm":
+            await self._dm_in(op)
+            return
+        room_id = self.rooms.get(op["muc"]) or await self.store.get(f"room/{op['muc']}")
+        if room_id is None:
+            return
+        if kind == "join":
+            await self.join_matrix(room_id, await self.virtual(op["address"], op["nick"]))
+        elif kind == "leave":
+            await self.leave_matrix(room_id, op["address"])
+        elif kind == "rename":
+            if op["new_address"] != op["address"]:
+                await self.leave_matrix(room_id, op["address"])
+            user = await self.virtual(op["new_address"], op["nick"])
+            await self.join_matrix(room_id, user)
+        elif kind == "msg":
+            user = await self.virtual(op["address"], op["nick"])
+            await self.join_matrix(room_id, user)
+            await self.hs.as_user(user).send_message(
+                room_id, _content(op), txn_id=_txn_id(op["muc"], op))
+
+    async def _dm_in(self: Bridge, op: dict[str, Any]) -> None:
+        address, target = op["address"], op["user"]
+        user = await self.virtual(address, address)
+        room_id = await self.store.get(f"dmroom/{address}/{target}")
+        if room_id is None:
+            room_id = await self.hs.as_user(user).create_room(
+                preset="trusted_private_chat", is_direct=True, invite=[target],
+                name=address)
+            await self.map_dm(room_id, address, target)
+            self._joined_matrix.add((room_id, user))
+        await self.hs.as_user(user).send_message(room_id, _content(op),
+                                                 txn_id=_txn_id(address, op))
+
+    async def map_dm(self: Bridge, room_id: str, address: str, user_id: str) -> None:
+        """Remember that ``room_id`` is the DM of XMPP ``address`` and Matrix ``user_id``."""
+        await self.store.put(f"dm/{room_id}", {"xmpp": address, "matrix": user_id})
+        await self.store.put(f"dmroom/{address}/{user_id}", room_id)
+
+    def refuse_in(self: Bridge, op: dict[str, Any], exc: Exception) -> None:
+        """Tell an XMPP sender that their message did not reach Matrix."""
+        if self.xmpp is None or op["op"] not in ("msg", "dm"):
+            return
+        if op["op"] == "msg":
+            to, sender = f"{op['muc']}/{op['nick']}", self.bot_jid
+        else:
+            to = op["address"]
+            sender = names.puppet_jid(op["user"], self.server_name, self.config.component_jid)
+        reason = getattr(exc, "error", None) or type(exc).__name__
+        self.xmpp.send_message(mto=JID(to), mfrom=JID(sender), mtype="chat",
+                               mbody=f"Your message did not reach Matrix: {reason}")
+
+    # -- virtual users -----------------------------------------------------------------
+
+    async def virtual(self: Bridge, address: str, displayname: str) -> str:
+        """The virtual user standing for XMPP ``address``, registered, named ``displayname``."""
+        localpart = names.virtual_localpart(self.config.user_prefix, address)
+        user_id = f"@{localpart}:{self.server_name}"
+        if user_id not in self._profiles:
+            await self.hs.register(localpart)
+        if self._profiles.get(user_id) != displayname:
+            await self.hs.as_user(user_id).set_displayname(displayname)
+            self._profiles[user_id] = displayname
+        return user_id
+
+    async def join_matrix(self: Bridge, room_id: str, user_id: str) -> None:
+        """Join virtual ``user_id`` to ``room_id`` (the bot invites it if it must)."""
+        if (room_id, user_id) in self._joined_matrix:
+            return
+        try:
+            await self.hs.as_user(user_id).join(room_id)
+        except MatrixRequestError as exc:
+            if exc.status != 403:
+                raise
+            await self.hs.invite(room_id, user_id)
+            await self.hs.as_user(user_id).join(room_id)
+        self._joined_matrix.add((room_id, user_id))
+
+    async def leave_matrix(self: Bridge, room_id: str, address: str) -> None:
+        """Take the virtual user of ``address`` out of ``room_id``."""
+        localpart = names.virtual_localpart(self.config.user_prefix, address)
+        user_id = f"@{localpart}:{self.server_name}"
+        self._joined_matrix.discard((room_id, user_id))
+        try:
+            await self.hs.as_user(user_id).leave(room_id)
+        except MatrixRequestError as exc:
+            self.log.info("%s could not leave %s: %s", user_id, room_id, exc)
+
+    async def query_user(self: Bridge, user_id: str) -> bool | None:
+        """``on_query_user``: a virtual user exists if its localpart names an XMPP address."""
+        localpart, _, server = user_id[1:].partition(":")
+        address = names.xmpp_address_of(self.config.user_prefix, localpart)
+        if server != self.server_name or address is None or "@" not in address:
+            return None
+        await self.virtual(address, address)
+        return True
+
+    async def virtual_membership(self: Bridge, event: Event) -> None:
+        """A Matrix user invited an XMPP user's virtual user: that room becomes their DM."""
+        if (event.content.get("membership") != "invite" or self.is_ours(event.sender)
+                or event.state_key is None or event.state_key == self.hs.user_id):
+            return
+        localpart = event.state_key[1:].split(":", 1)[0]
+        address = names.xmpp_address_of(self.config.user_prefix, localpart)
+        if address is None or "@" not in address or "/" in address:
+            return
+        await self.hs.as_user(event.state_key).join(event.room_id)
+        self._joined_matrix.add((event.room_id, event.state_key))
+        await self.map_dm(event.room_id, address, event.sender)
+
+
+def _html_of(msg: Any) -> str | None:
+    """The XHTML-IM body of ``msg`` as Matrix HTML, if it has one."""
+    if msg.xml.find("{http://jabber.org/protocol/xhtml-im}html") is None:
+        return None
+    return xhtml_to_html(msg["html"]["body"]) or None
+
+
+def _content(op: dict[str, Any]) -> dict[str, str]:
+    body: str = op["body"]
+    if body.startswith("/me "):
+        content = matrix_content(body[4:], op.get("html"))
+        content["msgtype"] = "m.emote"
+        return content
+    return matrix_content(body, op.get("html"))
+
+
+def _txn_id(scope: str, op: dict[str, Any]) -> str:
+    """A transaction id that is the same each time this XMPP message is relayed."""
+    identity = f"{scope}|{op.get('address')}|{op.get('id') or op['key']}"
+    return "xmpp-" + hashlib.sha256(identity.encode()).hexdigest()[:32]

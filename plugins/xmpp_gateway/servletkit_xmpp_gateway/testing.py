@@ -1,0 +1,168 @@
+"""Test kit for the gateway: an XMPP user and a Matrix user that talk through it.
+
+Both are real clients: :class:`XmppUser` is a slixmpp ``ClientXMPP`` logging in
+over plain TCP on loopback; :class:`MatrixUser` speaks the client-server API
+with httpx. Their ``wait_*`` methods poll or wait with a bound, and fail the
+test with what they saw.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import Callable
+from typing import Any
+from urllib.parse import quote
+
+import httpx
+from slixmpp import JID, ClientXMPP
+
+WAIT = 15.0
+
+
+class XmppUser(ClientXMPP):
+    """A human on XMPP: logs in, joins MUCs, keeps every message it receives."""
+
+    def __init__(self, jid: str, password: str) -> None:
+        # unencrypted SCRAM on loopback (slixmpp refuses it by default and then hangs)
+        super().__init__(jid, password,
+                         plugin_config={"feature_mechanisms": {"unencrypted_scram": True}})
+        self.enable_plaintext = True
+        self.enable_starttls = False
+        self.enable_direct_tls = False
+        for plugin in ("xep_0030", "xep_0045", "xep_0071", "xep_0199"):
+            self.register_plugin(plugin)
+        self.received: list[Any] = []
+        self.failure: str | None = None
+        self._started = asyncio.Event()
+        self.add_event_handler("session_start", self._on_start)
+        self.add_event_handler("message", self.received.append)
+        for event in ("failed_all_auth", "no_auth"):
+            self.add_event_handler(event, lambda _e, ev=event: self._fail(ev))
+
+    def _fail(self, why: str) -> None:
+        self.failure = why
+        self._started.set()
+
+    async def _on_start(self, _event: Any) -> None:
+        self.send_presence()
+        self._started.set()
+
+    async def login(self, port: int) -> None:
+        """Connect to 127.0.0.1:``port`` and wait for the session."""
+        self._started.clear()
+        self.connect("127.0.0.1", port)
+        await asyncio.wait_for(self._started.wait(), WAIT)
+        if self.failure:
+            raise AssertionError(f"{self.boundjid} could not log in: {self.failure}")
+
+    async def logout(self) -> None:
+        """Disconnect and wait until the stream is closed."""
+        await self.disconnect(wait=1.0)
+
+    async def join(self, room: str, nick: str, history: bool = False) -> list[str]:
+        """Join MUC ``room`` as ``nick``; the nicks of the occupants present."""
+        _, _, occupants, _ = await self.plugin["xep_0045"].join_muc_wait(
+            JID(room), nick, maxstanzas=None if history else 0, timeout=WAIT)
+        return [str(p["from"].resource) for p in occupants]
+
+    def say(self, room: str, body: str, xhtml: str | None = None) -> None:
+        """Send a groupchat message (with an XHTML-IM body if given)."""
+        msg = self.make_message(mto=JID(room), mbody=body, mtype="groupchat")
+        if xhtml is not None:
+            msg["html"]["body"] = xhtml
+        msg.send()
+
+    def tell(self, to: str, body: str) -> None:
+        """Send a 1:1 chat message."""
+        self.send_message(mto=JID(to), mbody=body, mtype="chat")
+
+    def messages(self, check: Callable[[Any], bool]) -> list[Any]:
+        """The received messages for which ``check`` is true."""
+        return [m for m in self.received if check(m)]
+
+    async def wait_message(self, check: Callable[[Any], bool], within: float = WAIT) -> Any:
+        """The first received message for which ``check`` is true (waits for it)."""
+        found = await eventually(lambda: self.messages(check), within)
+        return found[0]
+
+    def occupants(self, room: str) -> set[str]:
+        """The nicks slixmpp has seen in ``room`` right now."""
+        return set(self.plugin["xep_0045"].get_roster(JID(room)) or [])
+
+
+class MatrixUser:
+    """A Matrix user with a password account, on the client-server API."""
+
+    def __init__(self, http: httpx.AsyncClient, user_id: str) -> None:
+        self.http = http
+        self.user_id = user_id
+        self._since: str | None = None
+
+    async def call(self, method: str, path: str, body: Any = None, **params: Any) -> Any:
+        """One request; fails the test on a non-2xx answer."""
+        response = await self.http.request(method, f"/_matrix/client/v3{path}", json=body,
+                                           params=params)
+        assert response.is_success, f"{method} {path}: {response.status_code} {response.text}"
+        return response.json()
+
+    async def join(self, room: str) -> str:
+        """Join a room by ID or alias; its room ID."""
+        return str((await self.call("POST", f"/join/{quote(room)}", {}))["room_id"])
+
+    async def send(self, room_id: str, body: str, html: str | None = None) -> str:
+        """Send an ``m.text`` (formatted if ``html``); its event ID."""
+        content: dict[str, str] = {"msgtype": "m.text", "body": body}
+        if html is not None:
+            content |= {"format": "org.matrix.custom.html", "formatted_body": html}
+        path = f"/rooms/{quote(room_id)}/send/m.room.message/{uuid.uuid4().hex}"
+        return str((await self.call("PUT", path, content))["event_id"])
+
+    async def set_displayname(self, name: str) -> None:
+        """Set this user's display name."""
+        await self.call("PUT", f"/profile/{quote(self.user_id)}/displayname",
+                        {"displayname": name})
+
+    async def messages(self, room_id: str) -> list[dict[str, Any]]:
+        """The room's ``m.room.message`` events, oldest first (the last 200)."""
+        chunk = (await self.call("GET", f"/rooms/{quote(room_id)}/messages", dir="b",
+                                 limit=200))["chunk"]
+        return [e for e in reversed(chunk) if e["type"] == "m.room.message"]
+
+    async def members(self, room_id: str) -> dict[str, Any]:
+        """Joined members of the room → their display names."""
+        joined = (await self.call("GET", f"/rooms/{quote(room_id)}/joined_members"))["joined"]
+        return {user: info.get("display_name") for user, info in joined.items()}
+
+    async def wait_message(self, room_id: str, check: Callable[[dict[str, Any]], bool],
+                           within: float = WAIT) -> dict[str, Any]:
+        """The first message event in the room for which ``check`` is true (waits for it)."""
+        async def found() -> list[dict[str, Any]]:
+            return [e for e in await self.messages(room_id) if check(e)]
+        return (await eventually(found, within))[0]
+
+    async def invites(self) -> list[str]:
+        """Room IDs this user has been invited to since the last call (incremental
+        ``/sync``: Synapse caches an identical initial sync for minutes)."""
+        params: dict[str, Any] = {"timeout": 0}
+        if self._since is not None:
+            params["since"] = self._since
+        sync = await self.call("GET", "/sync", **params)
+        self._since = sync["next_batch"]
+        return list(sync.get("rooms", {}).get("invite", {}))
+
+
+async def eventually(check: Callable[[], Any], within: float = WAIT,
+                     interval: float = 0.05) -> Any:
+    """Poll ``check()`` (sync or async) until it returns something truthy, for ``within`` s."""
+    deadline = time.monotonic() + within
+    while True:
+        result = check()
+        if asyncio.iscoroutine(result):
+            result = await result
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            raise AssertionError(f"still {result!r} after {within:g} s")
+        await asyncio.sleep(interval)

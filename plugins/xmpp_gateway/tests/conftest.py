@@ -1,0 +1,146 @@
+"""Fixtures: a real Prosody and a real Synapse (once per session) with the gateway
+deployed between them in a ``servletkit run`` subprocess, and users on both sides."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+from servletkit_xmpp_gateway.prosody import ProsodyServer, start_prosody
+from servletkit_xmpp_gateway.testing import MatrixUser, XmppUser
+
+from servletkit.container.config import load_config
+from servletkit.container.snippets import dump_yaml, registration
+from servletkit.dev.embedded_synapse import stop_process
+from servletkit.testing import only_plugins, plugins_toml
+from servletkit.testing.synapse import SynapseServer, free_port, start_synapse
+
+XMPP_USERS = {"human": "humanpass", "bob": "bobpass", "carol": "carolpass"}
+COMPONENT = "matrix.localhost"
+MUC = "conference.localhost"
+CONFIGURED_ROOM = f"configured@{MUC}"  # bridged by the gateway's config, not on demand
+
+
+class Gateway:
+    """Prosody, Synapse and the container running the gateway between them."""
+
+    def __init__(self, workdir: Path, prosody: ProsodyServer) -> None:
+        self.workdir = workdir
+        self.prosody = prosody
+        self.port = free_port()
+        self.hs_port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.config_path = workdir / "servletkit.toml"
+        self.process: subprocess.Popen[bytes] | None = None
+        self.synapse: SynapseServer | None = None
+
+    def write_config(self) -> None:
+        """The container's config: appservice namespaces and the gateway's table."""
+        table = {"component_jid": COMPONENT, "component_secret": self.prosody.secret,
+                 "xmpp_host": "127.0.0.1", "xmpp_port": self.prosody.component_port,
+                 "muc_domain": MUC, "reconnect_max": 1.0, "timeout_ms": 10000,
+                 "rooms": [CONFIGURED_ROOM]}
+        self.config_path.write_text("\n".join([
+            f'[server]\nhost = "127.0.0.1"\nport = {self.port}',
+            f'[homeserver]\nurl = "http://127.0.0.1:{self.hs_port}"\nserver_name = "localhost"',
+            '[appservice]\nid = "xmpp"\nas_token = "xmpp-as-token"\nhs_token = "xmpp-hs-token"',
+            'sender_localpart = "xmppbot"',
+            '[[appservice.namespaces.users]]\nregex = "@_xmpp_.*:localhost"\nexclusive = true',
+            '[[appservice.namespaces.aliases]]\nregex = "#_xmpp_.*:localhost"\nexclusive = true',
+            plugins_toml(only_plugins({"xmpp_gateway": table})),
+        ]))
+
+    def start_container(self, timeout: float = 30.0) -> None:
+        """``servletkit run`` in a subprocess; waits for its health endpoint."""
+        log = open(self.workdir / "container.log", "ab")  # noqa: SIM115 (the child owns it)
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "servletkit.container.cli", "run", "--config",
+             str(self.config_path)], stdout=log, stderr=subprocess.STDOUT, cwd=self.workdir)
+        log.close()
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"servletkit run exited; see {self.workdir}/container.log")
+            try:
+                if httpx.get(f"{self.url}/_servletkit/health", timeout=1).status_code == 200:
+                    return
+            except httpx.TransportError:
+                pass
+            time.sleep(0.05)
+        raise RuntimeError(f"servletkit run did not answer within {timeout:g} s")
+
+    def log(self) -> str:
+        """What the container has logged so far."""
+        return (self.workdir / "container.log").read_text(errors="replace")
+
+
+@pytest.fixture(scope="session")
+def prosody(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ProsodyServer]:
+    """A Prosody on loopback with the gateway's component, a MUC service and test accounts."""
+    server = start_prosody(tmp_path_factory.mktemp("prosody"), component_jid=COMPONENT,
+                           muc_domain=MUC, users=XMPP_USERS)
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+def gateway(tmp_path_factory: pytest.TempPathFactory, prosody: ProsodyServer) -> Iterator[Gateway]:
+    """The container with the gateway, registered with a real Synapse (started once)."""
+    gw = Gateway(tmp_path_factory.mktemp("gateway"), prosody)
+    gw.write_config()
+    gw.start_container()
+    try:
+        registration_file = gw.workdir / "registration.yaml"
+        registration_file.write_text(dump_yaml(registration(load_config(gw.config_path))))
+        gw.synapse = start_synapse(gw.workdir / "synapse", port=gw.hs_port,
+                                   app_service_config_files=[registration_file])
+        yield gw
+    finally:
+        if gw.process is not None:
+            stop_process(gw.process, 10)
+        if gw.synapse is not None:
+            gw.synapse.stop()
+
+
+@pytest.fixture
+async def matrix_user(gateway: Gateway) -> AsyncIterator[Callable[[str], Awaitable[MatrixUser]]]:
+    """Factory: a freshly registered Matrix user with display name ``name``."""
+    clients: list[httpx.AsyncClient] = []
+
+    async def make(name: str) -> MatrixUser:
+        assert gateway.synapse is not None
+        account = gateway.synapse.register(f"{name.lower()}{uuid.uuid4().hex[:6]}")
+        http = httpx.AsyncClient(base_url=gateway.synapse.url, timeout=30, headers={
+            "Authorization": f"Bearer {account['access_token']}"})
+        clients.append(http)
+        user = MatrixUser(http, account["user_id"])
+        await user.set_displayname(name)
+        return user
+
+    yield make
+    for http in clients:
+        await http.aclose()
+
+
+@pytest.fixture
+async def xmpp_user(prosody: ProsodyServer) -> AsyncIterator[Callable[[str], Awaitable[XmppUser]]]:
+    """Factory: a logged-in XMPP user (one of :data:`XMPP_USERS`)."""
+    users: list[XmppUser] = []
+
+    async def make(localpart: str) -> XmppUser:
+        user = XmppUser(f"{localpart}@{prosody.domain}/test", XMPP_USERS[localpart])
+        users.append(user)
+        await user.login(prosody.c2s_port)
+        return user
+
+    yield make
+    for user in users:
+        await user.logout()
