@@ -120,6 +120,16 @@ def cmd_dev(args: argparse.Namespace) -> int:
         raise CommandError(str(exc)) from None
 
 
+def cmd_policy(args: argparse.Namespace) -> int:
+    """The policy server: its key, joining rooms, the rooms it serves."""
+    from servletkit.container import policy_command
+
+    try:
+        return policy_command.run(args)
+    except policy_command.PolicyCommandError as exc:
+        raise CommandError(str(exc)) from None
+
+
 async def _inspect(container: Container) -> list[PluginStatus]:
     """Start the plugins, note their state, stop them again."""
     await container.start()
@@ -162,6 +172,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="where the output of 'servletkit registration' is saved, relative to the "
              f"config (default: {DEFAULT_REGISTRATION_FILE})",
     )
+    from servletkit.container.policy_command import add_arguments as policy_arguments
+
+    policy_arguments(command("policy", cmd_policy, "the policy server (MSC4284): its "
+                             "m.room.policy key, joining rooms, the rooms it serves"))
     return parser
 
 

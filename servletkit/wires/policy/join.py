@@ -60,9 +60,11 @@ class PolicyPeer:
         self.server_name = federation.server_name
         self.user_id = policy_user(self.server_name)
 
-    async def join(self, room_id: str, via: str, base_url: str | None = None) -> Room:
+    async def join(self, room_id: str, via: str, base_url: str | None = None
+                   ) -> tuple[Room, Mapping[str, Any] | None]:
         """Join ``room_id`` through server ``via`` (at ``base_url`` if given, else found by
-        its name); record the room. Raises :class:`FederationError`."""
+        its name); record the room. Returns it and the room's ``m.room.policy`` content
+        (``None`` if it has none). Raises :class:`FederationError`."""
         versions = "&".join(f"ver={v}" for v in ROOM_VERSIONS)
         template = await self.federation.request(
             "GET", via, path("/_matrix/federation/v1/make_join/{}/{}", room_id, self.user_id)
@@ -79,11 +81,15 @@ class PolicyPeer:
         event.pop("hashes", None)
         sign_event(add_content_hash(event), self.server_name, self.keys, version)
         join_id = event_id(event, version)
-        await self.federation.request(
+        answer = await self.federation.request(
             "PUT", via, path("/_matrix/federation/v2/send_join/{}/{}", room_id, join_id), event,
             base_url=base_url)
         log.info("policy wire: %s joined %s via %s", self.user_id, room_id, via)
-        return self.rooms.add(room_id, version.identifier, "joined", via)
+        room = self.rooms.add(room_id, version.identifier, "joined", via)
+        state = answer.get("state") if isinstance(answer, Mapping) else None
+        policy = next((e.get("content") for e in state or () if isinstance(e, Mapping)
+                       and e.get("type") == "m.room.policy" and e.get("state_key") == ""), None)
+        return room, policy if isinstance(policy, Mapping) else None
 
     def accept_invite(self, origin: str, event: dict[str, Any], version: RoomVersion) -> Any:
         """Our signature on an invite of the policy user; :class:`PduError` for another."""
