@@ -19,7 +19,7 @@ SEND = "/_matrix/federation/v1/send/txn1"
 
 async def test_send_accepts_pdus_and_answers_each(make_policy: Any) -> None:
     """/send: 200 with a result per PDU of a served room (IDs computed for v12)."""
-    wire, client, remote = await make_policy({})
+    _wire, client, remote = await make_policy({})
     pdus = [remote.pdu("a"), remote.pdu("b")]
     response = await remote.put(client, SEND, {"origin": REMOTE, "pdus": pdus, "edus": []})
     assert response.status_code == 200
