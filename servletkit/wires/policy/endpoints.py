@@ -22,11 +22,12 @@ from servletkit.wires.errors import MatrixError
 from servletkit.wires.policy.federation import FederationClient
 from servletkit.wires.policy.pdu import (
     ROOM_VERSIONS,
+    Identity,
     PduError,
     RoomVersion,
     check_content_hash,
     check_shape,
-    event_id,
+    identify,
 )
 from servletkit.wires.policy.xmatrix import AuthError, parse_authorization, verify
 
@@ -116,8 +117,8 @@ def routes(wire: PolicyWire) -> list[BaseRoute]:
     async def sign(request: Request) -> Response:
         body = await read_json(request, MAX_SIGN_BYTES)
         await authenticate(wire.federation, wire.server_name, request, body)
-        pdu, version = _pdu_in_room(wire, body)
-        verdict = await wire.judge.verdict(pdu, version)
+        pdu, version, identity = _pdu_in_room(wire, body)
+        verdict = await wire.judge.verdict(pdu, version, identity)
         if verdict.signatures is None:
             raise MatrixError(400, "M_FORBIDDEN", verdict.reason or "refused by the policy server")
         return _JsonResponse(verdict.signatures)
@@ -167,7 +168,7 @@ def routes(wire: PolicyWire) -> list[BaseRoute]:
     ]
 
 
-def _pdu_in_room(wire: PolicyWire, body: Any) -> tuple[dict[str, Any], RoomVersion]:
+def _pdu_in_room(wire: PolicyWire, body: Any) -> tuple[dict[str, Any], RoomVersion, Identity]:
     """The PDU of a ``/sign`` request and its room's version, or the Matrix error."""
     try:
         pdu = check_shape(body)
@@ -183,9 +184,9 @@ def _pdu_in_room(wire: PolicyWire, body: Any) -> tuple[dict[str, Any], RoomVersi
                           f"room version {room.room_version!r} is not supported")
     try:
         check_content_hash(pdu)
-        event_id(pdu, version)
+        identity = identify(pdu, version)
     except PduError as exc:
         raise MatrixError(400, "M_BAD_JSON", str(exc)) from None
-    return pdu, version
+    return pdu, version, identity
 
 

@@ -122,22 +122,42 @@ def check_content_hash(pdu: Mapping[str, Any]) -> None:
         raise PduError("hashes.sha256: does not match the event's content")
 
 
-def reference_hash(pdu: Mapping[str, Any], version: RoomVersion) -> bytes:
-    """The SHA-256 of the redacted event without ``signatures`` (and ``unsigned``)."""
+@attrs.frozen
+class Identity:
+    """What identifies an event: the canonical JSON of its redacted form (without
+    ``signatures``: what the reference hash and every event signature cover), that
+    hash, and its event ID."""
+
+    redacted_json: bytes
+    reference_hash: bytes
+    event_id: str
+
+
+def identify(pdu: Mapping[str, Any], version: RoomVersion) -> Identity:
+    """The event's :class:`Identity`: the ID computed from its reference hash (v3+) or
+    read from it (v1, v2)."""
     redacted = redact(pdu, version)
     redacted.pop("signatures", None)
     redacted.pop("age_ts", None)
-    return hashlib.sha256(encode_canonical_json(redacted)).digest()
-
-
-def event_id(pdu: Mapping[str, Any], version: RoomVersion) -> str:
-    """The event's ID: computed from its reference hash (v3+) or read from it (v1, v2)."""
+    canonical = encode_canonical_json(redacted)
+    digest = hashlib.sha256(canonical).digest()
     if version.event_id_in_body:
         value = pdu.get("event_id")
         if not isinstance(value, str):
             raise PduError("event_id: missing (room versions 1 and 2 carry it in the event)")
-        return value
-    return "$" + encode_base64(reference_hash(pdu, version), urlsafe=version.url_safe_event_ids)
+        return Identity(canonical, digest, value)
+    return Identity(canonical, digest,
+                    "$" + encode_base64(digest, urlsafe=version.url_safe_event_ids))
+
+
+def reference_hash(pdu: Mapping[str, Any], version: RoomVersion) -> bytes:
+    """The SHA-256 of the redacted event without ``signatures`` (and ``unsigned``)."""
+    return identify(pdu, version).reference_hash
+
+
+def event_id(pdu: Mapping[str, Any], version: RoomVersion) -> str:
+    """The event's ID: computed from its reference hash (v3+) or read from it (v1, v2)."""
+    return identify(pdu, version).event_id
 
 
 def add_content_hash(pdu: dict[str, Any]) -> dict[str, Any]:

@@ -14,14 +14,14 @@ from collections.abc import Mapping
 from typing import Any, Final
 
 import attrs
-from signedjson.sign import sign_json
 from signedjson.types import SigningKey
+from unpaddedbase64 import encode_base64
 
 from servletkit.hooks.decisions import Veto
 from servletkit.hooks.dispatcher import Dispatcher
 from servletkit.hooks.events import Event
 from servletkit.wires.policy.keys import POLICY_KEY_ID
-from servletkit.wires.policy.pdu import RoomVersion, event_id, redact, reference_hash
+from servletkit.wires.policy.pdu import Identity, RoomVersion, identify
 
 MAX_CACHED: Final = 10_000
 """How many verdicts are remembered (the oldest are forgotten first)."""
@@ -57,9 +57,12 @@ class Judge:
         self._verdicts: OrderedDict[bytes, asyncio.Future[Verdict]] = OrderedDict()
         self.runs = 0  # how many times the plugins were asked (for tests and metrics)
 
-    async def verdict(self, pdu: dict[str, Any], version: RoomVersion) -> Verdict:
-        """The verdict on ``pdu`` (cached by reference hash; concurrent asks share a run)."""
-        key = reference_hash(pdu, version) + version.identifier.encode()
+    async def verdict(self, pdu: dict[str, Any], version: RoomVersion,
+                      identity: Identity | None = None) -> Verdict:
+        """The verdict on ``pdu`` (cached by reference hash; concurrent asks share a run).
+        ``identity``: the PDU's, if the caller has it already."""
+        identity = identity or identify(pdu, version)
+        key = identity.reference_hash + version.identifier.encode()
         if (known := self._verdicts.get(key)) is not None:
             self._verdicts.move_to_end(key)
             return await asyncio.shield(known)
@@ -68,7 +71,7 @@ class Judge:
         if len(self._verdicts) > self._max:
             self._verdicts.popitem(last=False)
         try:
-            verdict = await self._judge(pdu, version)
+            verdict = await self._judge(pdu, identity)
         except BaseException as exc:
             self._verdicts.pop(key, None)  # not cached: the next ask runs the plugins again
             future.set_exception(exc)
@@ -77,16 +80,16 @@ class Judge:
         future.set_result(verdict)
         return verdict
 
-    async def _judge(self, pdu: dict[str, Any], version: RoomVersion) -> Verdict:
+    async def _judge(self, pdu: dict[str, Any], identity: Identity) -> Verdict:
         if self._ready is not None and not self._ready.is_set():
             await self._ready.wait()
         self.runs += 1
-        outcome = await self._ask(pdu, version)
+        outcome = await self._ask(pdu, identity.event_id)
         if type(outcome.decision) is Veto:
             return Verdict(None, outcome.decision.reason, outcome.decided_by)
-        return Verdict(self.sign(pdu, version), None, outcome.decided_by)
+        return Verdict(self.signature(identity), None, outcome.decided_by)
 
-    def _ask(self, pdu: dict[str, Any], version: RoomVersion) -> Any:
+    def _ask(self, pdu: dict[str, Any], event_id: str) -> Any:
         """The interception hook for this PDU: a join or an invite has its own; anything
         else (messages, state, other memberships) is ``on_send_event``."""
         intercept = self.dispatcher.intercept
@@ -98,15 +101,17 @@ class Judge:
             if membership == "invite":
                 return intercept("on_invite", pdu["sender"], pdu["state_key"], room_id,
                                  modify=False)
-        event = Event.from_json({**pdu, "event_id": event_id(pdu, version)}, wire="policy")
+        event = Event.from_json({**pdu, "event_id": event_id}, wire="policy")
         coroutine: Any = intercept("on_send_event", event, modify=False)
         return coroutine
 
     def sign(self, pdu: Mapping[str, Any], version: RoomVersion) -> dict[str, dict[str, str]]:
         """The policy signature over the redacted ``pdu``: ``{server_name: {key_id: sig}}``."""
-        redacted = redact(pdu, version)
-        redacted.pop("signatures", None)
-        signed = sign_json(redacted, self.server_name, self._key)
-        return {self.server_name: {POLICY_KEY_ID: signed["signatures"][self.server_name][
-            POLICY_KEY_ID]}}
+        return self.signature(identify(pdu, version))
 
+    def signature(self, identity: Identity) -> dict[str, dict[str, str]]:
+        """The policy signature of an identified event. It covers the same canonical JSON
+        as its reference hash (the redacted event without signatures), so that encoding
+        is reused: what ``signedjson.sign_json`` would sign, signed with its key."""
+        signature = encode_base64(self._key.sign(identity.redacted_json).signature)
+        return {self.server_name: {POLICY_KEY_ID: signature}}
