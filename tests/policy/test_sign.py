@@ -283,3 +283,15 @@ async def test_request_json_roundtrip_is_canonical(make_policy: Any) -> None:
     response = await client.post(SIGN, content=raw, headers={
         **remote.headers("POST", SIGN, pdu), "Content-Type": "application/json"})
     assert response.status_code == 200, response.text
+
+
+def test_x_matrix_header_forms() -> None:
+    """Quoted and bare values, spaces after commas, any case of names; destination
+    optional (older servers leave it out)."""
+    from servletkit.wires.policy.xmatrix import parse_authorization
+
+    auth = parse_authorization('X-Matrix origin=a.test, Key="ed25519:k",sig="c2ln",'
+                               'destination="b.test"')
+    assert (auth.origin, auth.key, auth.sig, auth.destination) == (
+        "a.test", "ed25519:k", "c2ln", "b.test")
+    assert parse_authorization('X-Matrix origin="a",key="k",sig="s"').destination is None

@@ -8,14 +8,11 @@ header; the receiver checks it with the key the origin publishes on
 
 from __future__ import annotations
 
-import re
-from typing import Any, Final
+from typing import Any
 
 import attrs
 from signedjson.sign import SignatureVerifyException, sign_json, verify_signed_json
 from signedjson.types import SigningKey, VerifyKey
-
-_PARAM: Final = re.compile(r'\s*([A-Za-z]+)\s*=\s*(?:"((?:[^"\\]|\\.)*)"|([^,\s"]*))\s*(?:,|$)')
 
 
 class AuthError(Exception):
@@ -33,23 +30,29 @@ class XMatrix:
 
 
 def parse_authorization(header: str | None) -> XMatrix:
-    """The X-Matrix parameters of ``header``; :class:`AuthError` if it is not one."""
+    """The X-Matrix parameters of ``header``; :class:`AuthError` if it is not one.
+
+    Parsed as Synapse parses it: ``name=value`` pairs separated by commas, values
+    optionally in double quotes (none of origin, destination, key and sig may contain a
+    comma or a quote).
+    """
     if not header:
         raise AuthError("missing Authorization header (X-Matrix federation authentication)")
     scheme, _, rest = header.partition(" ")
     if scheme != "X-Matrix":
         raise AuthError("Authorization: expected the X-Matrix scheme")
     params: dict[str, str] = {}
-    position = 0
-    rest = rest.strip()
-    while position < len(rest):
-        match = _PARAM.match(rest, position)
-        if match is None or match.end() == position:
+    for pair in rest.split(","):
+        name, equals, value = pair.partition("=")
+        name = name.strip().lower()
+        if not equals or not name:
             raise AuthError("Authorization: malformed X-Matrix parameters")
-        quoted, bare = match.group(2), match.group(3)
-        value = re.sub(r"\\(.)", r"\1", quoted) if quoted is not None else bare
-        params[match.group(1).lower()] = value
-        position = match.end()
+        value = value.strip()
+        if len(value) >= 2 and value[0] == value[-1] == '"':
+            value = value[1:-1]
+        if '"' in value:
+            raise AuthError(f"Authorization: malformed X-Matrix parameter {name}")
+        params[name] = value
     try:
         return XMatrix(params["origin"], params.get("destination"), params["key"], params["sig"])
     except KeyError as missing:
