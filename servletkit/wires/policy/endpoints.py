@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Mapping
 from typing import TYPE_CHECKING, Any, Final
 
 import orjson
@@ -17,6 +17,7 @@ from signedjson.sign import sign_json
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from servletkit.wires.errors import MatrixError
 from servletkit.wires.policy.federation import FederationClient
@@ -51,14 +52,13 @@ class _JsonResponse(Response):
         return orjson.dumps(content)
 
 
-async def read_json(request: Request, limit: int) -> Any:
-    """The request body as JSON: 413 ``M_TOO_LARGE`` above ``limit`` bytes, 400
-    ``M_NOT_JSON`` if it does not parse."""
-    declared = request.headers.get("content-length")
+async def read_body(declared: str | None, chunks: AsyncIterator[bytes], limit: int) -> Any:
+    """A request body as JSON: 413 ``M_TOO_LARGE`` above ``limit`` bytes (its declared
+    Content-Length or what arrives), 400 ``M_NOT_JSON`` if it does not parse."""
     if declared is not None and declared.isdigit() and int(declared) > limit:
         raise MatrixError(413, "M_TOO_LARGE", f"the body is larger than {limit} bytes")
     body = bytearray()
-    async for chunk in request.stream():
+    async for chunk in chunks:
         body += chunk
         if len(body) > limit:
             raise MatrixError(413, "M_TOO_LARGE", f"the body is larger than {limit} bytes")
@@ -68,29 +68,100 @@ async def read_json(request: Request, limit: int) -> Any:
         raise MatrixError(400, "M_NOT_JSON", "the body is not valid JSON") from None
 
 
-def _uri(request: Request) -> str:
+async def read_json(request: Request, limit: int) -> Any:
+    """:func:`read_body` of a Starlette request."""
+    return await read_body(request.headers.get("content-length"), request.stream(), limit)
+
+
+def _uri(scope: Mapping[str, Any]) -> str:
     """The request URI as the caller signed it (raw path and query)."""
-    raw = request.scope.get("raw_path") or request.url.path.encode()
-    query = request.scope.get("query_string") or b""
+    raw: bytes = scope.get("raw_path") or scope["path"].encode()
+    query: bytes = scope.get("query_string") or b""
     return (raw + (b"?" + query if query else b"")).decode("latin-1")
 
 
 async def authenticate(
-    federation: FederationClient, server_name: str, request: Request, content: Any
+    federation: FederationClient, server_name: str, scope: Mapping[str, Any],
+    header: str | None, content: Any,
 ) -> str:
-    """The calling server's name once its X-Matrix signature verifies; else 401
-    ``M_UNAUTHORIZED``."""
+    """The calling server's name once its X-Matrix signature (``header``) verifies for
+    the request ``scope``; else 401 ``M_UNAUTHORIZED``."""
     try:
-        auth = parse_authorization(request.headers.get("authorization"))
+        auth = parse_authorization(header)
         if auth.destination is not None and auth.destination != server_name:
             raise AuthError(f"X-Matrix destination {auth.destination!r} is not this server "
                             f"({server_name!r})")
         key = await federation.verify_key(auth.origin, auth.key)
-        verify(auth, key, request.method, _uri(request), server_name, content)
+        verify(auth, key, scope["method"], _uri(scope), server_name, content)
     except AuthError as exc:
-        log.info("policy wire: refused a %s %s: %s", request.method, request.url.path, exc)
+        log.info("policy wire: refused a %s %s: %s", scope["method"], scope["path"], exc)
         raise MatrixError(401, "M_UNAUTHORIZED", str(exc)) from None
     return auth.origin
+
+
+async def _authenticated(wire: PolicyWire, request: Request, content: Any) -> str:
+    return await authenticate(wire.federation, wire.server_name, request.scope,
+                              request.headers.get("authorization"), content)
+
+
+async def sign_answer(wire: PolicyWire, body: Any) -> Any:
+    """The answer body to an authenticated ``/sign``, or the :class:`MatrixError`."""
+    pdu, version, identity = _pdu_in_room(wire, body)
+    verdict = await wire.judge.verdict(pdu, version, identity)
+    if verdict.signatures is None:
+        raise MatrixError(400, "M_FORBIDDEN", verdict.reason or "refused by the policy server")
+    return verdict.signatures
+
+
+SIGN_PATHS: Final = frozenset({"/_matrix/policy/v1/sign",
+                               "/_matrix/policy/unstable/org.matrix.msc4284/sign"})
+_JSON_HEADER: Final = (b"content-type", b"application/json")
+
+
+def with_fast_sign(wire: PolicyWire, app: ASGIApp) -> ASGIApp:
+    """``app`` with ``POST /sign`` answered before Starlette's routing and middleware.
+
+    ``/sign`` is the one hot path (every event of every protected room, from every
+    server in it): answered here it costs the checks and the two signature
+    operations and little else. Everything else, and any other method on the
+    ``/sign`` paths, goes to ``app``.
+    """
+
+    async def fast(scope: Scope, receive: Receive, send: Send) -> None:
+        if (scope["type"] != "http" or scope["method"] != "POST"
+                or scope["path"] not in SIGN_PATHS):
+            await app(scope, receive, send)
+            return
+        headers = dict(scope["headers"])
+        declared = headers.get(b"content-length")
+        header = headers.get(b"authorization")
+
+        async def chunks() -> AsyncIterator[bytes]:
+            while True:
+                message = await receive()
+                if message["type"] == "http.disconnect":
+                    return
+                yield message.get("body", b"")
+                if not message.get("more_body", False):
+                    return
+
+        try:
+            body = await read_body(None if declared is None else declared.decode("latin-1"),
+                                   chunks(), MAX_SIGN_BYTES)
+            await authenticate(wire.federation, wire.server_name, scope,
+                               None if header is None else header.decode("latin-1"), body)
+            status, payload = 200, orjson.dumps(await sign_answer(wire, body))
+        except MatrixError as exc:
+            status, payload = exc.status, orjson.dumps(
+                {"errcode": exc.errcode, "error": exc.error, **exc.extra})
+        except Exception:
+            log.exception("policy wire: /sign failed")
+            status, payload = 500, b'{"errcode":"M_UNKNOWN","error":"Internal server error"}'
+        await send({"type": "http.response.start", "status": status, "headers": [
+            _JSON_HEADER, (b"content-length", str(len(payload)).encode())]})
+        await send({"type": "http.response.body", "body": payload})
+
+    return fast
 
 
 def routes(wire: PolicyWire) -> list[BaseRoute]:
@@ -114,18 +185,14 @@ def routes(wire: PolicyWire) -> list[BaseRoute]:
         return _JsonResponse({"public_key": wire.keys.policy_public_key},
                              headers={"Access-Control-Allow-Origin": "*"})
 
-    async def sign(request: Request) -> Response:
+    async def sign(request: Request) -> Response:  # (POST is answered by with_fast_sign)
         body = await read_json(request, MAX_SIGN_BYTES)
-        await authenticate(wire.federation, wire.server_name, request, body)
-        pdu, version, identity = _pdu_in_room(wire, body)
-        verdict = await wire.judge.verdict(pdu, version, identity)
-        if verdict.signatures is None:
-            raise MatrixError(400, "M_FORBIDDEN", verdict.reason or "refused by the policy server")
-        return _JsonResponse(verdict.signatures)
+        await _authenticated(wire, request, body)
+        return _JsonResponse(await sign_answer(wire, body))
 
     async def send(request: Request) -> Response:
         body = await read_json(request, MAX_TRANSACTION_BYTES)
-        origin = await authenticate(wire.federation, wire.server_name, request, body)
+        origin = await _authenticated(wire, request, body)
         pdus = body.get("pdus") if isinstance(body, Mapping) else None
         if not isinstance(pdus, list):
             raise MatrixError(400, "M_BAD_JSON", "pdus: must be an array")
@@ -133,7 +200,7 @@ def routes(wire: PolicyWire) -> list[BaseRoute]:
 
     async def invite(request: Request) -> Response:
         body = await read_json(request, MAX_TRANSACTION_BYTES)
-        origin = await authenticate(wire.federation, wire.server_name, request, body)
+        origin = await _authenticated(wire, request, body)
         if not isinstance(body, Mapping):
             raise MatrixError(400, "M_BAD_JSON", "the body must be an object")
         version = ROOM_VERSIONS.get(str(body.get("room_version")))

@@ -77,7 +77,8 @@ class PolicyWire:
         self.federation = FederationClient(server_name, keys.federation, self._http,
                                            server_urls)
         self.peer = PolicyPeer(self.federation, keys, rooms)
-        self.app = Starlette(routes=endpoints.routes(self), exception_handlers=EXCEPTION_HANDLERS)
+        self.app = endpoints.with_fast_sign(self, Starlette(
+            routes=endpoints.routes(self), exception_handlers=EXCEPTION_HANDLERS))
         self._background: set[asyncio.Task[Any]] = set()
 
     def routes(self) -> list[BaseRoute]:
