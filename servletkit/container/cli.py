@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import logging
 import sys
 from collections.abc import Callable, Sequence
@@ -125,6 +126,15 @@ def cmd_policy(args: argparse.Namespace) -> int:
     from servletkit.container import policy_command
 
     try:
+        if args.policy_command == "protect":
+            from servletkit.dev.errors import DevError
+            from servletkit.dev.policy import protect
+
+            try:
+                print(json.dumps(protect(load_config(args.config), args.room_id), indent=2))
+            except DevError as exc:
+                raise CommandError(str(exc)) from None
+            return 0
         return policy_command.run(args)
     except policy_command.PolicyCommandError as exc:
         raise CommandError(str(exc)) from None

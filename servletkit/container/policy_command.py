@@ -40,6 +40,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                       help="a server in the room: its server name, or its base URL "
                            "(e.g. http://127.0.0.1:8008 for a loopback setup)")
     action("rooms", "list the rooms the policy server serves")
+    protect = action("protect", "servletkit dev: make its policy server protect a room "
+                     "(sets m.room.policy as the test account, then joins)")
+    protect.add_argument("room_id", metavar="ROOM_ID")
 
 
 def run(args: argparse.Namespace) -> int:
