@@ -136,18 +136,27 @@ def with_fast_sign(wire: PolicyWire, app: ASGIApp) -> ASGIApp:
         declared = headers.get(b"content-length")
         header = headers.get(b"authorization")
 
+        first = await receive()
+
         async def chunks() -> AsyncIterator[bytes]:
-            while True:
-                message = await receive()
-                if message["type"] == "http.disconnect":
-                    return
+            message = first
+            while message["type"] != "http.disconnect":
                 yield message.get("body", b"")
                 if not message.get("more_body", False):
                     return
+                message = await receive()
 
         try:
-            body = await read_body(None if declared is None else declared.decode("latin-1"),
-                                   chunks(), MAX_SIGN_BYTES)
+            if not first.get("more_body", False) and len(body := first.get("body", b"")) <= (
+                    MAX_SIGN_BYTES):  # the usual case: the whole body in one message
+                try:
+                    body = orjson.loads(body)
+                except orjson.JSONDecodeError:
+                    raise MatrixError(400, "M_NOT_JSON", "the body is not valid JSON") from None
+            else:
+                body = await read_body(
+                    None if declared is None else declared.decode("latin-1"), chunks(),
+                    MAX_SIGN_BYTES)
             await authenticate(wire.federation, wire.server_name, scope,
                                None if header is None else header.decode("latin-1"), body)
             status, payload = 200, orjson.dumps(await sign_answer(wire, body))
