@@ -295,3 +295,22 @@ def test_x_matrix_header_forms() -> None:
     assert (auth.origin, auth.key, auth.sig, auth.destination) == (
         "a.test", "ed25519:k", "c2ln", "b.test")
     assert parse_authorization('X-Matrix origin="a",key="k",sig="s"').destination is None
+
+
+async def test_plugin_error_is_500_and_not_cached(make_policy: Any) -> None:
+    """A dispatcher that raises: 500 M_UNKNOWN (no traceback to the peer); the next ask
+    runs again instead of reusing the failure."""
+    wire, client, remote = await make_policy({})
+    calls = []
+
+    async def broken(*args: Any, **kwargs: Any) -> Any:
+        calls.append(args)
+        raise RuntimeError("dispatcher bug")
+
+    wire.judge.dispatcher.intercept = broken  # type: ignore[method-assign]
+    pdu = remote.pdu("boom")
+    for _ in range(2):
+        response = await remote.post(client, SIGN, pdu)
+        assert response.status_code == 500
+        assert response.json() == {"errcode": "M_UNKNOWN", "error": "Internal server error"}
+    assert len(calls) == 2

@@ -74,8 +74,11 @@ class Judge:
             verdict = await self._judge(pdu, identity)
         except BaseException as exc:
             self._verdicts.pop(key, None)  # not cached: the next ask runs the plugins again
-            future.set_exception(exc)
-            future.exception()  # retrieved: the askers waiting on it get it
+            if isinstance(exc, asyncio.CancelledError):
+                future.cancel()
+            else:
+                future.set_exception(exc)
+                future.exception()  # retrieved: the askers waiting on it get it
             raise
         future.set_result(verdict)
         return verdict
