@@ -46,6 +46,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     listens = [(host, port, "[server] port" if args.port is None else "--port")]
     if config.module.enabled:
         listens.append((config.module.host, config.module.port, "[module] port"))
+    if config.policy is not None:
+        listens.append((config.policy.host, config.policy.port, "[policy] port"))
     for listen_host, listen_port, setting in listens:
         if taken := port_unavailable(config, listen_host, listen_port, setting):
             raise CommandError(taken)
