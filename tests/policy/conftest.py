@@ -26,7 +26,7 @@ Setup = tuple[PolicyWire, httpx.AsyncClient, RemoteServer]
 async def make_policy(tmp_path: Path) -> AsyncIterator[Callable[..., Any]]:
     """Factory: ``await make_policy({"name": plugin})`` → (wire, client of its federation
     app, the remote server). The room :data:`ROOM` (version 12) is served."""
-    opened: list[tuple[Container, httpx.AsyncClient, httpx.AsyncClient]] = []
+    opened: list[tuple[Container, httpx.AsyncClient, httpx.AsyncClient, PolicyWire]] = []
 
     async def make(plugins: Mapping[str, Any] = {}) -> Setup:
         config = parse_config({
@@ -46,11 +46,13 @@ async def make_policy(tmp_path: Path) -> AsyncIterator[Callable[..., Any]]:
                           http=http)
         client = httpx.AsyncClient(transport=httpx.ASGITransport(app=wire.app),
                                    base_url=f"https://{POLICY}")
-        opened.append((container, client, http))
+        opened.append((container, client, http, wire))
         return wire, client, remote
 
     yield make
-    for container, client, http in reversed(opened):
+    for container, client, http, wire in reversed(opened):
+        for task in list(wire._background):  # a join after an invite, still retrying
+            task.cancel()
         await client.aclose()
         await http.aclose()
         await container.stop()

@@ -9,6 +9,7 @@ a room admin invites it.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Mapping
@@ -31,6 +32,7 @@ from servletkit.wires.policy.rooms import Room, Rooms
 log = logging.getLogger("servletkit.policy_wire")
 
 POLICY_LOCALPART: Final = "policy"
+JOIN_RETRY_DELAYS_S: Final = (0.5, 1.0, 2.0, 4.0)
 
 
 def policy_user(server_name: str) -> str:
@@ -102,11 +104,24 @@ class PolicyPeer:
         return sign_event(dict(event), self.server_name, self.keys, version)
 
     async def join_after_invite(self, room_id: str, via: str) -> None:
-        """Join a room we were invited to (logged, never raised: it runs in the background)."""
-        try:
-            await self.join(room_id, via)
-        except FederationError as exc:
-            log.error("policy wire: could not join %s after its invite: %s", room_id, exc)
+        """Join a room we were invited to (logged, never raised: it runs in the background).
+
+        The inviting server may not have stored the invite yet when it gets our answer
+        (its make_join then says we are not invited), so the join is tried again after
+        0.5, 1, 2 and 4 s.
+        """
+        for delay in (*JOIN_RETRY_DELAYS_S, None):
+            try:
+                await self.join(room_id, via)
+                return
+            except FederationError as exc:
+                if delay is None:
+                    log.error("policy wire: could not join %s after its invite: %s", room_id,
+                              exc)
+                    return
+                log.info("policy wire: joining %s after its invite failed (%s); again in "
+                         "%g s", room_id, exc, delay)
+                await asyncio.sleep(delay)
 
     def note_pdu(self, pdu: Any) -> tuple[str | None, Room | None]:
         """A received PDU's ID and room; forgets a room the policy user left or was
