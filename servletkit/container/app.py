@@ -24,8 +24,9 @@ from servletkit.wires import Wire, WireFactory
 from servletkit.wires.appservice.wire import appservice_wire
 from servletkit.wires.errors import EXCEPTION_HANDLERS
 from servletkit.wires.module.listener import module_wire
+from servletkit.wires.policy.wire import policy_wire
 
-WIRES: list[WireFactory] = [appservice_wire, module_wire]
+WIRES: list[WireFactory] = [appservice_wire, module_wire, policy_wire]
 """The wires every container may run; each factory gives ``None`` when its config is off."""
 
 SETTLE_TIMEOUT_S: Final = 2.0

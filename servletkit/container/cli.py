@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import logging
 import sys
 from collections.abc import Callable, Sequence
@@ -45,6 +46,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     listens = [(host, port, "[server] port" if args.port is None else "--port")]
     if config.module.enabled:
         listens.append((config.module.host, config.module.port, "[module] port"))
+    if config.policy is not None:
+        listens.append((config.policy.host, config.policy.port, "[policy] port"))
     for listen_host, listen_port, setting in listens:
         if taken := port_unavailable(config, listen_host, listen_port, setting):
             raise CommandError(taken)
@@ -120,6 +123,25 @@ def cmd_dev(args: argparse.Namespace) -> int:
         raise CommandError(str(exc)) from None
 
 
+def cmd_policy(args: argparse.Namespace) -> int:
+    """The policy server: its key, joining rooms, the rooms it serves."""
+    from servletkit.container import policy_command
+
+    try:
+        if args.policy_command == "protect":
+            from servletkit.dev.errors import DevError
+            from servletkit.dev.policy import protect
+
+            try:
+                print(json.dumps(protect(load_config(args.config), args.room_id), indent=2))
+            except DevError as exc:
+                raise CommandError(str(exc)) from None
+            return 0
+        return policy_command.run(args)
+    except policy_command.PolicyCommandError as exc:
+        raise CommandError(str(exc)) from None
+
+
 async def _inspect(container: Container) -> list[PluginStatus]:
     """Start the plugins, note their state, stop them again."""
     await container.start()
@@ -162,6 +184,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="where the output of 'servletkit registration' is saved, relative to the "
              f"config (default: {DEFAULT_REGISTRATION_FILE})",
     )
+    from servletkit.container.policy_command import add_arguments as policy_arguments
+
+    policy_arguments(command("policy", cmd_policy, "the policy server (MSC4284): its "
+                             "m.room.policy key, joining rooms, the rooms it serves"))
     return parser
 
 

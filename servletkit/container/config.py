@@ -233,6 +233,45 @@ class DevConfig:
                              f"lower-case letters, digits and ._=/+-), e.g. \"dev\"")
 
 
+def _base_urls(instance: Any, attribute: attrs.Attribute[Any], value: Mapping[str, Any]) -> None:
+    for name, url in value.items():
+        if not isinstance(url, str) or not url.startswith(("http://", "https://")):
+            raise InvalidValue(f"{attribute.name}.{name}", f"must be a base URL such as "
+                               f"\"http://127.0.0.1:8008\", got {url!r}")
+
+
+@attrs.frozen
+class PolicyConfig:
+    """``[policy]``: the policy wire, servletkit as a room's policy server (MSC4284).
+
+    ``server_name`` is the name homeservers reach it by (``policy.example.org``,
+    or ``127.0.0.1:8448`` for local use). Its federation listener (HTTPS) binds
+    ``host``:``port``, with ``tls_certificate`` and ``tls_private_key`` (paths
+    relative to the config file), or without them a self-signed pair generated
+    once in ``state_dir`` (for local use only; the log says so loudly).
+    ``state_dir`` also holds its two ed25519 keys, generated once and kept
+    (mode 0600): the federation key and the policy key
+    (``ed25519:policy_server``), and the list of rooms it serves.
+    ``server_urls`` maps server names to base URLs, overriding server discovery
+    for those servers (loopback tests, private federations).
+    """
+
+    server_name: str = attrs.field(validator=_not_empty)
+    host: str = "127.0.0.1"
+    port: int = attrs.field(default=8448, validator=_tcp_port)
+    tls_certificate: str | None = None
+    tls_private_key: str | None = attrs.field(default=None)
+    state_dir: str = ".servletkit/policy"
+    server_urls: dict[str, str] = attrs.field(factory=dict, validator=_base_urls)
+
+    @tls_private_key.validator
+    def _pair(self, attribute: attrs.Attribute[Any], value: str | None) -> None:
+        if (value is None) != (self.tls_certificate is None):
+            raise InvalidValue("tls_private_key", "tls_certificate and tls_private_key go "
+                               "together: set both (a real certificate), or neither (a "
+                               "self-signed pair is generated for local use)")
+
+
 @attrs.frozen
 class PluginSettings:
     """The container's keys in a ``[plugins.NAME]`` table; the rest is the plugin's own."""
@@ -268,6 +307,7 @@ class Config:
     store: StoreConfig = StoreConfig()
     module: ModuleConfig = ModuleConfig()
     dev: DevConfig = DevConfig()
+    policy: PolicyConfig | None = None
     plugins: tuple[PluginTable, ...] = ()
 
     def plugin(self, name: str) -> PluginTable | None:

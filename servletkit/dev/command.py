@@ -39,6 +39,8 @@ Everything lives in the state folder (``[dev] state_dir``, default
           "homeserver_url": "http://127.0.0.1:PORT",   # for Matrix clients
           "container_url": "http://127.0.0.1:8090",    # the container (appservice wire)
           "module_wire": "127.0.0.1:8091",             # where Synapse's module connects
+          "policy_server": {"server_name": "127.0.0.1:PORT",  # the policy wire (MSC4284)
+                            "url": "https://127.0.0.1:PORT", "state_dir": "/abs/policy"},
           "server_name": "localhost",
           "test_user": {"user_id": "@dev:localhost", "localpart": "dev",
                         "password": "..."},
@@ -83,7 +85,12 @@ from servletkit.dev.embedded_synapse import (
 from servletkit.dev.errors import DevError, step
 from servletkit.dev.state import DevPaths, DevState, claim_state_folder
 from servletkit.dev.terminal import route_logs
-from servletkit.dev.wiring import ping_appservice, synapse_wiring, wired_config
+from servletkit.dev.wiring import (
+    SYNAPSE_LOOPBACK_FEDERATION,
+    ping_appservice,
+    synapse_wiring,
+    wired_config,
+)
 
 log = logging.getLogger("servletkit.dev")
 
@@ -115,6 +122,24 @@ def choose_homeserver_port(config: Config, state: DevState) -> int:
         return config.dev.homeserver_port
     if state.homeserver_port is not None and not port_problem("127.0.0.1", state.homeserver_port):
         return state.homeserver_port
+    return free_port()
+
+
+def _policy_facts(config: Config) -> dict[str, Any] | None:
+    policy = config.policy
+    if policy is None:
+        return None
+    return {"server_name": policy.server_name, "url": f"https://{policy.host}:{policy.port}",
+            "state_dir": str(config.resolve(policy.state_dir))}
+
+
+def choose_policy_port(config: Config, state: DevState) -> int:
+    """The file's ``[policy] port`` if it has a section, else the port used last time if
+    free (the policy server's name includes it), else a new one."""
+    if config.policy is not None:
+        return config.policy.port
+    if state.policy_port is not None and not port_problem("127.0.0.1", state.policy_port):
+        return state.policy_port
     return free_port()
 
 
@@ -234,8 +259,9 @@ class DevSession:
             paths.run_file.unlink(missing_ok=True)  # left by a run that was killed
             state = DevState.load(paths.state)
             port = choose_homeserver_port(config, state)
-            if port != state.homeserver_port:
-                state = attrs.evolve(state, homeserver_port=port)
+            policy_port = choose_policy_port(config, state)
+            if (port, policy_port) != (state.homeserver_port, state.policy_port):
+                state = attrs.evolve(state, homeserver_port=port, policy_port=policy_port)
             state.save(paths.state)
         homeserver_url = f"http://127.0.0.1:{port}"
         config = wired_config(config, state, paths, homeserver_url)
@@ -247,6 +273,8 @@ class DevSession:
             raise failure
         require_port(config, config.server.host, config.server.port, "[server] port")
         require_port(config, config.module.host, config.module.port, "[module] port")
+        if config.policy is not None:
+            require_port(config, config.policy.host, config.policy.port, "[policy] port")
         self.say(f"starting the container on {config.server.host}:{config.server.port}…")
         await self.serve_container(container)
 
@@ -259,6 +287,7 @@ class DevSession:
                 paths.synapse, port=port, server_name=config.homeserver.server_name,
                 extra_config={
                     **synapse_wiring(config, paths),
+                    **SYNAPSE_LOOPBACK_FEDERATION,
                     "registration_shared_secret": state.registration_shared_secret,
                     "macaroon_secret_key": state.macaroon_secret_key,
                     "form_secret": state.form_secret,
@@ -294,6 +323,7 @@ class DevSession:
             "homeserver_url": homeserver_url,
             "container_url": appservice_url(config),
             "module_wire": f"{config.module.host}:{config.module.port}",
+            "policy_server": _policy_facts(config),
             "server_name": config.homeserver.server_name,
             "test_user": {"user_id": user_id, "localpart": config.dev.test_user,
                           "password": state.test_password},
@@ -407,6 +437,8 @@ class DevSession:
             f"  Homeserver    {facts['homeserver_url']}   (point any Matrix client here)",
             f"  Test account  {user['user_id']}   password {user['password']}",
             f"  Container     {facts['container_url']}   (module wire on {facts['module_wire']})",
+            *([f"  Policy server {facts['policy_server']['server_name']}   (protect a room: "
+               "servletkit policy protect ROOM_ID)"] if facts.get("policy_server") else []),
             f"  Plugins       {plugins[0]}",
             *(f"                {line}" for line in plugins[1:]),
             f"  Logs          {show(facts['logs']['servletkit'])}",

@@ -72,6 +72,7 @@ class DevState:
     form_secret: str = attrs.field(factory=_secret, repr=False)
     test_password: str = attrs.field(factory=lambda: secrets.token_urlsafe(12), repr=False)
     homeserver_port: int | None = None
+    policy_port: int | None = None  # the policy wire's; part of its server name, so kept
 
     @classmethod
     def load(cls, path: Path) -> DevState:

@@ -9,7 +9,13 @@ from urllib.parse import quote
 import attrs
 import httpx
 
-from servletkit.container.config import AppserviceConfig, Config, Namespace, Namespaces
+from servletkit.container.config import (
+    AppserviceConfig,
+    Config,
+    Namespace,
+    Namespaces,
+    PolicyConfig,
+)
 from servletkit.container.files import write_private
 from servletkit.container.snippets import appservice_url, dump_yaml, registration, synapse_config
 from servletkit.dev.errors import DevError
@@ -37,7 +43,33 @@ def wired_config(config: Config, state: DevState, paths: DevPaths, homeserver_ur
                                 url=None),
         module=attrs.evolve(config.module, enabled=True, secret=state.module_secret),
         store=attrs.evolve(config.store, path=str(paths.root / "servletkit.db")),
+        policy=dev_policy(config, state, paths, homeserver_url),
     )
+
+
+SYNAPSE_LOOPBACK_FEDERATION: dict[str, Any] = {
+    # the dev policy server is an IP literal with a self-signed certificate on loopback;
+    # Synapse checks only its blocklist for IP literals (reference §7.14)
+    "federation_verify_certificates": False,
+    "federation_ip_range_blacklist": [],
+    "ip_range_blacklist": [],
+}
+"""What the dev Synapse needs to federate with the dev policy server."""
+
+
+def dev_policy(config: Config, state: DevState, paths: DevPaths,
+               homeserver_url: str) -> PolicyConfig | None:
+    """The policy wire of ``servletkit dev``: the file's ``[policy]`` if it has one, else
+    ``127.0.0.1:<policy_port>`` with its keys in the state folder (none before a port
+    is chosen); either way it reaches the dev homeserver by its URL."""
+    if config.policy is None and state.policy_port is None:
+        return None
+    policy = config.policy or PolicyConfig(
+        # (state.policy_port is set: checked above)
+        server_name=f"127.0.0.1:{state.policy_port}", port=state.policy_port or 8448,
+        state_dir=str(paths.root / "policy"))
+    server_urls = {**policy.server_urls, config.homeserver.server_name: homeserver_url}
+    return attrs.evolve(policy, server_urls=server_urls)
 
 
 def synapse_wiring(config: Config, paths: DevPaths) -> dict[str, Any]:

@@ -105,7 +105,10 @@ def on_send_event(event: Event, context: PluginContext) -> Decision | None:
     the event when ``[appservice] enforce_vetoes = "redact"``, and otherwise
     only recorded in the audit log; a Modify cannot change a stored event: it
     is recorded as not applied, and the plugins after this one see the
-    modified content.
+    modified content. On the policy wire (``event.wire == "policy"``) every
+    server of a protected room asks before sending the event: a Veto refuses
+    it for the whole room, its reason reaching the sender (with
+    ``M_FORBIDDEN``, the spec's errcode for a policy refusal).
 
     :param event: the event, as modified by the plugins before this one.
     :param context: the plugin's context.
@@ -123,8 +126,10 @@ def on_send_event(event: Event, context: PluginContext) -> Decision | None:
 def on_join_room(user_id: str, room_id: str, context: PluginContext) -> Decision | None:
     """Decide whether a user may join a room.
 
-    Module wire only (Synapse's ``user_may_join_room``); a Veto's errcode
-    and reason reach the client.
+    Module wire (Synapse's ``user_may_join_room``): a Veto's errcode and
+    reason reach the client. Policy wire: a join event of a protected room
+    that a server asks the policy server about (joins arriving over
+    federation); a Veto refuses it for the whole room.
 
     Called before the homeserver creates the join, including joins by alias
     and joins after an invite; not for the creator's own join of a new room.
@@ -146,7 +151,8 @@ def on_invite(
 ) -> Decision | None:
     """Decide whether one user may invite another into a room.
 
-    Module wire only (Synapse's ``user_may_invite``).
+    Module wire (Synapse's ``user_may_invite``); policy wire: an invite event
+    of a protected room that a server asks the policy server about.
 
     :param inviter_id: the user sending the invite.
     :param invitee_id: the user being invited.

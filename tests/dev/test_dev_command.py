@@ -257,6 +257,43 @@ def test_the_example_plugins_decide(conversation: Conversation) -> None:
     assert conversation.shout_stored["content"]["body"] == "HI THERE"
 
 
+def test_policy_protect_makes_the_dev_policy_server_sign(first_run: DevProcess,
+                                                          dev_config: Path) -> None:
+    """`servletkit policy protect ROOM` (one command) makes the dev policy wire the room's
+    policy server: Synapse then stores messages with its policy signature."""
+    import asyncio
+    from urllib.parse import quote
+
+    from servletkit.wires.policy.federation import FederationClient
+    from servletkit.wires.policy.keys import load_keys
+
+    facts = first_run.facts
+    policy = facts["policy_server"]
+    client = Client(facts)
+    try:
+        room_id = client.http.post("/_matrix/client/v3/createRoom", json={}).json()["room_id"]
+        done = subprocess.run([sys.executable, "-m", "servletkit.container.cli", "policy",
+                               "protect", room_id, "--config", str(dev_config)],
+                              capture_output=True, text=True, timeout=60, check=False)
+        assert done.returncode == 0, done.stderr
+        assert json.loads(done.stdout)["m.room.policy"]["via"] == policy["server_name"]
+        sent = client.send(room_id, "hello, policy server")
+        assert sent.status_code == 200, sent.text
+    finally:
+        client.close()
+
+    async def stored() -> Any:
+        async with httpx.AsyncClient() as http:
+            keys = load_keys(Path(policy["state_dir"]))
+            federation = FederationClient(policy["server_name"], keys.federation, http)
+            return await federation.request(
+                "GET", "localhost", "/_matrix/federation/v1/event/"
+                + quote(sent.json()["event_id"], safe=""), base_url=facts["homeserver_url"])
+
+    [pdu] = asyncio.run(stored())["pdus"]
+    assert list(pdu["signatures"][policy["server_name"]]) == ["ed25519:policy_server"]
+
+
 def test_the_documented_client_sees_the_plugins_act(docs_client_output: str) -> None:
     """docs/dev_client.py prints the allow, the veto with its reason, and the modification."""
     assert docs_client_output.splitlines() == [

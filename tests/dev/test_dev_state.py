@@ -120,6 +120,21 @@ class TestWiring:
         assert wired.module.enabled and wired.module.secret == state.module_secret
         assert wired.resolve(wired.store.path) == paths.root / "servletkit.db"
 
+    def test_the_policy_wire_is_on_with_the_kept_port(self, tmp_path: Path) -> None:
+        """The policy wire is on as 127.0.0.1:<policy_port>, keys in the state folder, and
+        reaches the dev homeserver by URL; a file's [policy] is kept but for server_urls."""
+        config = config_in(tmp_path)
+        state = attrs.evolve(DevState(), policy_port=48448)
+        paths = DevPaths.for_config(config)
+        policy = wiring.wired_config(config, state, paths, "http://127.0.0.1:41234").policy
+        assert policy is not None and policy.server_name == "127.0.0.1:48448"
+        assert policy.port == 48448 and config.resolve(policy.state_dir) == paths.root / "policy"
+        assert policy.server_urls == {"localhost": "http://127.0.0.1:41234"}
+        own = config_in(tmp_path, '[policy]\nserver_name = "p.test"\nport = 9448\n')
+        kept = wiring.wired_config(own, state, paths, "http://127.0.0.1:41234").policy
+        assert kept is not None and (kept.server_name, kept.port) == ("p.test", 9448)
+        assert kept.server_urls == {"localhost": "http://127.0.0.1:41234"}
+
     def test_the_files_appservice_settings_are_kept_but_not_its_tokens(
         self, tmp_path: Path
     ) -> None:

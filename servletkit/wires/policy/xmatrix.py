@@ -1,0 +1,95 @@
+"""X-Matrix request authentication (spec: server-server API, "Request Authentication").
+
+A server signs ``{"method", "uri", "origin", "destination", "content"}`` with
+its federation key and sends the signature in an ``Authorization: X-Matrix``
+header; the receiver checks it with the key the origin publishes on
+``/_matrix/key/v2/server``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import attrs
+from signedjson.sign import SignatureVerifyException, sign_json, verify_signed_json
+from signedjson.types import SigningKey, VerifyKey
+
+
+class AuthError(Exception):
+    """A request whose X-Matrix authentication is missing or wrong (401 ``M_UNAUTHORIZED``)."""
+
+
+@attrs.frozen
+class XMatrix:
+    """The parameters of one ``Authorization: X-Matrix`` header."""
+
+    origin: str
+    destination: str | None
+    key: str
+    sig: str
+
+
+def parse_authorization(header: str | None) -> XMatrix:
+    """The X-Matrix parameters of ``header``; :class:`AuthError` if it is not one.
+
+    Parsed as Synapse parses it: ``name=value`` pairs separated by commas, values
+    optionally in double quotes (none of origin, destination, key and sig may contain a
+    comma or a quote).
+    """
+    if not header:
+        raise AuthError("missing Authorization header (X-Matrix federation authentication)")
+    scheme, _, rest = header.partition(" ")
+    if scheme != "X-Matrix":
+        raise AuthError("Authorization: expected the X-Matrix scheme")
+    params: dict[str, str] = {}
+    for pair in rest.split(","):
+        name, equals, value = pair.partition("=")
+        name = name.strip().lower()
+        if not equals or not name:
+            raise AuthError("Authorization: malformed X-Matrix parameters")
+        value = value.strip()
+        if len(value) >= 2 and value[0] == value[-1] == '"':
+            value = value[1:-1]
+        if '"' in value:
+            raise AuthError(f"Authorization: malformed X-Matrix parameter {name}")
+        params[name] = value
+    try:
+        return XMatrix(params["origin"], params.get("destination"), params["key"], params["sig"])
+    except KeyError as missing:
+        raise AuthError(f"Authorization: X-Matrix without {missing.args[0]}") from None
+
+
+def request_json(
+    method: str, uri: str, origin: str, destination: str, content: Any = None
+) -> dict[str, Any]:
+    """The JSON object an X-Matrix signature covers."""
+    signed: dict[str, Any] = {"method": method, "uri": uri, "origin": origin,
+                              "destination": destination}
+    if content is not None:
+        signed["content"] = content
+    return signed
+
+
+def verify(
+    auth: XMatrix, verify_key: VerifyKey, method: str, uri: str, destination: str,
+    content: Any = None,
+) -> None:
+    """Raise :class:`AuthError` unless ``auth.sig`` signs this request with ``verify_key``."""
+    signed = request_json(method, uri, auth.origin, destination, content)
+    signed["signatures"] = {auth.origin: {auth.key: auth.sig}}
+    try:
+        verify_signed_json(signed, auth.origin, verify_key)
+    except SignatureVerifyException:
+        raise AuthError(f"X-Matrix signature by {auth.origin} ({auth.key}) does not verify "
+                        "for this request") from None
+
+
+def authorization(
+    method: str, uri: str, origin: str, destination: str, key: SigningKey, content: Any = None
+) -> str:
+    """The ``Authorization`` header value for our own request."""
+    signed = sign_json(request_json(method, uri, origin, destination, content), origin, key)
+    key_id = f"{key.alg}:{key.version}"
+    sig = signed["signatures"][origin][key_id]
+    return (f'X-Matrix origin="{origin}",destination="{destination}",key="{key_id}",'
+            f'sig="{sig}"')

@@ -1,0 +1,103 @@
+"""The policy wire as a part of the container: config, keys kept, its own TLS listener."""
+
+from __future__ import annotations
+
+import stat
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from servletkit.container.app import container_wires
+from servletkit.container.config import ConfigError, parse_config
+from servletkit.container.runtime import Container
+from servletkit.testing import only_plugins
+from servletkit.wires.policy.keys import load_keys
+from servletkit.wires.policy.wire import PolicyWire
+
+
+def config(tmp_path: Path, **policy: Any) -> Any:
+    return parse_config({"policy": {"server_name": "127.0.0.1:1", **policy},
+                         "plugins": only_plugins({})}, tmp_path / "servletkit.toml")
+
+
+def test_policy_section_defaults(tmp_path: Path) -> None:
+    """[policy] with a server_name only: loopback 8448, keys under .servletkit/policy."""
+    settings = config(tmp_path).policy
+    assert (settings.host, settings.port, settings.state_dir) == (
+        "127.0.0.1", 8448, ".servletkit/policy")
+    assert settings.server_urls == {} and settings.tls_certificate is None
+
+
+@pytest.mark.parametrize(("policy", "key", "problem"), [
+    ({"server_name": ""}, "policy", "must not be empty"),
+    ({"port": 0}, "policy.port", "TCP port"),
+    ({"tls_certificate": "a.crt"}, "policy.tls_private_key", "go together"),
+    ({"server_urls": {"localhost": "127.0.0.1:8008"}}, "policy.server_urls.localhost",
+     "base URL"),
+    ({"signing_key": "x"}, "policy.signing_key", "unknown key"),
+])
+def test_policy_section_errors(tmp_path: Path, policy: dict[str, Any], key: str,
+                               problem: str) -> None:
+    """A wrong [policy] key names the key and the problem."""
+    with pytest.raises(ConfigError, match=problem) as info:
+        config(tmp_path, **policy)
+    assert info.value.key == key
+
+
+def test_keys_generated_once_and_private(tmp_path: Path) -> None:
+    """Two different keys, files 0600, the same keys on the next load."""
+    first = load_keys(tmp_path)
+    assert first.policy.version == "policy_server"
+    assert first.federation_public_key != first.policy_public_key
+    for path in tmp_path.iterdir():
+        assert stat.S_IMODE(path.stat().st_mode) == 0o600, path
+    again = load_keys(tmp_path)
+    assert (again.policy_public_key, again.federation_key_id) == (
+        first.policy_public_key, first.federation_key_id)
+
+
+def test_off_without_section(tmp_path: Path) -> None:
+    """No [policy] section: no policy wire."""
+    container = Container(parse_config({"plugins": only_plugins({})},
+                                       tmp_path / "servletkit.toml"), [])
+    assert not [w for w in container_wires(container) if w.name == "policy"]
+
+
+async def test_listener_serves_https_with_a_self_signed_pair(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The wire's lifespan serves HTTPS on its own port (127.0.0.1) with a self-signed
+    pair generated once and said loudly; the pair is reused on the next start."""
+    container = Container(config(tmp_path, port=1), [])
+    container.load()
+    [wire] = [w for w in container_wires(container) if w.name == "policy"]
+    assert isinstance(wire, PolicyWire) and wire.honours_modify is False and wire.tls
+    assert "SELF-SIGNED" in caplog.text
+    certificate, private_key = wire.tls
+    assert stat.S_IMODE(private_key.stat().st_mode) == 0o600
+    wire.port = 0  # a free port for the test
+    async with wire.lifespan():
+        async with httpx.AsyncClient(verify=False) as client:
+            response = await client.get(f"https://127.0.0.1:{wire.port}/_matrix/key/v2/server")
+        assert response.status_code == 200 and response.json()["server_name"] == "127.0.0.1:1"
+    before = certificate.read_bytes()
+    caplog.clear()
+    container_wires(container)
+    assert certificate.read_bytes() == before and "SELF-SIGNED" not in caplog.text
+
+
+async def test_taken_port_is_a_clear_error(tmp_path: Path) -> None:
+    """A port in use: an OSError naming [policy] host and port."""
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        container = Container(config(tmp_path, port=port), [])
+        [wire] = [w for w in container_wires(container) if w.name == "policy"]
+        with pytest.raises(OSError, match=r"\[policy\] host and port"):
+            async with wire.lifespan():
+                pass
