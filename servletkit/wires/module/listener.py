@@ -114,6 +114,12 @@ class Operation:
         return tuple(read(message, name) for name, read in self.readers)
 
 
+def _is_version(protocol: Any) -> bool:
+    """Whether a hello's ``protocol`` is this version, as the integer (``true`` and ``1.0``
+    compare equal to 1 in Python)."""
+    return type(protocol) is int and protocol == PROTOCOL_VERSION
+
+
 def encode(message: Mapping[str, Any]) -> bytes:
     """One frame of ``message``, encoded with orjson (a quarter of the stdlib's time)."""
     return frame(orjson.dumps(message, default=jsonable))
@@ -412,7 +418,7 @@ class ModuleConnection(asyncio.Protocol):
     def _hello(self, message: Mapping[str, Any]) -> None:
         if message.get("op") != "hello":
             self._refuse("M_FORBIDDEN", "the first frame must be {\"op\": \"hello\", ...}")
-        elif message.get("protocol") != PROTOCOL_VERSION:
+        elif not _is_version(message.get("protocol")):
             self._refuse("M_UNRECOGNIZED", f"protocol {message.get('protocol')!r} is not "
                          f"supported (this container speaks {PROTOCOL_VERSION}); "
                          "install the same servletkit version on both sides")
