@@ -201,12 +201,18 @@ class ModuleConfig:
     The container listens on ``host``:``port`` for the module's connection when
     ``enabled``; the module authenticates with ``secret``. ``callbacks`` are
     written into the module's config by ``servletkit synapse-config``.
+    ``max_hello_bytes``: the longest frame accepted before the hello (an
+    unauthenticated peer can make the container buffer no more).
+    ``max_connections``: connections open at once, authenticated or not (Synapse
+    opens one per process: the main one and each worker's).
     """
 
     enabled: bool = False
     host: str = "127.0.0.1"
     port: int = attrs.field(default=8091, validator=_tcp_port)
     secret: str = attrs.field(default="", repr=False, validator=_secret_when_enabled)
+    max_hello_bytes: int = attrs.field(default=4096, validator=_positive)
+    max_connections: int = attrs.field(default=64, validator=_positive)
     callbacks: ModuleCallbacks = attrs.field(  # type: ignore[valid-type]
         factory=ModuleCallbacks)
 

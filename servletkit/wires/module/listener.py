@@ -58,6 +58,10 @@ DRAIN_TIMEOUT_S: Final = 5.0
 connections close (above the module's default 2 s budget per callback)."""
 
 
+LIMIT_LOG_INTERVAL_S: Final = 10.0
+"""Connections refused over ``[module] max_connections`` are logged at most this often."""
+
+
 class BadRequest(ValueError):
     """A request whose fields are missing or of the wrong type."""
 
@@ -176,6 +180,8 @@ class ModuleWire:
         port: int = 0,
         ready: asyncio.Event | None = None,
         own_user: Callable[[str], bool] = lambda user_id: False,
+        max_hello_bytes: int = 4096,
+        max_connections: int = 64,
     ) -> None:
         self.dispatcher = dispatcher
         self._secret = secret.encode()
@@ -183,6 +189,10 @@ class ModuleWire:
         self._ready = ready
         self._own_user = own_user
         self.host, self.port = host, port
+        self.max_hello_bytes = max_hello_bytes
+        self.max_connections = max_connections
+        self._refused_at = -LIMIT_LOG_INTERVAL_S  # when a refused connection was last logged
+        self._refused = 0  # connections refused since
         self._connected = asyncio.Event()  # set at the first module's hello
         self.operations = Operation.table(hooks)
         self.connections: set[ModuleConnection] = set()
@@ -192,6 +202,19 @@ class ModuleWire:
     def protocol(self) -> ModuleConnection:
         """A protocol instance for one new connection (the ``create_server`` factory)."""
         return ModuleConnection(self)
+
+    def admit(self) -> bool:
+        """Whether one more connection may open (logged at most every
+        :data:`LIMIT_LOG_INTERVAL_S` when not, with a count)."""
+        if len(self.connections) < self.max_connections:
+            return True
+        self._refused += 1
+        now = asyncio.get_running_loop().time()
+        if now - self._refused_at >= LIMIT_LOG_INTERVAL_S:
+            log.warning("module wire: refused %d connections: %d are open ([module] "
+                        "max_connections)", self._refused, len(self.connections))
+            self._refused_at, self._refused = now, 0
+        return False
 
     def authenticate(self, secret: Any) -> bool:
         """Whether ``secret`` is the shared secret (constant-time comparison)."""
@@ -347,6 +370,10 @@ class ModuleConnection(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports are not asyncio.Transport subclasses, hence the cast
         self._transport = typing.cast(asyncio.Transport, transport)
+        if not self._wire.admit():
+            self._refuse("M_LIMIT_EXCEEDED", f"too many connections (at most "
+                         f"{self._wire.max_connections}: [module] max_connections)")
+            return
         self._wire.connections.add(self)
         self._hello_timer = asyncio.get_running_loop().call_later(
             HELLO_TIMEOUT_S, self._refuse, "M_FORBIDDEN", "no hello within "
@@ -383,6 +410,10 @@ class ModuleConnection(asyncio.Protocol):
         size = len(view)
         while size - offset >= HEADER.size and self._transport is not None:
             (length,) = HEADER.unpack_from(view, offset)
+            if not self._authenticated and length > self._wire.max_hello_bytes:
+                self._refuse("M_TOO_LARGE", f"frame of {length} bytes before the hello (at "
+                             f"most {self._wire.max_hello_bytes}: [module] max_hello_bytes)")
+                return None
             if length > MAX_FRAME:
                 self._refuse("M_TOO_LARGE", f"frame of {length} bytes (at most {MAX_FRAME})")
                 return None
@@ -459,5 +490,7 @@ def module_wire(container: Container) -> ModuleWire | None:
         return None
     wire = ModuleWire(container.dispatcher, settings.secret, container.store, container.hooks,
                       host=settings.host, port=settings.port, ready=container.ready,
-                      own_user=container.is_own_user)
+                      own_user=container.is_own_user,
+                      max_hello_bytes=settings.max_hello_bytes,
+                      max_connections=settings.max_connections)
     return wire
