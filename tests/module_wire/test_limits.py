@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import socket
 from collections.abc import AsyncIterator
 
 import attrs
@@ -14,13 +15,16 @@ from servletkit.container.config import ConfigError, parse_config
 from servletkit.container.plugins import PluginSource
 from servletkit.container.runtime import Container
 from servletkit.testing.synapse import free_port
+from servletkit.wires.module.connection import WRITE_HIGH_WATER
 from servletkit.wires.module.listener import ModuleWire, module_wire
-from servletkit.wires.module.protocol import HEADER
+from servletkit.wires.module.protocol import HEADER, PROTOCOL_VERSION, encode
 from tests.module_wire import wire_plugin
-from tests.module_wire.conftest import container_config
+from tests.module_wire.conftest import SECRET, container_config
 from tests.module_wire.test_listener import Peer
 
 MAX_CONNECTIONS = 3
+LOTS = 16 * 1024 * 1024
+"""More requests than the kernel's socket buffers hold, in bytes."""
 
 
 @pytest.fixture(scope="module")
@@ -99,3 +103,56 @@ class TestConfig:
         """Zero is refused, naming the key."""
         with pytest.raises(ConfigError, match=rf"module\.{key}: must be positive"):
             parse_config({"module": {key: 0}})
+
+
+class TestBackpressure:
+    async def test_a_peer_that_never_reads_its_answers(self, limited: ModuleWire) -> None:
+        """A peer that sends requests and never reads the answers stops being read once its
+        unsent answers pass the high-water mark: the container's buffer stays bounded and
+        the peer's own sends stall."""
+        loop = asyncio.get_running_loop()
+        before = set(limited.connections)
+        sock = socket.socket()
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 65536)
+        sock.setblocking(False)
+        try:
+            await loop.sock_connect(sock, ("127.0.0.1", limited.port))
+            await loop.sock_sendall(sock, encode({"op": "hello", "protocol": PROTOCOL_VERSION,
+                                                  "secret": SECRET}))
+            await asyncio.wait_for(loop.sock_recv(sock, 1024), 5)  # the hello's answer
+            (connection,) = set(limited.connections) - before
+            request = encode({"id": 1, "op": "nothing"})  # ~5x that in answers
+            chunk = pending = request * 1000
+            sent, stalled_since, deadline = 0, None, loop.time() + 5
+            while sent < LOTS and loop.time() < deadline:
+                try:
+                    written = sock.send(pending)
+                    sent += written
+                    pending = pending[written:] or chunk  # never a frame cut short
+                    stalled_since = None
+                    await asyncio.sleep(0)
+                except BlockingIOError:
+                    stalled_since = stalled_since or loop.time()
+                    if loop.time() - stalled_since > 0.5:
+                        break
+                    await asyncio.sleep(0.01)
+            buffered = connection.unsent_bytes()
+            print(f"sent {sent} bytes of requests, {buffered} bytes of answers buffered")
+            assert buffered <= 2 * WRITE_HIGH_WATER, (sent, buffered)
+            assert sent < LOTS  # its sends stalled
+            # it reads again: every answer arrives, the connection goes on
+            answers = 0
+            received = bytearray()
+            while answers < sent // len(request):
+                data = await asyncio.wait_for(loop.sock_recv(sock, 1 << 20), 5)
+                assert data
+                received += data
+                while len(received) >= HEADER.size:
+                    (length,) = HEADER.unpack_from(received)
+                    if len(received) < HEADER.size + length:
+                        break
+                    del received[:HEADER.size + length]
+                    answers += 1
+        finally:
+            sock.close()

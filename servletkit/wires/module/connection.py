@@ -34,6 +34,10 @@ log = logging.getLogger("servletkit.module_wire")
 HELLO_TIMEOUT_S: Final = 10.0
 """A connection that has not authenticated within this time is closed."""
 
+WRITE_HIGH_WATER: Final = 64 * 1024
+"""Unsent answers, in bytes, above which a connection's peer is no longer read (until
+they are down to a quarter of it): a peer that never reads its answers costs no more."""
+
 
 def _is_version(protocol: Any) -> bool:
     """Whether a hello's ``protocol`` is this version, as the integer (``true`` and ``1.0``
@@ -58,6 +62,7 @@ class ModuleConnection(asyncio.Protocol):
         self._buffer = bytearray()
         self._transport: asyncio.Transport | None = None
         self._authenticated = False
+        self._paused = False  # its peer is not read: too many of its answers are unsent
         self._hello_timer: asyncio.TimerHandle | None = None
         self.tasks: set[asyncio.Task[None]] = set()  # requests in flight, answered when done
 
@@ -68,6 +73,7 @@ class ModuleConnection(asyncio.Protocol):
             self._refuse("M_LIMIT_EXCEEDED", f"too many connections (at most "
                          f"{self._wire.max_connections}: [module] max_connections)")
             return
+        self._transport.set_write_buffer_limits(high=WRITE_HIGH_WATER)
         self._wire.connections.add(self)
         self._hello_timer = asyncio.get_running_loop().call_later(
             HELLO_TIMEOUT_S, self._refuse, "M_FORBIDDEN", "no hello within "
@@ -81,6 +87,23 @@ class ModuleConnection(asyncio.Protocol):
             self._hello_timer.cancel()
         for task in self.tasks:
             task.cancel()
+
+    def pause_writing(self) -> None:
+        """Its answers pile up unsent: stop reading its requests, even those already read."""
+        self._paused = True
+        if self._transport is not None:
+            self._transport.pause_reading()
+
+    def resume_writing(self) -> None:
+        """Its answers are down to the low-water mark: answer what it has sent, read on."""
+        self._paused = False
+        if self._transport is not None:
+            self._transport.resume_reading()
+            self.data_received(b"")  # the frames read before the pause
+
+    def unsent_bytes(self) -> int:
+        """Answers written but not yet taken by the peer, in bytes."""
+        return 0 if self._transport is None else self._transport.get_write_buffer_size()
 
     def data_received(self, data: bytes) -> None:
         buffer = self._buffer
@@ -102,7 +125,7 @@ class ModuleConnection(asyncio.Protocol):
         """Handle the whole frames in ``view``; where the first incomplete one starts."""
         offset = 0
         size = len(view)
-        while size - offset >= HEADER.size and self._transport is not None:
+        while size - offset >= HEADER.size and self._transport is not None and not self._paused:
             (length,) = HEADER.unpack_from(view, offset)
             if not self._authenticated and length > self._wire.max_hello_bytes:
                 self._refuse("M_TOO_LARGE", f"frame of {length} bytes before the hello (at "
