@@ -155,8 +155,10 @@ class AppserviceWire:
         p = PREFIX
         return [
             Route(f"{p}/transactions/{{txn_id}}", self.put_transaction, methods=["PUT"]),
-            Route(f"{p}/users/{{user_id}}", self.query_user, methods=["GET"]),
-            Route(f"{p}/rooms/{{alias}}", self.query_alias, methods=["GET"]),
+            # `path`: an identifier may contain '/' (an alias localpart may), sent
+            # percent-encoded and decoded before routing; it is all the identifier
+            Route(f"{p}/users/{{user_id:path}}", self.query_user, methods=["GET"]),
+            Route(f"{p}/rooms/{{alias:path}}", self.query_alias, methods=["GET"]),
             Route(f"{p}/ping", self.ping, methods=["POST"]),
             Route(f"{p}/thirdparty/protocol/{{protocol}}", self.thirdparty_protocol,
                   methods=["GET"]),
@@ -352,6 +354,8 @@ class AppserviceWire:
         return await self._query("on_query_alias", request.path_params["alias"])
 
     async def _query(self, hook: str, subject: str) -> Response:
+        if not subject:
+            raise MatrixError(404, "M_NOT_FOUND", "No identifier in the path")
         await self._plugins_ready()
         plugin, _ = await self._container.dispatcher.first_answer(
             hook, subject, accept=lambda answer: answer is True
