@@ -69,6 +69,7 @@ from servletkit.store import (
     record_decision,
     unit_of_work,
 )
+from servletkit.wires.appservice.malformed import Malformed
 from servletkit.wires.errors import MatrixError
 
 if TYPE_CHECKING:
@@ -269,11 +270,13 @@ class AppserviceWire:
         if not (intercepting or observing):
             return  # no plugin wants events: do not even build them
         built = []
-        for raw in events:
+        malformed = Malformed("events")
+        for index, raw in enumerate(events):
             try:
                 built.append(Event.from_json(raw))
             except EventFormatError as exc:
-                log.warning("transaction %s: skipped a malformed event: %s", txn_id, exc)
+                malformed.add(index, exc)
+        malformed.log(txn_id)
         if intercepting:
             vetoed: list[tuple[Event, Outcome]] = []
             for event in built:
@@ -312,16 +315,18 @@ class AppserviceWire:
     async def _deliver_ephemeral(self, txn_id: str, items: list[Any], batch: Batch) -> None:
         dispatcher = self._container.dispatcher
         observing = bool(dispatcher.chain("on_ephemeral"))
-        for raw in items:
+        malformed = Malformed("ephemeral items")
+        for index, raw in enumerate(items):
             try:
                 data = Ephemeral.from_json(raw)
             except EventFormatError as exc:
-                log.warning("transaction %s: skipped malformed ephemeral data: %s", txn_id, exc)
+                malformed.add(index, exc)
                 continue
             if data.type == "m.presence" and data.sender is not None:
                 await self._presence(data, batch)
             if observing:
                 await dispatcher.observe("on_ephemeral", data)
+        malformed.log(txn_id)
 
     async def _presence(self, data: Ephemeral, batch: Batch) -> None:
         """Report a user going online to ``on_connect_event_stream`` (decision recorded only)."""

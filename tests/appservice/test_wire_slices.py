@@ -1,0 +1,81 @@
+"""Large and malformed transactions: handled in slices that let other requests through,
+their malformed items logged once per transaction, in summary."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+
+import orjson
+
+from servletkit import hookimpl
+from tests.appservice.serving import served
+from tests.appservice.support import AUTH, new_event
+
+
+class Counts:
+    """Intercepts and observes every event (so every item is built), counting them."""
+
+    def __init__(self) -> None:
+        self.intercepted = 0
+        self.stored = 0
+
+    @hookimpl
+    def on_send_event(self, event):
+        self.intercepted += 1
+
+    @hookimpl
+    def on_stored_event(self, event):
+        self.stored += 1
+
+
+async def test_a_large_transaction_lets_other_requests_through(make_wire, caplog):
+    """While a 1 MiB transaction of 500,000 malformed items and 2,000 events is handled,
+    health requests are still answered, each within 0.25 s."""
+    plugin = Counts()
+    container, _ = await make_wire({"counts": plugin})
+    body = orjson.dumps({"events": [0] * 500_000 + [new_event() for _ in range(2_000)]})
+    assert len(body) > 1024 * 1024
+    caplog.set_level(logging.WARNING, logger="servletkit.appservice")
+    async with served(container) as client:
+        started = time.monotonic()
+        put = asyncio.create_task(client.put("/_matrix/app/v1/transactions/big", content=body,
+                                             headers=AUTH))
+        waits = []
+        while not put.done() and len(waits) < 10_000:
+            asked = time.monotonic()
+            assert (await client.get("/_servletkit/health")).status_code == 200
+            waits.append(time.monotonic() - asked)
+            await asyncio.sleep(0.005)
+        answer = await put
+        took = time.monotonic() - started
+    print(f"transaction {took:.2f} s; {len(waits)} health requests meanwhile, the slowest "
+          f"{max(waits, default=0) * 1000:.0f} ms")
+    assert answer.status_code == 200
+    assert (plugin.intercepted, plugin.stored) == (2_000, 2_000)
+    assert len(waits) >= 3 and max(waits) < 0.25
+
+
+async def test_malformed_items_are_logged_once_in_summary(make_wire, caplog):
+    """1,000 malformed events and 1,000 malformed ephemeral items make one warning each,
+    with the count and the first three problems; a long transaction id is truncated."""
+    plugin = Counts()
+    _, client = await make_wire({"counts": plugin})
+    txn_id = "t" * 64 + "x" * 4_000
+    body = {"events": [new_event(), *(["not an event"] * 1_000)],
+            "ephemeral": [{"type": 5}] * 1_000}
+    caplog.set_level(logging.WARNING, logger="servletkit.appservice")
+    answer = await client.put(f"/_matrix/app/v1/transactions/{txn_id}", json=body,
+                              headers=AUTH)
+    assert answer.status_code == 200
+    assert plugin.stored == 1
+    warnings = [record.getMessage() for record in caplog.records
+                if record.name == "servletkit.appservice"]
+    assert len(warnings) == 2, warnings
+    events, ephemeral = warnings
+    assert events.startswith(f"transaction {'t' * 64}: skipped 1000 malformed events (item 1: ")
+    assert ephemeral.startswith(f"transaction {'t' * 64}: skipped 1000 malformed ephemeral")
+    for message in warnings:
+        assert "x" not in message.partition(":")[0]
+        assert message.count("item ") == 3 and message.endswith("; ...)")
