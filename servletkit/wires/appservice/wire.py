@@ -70,6 +70,7 @@ from servletkit.store import (
     unit_of_work,
 )
 from servletkit.wires.appservice.malformed import Malformed
+from servletkit.wires.appservice.slices import in_slices
 from servletkit.wires.errors import MatrixError
 
 if TYPE_CHECKING:
@@ -271,28 +272,33 @@ class AppserviceWire:
             return  # no plugin wants events: do not even build them
         built = []
         malformed = Malformed("events")
-        for index, raw in enumerate(events):
-            try:
-                built.append(Event.from_json(raw))
-            except EventFormatError as exc:
-                malformed.add(index, exc)
+        index = 0
+        async for items in in_slices(events):
+            for raw in items:
+                try:
+                    built.append(Event.from_json(raw))
+                except EventFormatError as exc:
+                    malformed.add(index, exc)
+                index += 1
         malformed.log(txn_id)
         if intercepting:
             vetoed: list[tuple[Event, Outcome]] = []
-            for event in built:
-                outcome = await dispatcher.intercept("on_send_event", event)
-                if outcome.decision is not None:
-                    detail = _NOT_APPLIED if type(outcome.decision) is Modify else None
-                    batch.audit.append(audit_record(outcome, event.event_id, event.room_id,
-                                                    detail))
-                    if outcome.vetoed and self._config.enforce_vetoes == "redact":
-                        vetoed.append((event, outcome))
+            async for some in in_slices(built):
+                for event in some:
+                    outcome = await dispatcher.intercept("on_send_event", event)
+                    if outcome.decision is not None:
+                        detail = _NOT_APPLIED if type(outcome.decision) is Modify else None
+                        batch.audit.append(audit_record(outcome, event.event_id,
+                                                        event.room_id, detail))
+                        if outcome.vetoed and self._config.enforce_vetoes == "redact":
+                            vetoed.append((event, outcome))
             if vetoed:
                 records = await asyncio.gather(*(self._redact(event, outcome)
                                                  for event, outcome in vetoed))
                 batch.audit.extend(records)
         if observing:
-            await dispatcher.observe_each("on_stored_event", built)
+            async for some in in_slices(built):
+                await dispatcher.observe_each("on_stored_event", some)
 
     async def _redact(self, event: Event, outcome: Outcome) -> AuditRecord:
         """Carry out a Veto on a stored event: redact it as the appservice user."""
@@ -316,16 +322,19 @@ class AppserviceWire:
         dispatcher = self._container.dispatcher
         observing = bool(dispatcher.chain("on_ephemeral"))
         malformed = Malformed("ephemeral items")
-        for index, raw in enumerate(items):
-            try:
-                data = Ephemeral.from_json(raw)
-            except EventFormatError as exc:
-                malformed.add(index, exc)
-                continue
-            if data.type == "m.presence" and data.sender is not None:
-                await self._presence(data, batch)
-            if observing:
-                await dispatcher.observe("on_ephemeral", data)
+        index = 0
+        async for some in in_slices(items):
+            for raw in some:
+                index += 1
+                try:
+                    data = Ephemeral.from_json(raw)
+                except EventFormatError as exc:
+                    malformed.add(index - 1, exc)
+                    continue
+                if data.type == "m.presence" and data.sender is not None:
+                    await self._presence(data, batch)
+                if observing:
+                    await dispatcher.observe("on_ephemeral", data)
         malformed.log(txn_id)
 
     async def _presence(self, data: Ephemeral, batch: Batch) -> None:
