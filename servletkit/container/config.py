@@ -122,7 +122,10 @@ class AppserviceConfig:
     ``"observe"`` only records an interception hook's Veto on a stored event;
     ``"redact"`` also redacts the event as the appservice user, with the
     reason. ``max_transaction_bytes`` is the largest transaction body accepted
-    (413 ``M_TOO_LARGE`` above it).
+    (413 ``M_TOO_LARGE`` above it). ``presence_kept``: how many users are
+    remembered as online, so that their going online reaches
+    ``on_connect_event_stream`` once (past it, the user seen longest ago is
+    forgotten and reported again when next online).
     """
 
     as_token: str = attrs.field(validator=_not_empty, repr=False)
@@ -136,6 +139,7 @@ class AppserviceConfig:
     protocols: tuple[str, ...] = ()
     enforce_vetoes: Literal["observe", "redact"] = "observe"
     max_transaction_bytes: int = attrs.field(default=16 * 1024 * 1024, validator=_positive)
+    presence_kept: int = attrs.field(default=100_000, validator=_positive)
 
 
 @attrs.frozen

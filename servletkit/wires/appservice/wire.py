@@ -51,6 +51,7 @@ import contextlib
 import hashlib
 import hmac
 import logging
+from collections import OrderedDict
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, Final
 
@@ -137,7 +138,8 @@ class AppserviceWire:
         self._store = container.store
         self._hs_token = config.hs_token.encode()
         self._lock = asyncio.Lock()
-        self._online: set[str] = set()
+        # users online, the one seen longest ago first; at most presence_kept
+        self._online: OrderedDict[str, None] = OrderedDict()
         self._counter_went_back = False
 
     def lifespan(self) -> contextlib.AbstractAsyncContextManager[None]:
@@ -341,12 +343,16 @@ class AppserviceWire:
         """Report a user going online to ``on_connect_event_stream`` (decision recorded only)."""
         user_id = data.sender
         assert user_id is not None
+        online = self._online
         if data.content.get("presence") != "online":
-            self._online.discard(user_id)
+            online.pop(user_id, None)
             return
-        if user_id in self._online:
+        if user_id in online:
+            online.move_to_end(user_id)
             return
-        self._online.add(user_id)
+        online[user_id] = None
+        if len(online) > self._config.presence_kept:
+            online.popitem(last=False)
         outcome = await self._container.dispatcher.intercept(
             "on_connect_event_stream", user_id, None
         )
