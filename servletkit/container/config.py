@@ -125,7 +125,8 @@ class AppserviceConfig:
     (413 ``M_TOO_LARGE`` above it). ``presence_kept``: how many users are
     remembered as online, so that their going online reaches
     ``on_connect_event_stream`` once (past it, the user seen longest ago is
-    forgotten and reported again when next online).
+    forgotten and reported again when next online). ``body_timeout_s``: how long
+    a request's body may take to arrive (408 after it).
     """
 
     as_token: str = attrs.field(validator=_not_empty, repr=False)
@@ -140,6 +141,7 @@ class AppserviceConfig:
     enforce_vetoes: Literal["observe", "redact"] = "observe"
     max_transaction_bytes: int = attrs.field(default=16 * 1024 * 1024, validator=_positive)
     presence_kept: int = attrs.field(default=100_000, validator=_positive)
+    body_timeout_s: float = attrs.field(default=30.0, validator=_positive)
 
 
 @attrs.frozen

@@ -197,18 +197,25 @@ class AppserviceWire:
                               "Wrong hs_token: it does not match the appservice registration")
 
     async def _read_json(self, request: Request) -> Any:
-        """The body as JSON: over the limit → 413 ``M_TOO_LARGE``; not JSON → 400 ``M_NOT_JSON``."""
+        """The body as JSON: over the limit → 413 ``M_TOO_LARGE``; not JSON → 400 ``M_NOT_JSON``;
+        not all there within ``body_timeout_s`` → 408 ``M_UNKNOWN``."""
         limit = self._config.max_transaction_bytes
         length = request.headers.get("content-length")
         if length is not None and length.isdigit() and int(length) > limit:
             raise self._too_large(int(length))
         chunks = []
         size = 0
-        async for chunk in request.stream():
-            size += len(chunk)
-            if size > limit:
-                raise self._too_large(size)
-            chunks.append(chunk)
+        timeout_s = self._config.body_timeout_s
+        try:
+            async with asyncio.timeout(timeout_s):
+                async for chunk in request.stream():
+                    size += len(chunk)
+                    if size > limit:
+                        raise self._too_large(size)
+                    chunks.append(chunk)
+        except TimeoutError:
+            raise MatrixError(408, "M_UNKNOWN", f"The body did not arrive within {timeout_s:g} "
+                              f"s ([appservice] body_timeout_s); {size} bytes came") from None
         try:
             return orjson.loads(b"".join(chunks))
         except orjson.JSONDecodeError as exc:
