@@ -50,8 +50,14 @@ def cmd_run(args: argparse.Namespace) -> int:
     for listen_host, listen_port, setting in listens:
         if taken := port_unavailable(config, listen_host, listen_port, setting):
             raise CommandError(taken)
+    from uvicorn.protocols.http.auto import AutoHTTPProtocol
+
+    from servletkit.container.http_server import with_header_timeout
+
+    server = config.server
     uvicorn.run(build_app(container), host=host, port=port, log_level="info", lifespan="on",
-                log_config=uvicorn_log_config())
+                log_config=uvicorn_log_config(), timeout_keep_alive=server.keep_alive_s,
+                http=with_header_timeout(AutoHTTPProtocol, server.header_timeout_s))
     return 0
 
 

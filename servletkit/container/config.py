@@ -64,10 +64,17 @@ def _tcp_port(instance: Any, attribute: attrs.Attribute[Any], value: int | None)
 
 @attrs.frozen
 class ServerConfig:
-    """``[server]``: where the container listens."""
+    """``[server]``: where the container listens, and how long a client may take.
+
+    ``header_timeout_s``: a connection whose next request's headers have not
+    arrived within this time (at most twice it) is closed. ``keep_alive_s``: an
+    idle connection between requests is closed after this.
+    """
 
     host: str = "127.0.0.1"
     port: int = attrs.field(default=8090, validator=_tcp_port)
+    header_timeout_s: float = attrs.field(default=10.0, validator=_positive)
+    keep_alive_s: int = attrs.field(default=5, validator=_positive)
 
 
 @attrs.frozen
