@@ -68,13 +68,16 @@ class ServerConfig:
 
     ``header_timeout_s``: a connection whose next request's headers have not
     arrived within this time (at most twice it) is closed. ``keep_alive_s``: an
-    idle connection between requests is closed after this.
+    idle connection between requests is closed after this. ``metrics``: serve
+    Prometheus metrics on ``GET /metrics`` (per plugin and hook: calls, time,
+    decisions, failures; see :mod:`servletkit.wires.metrics`).
     """
 
     host: str = "127.0.0.1"
     port: int = attrs.field(default=8090, validator=_tcp_port)
     header_timeout_s: float = attrs.field(default=10.0, validator=_positive)
     keep_alive_s: int = attrs.field(default=5, validator=_positive)
+    metrics: bool = False
 
 
 @attrs.frozen

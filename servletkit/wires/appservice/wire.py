@@ -51,6 +51,7 @@ import contextlib
 import hashlib
 import hmac
 import logging
+import time
 from collections import OrderedDict
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, Final
@@ -73,6 +74,7 @@ from servletkit.store import (
 from servletkit.wires.appservice.malformed import Malformed
 from servletkit.wires.appservice.slices import in_slices
 from servletkit.wires.errors import MatrixError
+from servletkit.wires.metrics import metrics_for
 
 if TYPE_CHECKING:
     from servletkit.container.config import AppserviceConfig
@@ -141,6 +143,7 @@ class AppserviceWire:
         # users online, the one seen longest ago first; at most presence_kept
         self._online: OrderedDict[str, None] = OrderedDict()
         self._counter_went_back = False
+        self._metrics = metrics_for(container)
 
     def lifespan(self) -> contextlib.AbstractAsyncContextManager[None]:
         """Nothing of its own runs: it is all routes."""
@@ -245,6 +248,7 @@ class AppserviceWire:
         digest = transaction_digest(events, ephemeral)
         store = self._store
         if await store.processed_digest(txn_id) == digest:  # a retry: no need to queue
+            self._count("retry")
             return _ok()
         await self._plugins_ready()
         async with self._lock:
@@ -257,6 +261,7 @@ class AppserviceWire:
                 if ephemeral:
                     await self._deliver_ephemeral(txn_id, ephemeral, batch)
             await store.commit(batch, ProcessedTransaction(txn_id, digest))
+        self._count("transaction")
         return _ok()
 
     async def _is_retry(self, txn_id: str, digest: str) -> bool:
@@ -294,7 +299,7 @@ class AppserviceWire:
             vetoed: list[tuple[Event, Outcome]] = []
             async for some in in_slices(built):
                 for event in some:
-                    outcome = await dispatcher.intercept("on_send_event", event)
+                    outcome = await self._intercept("on_send_event", event)
                     if outcome.decision is not None:
                         detail = _NOT_APPLIED if type(outcome.decision) is Modify else None
                         batch.audit.append(audit_record(outcome, event.event_id,
@@ -308,6 +313,20 @@ class AppserviceWire:
         if observing:
             async for some in in_slices(built):
                 await dispatcher.observe_each("on_stored_event", some)
+
+    async def _intercept(self, hook: str, *args: Any) -> Outcome:
+        """The dispatcher's outcome, reported to the metrics when they are on."""
+        metrics = self._metrics
+        if metrics is None:
+            return await self._container.dispatcher.intercept(hook, *args)
+        started = time.perf_counter()
+        outcome = await self._container.dispatcher.intercept(hook, *args)
+        metrics.outcome(self.name, outcome, time.perf_counter() - started)
+        return outcome
+
+    def _count(self, kind: str) -> None:
+        if self._metrics is not None:
+            self._metrics.requests.labels(self.name, kind).inc()
 
     async def _redact(self, event: Event, outcome: Outcome) -> AuditRecord:
         """Carry out a Veto on a stored event: redact it as the appservice user."""
@@ -360,9 +379,7 @@ class AppserviceWire:
         online[user_id] = None
         if len(online) > self._config.presence_kept:
             online.popitem(last=False)
-        outcome = await self._container.dispatcher.intercept(
-            "on_connect_event_stream", user_id, None
-        )
+        outcome = await self._intercept("on_connect_event_stream", user_id, None)
         if outcome.decision is not None:
             batch.audit.append(audit_record(
                 outcome, detail=f"{user_id} went online; recorded only (appservice wire)"

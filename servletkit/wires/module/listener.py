@@ -23,6 +23,7 @@ import asyncio
 import contextlib
 import hmac
 import logging
+import time
 from collections.abc import AsyncIterator, Callable, Mapping
 from typing import TYPE_CHECKING, Any, Final
 
@@ -35,6 +36,7 @@ from servletkit.hooks.events import Event, EventFormatError
 from servletkit.hooks.specs import HOOKS
 from servletkit.hooks.table import FieldKind, HookTable
 from servletkit.store import AuditRecord, Batch, Store, audit_record
+from servletkit.wires.metrics import Metrics, metrics_for
 from servletkit.wires.module.connection import ModuleConnection, encode, error_message
 
 if TYPE_CHECKING:
@@ -156,6 +158,7 @@ class ModuleWire:
         own_user: Callable[[str], bool] = lambda user_id: False,
         max_hello_bytes: int = 4096,
         max_connections: int = 64,
+        metrics: Metrics | None = None,
     ) -> None:
         self.dispatcher = dispatcher
         self._secret = secret.encode()
@@ -165,6 +168,9 @@ class ModuleWire:
         self.host, self.port = host, port
         self.max_hello_bytes = max_hello_bytes
         self.max_connections = max_connections
+        self._metrics = metrics
+        if metrics is not None:
+            metrics.count_connections(self.name, lambda: len(self.connections))
         self._refused_at = -LIMIT_LOG_INTERVAL_S  # when a refused connection was last logged
         self._refused = 0  # connections refused since
         self._connected = asyncio.Event()  # set at the first module's hello
@@ -213,11 +219,15 @@ class ModuleWire:
         ready = self._ready
         if ready is not None and not ready.is_set() and not self._for_own_user(args[0]):
             await ready.wait()
+        metrics = self._metrics
+        started = time.perf_counter() if metrics is not None else 0.0
         try:
             outcome = await self.dispatcher.intercept(hook, *args)
         except Exception:
             log.exception("module wire: %s failed", hook)
             return encode(error_message(request_id, "M_UNKNOWN", f"{hook} failed in the container"))
+        if metrics is not None:
+            metrics.outcome(self.name, outcome, time.perf_counter() - started)
         try:
             reply = encode(reply_for(request_id, outcome))
         except Exception as exc:
@@ -339,5 +349,6 @@ def module_wire(container: Container) -> ModuleWire | None:
                       host=settings.host, port=settings.port, ready=container.ready,
                       own_user=container.is_own_user,
                       max_hello_bytes=settings.max_hello_bytes,
-                      max_connections=settings.max_connections)
+                      max_connections=settings.max_connections,
+                      metrics=metrics_for(container))
     return wire
