@@ -23,6 +23,7 @@ from servletkit.container.runtime import Container
 from servletkit.wires import Wire, WireFactory
 from servletkit.wires.appservice.wire import appservice_wire
 from servletkit.wires.errors import EXCEPTION_HANDLERS
+from servletkit.wires.metrics import metrics_routes
 from servletkit.wires.module.listener import module_wire
 from servletkit.wires.policy.wire import policy_wire
 
@@ -87,7 +88,8 @@ def build_app(
             stack.push_async_callback(_settle, starting)
             yield
 
-    routes = health_routes(container) + [route for wire in wires for route in wire.routes()]
+    routes = [*health_routes(container), *metrics_routes(container),
+              *(route for wire in wires for route in wire.routes())]
     return Starlette(routes=routes, exception_handlers=EXCEPTION_HANDLERS, lifespan=lifespan)
 
 

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import copy
 import json
 import logging
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 from servletkit.container.config import Config, ConfigError, load_config
 from servletkit.container.ports import port_unavailable
@@ -51,8 +53,37 @@ def cmd_run(args: argparse.Namespace) -> int:
     for listen_host, listen_port, setting in listens:
         if taken := port_unavailable(config, listen_host, listen_port, setting):
             raise CommandError(taken)
-    uvicorn.run(build_app(container), host=host, port=port, log_level="info", lifespan="on")
+    from uvicorn.protocols.http.auto import AutoHTTPProtocol
+
+    from servletkit.container.http_server import with_header_timeout
+
+    server = config.server
+    uvicorn.run(build_app(container), host=host, port=port, log_level="info", lifespan="on",
+                log_config=uvicorn_log_config(), timeout_keep_alive=server.keep_alive_s,
+                http=with_header_timeout(AutoHTTPProtocol, server.header_timeout_s))
     return 0
+
+
+class WithoutQueryString(logging.Filter):
+    """Drops the query string from uvicorn's access log lines: a homeserver may send its
+    hs_token as ``?access_token=``, and tokens are never logged."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        args = record.args
+        if isinstance(args, tuple) and len(args) == 5 and isinstance(args[2], str):
+            path, _, _ = args[2].partition("?")
+            record.args = (*args[:2], path, *args[3:])
+        return True
+
+
+def uvicorn_log_config() -> dict[str, Any]:
+    """uvicorn's logging config, its access log lines without query strings."""
+    from uvicorn.config import LOGGING_CONFIG
+
+    config = copy.deepcopy(LOGGING_CONFIG)
+    config.setdefault("filters", {})["without_query"] = {"()": WithoutQueryString}
+    config["handlers"]["access"]["filters"] = ["without_query"]
+    return config
 
 
 def cmd_plugins(args: argparse.Namespace) -> int:

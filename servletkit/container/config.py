@@ -64,10 +64,20 @@ def _tcp_port(instance: Any, attribute: attrs.Attribute[Any], value: int | None)
 
 @attrs.frozen
 class ServerConfig:
-    """``[server]``: where the container listens."""
+    """``[server]``: where the container listens, and how long a client may take.
+
+    ``header_timeout_s``: a connection whose next request's headers have not
+    arrived within this time (at most twice it) is closed. ``keep_alive_s``: an
+    idle connection between requests is closed after this. ``metrics``: serve
+    Prometheus metrics on ``GET /metrics`` (per plugin and hook: calls, time,
+    decisions, failures; see :mod:`servletkit.wires.metrics`).
+    """
 
     host: str = "127.0.0.1"
     port: int = attrs.field(default=8090, validator=_tcp_port)
+    header_timeout_s: float = attrs.field(default=10.0, validator=_positive)
+    keep_alive_s: int = attrs.field(default=5, validator=_positive)
+    metrics: bool = False
 
 
 @attrs.frozen
@@ -122,7 +132,11 @@ class AppserviceConfig:
     ``"observe"`` only records an interception hook's Veto on a stored event;
     ``"redact"`` also redacts the event as the appservice user, with the
     reason. ``max_transaction_bytes`` is the largest transaction body accepted
-    (413 ``M_TOO_LARGE`` above it).
+    (413 ``M_TOO_LARGE`` above it). ``presence_kept``: how many users are
+    remembered as online, so that their going online reaches
+    ``on_connect_event_stream`` once (past it, the user seen longest ago is
+    forgotten and reported again when next online). ``body_timeout_s``: how long
+    a request's body may take to arrive (408 after it).
     """
 
     as_token: str = attrs.field(validator=_not_empty, repr=False)
@@ -136,6 +150,8 @@ class AppserviceConfig:
     protocols: tuple[str, ...] = ()
     enforce_vetoes: Literal["observe", "redact"] = "observe"
     max_transaction_bytes: int = attrs.field(default=16 * 1024 * 1024, validator=_positive)
+    presence_kept: int = attrs.field(default=100_000, validator=_positive)
+    body_timeout_s: float = attrs.field(default=30.0, validator=_positive)
 
 
 @attrs.frozen
@@ -201,12 +217,18 @@ class ModuleConfig:
     The container listens on ``host``:``port`` for the module's connection when
     ``enabled``; the module authenticates with ``secret``. ``callbacks`` are
     written into the module's config by ``servletkit synapse-config``.
+    ``max_hello_bytes``: the longest frame accepted before the hello (an
+    unauthenticated peer can make the container buffer no more).
+    ``max_connections``: connections open at once, authenticated or not (Synapse
+    opens one per process: the main one and each worker's).
     """
 
     enabled: bool = False
     host: str = "127.0.0.1"
     port: int = attrs.field(default=8091, validator=_tcp_port)
     secret: str = attrs.field(default="", repr=False, validator=_secret_when_enabled)
+    max_hello_bytes: int = attrs.field(default=4096, validator=_positive)
+    max_connections: int = attrs.field(default=64, validator=_positive)
     callbacks: ModuleCallbacks = attrs.field(  # type: ignore[valid-type]
         factory=ModuleCallbacks)
 

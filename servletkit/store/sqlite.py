@@ -18,6 +18,7 @@ their own database.
 
 from __future__ import annotations
 
+import os
 import sqlite3
 import time
 from pathlib import Path
@@ -88,6 +89,9 @@ class SqliteStore:
         if self._db is not None:
             return
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        # created owner-only before SQLite opens it: SQLite gives the -wal and -shm
+        # files the database's mode, and the three hold plugin data and the audit log
+        os.close(os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600))
         db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
         db.execute("PRAGMA journal_mode=WAL")
         db.execute(f"PRAGMA synchronous={self.synchronous}")

@@ -299,6 +299,30 @@ class TestEphemeral:
         records = await container.store.audit_log()
         assert [r.hook for r in records] == ["on_connect_event_stream"] * 2
 
+    async def test_presence_state_is_bounded(self, make_wire):
+        """At most presence_kept users are remembered as online: a new one evicts the one
+        seen longest ago, whose next "online" is reported again."""
+        connects = []
+
+        class Watcher:
+            @hookimpl
+            def on_connect_event_stream(self, user_id, device_id):
+                connects.append(user_id)
+
+        _, client = await make_wire({"watch": Watcher()}, presence_kept=3)
+
+        def online(*names):
+            return [{"type": "m.presence", "sender": f"@{name}:localhost",
+                     "content": {"presence": "online"}} for name in names]
+
+        await put(client, "1", {"events": [], "ephemeral": online("a", "b", "c", "a", "d")})
+        assert connects == ["@a:localhost", "@b:localhost", "@c:localhost", "@d:localhost"]
+        await put(client, "2", {"events": [], "ephemeral": online("a", "d", "c", "b")})
+        # "a" was seen again before "d" came, so "b" was evicted, not "a"
+        assert connects[4:] == ["@b:localhost"]
+        await put(client, "3", {"events": [], "ephemeral": online(*(f"u{i}" for i in range(100)))})
+        assert len(connects) == 105
+
 
 class TestQueries:
     async def test_first_true_wins(self, make_wire):

@@ -83,7 +83,7 @@ def test_plugin_keys_far_from_container_keys_are_not_warned(
     [
         ("[server]\nport = '8090'\n", "server.port", "must be an integer, got '8090' (str)"),
         ("[server]\nport = true\n", "server.port", "must be an integer, got true (a boolean)"),
-        ("[server]\nprot = 1\n", "server.prot", "unknown key (known keys: host, port)"),
+        ("[server]\nprot = 1\n", "server.prot", "unknown key (known keys: host, port, "),
         ("[sever]\nport = 1\n", "sever", "unknown section"),
         ("server = 3\n", "server", "must be a table"),
         ("[plugins.p]\non_error = 'maybe'\n", "plugins.p.on_error", "must be 'allow' or 'deny'"),

@@ -107,6 +107,13 @@ class TestHello:
         assert f"speaks {PROTOCOL_VERSION}" in answer["error"]["error"]
         assert await peer.closed()
 
+    @pytest.mark.parametrize("protocol", [True, 1.0, "1", [1]])
+    async def test_protocol_must_be_the_integer(self, peer: Peer, protocol: Any) -> None:
+        """A protocol that only compares equal to the version (``true``, ``1.0``) is refused."""
+        await peer.send({"op": "hello", "protocol": protocol, "secret": SECRET})
+        assert (await peer.receive())["error"]["errcode"] == "M_UNRECOGNIZED"
+        assert await peer.closed()
+
 
 class TestGarbage:
     async def test_not_json(self, authed: Peer) -> None:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import sqlite3
+import stat
 
 import pytest
 
@@ -113,3 +115,19 @@ async def test_a_closed_store_is_not_reopened(tmp_path):
         await PluginStore(store, "p").put("k", "v")
     with pytest.raises(StoreClosedError):
         await store.processed_digest("t1")
+
+
+async def test_files_are_private(tmp_path):
+    """The database, its -wal and its -shm are created readable by their owner only (they
+    hold plugin data and the audit log), whatever the umask lets others read."""
+    old = os.umask(0o022)
+    try:
+        store = SqliteStore(tmp_path / "private" / "s.db")
+        await store.commit(Batch(writes={("p", "k"): "\"v\""}), processed(1))
+        names = ["s.db", "s.db-wal", "s.db-shm"]
+        modes = {name: stat.S_IMODE((tmp_path / "private" / name).stat().st_mode)
+                 for name in names}
+        await store.close()
+    finally:
+        os.umask(old)
+    assert modes == dict.fromkeys(names, 0o600)

@@ -51,6 +51,8 @@ import contextlib
 import hashlib
 import hmac
 import logging
+import time
+from collections import OrderedDict
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, Final
 
@@ -69,7 +71,10 @@ from servletkit.store import (
     record_decision,
     unit_of_work,
 )
+from servletkit.wires.appservice.malformed import Malformed
+from servletkit.wires.appservice.slices import in_slices
 from servletkit.wires.errors import MatrixError
+from servletkit.wires.metrics import metrics_for
 
 if TYPE_CHECKING:
     from servletkit.container.config import AppserviceConfig
@@ -135,8 +140,10 @@ class AppserviceWire:
         self._store = container.store
         self._hs_token = config.hs_token.encode()
         self._lock = asyncio.Lock()
-        self._online: set[str] = set()
+        # users online, the one seen longest ago first; at most presence_kept
+        self._online: OrderedDict[str, None] = OrderedDict()
         self._counter_went_back = False
+        self._metrics = metrics_for(container)
 
     def lifespan(self) -> contextlib.AbstractAsyncContextManager[None]:
         """Nothing of its own runs: it is all routes."""
@@ -155,8 +162,10 @@ class AppserviceWire:
         p = PREFIX
         return [
             Route(f"{p}/transactions/{{txn_id}}", self.put_transaction, methods=["PUT"]),
-            Route(f"{p}/users/{{user_id}}", self.query_user, methods=["GET"]),
-            Route(f"{p}/rooms/{{alias}}", self.query_alias, methods=["GET"]),
+            # `path`: an identifier may contain '/' (an alias localpart may), sent
+            # percent-encoded and decoded before routing; it is all the identifier
+            Route(f"{p}/users/{{user_id:path}}", self.query_user, methods=["GET"]),
+            Route(f"{p}/rooms/{{alias:path}}", self.query_alias, methods=["GET"]),
             Route(f"{p}/ping", self.ping, methods=["POST"]),
             Route(f"{p}/thirdparty/protocol/{{protocol}}", self.thirdparty_protocol,
                   methods=["GET"]),
@@ -191,18 +200,25 @@ class AppserviceWire:
                               "Wrong hs_token: it does not match the appservice registration")
 
     async def _read_json(self, request: Request) -> Any:
-        """The body as JSON: over the limit → 413 ``M_TOO_LARGE``; not JSON → 400 ``M_NOT_JSON``."""
+        """The body as JSON: over the limit → 413 ``M_TOO_LARGE``; not JSON → 400 ``M_NOT_JSON``;
+        not all there within ``body_timeout_s`` → 408 ``M_UNKNOWN``."""
         limit = self._config.max_transaction_bytes
         length = request.headers.get("content-length")
         if length is not None and length.isdigit() and int(length) > limit:
             raise self._too_large(int(length))
         chunks = []
         size = 0
-        async for chunk in request.stream():
-            size += len(chunk)
-            if size > limit:
-                raise self._too_large(size)
-            chunks.append(chunk)
+        timeout_s = self._config.body_timeout_s
+        try:
+            async with asyncio.timeout(timeout_s):
+                async for chunk in request.stream():
+                    size += len(chunk)
+                    if size > limit:
+                        raise self._too_large(size)
+                    chunks.append(chunk)
+        except TimeoutError:
+            raise MatrixError(408, "M_UNKNOWN", f"The body did not arrive within {timeout_s:g} "
+                              f"s ([appservice] body_timeout_s); {size} bytes came") from None
         try:
             return orjson.loads(b"".join(chunks))
         except orjson.JSONDecodeError as exc:
@@ -232,6 +248,7 @@ class AppserviceWire:
         digest = transaction_digest(events, ephemeral)
         store = self._store
         if await store.processed_digest(txn_id) == digest:  # a retry: no need to queue
+            self._count("retry")
             return _ok()
         await self._plugins_ready()
         async with self._lock:
@@ -244,6 +261,7 @@ class AppserviceWire:
                 if ephemeral:
                     await self._deliver_ephemeral(txn_id, ephemeral, batch)
             await store.commit(batch, ProcessedTransaction(txn_id, digest))
+        self._count("transaction")
         return _ok()
 
     async def _is_retry(self, txn_id: str, digest: str) -> bool:
@@ -267,27 +285,48 @@ class AppserviceWire:
         if not (intercepting or observing):
             return  # no plugin wants events: do not even build them
         built = []
-        for raw in events:
-            try:
-                built.append(Event.from_json(raw))
-            except EventFormatError as exc:
-                log.warning("transaction %s: skipped a malformed event: %s", txn_id, exc)
+        malformed = Malformed("events")
+        index = 0
+        async for items in in_slices(events):
+            for raw in items:
+                try:
+                    built.append(Event.from_json(raw))
+                except EventFormatError as exc:
+                    malformed.add(index, exc)
+                index += 1
+        malformed.log(txn_id)
         if intercepting:
             vetoed: list[tuple[Event, Outcome]] = []
-            for event in built:
-                outcome = await dispatcher.intercept("on_send_event", event)
-                if outcome.decision is not None:
-                    detail = _NOT_APPLIED if type(outcome.decision) is Modify else None
-                    batch.audit.append(audit_record(outcome, event.event_id, event.room_id,
-                                                    detail))
-                    if outcome.vetoed and self._config.enforce_vetoes == "redact":
-                        vetoed.append((event, outcome))
+            async for some in in_slices(built):
+                for event in some:
+                    outcome = await self._intercept("on_send_event", event)
+                    if outcome.decision is not None:
+                        detail = _NOT_APPLIED if type(outcome.decision) is Modify else None
+                        batch.audit.append(audit_record(outcome, event.event_id,
+                                                        event.room_id, detail))
+                        if outcome.vetoed and self._config.enforce_vetoes == "redact":
+                            vetoed.append((event, outcome))
             if vetoed:
                 records = await asyncio.gather(*(self._redact(event, outcome)
                                                  for event, outcome in vetoed))
                 batch.audit.extend(records)
         if observing:
-            await dispatcher.observe_each("on_stored_event", built)
+            async for some in in_slices(built):
+                await dispatcher.observe_each("on_stored_event", some)
+
+    async def _intercept(self, hook: str, *args: Any) -> Outcome:
+        """The dispatcher's outcome, reported to the metrics when they are on."""
+        metrics = self._metrics
+        if metrics is None:
+            return await self._container.dispatcher.intercept(hook, *args)
+        started = time.perf_counter()
+        outcome = await self._container.dispatcher.intercept(hook, *args)
+        metrics.outcome(self.name, outcome, time.perf_counter() - started)
+        return outcome
+
+    def _count(self, kind: str) -> None:
+        if self._metrics is not None:
+            self._metrics.requests.labels(self.name, kind).inc()
 
     async def _redact(self, event: Event, outcome: Outcome) -> AuditRecord:
         """Carry out a Veto on a stored event: redact it as the appservice user."""
@@ -310,30 +349,37 @@ class AppserviceWire:
     async def _deliver_ephemeral(self, txn_id: str, items: list[Any], batch: Batch) -> None:
         dispatcher = self._container.dispatcher
         observing = bool(dispatcher.chain("on_ephemeral"))
-        for raw in items:
-            try:
-                data = Ephemeral.from_json(raw)
-            except EventFormatError as exc:
-                log.warning("transaction %s: skipped malformed ephemeral data: %s", txn_id, exc)
-                continue
-            if data.type == "m.presence" and data.sender is not None:
-                await self._presence(data, batch)
-            if observing:
-                await dispatcher.observe("on_ephemeral", data)
+        malformed = Malformed("ephemeral items")
+        index = 0
+        async for some in in_slices(items):
+            for raw in some:
+                index += 1
+                try:
+                    data = Ephemeral.from_json(raw)
+                except EventFormatError as exc:
+                    malformed.add(index - 1, exc)
+                    continue
+                if data.type == "m.presence" and data.sender is not None:
+                    await self._presence(data, batch)
+                if observing:
+                    await dispatcher.observe("on_ephemeral", data)
+        malformed.log(txn_id)
 
     async def _presence(self, data: Ephemeral, batch: Batch) -> None:
         """Report a user going online to ``on_connect_event_stream`` (decision recorded only)."""
         user_id = data.sender
         assert user_id is not None
+        online = self._online
         if data.content.get("presence") != "online":
-            self._online.discard(user_id)
+            online.pop(user_id, None)
             return
-        if user_id in self._online:
+        if user_id in online:
+            online.move_to_end(user_id)
             return
-        self._online.add(user_id)
-        outcome = await self._container.dispatcher.intercept(
-            "on_connect_event_stream", user_id, None
-        )
+        online[user_id] = None
+        if len(online) > self._config.presence_kept:
+            online.popitem(last=False)
+        outcome = await self._intercept("on_connect_event_stream", user_id, None)
         if outcome.decision is not None:
             batch.audit.append(audit_record(
                 outcome, detail=f"{user_id} went online; recorded only (appservice wire)"
@@ -352,6 +398,8 @@ class AppserviceWire:
         return await self._query("on_query_alias", request.path_params["alias"])
 
     async def _query(self, hook: str, subject: str) -> Response:
+        if not subject:
+            raise MatrixError(404, "M_NOT_FOUND", "No identifier in the path")
         await self._plugins_ready()
         plugin, _ = await self._container.dispatcher.first_answer(
             hook, subject, accept=lambda answer: answer is True

@@ -6,6 +6,8 @@ callbacks over one persistent TCP connection (the framed JSON protocol of
 end: it checks the shared secret, turns each request into an interception
 hook call (``event.stage == "before_store"``) and answers with the decision.
 Every decision (not "no opinion") goes to the audit log, after its answer is sent.
+Each connection's framing, hello and limits are in
+:mod:`servletkit.wires.module.connection`.
 
 Why a raw listener and not an HTTP route: the listener's own work for a
 request is about 20 us (warm, measured in-process), against the 200 to 300 us
@@ -21,41 +23,34 @@ import asyncio
 import contextlib
 import hmac
 import logging
-import typing
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+import time
+from collections.abc import AsyncIterator, Callable, Mapping
 from typing import TYPE_CHECKING, Any, Final
 
 import attrs
-import orjson
 from starlette.routing import BaseRoute
 
 from servletkit.hooks.decisions import Modify, Veto
-from servletkit.hooks.dispatcher import Dispatcher, Outcome, run_eagerly
+from servletkit.hooks.dispatcher import Dispatcher, Outcome
 from servletkit.hooks.events import Event, EventFormatError
 from servletkit.hooks.specs import HOOKS
 from servletkit.hooks.table import FieldKind, HookTable
 from servletkit.store import AuditRecord, Batch, Store, audit_record
-from servletkit.wires.module.protocol import (
-    HEADER,
-    MAX_FRAME,
-    PROTOCOL_VERSION,
-    ProtocolError,
-    decode,
-    frame,
-    jsonable,
-)
+from servletkit.wires.metrics import Metrics, metrics_for
+from servletkit.wires.module.connection import ModuleConnection, encode, error_message
 
 if TYPE_CHECKING:
     from servletkit.container.runtime import Container
 
 log = logging.getLogger("servletkit.module_wire")
 
-HELLO_TIMEOUT_S: Final = 10.0
-"""A connection that has not authenticated within this time is closed."""
-
 DRAIN_TIMEOUT_S: Final = 5.0
 """At shutdown, how long requests in flight may take to be answered before the
 connections close (above the module's default 2 s budget per callback)."""
+
+
+LIMIT_LOG_INTERVAL_S: Final = 10.0
+"""Connections refused over ``[module] max_connections`` are logged at most this often."""
 
 
 class BadRequest(ValueError):
@@ -114,15 +109,6 @@ class Operation:
         return tuple(read(message, name) for name, read in self.readers)
 
 
-def encode(message: Mapping[str, Any]) -> bytes:
-    """One frame of ``message``, encoded with orjson (a quarter of the stdlib's time)."""
-    return frame(orjson.dumps(message, default=jsonable))
-
-
-def _error(request_id: Any, errcode: str, error: str) -> dict[str, Any]:
-    return {"id": request_id, "error": {"errcode": errcode, "error": error}}
-
-
 def reply_for(request_id: int, outcome: Outcome) -> dict[str, Any]:
     """The answer frame for an interception outcome.
 
@@ -170,6 +156,9 @@ class ModuleWire:
         port: int = 0,
         ready: asyncio.Event | None = None,
         own_user: Callable[[str], bool] = lambda user_id: False,
+        max_hello_bytes: int = 4096,
+        max_connections: int = 64,
+        metrics: Metrics | None = None,
     ) -> None:
         self.dispatcher = dispatcher
         self._secret = secret.encode()
@@ -177,6 +166,13 @@ class ModuleWire:
         self._ready = ready
         self._own_user = own_user
         self.host, self.port = host, port
+        self.max_hello_bytes = max_hello_bytes
+        self.max_connections = max_connections
+        self._metrics = metrics
+        if metrics is not None:
+            metrics.count_connections(self.name, lambda: len(self.connections))
+        self._refused_at = -LIMIT_LOG_INTERVAL_S  # when a refused connection was last logged
+        self._refused = 0  # connections refused since
         self._connected = asyncio.Event()  # set at the first module's hello
         self.operations = Operation.table(hooks)
         self.connections: set[ModuleConnection] = set()
@@ -187,6 +183,19 @@ class ModuleWire:
         """A protocol instance for one new connection (the ``create_server`` factory)."""
         return ModuleConnection(self)
 
+    def admit(self) -> bool:
+        """Whether one more connection may open (logged at most every
+        :data:`LIMIT_LOG_INTERVAL_S` when not, with a count)."""
+        if len(self.connections) < self.max_connections:
+            return True
+        self._refused += 1
+        now = asyncio.get_running_loop().time()
+        if now - self._refused_at >= LIMIT_LOG_INTERVAL_S:
+            log.warning("module wire: refused %d connections: %d are open ([module] "
+                        "max_connections)", self._refused, len(self.connections))
+            self._refused_at, self._refused = now, 0
+        return False
+
     def authenticate(self, secret: Any) -> bool:
         """Whether ``secret`` is the shared secret (constant-time comparison)."""
         return isinstance(secret, str) and hmac.compare_digest(secret.encode(), self._secret)
@@ -196,25 +205,29 @@ class ModuleWire:
         the op is unknown). Never raises: every failure becomes an error frame."""
         request_id = message.get("id")
         if type(request_id) is not int:
-            return encode(_error(None, "M_BAD_JSON", f"id: must be an integer, got "
+            return encode(error_message(None, "M_BAD_JSON", f"id: must be an integer, got "
                                  f"{request_id!r:.100}"))
         if operation is None:
             known = ", ".join(self.operations)
-            return encode(_error(request_id, "M_UNRECOGNIZED", f"op: unknown operation "
+            return encode(error_message(request_id, "M_UNRECOGNIZED", f"op: unknown operation "
                                  f"{message.get('op')!r:.100} (known: {known})"))
         hook = operation.hook
         try:
             args = operation.arguments(message)
         except BadRequest as exc:
-            return encode(_error(request_id, "M_BAD_JSON", f"{message['op']}: {exc}"))
+            return encode(error_message(request_id, "M_BAD_JSON", f"{message['op']}: {exc}"))
         ready = self._ready
         if ready is not None and not ready.is_set() and not self._for_own_user(args[0]):
             await ready.wait()
+        metrics = self._metrics
+        started = time.perf_counter() if metrics is not None else 0.0
         try:
             outcome = await self.dispatcher.intercept(hook, *args)
         except Exception:
             log.exception("module wire: %s failed", hook)
-            return encode(_error(request_id, "M_UNKNOWN", f"{hook} failed in the container"))
+            return encode(error_message(request_id, "M_UNKNOWN", f"{hook} failed in the container"))
+        if metrics is not None:
+            metrics.outcome(self.name, outcome, time.perf_counter() - started)
         try:
             reply = encode(reply_for(request_id, outcome))
         except Exception as exc:
@@ -222,7 +235,7 @@ class ModuleWire:
             log.error("module wire: plugin %r answered %s with a %s that cannot be sent "
                       "(%s: %s); answering an error", outcome.decided_by, hook, kind,
                       type(exc).__name__, exc)
-            return encode(_error(request_id, "M_UNKNOWN", f"plugin {outcome.decided_by!r} "
+            return encode(error_message(request_id, "M_UNKNOWN", f"plugin {outcome.decided_by!r} "
                                  f"answered {hook} with a {kind} that cannot be sent"))
         if outcome.decision is not None:
             subject = args[0]
@@ -327,125 +340,6 @@ class ModuleWire:
             await server.wait_closed()
 
 
-class ModuleConnection(asyncio.Protocol):
-    """One connection from a Synapse module: framing, the hello, concurrent requests."""
-
-    def __init__(self, wire: ModuleWire) -> None:
-        self._wire = wire
-        self._buffer = bytearray()
-        self._transport: asyncio.Transport | None = None
-        self._authenticated = False
-        self._hello_timer: asyncio.TimerHandle | None = None
-        self.tasks: set[asyncio.Task[None]] = set()  # requests in flight, answered when done
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        # uvloop's transports are not asyncio.Transport subclasses, hence the cast
-        self._transport = typing.cast(asyncio.Transport, transport)
-        self._wire.connections.add(self)
-        self._hello_timer = asyncio.get_running_loop().call_later(
-            HELLO_TIMEOUT_S, self._refuse, "M_FORBIDDEN", "no hello within "
-            f"{HELLO_TIMEOUT_S:g} s"
-        )
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self._wire.connections.discard(self)
-        self._transport = None
-        if self._hello_timer is not None:
-            self._hello_timer.cancel()
-        for task in self.tasks:
-            task.cancel()
-
-    def data_received(self, data: bytes) -> None:
-        buffer = self._buffer
-        if buffer:  # the rest of a frame begun earlier
-            buffer += data
-            view = memoryview(buffer)
-        else:  # usually whole frames: parse them where they are, no copy
-            view = memoryview(data)
-        with view:
-            offset = self._frames(view)
-        if offset is None:  # refused: the connection is closing
-            buffer.clear()
-        elif buffer:
-            del buffer[:offset]
-        else:
-            buffer += data[offset:]  # a frame's beginning: keep it for the next read
-
-    def _frames(self, view: memoryview) -> int | None:
-        """Handle the whole frames in ``view``; where the first incomplete one starts."""
-        offset = 0
-        size = len(view)
-        while size - offset >= HEADER.size and self._transport is not None:
-            (length,) = HEADER.unpack_from(view, offset)
-            if length > MAX_FRAME:
-                self._refuse("M_TOO_LARGE", f"frame of {length} bytes (at most {MAX_FRAME})")
-                return None
-            end = offset + HEADER.size + length
-            if size < end:
-                break
-            try:
-                message = decode(view[offset + HEADER.size:end], orjson.loads)
-            except ProtocolError as exc:
-                self._refuse("M_NOT_JSON", str(exc))
-                return None
-            offset = end
-            self._handle(message)
-        return offset
-
-    def _handle(self, message: dict[str, Any]) -> None:
-        if not self._authenticated:
-            self._hello(message)
-            return
-        op = message.get("op")
-        operation = self._wire.operations.get(op) if type(op) is str else None
-        if operation is None or self._wire.dispatcher.all_sync(operation.hook):
-            done, answer = run_eagerly(self._wire.answer(message, operation))
-            if done:
-                self._write(answer)
-                return
-        else:
-            answer = self._wire.answer(message, operation)
-        task = asyncio.ensure_future(self._respond(answer))
-        self.tasks.add(task)
-        task.add_done_callback(self.tasks.discard)
-
-    def _hello(self, message: Mapping[str, Any]) -> None:
-        if message.get("op") != "hello":
-            self._refuse("M_FORBIDDEN", "the first frame must be {\"op\": \"hello\", ...}")
-        elif message.get("protocol") != PROTOCOL_VERSION:
-            self._refuse("M_UNRECOGNIZED", f"protocol {message.get('protocol')!r} is not "
-                         f"supported (this container speaks {PROTOCOL_VERSION}); "
-                         "install the same servletkit version on both sides")
-        elif not self._wire.authenticate(message.get("secret")):
-            log.warning("module wire: refused a connection with a wrong secret")
-            self._refuse("M_FORBIDDEN", "wrong secret: the module's `secret` must equal "
-                         "[module] secret in servletkit.toml")
-        else:
-            self._authenticated = True
-            self._wire.connected()
-            if self._hello_timer is not None:
-                self._hello_timer.cancel()
-            self._write(encode({"op": "hello", "protocol": PROTOCOL_VERSION}))
-
-    async def _respond(self, rest: Awaitable[bytes]) -> None:
-        self._write(await rest)
-
-    def _write(self, frame: bytes) -> None:
-        if self._transport is not None:
-            self._transport.write(frame)
-
-    def _refuse(self, errcode: str, error: str) -> None:
-        """Send an error frame and close: the peer broke the protocol."""
-        self._write(encode(_error(None, errcode, error)))
-        self.close()
-
-    def close(self) -> None:
-        """Close the connection after what is already written."""
-        if self._transport is not None:
-            self._transport.close()
-            self._transport = None
-
-
 def module_wire(container: Container) -> ModuleWire | None:
     """The container's module wire, or ``None`` unless ``[module] enabled``."""
     settings = container.config.module
@@ -453,5 +347,8 @@ def module_wire(container: Container) -> ModuleWire | None:
         return None
     wire = ModuleWire(container.dispatcher, settings.secret, container.store, container.hooks,
                       host=settings.host, port=settings.port, ready=container.ready,
-                      own_user=container.is_own_user)
+                      own_user=container.is_own_user,
+                      max_hello_bytes=settings.max_hello_bytes,
+                      max_connections=settings.max_connections,
+                      metrics=metrics_for(container))
     return wire

@@ -1,0 +1,63 @@
+"""What ``servletkit run`` adds to uvicorn: a deadline for a request's headers.
+
+uvicorn closes a connection idle *between* requests after its keep-alive
+timeout, but one that never sends a request, or sends its headers a byte at a
+time, stays open for ever: a few hundred such connections (slowloris) use up the
+container's file descriptors. :func:`with_header_timeout` wraps uvicorn's HTTP
+protocol so that a connection whose next request's headers have not all
+arrived within ``[server] header_timeout_s`` is closed. The body has its own
+budget where a wire reads it (``[appservice] body_timeout_s``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any, Final
+
+log = logging.getLogger("servletkit.http")
+
+_BUSY: Final = object()
+"""A request was being handled at the last check."""
+
+
+def with_header_timeout(base: type[asyncio.Protocol], timeout_s: float) -> type[asyncio.Protocol]:
+    """uvicorn's HTTP protocol class ``base``, closing connections without a request's headers
+    within ``timeout_s`` (``[server] header_timeout_s``).
+
+    Checked every ``timeout_s``: a connection with no request handled or in progress
+    since the previous check (``base``'s ``cycle``, the request being answered, is
+    ``None`` or answered and the same) is closed, so a connection gets between one
+    and two ``timeout_s`` for its next request's headers.
+    """
+
+    class HeaderTimeout(base):  # type: ignore[valid-type, misc]
+        _header_timer: asyncio.TimerHandle | None = None
+        _idle_cycle: object = None  # the answered request at the last check (None: none yet)
+
+        def connection_made(self, transport: Any) -> None:
+            super().connection_made(transport)
+            self._arm()
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            if self._header_timer is not None:
+                self._header_timer.cancel()
+            super().connection_lost(exc)
+
+        def _arm(self) -> None:
+            loop = asyncio.get_running_loop()
+            self._header_timer = loop.call_later(timeout_s, self._check_headers)
+
+        def _check_headers(self) -> None:
+            cycle = getattr(self, "cycle", None)
+            idle = cycle is None or getattr(cycle, "response_complete", False)
+            if idle and cycle is self._idle_cycle:
+                log.debug("closing a connection without a request's headers in %g s",
+                          timeout_s)
+                self.transport.close()
+                return
+            self._idle_cycle = cycle if idle else _BUSY
+            self._arm()
+
+    HeaderTimeout.__qualname__ = HeaderTimeout.__name__ = f"HeaderTimeout{base.__name__}"
+    return HeaderTimeout

@@ -1,0 +1,131 @@
+"""``GET /metrics``: each plugin's calls, time, decisions and failures, per hook and wire."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import attrs
+import httpx
+from prometheus_client.parser import text_string_to_metric_families
+
+from servletkit import Veto, hookimpl
+from servletkit.container.app import build_app
+from servletkit.container.plugins import PluginSource
+from servletkit.container.runtime import Container
+from servletkit.testing.synapse import free_port
+from servletkit.wires.module.listener import module_wire
+from servletkit.wires.module.protocol import PROTOCOL_VERSION
+from tests.appservice.support import AUTH, new_event
+from tests.appservice.support import container_config as appservice_config
+from tests.module_wire.conftest import SECRET
+from tests.module_wire.conftest import container_config as module_config
+from tests.module_wire.test_listener import EVENT, Peer
+
+
+class Vetoes:
+    @hookimpl
+    def on_send_event(self, event):
+        return Veto("no") if event.content.get("body") == "bad" else None
+
+
+class Raises:
+    @hookimpl
+    def on_send_event(self, event):
+        raise RuntimeError("boom")
+
+
+def samples(text: str) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
+    """Every sample of an exposition, by name and labels."""
+    return {(sample.name, frozenset(sample.labels.items())): sample.value
+            for family in text_string_to_metric_families(text) for sample in family.samples}
+
+
+def sample(found: dict, name: str, **labels: str) -> float | None:
+    return found.get((name, frozenset(labels.items())))
+
+
+async def started(config, **plugins: object) -> Container:
+    plugins = plugins or {"vetoes": Vetoes(), "raises": Raises()}
+    container = Container(config, [PluginSource(name, obj=obj) for name, obj in plugins.items()])
+    container.load()
+    await container.start()
+    return container
+
+
+async def test_appservice_decisions_failures_and_latency(tmp_path: Path) -> None:
+    """Three events through two plugins (the second not asked after the first's veto):
+    calls, time and failures from the dispatcher's figures; the veto and the failures by
+    kind, the chain's latency and the requests from the wire."""
+    config = appservice_config(tmp_path, {"vetoes": None, "raises": None})
+    config = attrs.evolve(config, server=attrs.evolve(config.server, metrics=True))
+    container = await started(config)
+    try:
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=build_app(container)),
+                                     base_url="http://container") as client:
+            body = {"events": [new_event(body="bad"), new_event(), new_event()]}
+            for _ in range(2):  # the second is a retry
+                answer = await client.put("/_matrix/app/v1/transactions/m1", json=body,
+                                          headers=AUTH)
+                assert answer.status_code == 200
+            scraped = await client.get("/metrics")
+    finally:
+        await container.stop()
+    assert scraped.status_code == 200
+    assert scraped.headers["content-type"].startswith("text/plain")
+    found = samples(scraped.text)
+    hook = {"hook": "on_send_event"}
+    assert sample(found, "servletkit_plugin_calls_total", plugin="vetoes", **hook) == 3
+    assert sample(found, "servletkit_plugin_call_seconds_count", plugin="vetoes", **hook) == 3
+    assert sample(found, "servletkit_plugin_call_seconds_sum", plugin="vetoes", **hook) > 0
+    assert sample(found, "servletkit_plugin_failures_total", plugin="raises", **hook) == 2
+    wire = {"wire": "appservice", **hook}
+    assert sample(found, "servletkit_decisions_total", plugin="vetoes", decision="veto",
+                  **wire) == 1
+    assert sample(found, "servletkit_plugin_failures_by_kind_total", plugin="raises",
+                  kind="raised", **wire) == 2
+    assert sample(found, "servletkit_hook_seconds_count", **wire) == 3
+    assert sample(found, "servletkit_hook_seconds_bucket", le="+Inf", **wire) == 3
+    requests = {kind: sample(found, "servletkit_wire_requests_total", wire="appservice",
+                             kind=kind) for kind in ("transaction", "retry")}
+    assert requests == {"transaction": 1, "retry": 1}
+
+
+async def test_module_wire_decisions_and_connections(tmp_path: Path) -> None:
+    """A module-wire veto is counted under its wire, and its open connections are shown."""
+    config = module_config(free_port(), store=tmp_path / "s.db")
+    config = attrs.evolve(config, server=attrs.evolve(config.server, metrics=True))
+    container = await started(config, wire_test=Vetoes())
+    wire = module_wire(container)
+    assert wire is not None
+    try:
+        async with wire.lifespan():
+            reader, writer = await asyncio.open_connection("127.0.0.1", wire.port)
+            peer = Peer(reader, writer)
+            await peer.send({"op": "hello", "protocol": PROTOCOL_VERSION, "secret": SECRET})
+            await peer.receive()
+            bad = {**EVENT, "content": {"msgtype": "m.text", "body": "bad"}}
+            await peer.send({"id": 1, "op": "event", "event": bad})
+            assert "veto" in await peer.receive()
+            async with httpx.AsyncClient(
+                transport=httpx.ASGITransport(app=build_app(container, [wire])),
+                base_url="http://container",
+            ) as client:
+                found = samples((await client.get("/metrics")).text)
+            writer.close()
+    finally:
+        await container.stop()
+    assert sample(found, "servletkit_decisions_total", wire="module", plugin="wire_test",
+                  hook="on_send_event", decision="veto") == 1
+    assert sample(found, "servletkit_wire_connections", wire="module") == 1
+
+
+async def test_off_by_default(tmp_path: Path) -> None:
+    """Without [server] metrics = true there is no /metrics."""
+    container = await started(appservice_config(tmp_path, {}))
+    try:
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=build_app(container)),
+                                     base_url="http://container") as client:
+            assert (await client.get("/metrics")).status_code == 404
+    finally:
+        await container.stop()
