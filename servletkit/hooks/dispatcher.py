@@ -242,15 +242,29 @@ class Dispatcher:
         self._chains: dict[str, Chain] = {}
         self._watchdog = Watchdog()
 
-    def rebuild(self, plugins: Mapping[str, tuple[PluginPolicy, Any]]) -> None:
+    def rebuild(
+        self,
+        plugins: Mapping[str, tuple[PluginPolicy, Any]],
+        names: Mapping[str, str] | None = None,
+    ) -> None:
         """Build every hook's chain from ``plugins``: name → (policy, context).
 
         Implementations of plugins not named here (disabled ones) are left out.
         Order: policy ``order``, then ``tryfirst``/normal/``trylast``, then
-        ``position`` (the plugin's place in the config), then name.
+        ``position`` (the plugin's place in the config), then name. ``names``
+        maps a name registered in pluggy to the plugin name outcomes and failures
+        give (a reloaded version registered as ``plugin@2`` answers as ``plugin``).
+        The new chains replace the old at once; runs that started on the old
+        chains finish on them (see :meth:`chains`).
         """
         hooks = self._hooks.of_kind("interception", "observation", "query")
-        self._chains = build_chains(self._pm, sorted(hooks), self._hooks.modifiable, plugins)
+        self._chains = build_chains(self._pm, sorted(hooks), self._hooks.modifiable, plugins,
+                                    names)
+
+    def chains(self) -> list[Chain]:
+        """The current chains, one per hook; a chain's :attr:`~Chain.in_flight` counts
+        its runs still going, which a reload waits for before destroying a version."""
+        return list(self._chains.values())
 
     def all_sync(self, hook: str) -> bool:
         """Whether every implementation of ``hook`` is sync: then a call never suspends
@@ -313,10 +327,14 @@ class Dispatcher:
             return await self._run(chain, subject, _Observation, _NO_FAILURES)
         inline = _part(chain, tuple(slot for slot in chain.slots if not slot.is_async),
                        chain.runs)  # counts the run for every slot
-        failures = await self._run(inline, subject, _Observation, _NO_FAILURES)
-        alone = [_part(chain, (slot,), [0]) for slot in chain.slots if slot.is_async]
-        results = await asyncio.gather(*(self._run(part, subject, _Observation, _NO_FAILURES)
-                                         for part in alone))
+        chain.finished[0] -= 1  # the run is in flight on ``chain`` until its parts are done
+        try:
+            failures = await self._run(inline, subject, _Observation, _NO_FAILURES)
+            alone = [_part(chain, (slot,), [0]) for slot in chain.slots if slot.is_async]
+            results = await asyncio.gather(*(self._run(part, subject, _Observation,
+                                                       _NO_FAILURES) for part in alone))
+        finally:
+            chain.finished[0] += 1
         return failures + tuple(failure for result in results for failure in result)
 
     async def observe_each(self, hook: str, items: Iterable[Any]) -> tuple[PluginFailure, ...]:
@@ -374,6 +392,7 @@ class Dispatcher:
             if watch is None or watchdog.timer is None:
                 watch = watchdog.watch()
             outer_deadline = watch.deadline  # of an enclosing run in this task, if any
+        finished = chain.finished
         try:
             runs[0] += 1
             start = clock()
@@ -412,15 +431,21 @@ class Dispatcher:
                     _stopped_at(chain.slots, slot)
                     return rule.result()
         finally:
+            finished[0] += 1  # runs - finished: the runs in flight, which a reload drains
             if watch is not None:
                 watch.deadline = outer_deadline
         return nothing if rule is None else rule.result()
 
 
 def _part(chain: Chain, slots: tuple[Slot, ...], runs: list[int]) -> Chain:
-    """A chain over some of ``chain``'s slots, counting its runs in ``runs``."""
+    """A chain over some of ``chain``'s slots, counting its runs in ``runs``.
+
+    Its ``finished`` is ``chain``'s when it shares ``chain``'s ``runs`` (so the run
+    counts as in flight once), its own otherwise.
+    """
+    finished = chain.finished if runs is chain.runs else [0]
     return Chain(chain.hook, slots, sum(slot.is_async for slot in slots), chain.modifiable,
-                 chain.no_opinion, runs)
+                 chain.no_opinion, runs, finished)
 
 
 def _stopped_at(slots: tuple[Slot, ...], slot: Slot) -> None:
