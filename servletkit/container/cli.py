@@ -9,6 +9,12 @@ import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from servletkit.container.admin_client import (
+    AdminRefused,
+    AdminUnavailable,
+    admin_request,
+    live_table,
+)
 from servletkit.container.config import Config, ConfigError, load_config
 from servletkit.container.ports import port_unavailable
 from servletkit.container.runtime import Container, PluginStatus
@@ -53,14 +59,36 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_plugins(args: argparse.Namespace) -> int:
-    """Print a table of the plugins: name, distribution and version, hooks, enabled, order.
+    """Print a table of the plugins.
 
-    Plugins are imported and registered, never started: listing them must not
-    open their connections or write their data (``servletkit check`` starts them).
+    With a container running for this config: its live state (serving version,
+    since when, calls, errors). Otherwise the installed plugins: name,
+    distribution and version, hooks, enabled, order; they are imported and
+    registered, never started: listing them must not open their connections or
+    write their data (``servletkit check`` starts them).
     """
+    config = load_config(args.config)
+    try:
+        print(live_table(admin_request(config, "GET", "/plugins", timeout=2.0)))
+        return 0
+    except AdminUnavailable:
+        pass
+    except AdminRefused as exc:
+        print(f"servletkit: {exc}; listing the installed plugins instead", file=sys.stderr)
     _, container = _load(args.config)
     print(plugins_table(container))
     return 0
+
+
+def cmd_reload(args: argparse.Namespace) -> int:
+    """Ask the running container to reload plugin NAME; print one line; 1 if it failed."""
+    config = load_config(args.config)
+    try:
+        answer = admin_request(config, "POST", f"/plugins/{args.name}/reload")
+    except (AdminUnavailable, AdminRefused) as exc:
+        raise CommandError(str(exc)) from None
+    print(answer["summary"])
+    return 0 if answer["ok"] else 1
 
 
 def plugins_table(container: Container) -> str:
@@ -151,7 +179,11 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--port", type=int, help="port to bind (default: [server] port)")
     command("dev", cmd_dev, "run a local Synapse wired to the container and its plugins "
             "(state in [dev] state_dir); Ctrl-C stops both")
-    command("plugins", cmd_plugins, "list installed plugins, their hooks and state")
+    command("plugins", cmd_plugins, "list the plugins: the live state of the running "
+            "container, else the installed plugins, their hooks and state")
+    reload = command("reload", cmd_reload, "reload a plugin in the running container: its "
+                     "new code serves, calls in flight finish on the old")
+    reload.add_argument("name", metavar="NAME", help="the plugin's name")
     command("check", cmd_check, "validate the config and plugin loading")
     command("registration", cmd_registration,
             "print the appservice registration YAML for the homeserver")
@@ -170,6 +202,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # a line per admin API request
     args = build_parser().parse_args(argv)
     if not Path(args.config).exists():
         print(f"servletkit: {args.config}: no such config file "

@@ -144,7 +144,7 @@ class ReloadResult:
         """The result as the admin API sends it."""
         return {
             "plugin": self.plugin, "old": self.old, "new": self.new, "ok": self.ok,
-            "seconds": self.seconds,
+            "seconds": self.seconds, "summary": self.describe(),
             "error": None if self.error is None else {
                 "stage": self.error.stage, "message": self.error.message},
         }

@@ -42,6 +42,8 @@ class PluginOnDisk:
         self.journal = types.ModuleType(f"{name}_journal")
         self.journal.events = []  # type: ignore[attr-defined]
         sys.modules[self.journal.__name__] = self.journal
+        site.mkdir(parents=True, exist_ok=True)  # and a file for plugins in other processes
+        (site / f"{self.journal.__name__}.py").write_text("events = []\n")
 
     @property
     def events(self) -> list[tuple[str, str]]:
