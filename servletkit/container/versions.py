@@ -132,10 +132,10 @@ class ReloadResult:
         return self.error is None
 
     def describe(self) -> str:
-        """One line for a terminal: ``NAME: OLD -> NEW in N ms``, or the failure."""
+        """One line for a terminal: ``NAME: reloaded OLD -> NEW in N ms``, or the failure."""
         took = f"{self.seconds * 1000:.0f} ms"
         if self.error is None:
-            return f"{self.plugin}: {self.old or 'not loaded'} -> {self.new} in {took}"
+            return f"{self.plugin}: reloaded {self.old or 'not loaded'} -> {self.new} in {took}"
         keeps = f"{self.old} keeps serving" if self.old else "nothing serves"
         return (f"{self.plugin}: reload failed after {took} ({self.error.stage}: "
                 f"{self.error.message}); {keeps}")

@@ -36,9 +36,10 @@ def servlet_destroy(context):
 class PluginOnDisk:
     """Plugin ``name`` (package ``name``, distribution ``name``) in ``site``."""
 
-    def __init__(self, site: Path, name: str) -> None:
+    def __init__(self, site: Path, name: str, *, editable: bool = False) -> None:
         self.site = site
         self.name = name
+        self.editable = editable
         self.journal = types.ModuleType(f"{name}_journal")
         self.journal.events = []  # type: ignore[attr-defined]
         sys.modules[self.journal.__name__] = self.journal
@@ -72,6 +73,9 @@ class PluginOnDisk:
         dist_info.mkdir()
         (dist_info / "METADATA").write_text(
             f"Metadata-Version: 2.1\nName: {self.name}\nVersion: {version}\n")
+        if self.editable:  # as pip install -e records it
+            (dist_info / "direct_url.json").write_text(
+                f'{{"dir_info": {{"editable": true}}, "url": "{package.as_uri()}"}}')
         (dist_info / "entry_points.txt").write_text(
             f"[{ENTRY_POINT_GROUP}]\n{self.name} = {entry_point or self.name}\n")
 

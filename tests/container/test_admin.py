@@ -63,7 +63,7 @@ async def test_reload_and_live_state_over_the_api(
         async with client(container) as http:
             answer = (await http.post(f"/plugins/{plugin.name}/reload")).json()
             assert answer["ok"] and (answer["old"], answer["new"]) == ("1.0#1", "1.1#2")
-            assert answer["summary"].startswith("adminy: 1.0#1 -> 1.1#2 in ")
+            assert answer["summary"].startswith("adminy: reloaded 1.0#1 -> 1.1#2 in ")
             rows = (await http.get("/plugins")).json()["plugins"]
             failed = (await http.post("/plugins/nonesuch/reload")).json()
     [row] = [row for row in rows if row["name"] == plugin.name]
@@ -139,7 +139,7 @@ def test_the_commands_reach_a_running_container(tmp_path: Path) -> None:
         plugin.write("2.1", SHOUT)
         reloaded = servletkit(env, "reload", "cliy", "--config", str(config))
         assert reloaded.returncode == 0, reloaded.stdout + reloaded.stderr
-        assert reloaded.stdout.startswith("cliy: 2.0#1 -> 2.1#2 in ")
+        assert reloaded.stdout.startswith("cliy: reloaded 2.0#1 -> 2.1#2 in ")
         plugin.write("2.2", "def broken(:\n")
         broken = servletkit(env, "reload", "cliy", "--config", str(config))
         assert broken.returncode == 1

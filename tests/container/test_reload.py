@@ -68,7 +68,7 @@ async def test_a_reload_swaps_in_the_new_version(
     result = await container.reload(plugin.name)
     assert result.ok, result.error
     assert (result.old, result.new) == ("0.1#1", "0.2#2")
-    assert result.describe().startswith(f"{plugin.name}: 0.1#1 -> 0.2#2 in ")
+    assert result.describe().startswith(f"{plugin.name}: reloaded 0.1#1 -> 0.2#2 in ")
     assert await body_decision(container, "x") == Modify(
         content={"msgtype": "m.text", "body": "X"})
     await container.drained()
