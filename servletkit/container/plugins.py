@@ -55,10 +55,13 @@ class PluginSource:
 
 @attrs.frozen
 class PluginError:
-    """A plugin that could not be used, and why: the stage that failed and the traceback."""
+    """A plugin that could not be used, and why: the stage that failed and the traceback.
+
+    ``config`` is a reload that found the plugin's table invalid or disabled.
+    """
 
     plugin: str
-    stage: Literal["import", "register", "init", "destroy"]
+    stage: Literal["config", "import", "register", "init", "destroy"]
     message: str
     traceback: str = ""
 

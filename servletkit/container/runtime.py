@@ -11,7 +11,7 @@ from typing import Any, Final
 
 import attrs
 
-from servletkit.container.config import Config, ConfigError, PluginSettings
+from servletkit.container.config import Config, ConfigError, PluginSettings, load_config
 from servletkit.container.plugins import (
     PluginError,
     PluginRejected,
@@ -297,8 +297,13 @@ class Container:
             self._fail(error)
             return ReloadResult(name, label, None, time.perf_counter() - started, error)
 
+        try:
+            self._read_table(name)
+        except ConfigError as exc:
+            return failed("config", str(exc))
         if not self.settings(name).enabled:
-            return failed("import", f"it is disabled ([plugins.{name}] enabled = false)")
+            return failed("config", f"it is disabled ([plugins.{name}] enabled = false "
+                                    f"in {self.config.path})")
         previous = old.source if old else self._sources.get(name)
         module = module_of(previous) if previous else None
         saved = purge_modules(module) if module else {}
@@ -330,6 +335,15 @@ class Container:
         if old is not None:
             self._retire(old)
         return ReloadResult(name, label, version.label, time.perf_counter() - started)
+
+    def _read_table(self, name: str) -> None:
+        """Read ``[plugins.NAME]`` afresh from the config file (when there is one): a
+        reloaded or newly deployed plugin gets its table as the file has it now."""
+        if not self.config.path.is_file():
+            return
+        table = load_config(self.config.path).plugin(name)
+        others = tuple(other for other in self.config.plugins if other.name != name)
+        self.config = attrs.evolve(self.config, plugins=others + ((table,) if table else ()))
 
     @staticmethod
     def _put_back(module: str | None, saved: dict[str, Any],

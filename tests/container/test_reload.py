@@ -253,3 +253,37 @@ async def test_a_plugin_that_is_not_installed_fails_to_reload(container: Contain
     assert not result.ok and result.old is None
     assert result.error is not None
     assert "no installed plugin is called 'nonesuch'" in result.error.message
+
+
+async def test_the_plugins_table_is_read_again(tmp_path: Path, plugin: PluginOnDisk) -> None:
+    """A ``[plugins.NAME]`` table changed in the file reaches the reloaded version; a broken
+    file or a disabled table fails the reload and the old version serves on."""
+    from servletkit.container.config import load_config
+    from servletkit.testing import plugins_toml
+
+    path = tmp_path / "servletkit.toml"
+    others = {name: table for name, table in only_plugins({}).items() if name != plugin.name}
+    path.write_text(plugins_toml(others))
+    plugin.write("0.1", '''
+    @hookimpl
+    def on_send_event(event, context):
+        return Veto(context.config.get("word", "no table"))
+    ''')
+    container = Container(load_config(path), include_installed=True)
+    container.load()
+    await container.start()
+    try:
+        assert await body_decision(container, "x") == Veto("no table")
+        path.write_text(plugins_toml({**others, plugin.name: {"word": "from the table"}}))
+        assert (await container.reload(plugin.name)).ok
+        assert await body_decision(container, "x") == Veto("from the table")
+        path.write_text("[server]\nport = 'eighty'\n")
+        result = await container.reload(plugin.name)
+        assert result.error is not None and result.error.stage == "config"
+        assert "server.port: must be an integer" in result.error.message
+        path.write_text(plugins_toml({**others, plugin.name: {"enabled": False}}))
+        result = await container.reload(plugin.name)
+        assert result.error is not None and "enabled = false" in result.error.message
+        assert await body_decision(container, "x") == Veto("from the table")
+    finally:
+        await container.stop()
