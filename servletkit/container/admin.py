@@ -4,9 +4,13 @@ Served on the ``[server]`` listener under ``/_servletkit/admin/v1/``, for the
 ``servletkit reload`` and ``servletkit plugins`` commands::
 
     GET  /_servletkit/admin/v1/plugins                one row per plugin (version, since,
-                                                      calls, errors, draining)
+                                                      calls, errors, draining) and the
+                                                      container's Python (for deploy)
     POST /_servletkit/admin/v1/plugins/{name}/reload  the reload's result (200 even when
                                                       the new version failed: see "ok")
+    POST /_servletkit/admin/v1/plugins/{name}/unload  drain, destroy and unload it
+    POST /_servletkit/admin/v1/deploy                 {"distributions": [...]} just
+                                                      installed: load their plugins
 
 A caller must be on loopback and send ``Authorization: Bearer TOKEN`` with the
 ``[admin]`` token (:func:`admin_token`); the token is compared in constant time
@@ -18,6 +22,7 @@ from __future__ import annotations
 import hmac
 import ipaddress
 import secrets
+import sys
 from pathlib import Path
 from typing import Final
 
@@ -92,7 +97,7 @@ def admin_routes(container: Container) -> list[BaseRoute]:
     async def plugins(request: Request) -> JSONResponse:
         if refused := _refusal(request, token):
             return refused
-        return JSONResponse({"ready": container.ready.is_set(),
+        return JSONResponse({"ready": container.ready.is_set(), "python": sys.executable,
                              "plugins": [row.as_json() for row in container.statuses()]})
 
     async def reload(request: Request) -> JSONResponse:
@@ -102,7 +107,30 @@ def admin_routes(container: Container) -> list[BaseRoute]:
         result = await container.reload(request.path_params["name"])
         return JSONResponse(result.as_json())
 
+    async def unload(request: Request) -> JSONResponse:
+        if refused := _refusal(request, token):
+            return refused
+        await container.ready.wait()
+        return JSONResponse((await container.unload(request.path_params["name"])).as_json())
+
+    async def deploy(request: Request) -> JSONResponse:
+        if refused := _refusal(request, token):
+            return refused
+        try:
+            body = await request.json()
+        except ValueError:
+            body = None
+        distributions = body.get("distributions") if isinstance(body, dict) else None
+        if not (isinstance(distributions, list)
+                and all(isinstance(name, str) for name in distributions)):
+            return _error(400, "M_BAD_JSON", 'expected {"distributions": ["name", ...]}')
+        await container.ready.wait()
+        results = await container.deploy(distributions)
+        return JSONResponse({"results": [result.as_json() for result in results]})
+
     return [
         Route(f"{PREFIX}/plugins", plugins, methods=["GET"]),
         Route(f"{PREFIX}/plugins/{{name}}/reload", reload, methods=["POST"]),
+        Route(f"{PREFIX}/plugins/{{name}}/unload", unload, methods=["POST"]),
+        Route(f"{PREFIX}/deploy", deploy, methods=["POST"]),
     ]

@@ -36,7 +36,8 @@ def admin_url(config: Config) -> str:
     return f"http://{host}:{config.server.port}{PREFIX}"
 
 
-def admin_request(config: Config, method: str, path: str, *, timeout: float = 60.0) -> Any:
+def admin_request(config: Config, method: str, path: str, *, timeout: float = 60.0,
+                  body: Any = None) -> Any:
     """Send one request to the container's admin API; return the JSON answer."""
     if not config.admin.enabled:
         raise AdminUnavailable(f"{config.path}: [admin] enabled = false: the running "
@@ -48,7 +49,7 @@ def admin_request(config: Config, method: str, path: str, *, timeout: float = 60
                                f"--config {config.path}')")
     url = admin_url(config) + path
     try:
-        response = httpx.request(method, url, timeout=timeout,
+        response = httpx.request(method, url, timeout=timeout, json=body,
                                  headers={"Authorization": f"Bearer {token}"})
     except httpx.TransportError:
         raise AdminUnavailable(f"no container answers at {url} (start one with "

@@ -111,6 +111,49 @@ def plugins_table(container: Container) -> str:
     )
 
 
+def cmd_deploy(args: argparse.Namespace) -> int:
+    """Install a plugin distribution into the running container's environment and load its
+    plugins there; one line per plugin; 1 if one failed to load."""
+    from servletkit.container import pip
+
+    config = load_config(args.config)
+    try:
+        python = admin_request(config, "GET", "/plugins", timeout=5.0)["python"]
+        installed = pip.install(python, args.target, no_deps=args.no_deps,
+                                no_build_isolation=args.no_build_isolation)
+        if not installed:
+            raise CommandError(f"{args.target} is installed already: to load a new version "
+                               "of its code, use 'servletkit reload NAME'")
+        answer = admin_request(config, "POST", "/deploy", body={"distributions": installed})
+    except (AdminUnavailable, AdminRefused, pip.PipFailed) as exc:
+        raise CommandError(str(exc)) from None
+    results = answer["results"]
+    if not results:
+        raise CommandError(f"installed {', '.join(installed)}, but it has no servletkit plugin "
+                           "(no entry point in the group 'servletkit.plugins')")
+    for result in results:
+        print(result["summary"])
+    return 0 if all(result["ok"] for result in results) else 1
+
+
+def cmd_undeploy(args: argparse.Namespace) -> int:
+    """Drain, destroy and unload plugin NAME in the running container (and with
+    ``--uninstall`` remove its distribution from the container's environment)."""
+    from servletkit.container import pip
+
+    config = load_config(args.config)
+    try:
+        python = admin_request(config, "GET", "/plugins", timeout=5.0)["python"]
+        answer = admin_request(config, "POST", f"/plugins/{args.name}/unload")
+        print(answer["summary"])
+        if args.uninstall and answer["distribution"]:
+            pip.uninstall(python, answer["distribution"])
+            print(f"{args.name}: uninstalled {answer['distribution']}")
+    except (AdminUnavailable, AdminRefused, pip.PipFailed) as exc:
+        raise CommandError(str(exc)) from None
+    return 0 if answer["ok"] else 1
+
+
 def cmd_check(args: argparse.Namespace) -> int:
     """Validate the config and load and init every enabled plugin; exit 1 on any problem."""
     _, container = _load(args.config)
@@ -184,6 +227,18 @@ def build_parser() -> argparse.ArgumentParser:
     reload = command("reload", cmd_reload, "reload a plugin in the running container: its "
                      "new code serves, calls in flight finish on the old")
     reload.add_argument("name", metavar="NAME", help="the plugin's name")
+    deploy = command("deploy", cmd_deploy, "install a plugin distribution into the running "
+                     "container's environment (pip) and load its plugins, without a restart")
+    deploy.add_argument("target", metavar="PATH_OR_REQUIREMENT",
+                        help="a project folder, a wheel, or a requirement such as quiet-room")
+    deploy.add_argument("--no-deps", action="store_true", help="pip --no-deps")
+    deploy.add_argument("--no-build-isolation", action="store_true",
+                        help="pip --no-build-isolation (build with what is installed)")
+    undeploy = command("undeploy", cmd_undeploy, "drain, destroy and unload a plugin in the "
+                       "running container")
+    undeploy.add_argument("name", metavar="NAME", help="the plugin's name")
+    undeploy.add_argument("--uninstall", action="store_true",
+                          help="also uninstall its distribution (pip uninstall)")
     command("check", cmd_check, "validate the config and plugin loading")
     command("registration", cmd_registration,
             "print the appservice registration YAML for the homeserver")

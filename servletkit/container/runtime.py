@@ -26,6 +26,8 @@ from servletkit.container.plugins import (
 from servletkit.container.versions import (
     PluginVersion,
     ReloadResult,
+    UnloadResult,
+    canonical_name,
     fresh_source,
     invalidate_caches,
     module_of,
@@ -351,12 +353,42 @@ class Container:
         """After a failed reload: the old modules back in :data:`sys.modules`."""
         restore_modules([module, module_of(source) if source else None], saved)
 
-    def _retire(self, version: PluginVersion) -> None:
+    def _retire(self, version: PluginVersion) -> asyncio.Task[None]:
         """Destroy ``version`` in the background once its calls in flight have drained."""
         self._retiring.append(version)
         task = asyncio.create_task(self._drain(version), name=f"drain {version.registered_as}")
         self._drains.add(task)
         task.add_done_callback(self._drains.discard)
+        return task
+
+    async def unload(self, name: str) -> UnloadResult:
+        """Stop dispatching to plugin ``name``, let its calls in flight finish, destroy it
+        and forget its modules (``servletkit undeploy``); ``ok`` is false if it was not
+        loaded. A later :meth:`reload` (or deploy) loads it again."""
+        if self._reloading is None:
+            self._reloading = asyncio.Lock()
+        async with self._reloading:
+            started = time.perf_counter()
+            version = self._versions.pop(name, None)
+            if version is None:
+                return UnloadResult(name, None, None, 0.0)
+            self._live.discard(name)
+            self._rebuild()
+            await self._retire(version)
+            if module := module_of(version.source):
+                purge_modules(module)
+            invalidate_caches()
+            return UnloadResult(name, version.label, version.source.distribution,
+                                time.perf_counter() - started)
+
+    async def deploy(self, distributions: Iterable[str]) -> list[ReloadResult]:
+        """Load (or reload) every plugin of the installed ``distributions`` (just installed
+        by ``servletkit deploy``); an empty list if they have none."""
+        invalidate_caches()
+        wanted = {canonical_name(dist) for dist in distributions}
+        names = [name for name, source in installed_plugins().items()
+                 if source.distribution and canonical_name(source.distribution) in wanted]
+        return [await self.reload(name) for name in names]
 
     async def _drain(self, version: PluginVersion) -> None:
         deadline = time.monotonic() + self.drain_timeout_s

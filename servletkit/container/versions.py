@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import importlib
 import os
+import re
 import sys
 import time
 import types
@@ -148,6 +149,40 @@ class ReloadResult:
             "error": None if self.error is None else {
                 "stage": self.error.stage, "message": self.error.message},
         }
+
+
+@attrs.frozen
+class UnloadResult:
+    """What an unload did: the version destroyed (``None``: the plugin was not loaded),
+    its distribution (for ``servletkit undeploy --uninstall``), how long it took."""
+
+    plugin: str
+    old: str | None
+    distribution: str | None
+    seconds: float
+
+    @property
+    def ok(self) -> bool:
+        """Whether a loaded version was unloaded."""
+        return self.old is not None
+
+    def describe(self) -> str:
+        """One line: ``NAME: unloaded OLD in N ms``, or that it was not loaded."""
+        if self.old is None:
+            return f"{self.plugin}: not loaded, nothing to unload"
+        return (f"{self.plugin}: unloaded {self.old} in {self.seconds * 1000:.0f} ms "
+                f"(its calls in flight finished first)")
+
+    def as_json(self) -> dict[str, Any]:
+        """The result as the admin API sends it."""
+        return {"plugin": self.plugin, "old": self.old, "ok": self.ok,
+                "distribution": self.distribution, "seconds": self.seconds,
+                "summary": self.describe()}
+
+
+def canonical_name(distribution: str) -> str:
+    """A distribution's name as packaging compares them (``Quiet_Room`` is ``quiet-room``)."""
+    return re.sub(r"[-_.]+", "-", distribution).lower()
 
 
 def module_of(source: PluginSource) -> str | None:

@@ -79,6 +79,12 @@ class Decider:
         journal.events.append(("destroy", VERSION))
 '''
 
+OBSERVE = '''
+@hookimpl
+def on_stored_event(event, context):
+    journal.stored.append(event.event_id)
+'''
+
 INIT_FAILS = '''
 @hookimpl
 def servlet_init(context):
@@ -225,6 +231,21 @@ async def test_ten_reloads_under_a_stream_lose_and_double_nothing(
             (served if result.ok else broken).append(version)
             await until_progress(streams, since)
         assert broken == ["0.4", "0.5", "0.9"]
+
+        # a second plugin deployed and undeployed under the same streams
+        second = PluginOnDisk(plugin.site, "loady_two")
+        second.journal.stored = []  # type: ignore[attr-defined]
+        try:
+            second.write("1.0", OBSERVE)
+            since = streams.progress()
+            [deployed] = await container.deploy(["loady_two"])
+            assert deployed.ok, deployed.error
+            await until_progress(streams, since)
+            since = streams.progress()
+            assert (await container.unload(second.name)).ok
+            await until_progress(streams, since)
+        finally:
+            second.forget()
         streams.stop.set()
         await asyncio.wait_for(asyncio.gather(*running), 20)
         await asyncio.wait_for(container.drained(), 20)
@@ -251,6 +272,10 @@ async def test_ten_reloads_under_a_stream_lose_and_double_nothing(
     destroyed = [version for what, version in plugin.events if what == "destroy"]
     assert sorted(destroyed) == sorted(served)
     assert "0.4" not in [v for _, v in plugin.events] and ("init", "0.5") not in plugin.events
+    # the second plugin: started once, observed some events once each, destroyed once
+    assert second.events == [("init", "1.0"), ("destroy", "1.0")]
+    stored = second.journal.stored  # type: ignore[attr-defined]
+    assert stored and len(set(stored)) == len(stored) and set(stored) <= set(appservice)
     print(f"\n{len(streams.transactions)} transactions ({len(streams.sent_events)} events), "
           f"{len(streams.answers)} module requests, {len(steps)} reloads: "
           f"{len(served) - 1} served, {len(broken)} refused")
