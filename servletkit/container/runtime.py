@@ -262,11 +262,10 @@ class Container:
             {v.registered_as: v.name for v in live},
         )
         chains = self.dispatcher.chains()
+        for version in [*live, *self._retiring]:
+            version.forget_drained(chains, self.dispatcher.in_flight(version.registered_as))
         for version in live:
-            version.forget_drained(chains)
             version.note_chains(chains)
-        for version in self._retiring:
-            version.forget_drained(chains)
 
     # -- reload --------------------------------------------------------------
 
@@ -393,13 +392,14 @@ class Container:
     async def _drain(self, version: PluginVersion) -> None:
         deadline = time.monotonic() + self.drain_timeout_s
         try:
-            # polled: the dispatcher's hot path only counts, it signals nothing
-            while version.in_flight and time.monotonic() < deadline:  # noqa: ASYNC110
+            # polled: the dispatcher's hot path counts nothing and signals nothing
+            in_flight = self.dispatcher.in_flight
+            while in_flight(version.registered_as) and time.monotonic() < deadline:  # noqa: ASYNC110
                 await asyncio.sleep(0.005)
-            if version.in_flight:
+            if left := in_flight(version.registered_as):
                 log.warning("plugin %r: version %s still had %d calls in flight after %g s; "
-                            "destroying it anyway", version.name, version.label,
-                            version.in_flight, self.drain_timeout_s)
+                            "destroying it anyway", version.name, version.label, left,
+                            self.drain_timeout_s)
         finally:
             await self._destroy(version)
             self._retiring.remove(version)

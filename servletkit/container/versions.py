@@ -46,8 +46,8 @@ class PluginVersion:
     ``number`` counts the loads of the plugin in this container (1 at start);
     ``since`` is when it started serving (``time.time()``); ``chains`` are the
     dispatcher chains that hold its implementations, kept until they drain so
-    :attr:`in_flight`, :attr:`calls` and :attr:`errors` can be counted without
-    touching the dispatcher's hot path.
+    :attr:`calls` and :attr:`errors` can be counted without touching the
+    dispatcher's hot path.
     """
 
     name: str
@@ -77,24 +77,21 @@ class PluginVersion:
         self.chains.extend(chain for chain in chains
                            if any(slot.registered_as == key for slot in chain.slots))
 
-    def forget_drained(self, current: Iterable[Chain]) -> None:
-        """Fold the figures of chains no longer dispatched to, and drained, into the totals."""
+    def forget_drained(self, current: Iterable[Chain], in_flight: int) -> None:
+        """Fold the figures of chains no longer dispatched to into the totals, once none
+        of this version's runs is in flight (so those figures no longer change)."""
+        if in_flight:
+            return
         keep = {id(chain) for chain in current}
         kept = []
         for chain in self.chains:
-            if id(chain) in keep or chain.in_flight:
+            if id(chain) in keep:
                 kept.append(chain)
                 continue
             calls, errors = self._figures(chain)
             self.past_calls += calls
             self.past_errors += errors
         self.chains = kept
-
-    @property
-    def in_flight(self) -> int:
-        """Runs still going on chains holding this version (a run through several of its
-        hooks counts for each; zero means it can be destroyed)."""
-        return sum(chain.in_flight for chain in self.chains)
 
     @property
     def calls(self) -> int:

@@ -128,10 +128,8 @@ class Chain:
     ``async_count`` is how many slots are ``async def``; ``modifiable`` whether a
     ``Modify`` may replace the hook's event; ``no_opinion`` the outcome when no
     plugin answers, built once; ``runs`` counts the chain's runs, the list every
-    slot's :attr:`Slot.runs` is, and ``finished`` those that have ended, so
-    :attr:`in_flight` is the runs still going (a reloaded plugin's old version is
-    destroyed once the chains it was in have none); ``calls`` is ``slots`` as the
-    dispatcher's loop unpacks them (:data:`SlotCall`: a tuple unpacks faster than five attributes
+    slot's :attr:`Slot.runs` is; ``calls`` is ``slots`` as the dispatcher's loop
+    unpacks them (:data:`SlotCall`: a tuple unpacks faster than five attributes
     are read).
     """
 
@@ -141,18 +139,12 @@ class Chain:
     modifiable: bool
     no_opinion: Outcome
     runs: list[int]
-    finished: list[int] = attrs.field(factory=lambda: [0])
     calls: tuple[SlotCall, ...] = attrs.field(init=False)
 
     @calls.default
     def _calls(self) -> tuple[SlotCall, ...]:
         return tuple((slot.call, slot.context, slot.is_async, slot.budget_s, slot)
                      for slot in self.slots)
-
-    @property
-    def in_flight(self) -> int:
-        """How many runs of this chain have started and not ended."""
-        return self.runs[0] - self.finished[0]
 
     @classmethod
     def of(cls, hook: str, slots: tuple[Slot, ...], *, modifiable: bool = False) -> Chain:

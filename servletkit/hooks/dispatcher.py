@@ -25,9 +25,11 @@ from __future__ import annotations
 import asyncio
 import inspect
 import logging
+import math
 import time
 from asyncio import current_task
-from collections.abc import Awaitable, Callable, Coroutine, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Coroutine, Iterable, Iterator, Mapping
+from types import FrameType
 from typing import Any, Final, Generic, TypeVar
 
 import pluggy
@@ -255,16 +257,39 @@ class Dispatcher:
         maps a name registered in pluggy to the plugin name outcomes and failures
         give (a reloaded version registered as ``plugin@2`` answers as ``plugin``).
         The new chains replace the old at once; runs that started on the old
-        chains finish on them (see :meth:`chains`).
+        chains finish on them (:meth:`in_flight` counts them).
         """
         hooks = self._hooks.of_kind("interception", "observation", "query")
         self._chains = build_chains(self._pm, sorted(hooks), self._hooks.modifiable, plugins,
                                     names)
 
     def chains(self) -> list[Chain]:
-        """The current chains, one per hook; a chain's :attr:`~Chain.in_flight` counts
-        its runs still going, which a reload waits for before destroying a version."""
+        """The current chains, one per hook."""
         return list(self._chains.values())
+
+    def in_flight(self, registered_as: str) -> int:
+        """How many runs are in flight on chains that hold an implementation of the plugin
+        registered in pluggy as ``registered_as`` (a reload destroys an old version once
+        it has none).
+
+        The hot path counts nothing for this. A run of sync plugins never suspends,
+        so no other code sees it in flight; a run with async plugins suspends only
+        while it awaits a plugin, when its task's watch holds a deadline. So the
+        tasks with a deadline are the only candidates, and their suspended
+        coroutines are walked to the :meth:`_run` frames and the chains they run.
+        """
+        count = 0
+        for watch in list(self._watchdog.watches.values()):
+            if watch.deadline == math.inf:
+                continue
+            for frame in _suspended_frames(watch.task):
+                if frame.f_code is not _RUN_CODE:
+                    continue
+                chain = frame.f_locals.get("chain")
+                if isinstance(chain, Chain) and any(
+                        slot.registered_as == registered_as for slot in chain.slots):
+                    count += 1
+        return count
 
     def all_sync(self, hook: str) -> bool:
         """Whether every implementation of ``hook`` is sync: then a call never suspends
@@ -327,14 +352,10 @@ class Dispatcher:
             return await self._run(chain, subject, _Observation, _NO_FAILURES)
         inline = _part(chain, tuple(slot for slot in chain.slots if not slot.is_async),
                        chain.runs)  # counts the run for every slot
-        chain.finished[0] -= 1  # the run is in flight on ``chain`` until its parts are done
-        try:
-            failures = await self._run(inline, subject, _Observation, _NO_FAILURES)
-            alone = [_part(chain, (slot,), [0]) for slot in chain.slots if slot.is_async]
-            results = await asyncio.gather(*(self._run(part, subject, _Observation,
-                                                       _NO_FAILURES) for part in alone))
-        finally:
-            chain.finished[0] += 1
+        failures = await self._run(inline, subject, _Observation, _NO_FAILURES)
+        alone = [_part(chain, (slot,), [0]) for slot in chain.slots if slot.is_async]
+        results = await asyncio.gather(*(self._run(part, subject, _Observation, _NO_FAILURES)
+                                         for part in alone))
         return failures + tuple(failure for result in results for failure in result)
 
     async def observe_each(self, hook: str, items: Iterable[Any]) -> tuple[PluginFailure, ...]:
@@ -392,7 +413,6 @@ class Dispatcher:
             if watch is None or watchdog.timer is None:
                 watch = watchdog.watch()
             outer_deadline = watch.deadline  # of an enclosing run in this task, if any
-        finished = chain.finished
         try:
             runs[0] += 1
             start = clock()
@@ -431,21 +451,30 @@ class Dispatcher:
                     _stopped_at(chain.slots, slot)
                     return rule.result()
         finally:
-            finished[0] += 1  # runs - finished: the runs in flight, which a reload drains
             if watch is not None:
                 watch.deadline = outer_deadline
         return nothing if rule is None else rule.result()
 
 
-def _part(chain: Chain, slots: tuple[Slot, ...], runs: list[int]) -> Chain:
-    """A chain over some of ``chain``'s slots, counting its runs in ``runs``.
+_RUN_CODE: Final = Dispatcher._run.__code__
+_MAX_AWAIT_DEPTH: Final = 256
 
-    Its ``finished`` is ``chain``'s when it shares ``chain``'s ``runs`` (so the run
-    counts as in flight once), its own otherwise.
-    """
-    finished = chain.finished if runs is chain.runs else [0]
+
+def _suspended_frames(task: asyncio.Task[Any]) -> Iterator[FrameType]:
+    """The frames of ``task``'s suspended coroutine and of what it awaits, outermost first."""
+    awaiting: Any = task.get_coro()
+    for _ in range(_MAX_AWAIT_DEPTH):
+        frame = getattr(awaiting, "cr_frame", None) or getattr(awaiting, "gi_frame", None)
+        if frame is None:
+            return
+        yield frame
+        awaiting = getattr(awaiting, "cr_await", None) or getattr(awaiting, "gi_yieldfrom", None)
+
+
+def _part(chain: Chain, slots: tuple[Slot, ...], runs: list[int]) -> Chain:
+    """A chain over some of ``chain``'s slots, counting its runs in ``runs``."""
     return Chain(chain.hook, slots, sum(slot.is_async for slot in slots), chain.modifiable,
-                 chain.no_opinion, runs, finished)
+                 chain.no_opinion, runs)
 
 
 def _stopped_at(slots: tuple[Slot, ...], slot: Slot) -> None:

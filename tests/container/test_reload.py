@@ -183,7 +183,7 @@ async def test_calls_in_flight_finish_on_the_old_version(
     gate = sys.modules[plugin.name].gate
     slow = asyncio.create_task(body_decision(container, "wait"))
     await asyncio.sleep(0.01)
-    assert container.version(plugin.name).in_flight == 1  # type: ignore[union-attr]
+    assert container.dispatcher.in_flight(f"{plugin.name}@2") == 1
     plugin.write("0.3", SHOUT)
     assert (await container.reload(plugin.name)).ok
     assert await body_decision(container, "y") == Modify(content={"msgtype": "m.text",
