@@ -25,11 +25,9 @@ from __future__ import annotations
 import asyncio
 import inspect
 import logging
-import math
 import time
 from asyncio import current_task
-from collections.abc import Awaitable, Callable, Coroutine, Iterable, Iterator, Mapping
-from types import FrameType
+from collections.abc import Awaitable, Callable, Coroutine, Iterable, Mapping
 from typing import Any, Final, Generic, TypeVar
 
 import pluggy
@@ -268,28 +266,15 @@ class Dispatcher:
         return list(self._chains.values())
 
     def in_flight(self, registered_as: str) -> int:
-        """How many runs are in flight on chains that hold an implementation of the plugin
+        """How many runs are in flight on chains holding an implementation of the plugin
         registered in pluggy as ``registered_as`` (a reload destroys an old version once
-        it has none).
-
-        The hot path counts nothing for this. A run of sync plugins never suspends,
-        so no other code sees it in flight; a run with async plugins suspends only
-        while it awaits a plugin, when its task's watch holds a deadline. So the
-        tasks with a deadline are the only candidates, and their suspended
-        coroutines are walked to the :meth:`_run` frames and the chains they run.
+        it has none). The hot path counts nothing for this: see
+        :meth:`~servletkit.hooks._eventloop.Watchdog.awaiting_frames`.
         """
-        count = 0
-        for watch in list(self._watchdog.watches.values()):
-            if watch.deadline == math.inf:
-                continue
-            for frame in _suspended_frames(watch.task):
-                if frame.f_code is not _RUN_CODE:
-                    continue
-                chain = frame.f_locals.get("chain")
-                if isinstance(chain, Chain) and any(
-                        slot.registered_as == registered_as for slot in chain.slots):
-                    count += 1
-        return count
+        return sum(
+            1 for frame in self._watchdog.awaiting_frames()
+            if frame.f_code is _RUN_CODE and isinstance(chain := frame.f_locals.get("chain"), Chain)
+            and any(slot.registered_as == registered_as for slot in chain.slots))
 
     def all_sync(self, hook: str) -> bool:
         """Whether every implementation of ``hook`` is sync: then a call never suspends
@@ -457,18 +442,6 @@ class Dispatcher:
 
 
 _RUN_CODE: Final = Dispatcher._run.__code__
-_MAX_AWAIT_DEPTH: Final = 256
-
-
-def _suspended_frames(task: asyncio.Task[Any]) -> Iterator[FrameType]:
-    """The frames of ``task``'s suspended coroutine and of what it awaits, outermost first."""
-    awaiting: Any = task.get_coro()
-    for _ in range(_MAX_AWAIT_DEPTH):
-        frame = getattr(awaiting, "cr_frame", None) or getattr(awaiting, "gi_frame", None)
-        if frame is None:
-            return
-        yield frame
-        awaiting = getattr(awaiting, "cr_await", None) or getattr(awaiting, "gi_yieldfrom", None)
 
 
 def _part(chain: Chain, slots: tuple[Slot, ...], runs: list[int]) -> Chain:
