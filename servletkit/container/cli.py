@@ -149,6 +149,9 @@ def cmd_undeploy(args: argparse.Namespace) -> int:
         if args.uninstall and answer["distribution"]:
             pip.uninstall(python, answer["distribution"])
             print(f"{args.name}: uninstalled {answer['distribution']}")
+            if config.plugin(args.name):
+                print(f"{args.name}: remove [plugins.{args.name}] from {config.path}: the "
+                      "next start refuses a table for a plugin that is not installed")
     except (AdminUnavailable, AdminRefused, pip.PipFailed) as exc:
         raise CommandError(str(exc)) from None
     return 0 if answer["ok"] else 1
