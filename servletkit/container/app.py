@@ -19,6 +19,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import BaseRoute, Route
 
+from servletkit.container.admin import admin_routes
 from servletkit.container.runtime import Container
 from servletkit.wires import Wire, WireFactory
 from servletkit.wires.appservice.wire import appservice_wire
@@ -88,7 +89,7 @@ def build_app(
             stack.push_async_callback(_settle, starting)
             yield
 
-    routes = [*health_routes(container), *metrics_routes(container),
+    routes = [*health_routes(container), *metrics_routes(container), *admin_routes(container),
               *(route for wire in wires for route in wire.routes())]
     return Starlette(routes=routes, exception_handlers=EXCEPTION_HANDLERS, lifespan=lifespan)
 

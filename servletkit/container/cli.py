@@ -12,6 +12,12 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from servletkit.container.admin_client import (
+    AdminRefused,
+    AdminUnavailable,
+    admin_request,
+    live_table,
+)
 from servletkit.container.config import Config, ConfigError, load_config
 from servletkit.container.ports import port_unavailable
 from servletkit.container.runtime import Container, PluginStatus
@@ -87,14 +93,36 @@ def uvicorn_log_config() -> dict[str, Any]:
 
 
 def cmd_plugins(args: argparse.Namespace) -> int:
-    """Print a table of the plugins: name, distribution and version, hooks, enabled, order.
+    """Print a table of the plugins.
 
-    Plugins are imported and registered, never started: listing them must not
-    open their connections or write their data (``servletkit check`` starts them).
+    With a container running for this config: its live state (serving version,
+    since when, calls, errors). Otherwise the installed plugins: name,
+    distribution and version, hooks, enabled, order; they are imported and
+    registered, never started: listing them must not open their connections or
+    write their data (``servletkit check`` starts them).
     """
+    config = load_config(args.config)
+    try:
+        print(live_table(admin_request(config, "GET", "/plugins", timeout=2.0)))
+        return 0
+    except AdminUnavailable:
+        pass
+    except AdminRefused as exc:
+        print(f"servletkit: {exc}; listing the installed plugins instead", file=sys.stderr)
     _, container = _load(args.config)
     print(plugins_table(container))
     return 0
+
+
+def cmd_reload(args: argparse.Namespace) -> int:
+    """Ask the running container to reload plugin NAME; print one line; 1 if it failed."""
+    config = load_config(args.config)
+    try:
+        answer = admin_request(config, "POST", f"/plugins/{args.name}/reload")
+    except (AdminUnavailable, AdminRefused) as exc:
+        raise CommandError(str(exc)) from None
+    print(answer["summary"])
+    return 0 if answer["ok"] else 1
 
 
 def plugins_table(container: Container) -> str:
@@ -115,6 +143,52 @@ def plugins_table(container: Container) -> str:
         + "  " + row[-1]
         for row in rows
     )
+
+
+def cmd_deploy(args: argparse.Namespace) -> int:
+    """Install a plugin distribution into the running container's environment and load its
+    plugins there; one line per plugin; 1 if one failed to load."""
+    from servletkit.container import pip
+
+    config = load_config(args.config)
+    try:
+        python = admin_request(config, "GET", "/plugins", timeout=5.0)["python"]
+        installed = pip.install(python, args.target, no_deps=args.no_deps,
+                                no_build_isolation=args.no_build_isolation)
+        if not installed:
+            raise CommandError(f"{args.target} is installed already: to load a new version "
+                               "of its code, use 'servletkit reload NAME'")
+        answer = admin_request(config, "POST", "/deploy", body={"distributions": installed})
+    except (AdminUnavailable, AdminRefused, pip.PipFailed) as exc:
+        raise CommandError(str(exc)) from None
+    results = answer["results"]
+    if not results:
+        raise CommandError(f"installed {', '.join(installed)}, but it has no servletkit plugin "
+                           "(no entry point in the group 'servletkit.plugins')")
+    for result in results:
+        print(result["summary"])
+    return 0 if all(result["ok"] for result in results) else 1
+
+
+def cmd_undeploy(args: argparse.Namespace) -> int:
+    """Drain, destroy and unload plugin NAME in the running container (and with
+    ``--uninstall`` remove its distribution from the container's environment)."""
+    from servletkit.container import pip
+
+    config = load_config(args.config)
+    try:
+        python = admin_request(config, "GET", "/plugins", timeout=5.0)["python"]
+        answer = admin_request(config, "POST", f"/plugins/{args.name}/unload")
+        print(answer["summary"])
+        if args.uninstall and answer["distribution"]:
+            pip.uninstall(python, answer["distribution"])
+            print(f"{args.name}: uninstalled {answer['distribution']}")
+            if config.plugin(args.name):
+                print(f"{args.name}: remove [plugins.{args.name}] from {config.path}: the "
+                      "next start refuses a table for a plugin that is not installed")
+    except (AdminUnavailable, AdminRefused, pip.PipFailed) as exc:
+        raise CommandError(str(exc)) from None
+    return 0 if answer["ok"] else 1
 
 
 def cmd_check(args: argparse.Namespace) -> int:
@@ -204,7 +278,23 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--port", type=int, help="port to bind (default: [server] port)")
     command("dev", cmd_dev, "run a local Synapse wired to the container and its plugins "
             "(state in [dev] state_dir); Ctrl-C stops both")
-    command("plugins", cmd_plugins, "list installed plugins, their hooks and state")
+    command("plugins", cmd_plugins, "list the plugins: the live state of the running "
+            "container, else the installed plugins, their hooks and state")
+    reload = command("reload", cmd_reload, "reload a plugin in the running container: its "
+                     "new code serves, calls in flight finish on the old")
+    reload.add_argument("name", metavar="NAME", help="the plugin's name")
+    deploy = command("deploy", cmd_deploy, "install a plugin distribution into the running "
+                     "container's environment (pip) and load its plugins, without a restart")
+    deploy.add_argument("target", metavar="PATH_OR_REQUIREMENT",
+                        help="a project folder, a wheel, or a requirement such as quiet-room")
+    deploy.add_argument("--no-deps", action="store_true", help="pip --no-deps")
+    deploy.add_argument("--no-build-isolation", action="store_true",
+                        help="pip --no-build-isolation (build with what is installed)")
+    undeploy = command("undeploy", cmd_undeploy, "drain, destroy and unload a plugin in the "
+                       "running container")
+    undeploy.add_argument("name", metavar="NAME", help="the plugin's name")
+    undeploy.add_argument("--uninstall", action="store_true",
+                          help="also uninstall its distribution (pip uninstall)")
     command("check", cmd_check, "validate the config and plugin loading")
     command("registration", cmd_registration,
             "print the appservice registration YAML for the homeserver")
@@ -227,6 +317,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # a line per admin API request
     args = build_parser().parse_args(argv)
     if not Path(args.config).exists():
         print(f"servletkit: {args.config}: no such config file "

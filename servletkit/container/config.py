@@ -295,6 +295,22 @@ class PolicyConfig:
 
 
 @attrs.frozen
+class AdminConfig:
+    """``[admin]``: the admin API on the ``[server]`` listener (``servletkit reload``,
+    ``servletkit plugins`` of a running container).
+
+    Callers must be on loopback and present ``token``. Without one, a token is
+    generated on the container's first start and kept in ``token_file``
+    (relative to the config file, mode 0600), where the commands read it.
+    ``enabled = false`` leaves the API out.
+    """
+
+    enabled: bool = True
+    token: str = attrs.field(default="", repr=False)
+    token_file: str = ".servletkit/admin-token"
+
+
+@attrs.frozen
 class PluginSettings:
     """The container's keys in a ``[plugins.NAME]`` table; the rest is the plugin's own."""
 
@@ -330,6 +346,7 @@ class Config:
     module: ModuleConfig = ModuleConfig()
     dev: DevConfig = DevConfig()
     policy: PolicyConfig | None = None
+    admin: AdminConfig = AdminConfig()
     plugins: tuple[PluginTable, ...] = ()
 
     def plugin(self, name: str) -> PluginTable | None:

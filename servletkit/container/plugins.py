@@ -55,10 +55,13 @@ class PluginSource:
 
 @attrs.frozen
 class PluginError:
-    """A plugin that could not be used, and why: the stage that failed and the traceback."""
+    """A plugin that could not be used, and why: the stage that failed and the traceback.
+
+    ``config`` is a reload that found the plugin's table invalid or disabled.
+    """
 
     plugin: str
-    stage: Literal["import", "register", "init", "destroy"]
+    stage: Literal["config", "import", "register", "init", "destroy"]
     message: str
     traceback: str = ""
 
@@ -83,8 +86,10 @@ def new_plugin_manager(hooks: HookTable = HOOKS) -> pluggy.PluginManager:
     return pm
 
 
-def register(pm: pluggy.PluginManager, source: PluginSource) -> Any:
+def register(pm: pluggy.PluginManager, source: PluginSource, *, as_name: str | None = None) -> Any:
     """Import ``source`` and register it under its name; return the plugin object.
+
+    ``as_name`` registers it under another name (a reloaded version: ``NAME@2``).
 
     Raises :class:`PluginRejected` (with a message naming the hook and a fix) if
     it implements an unknown hook or declares arguments the spec does not have.
@@ -92,7 +97,7 @@ def register(pm: pluggy.PluginManager, source: PluginSource) -> Any:
     """
     obj = source.load()
     try:
-        pm.register(obj, name=source.name)
+        pm.register(obj, name=as_name or source.name)
     except pluggy.PluginValidationError as exc:
         raise PluginRejected(f"plugin {source.name!r}: {exc}") from None
     unknown = sorted(hook.name for hook in pm.get_hookcallers(obj) or () if hook.spec is None)

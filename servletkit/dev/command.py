@@ -85,6 +85,7 @@ from servletkit.dev.embedded_synapse import (
 from servletkit.dev.errors import DevError, step
 from servletkit.dev.state import DevPaths, DevState, claim_state_folder
 from servletkit.dev.terminal import route_logs
+from servletkit.dev.watch import PluginWatcher, watched_plugins
 from servletkit.dev.wiring import (
     SYNAPSE_LOOPBACK_FEDERATION,
     ping_appservice,
@@ -179,6 +180,8 @@ class DevSession:
         self._serving: asyncio.Task[None] | None = None
         self._synapse_answers = asyncio.Event()
         self._lock: TextIO | None = None  # set once this session owns the state folder
+        self._watching: asyncio.Task[None] | None = None
+        self._container: Container | None = None
 
     @property
     def state_folder_fix(self) -> str:
@@ -214,6 +217,7 @@ class DevSession:
             if starting.done():
                 starting.result()  # raises what went wrong
                 self.print_summary(json.loads(self.paths.run_file.read_text()))
+                self.watch_plugins()
                 await self.until_stopped(stopping)
                 self.say("stopping…")
             else:
@@ -333,6 +337,18 @@ class DevSession:
             "pids": {"servletkit": os.getpid(), "synapse": self.synapse.process.pid},
         }, indent=2))
 
+    def watch_plugins(self) -> None:
+        """Reload a plugin installed in editable mode when its source changes (one line
+        each, :mod:`servletkit.dev.watch`)."""
+        assert self._container is not None  # start() set it
+        watched = watched_plugins(self._container)
+        if not watched:
+            return
+        names = ", ".join(plugin.name for plugin in watched)
+        self.say(f"watching the source of {names} (editable installs): saving a file "
+                 f"reloads its plugin")
+        self._watching = asyncio.create_task(PluginWatcher(self._container, self.say).run())
+
     async def serve_container(self, container: Container) -> None:
         """Serve the container's app (in this process) and wait until it listens.
 
@@ -340,6 +356,7 @@ class DevSession:
         (:meth:`wait_for_plugins`).
         """
         config = container.config
+        self._container = container
         app = build_app(container, homeserver_started=self._synapse_answers)
         self._server = _Server(uvicorn.Config(
             app, host=config.server.host, port=config.server.port, log_config=None,
@@ -459,6 +476,10 @@ class DevSession:
         """
         if self._lock is None:
             return
+        if self._watching is not None:
+            self._watching.cancel()
+            with contextlib.suppress(BaseException):
+                await self._watching
         try:
             self.paths.run_file.unlink(missing_ok=True)
         except OSError as exc:  # not fatal: the next start removes it

@@ -83,6 +83,8 @@ class Slot:
     one argument besides ``context``, or the tuple of its arguments when it has
     several. ``deny`` is the plugin's ``on_error == "deny"``; ``allow_outcome``
     the outcome of a chain that only this plugin allowed, built once.
+    ``registered_as`` is the plugin's name in pluggy: ``plugin``, or a versioned
+    name for a plugin loaded again by a reload (``plugin@2``).
     """
 
     plugin: str
@@ -92,6 +94,7 @@ class Slot:
     budget_s: float
     deny: bool
     allow_outcome: Outcome
+    registered_as: str = ""
     runs: list[int] = attrs.field(factory=lambda: [0])  # shared by the slots of one chain
     skipped: int = 0  # chain runs that ended before reaching this slot
     total_s: float = 0.0
@@ -158,13 +161,17 @@ def build_chains(
     hooks: Iterable[str],
     modifiable: frozenset[str],
     plugins: Mapping[str, tuple[PluginPolicy, Any]],
+    names: Mapping[str, str] | None = None,
 ) -> dict[str, Chain]:
     """The chain of each of ``hooks`` over ``plugins``: name → (policy, context).
 
     Implementations of plugins not named in ``plugins`` (disabled ones) are left
     out. Order: policy ``order``, then ``tryfirst``/normal/``trylast``, then
-    ``position`` (the plugin's place in the config), then name.
+    ``position`` (the plugin's place in the config), then name. ``names`` maps a
+    name registered in pluggy to the plugin name the slots carry (a reloaded
+    version, ``plugin@2``, answers as ``plugin``).
     """
+    names = names or {}
     chains = {}
     for hook in hooks:
         one_argument = len(_spec_args(pm, hook)) == 2  # the argument and ``context``
@@ -174,16 +181,18 @@ def build_chains(
                 continue
             policy, context = plugins[impl.plugin_name]
             rank = 0 if impl.tryfirst else 2 if impl.trylast else 1
+            plugin = names.get(impl.plugin_name, impl.plugin_name)
             slot = Slot(
-                plugin=impl.plugin_name,
+                plugin=plugin,
                 call=call if one_argument else _packed(call),
                 is_async=inspect.iscoroutinefunction(impl.function),
                 context=context,
                 budget_s=policy.timeout_ms / 1000.0,
                 deny=policy.on_error == "deny",
-                allow_outcome=Outcome(hook, Allow(), impl.plugin_name),
+                allow_outcome=Outcome(hook, Allow(), plugin),
+                registered_as=impl.plugin_name,
             )
-            entries.append(((policy.order, rank, policy.position, impl.plugin_name), slot))
+            entries.append(((policy.order, rank, policy.position, plugin), slot))
         entries.sort(key=lambda entry: entry[0])
         chains[hook] = Chain.of(hook, tuple(slot for _, slot in entries),
                                 modifiable=hook in modifiable)

@@ -20,10 +20,14 @@ from __future__ import annotations
 import asyncio
 import math
 import time
-from collections.abc import Coroutine, Generator
+from collections.abc import Coroutine, Generator, Iterator
+from types import FrameType
 from typing import Any, Final, TypeVar
 
 T = TypeVar("T")
+
+MAX_AWAIT_DEPTH: Final = 256
+"""How deep :meth:`Watchdog.awaiting_frames` follows what a coroutine awaits."""
 
 
 class Resumed:
@@ -131,6 +135,25 @@ class Watchdog:
         if self.timer is None:
             self.timer = loop.call_later(self.TICK_S, self._check)
         return watch
+
+    def awaiting_frames(self) -> Iterator[FrameType]:
+        """The frames of each task now awaiting a plugin, and of what it awaits, outermost
+        first: every place a chain's run can be suspended (slow path, for reloads).
+
+        A run of sync plugins never suspends; a run with async plugins suspends
+        only while it awaits a plugin, when its task's watch holds a deadline.
+        """
+        for watch in list(self.watches.values()):
+            if watch.deadline == math.inf:
+                continue
+            awaiting: Any = watch.task.get_coro()
+            for _ in range(MAX_AWAIT_DEPTH):
+                frame = getattr(awaiting, "cr_frame", None) or getattr(awaiting, "gi_frame", None)
+                if frame is None:
+                    break
+                yield frame
+                awaiting = (getattr(awaiting, "cr_await", None)
+                            or getattr(awaiting, "gi_yieldfrom", None))
 
     @staticmethod
     def absorb(watch: Watch | None) -> bool:

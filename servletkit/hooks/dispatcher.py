@@ -242,15 +242,39 @@ class Dispatcher:
         self._chains: dict[str, Chain] = {}
         self._watchdog = Watchdog()
 
-    def rebuild(self, plugins: Mapping[str, tuple[PluginPolicy, Any]]) -> None:
+    def rebuild(
+        self,
+        plugins: Mapping[str, tuple[PluginPolicy, Any]],
+        names: Mapping[str, str] | None = None,
+    ) -> None:
         """Build every hook's chain from ``plugins``: name → (policy, context).
 
         Implementations of plugins not named here (disabled ones) are left out.
         Order: policy ``order``, then ``tryfirst``/normal/``trylast``, then
-        ``position`` (the plugin's place in the config), then name.
+        ``position`` (the plugin's place in the config), then name. ``names``
+        maps a name registered in pluggy to the plugin name outcomes and failures
+        give (a reloaded version registered as ``plugin@2`` answers as ``plugin``).
+        The new chains replace the old at once; runs that started on the old
+        chains finish on them (:meth:`in_flight` counts them).
         """
         hooks = self._hooks.of_kind("interception", "observation", "query")
-        self._chains = build_chains(self._pm, sorted(hooks), self._hooks.modifiable, plugins)
+        self._chains = build_chains(self._pm, sorted(hooks), self._hooks.modifiable, plugins,
+                                    names)
+
+    def chains(self) -> list[Chain]:
+        """The current chains, one per hook."""
+        return list(self._chains.values())
+
+    def in_flight(self, registered_as: str) -> int:
+        """How many runs are in flight on chains holding an implementation of the plugin
+        registered in pluggy as ``registered_as`` (a reload destroys an old version once
+        it has none). The hot path counts nothing for this: see
+        :meth:`~servletkit.hooks._eventloop.Watchdog.awaiting_frames`.
+        """
+        return sum(
+            1 for frame in self._watchdog.awaiting_frames()
+            if frame.f_code is _RUN_CODE and isinstance(chain := frame.f_locals.get("chain"), Chain)
+            and any(slot.registered_as == registered_as for slot in chain.slots))
 
     def all_sync(self, hook: str) -> bool:
         """Whether every implementation of ``hook`` is sync: then a call never suspends
@@ -415,6 +439,9 @@ class Dispatcher:
             if watch is not None:
                 watch.deadline = outer_deadline
         return nothing if rule is None else rule.result()
+
+
+_RUN_CODE: Final = Dispatcher._run.__code__
 
 
 def _part(chain: Chain, slots: tuple[Slot, ...], runs: list[int]) -> Chain:

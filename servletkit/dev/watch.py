@@ -1,0 +1,131 @@
+"""``servletkit dev``'s reloader: save a plugin's file, and the plugin is reloaded.
+
+Every live plugin installed in editable mode (``pip install -e``: its
+distribution's ``direct_url.json`` says ``"editable": true``) has its source
+watched with watchfiles: the folder of its top-level package. A burst of saves
+is debounced into one change; each plugin the change touches is reloaded
+(:meth:`~servletkit.container.runtime.Container.reload`) and one line says what
+happened: the plugin, its old and new version and the time it took, or the error
+while the old version keeps serving.
+
+Which plugins a change touches: a plugin whose entry module is a changed file;
+otherwise (a helper module changed) every plugin whose package holds it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Final
+
+import attrs
+import watchfiles
+
+from servletkit.container.plugins import PluginSource
+from servletkit.container.runtime import Container
+from servletkit.container.versions import ReloadResult, module_of
+
+STEP_MS: Final = 30
+"""A change is acted on once the files have been quiet this long (an editor's save writes
+several times)."""
+
+DEBOUNCE_MS: Final = 300
+"""... or at the latest this long after the first write, while saves keep coming."""
+
+
+@attrs.frozen
+class WatchedPlugin:
+    """A plugin whose source is watched: its entry module's file and its package's folder."""
+
+    name: str
+    module_file: Path
+    root: Path
+
+
+def is_editable(source: PluginSource) -> bool:
+    """Whether ``source``'s distribution is installed in editable mode (``pip install -e``)."""
+    dist = source.entry_point.dist if source.entry_point is not None else None
+    text = dist.read_text("direct_url.json") if dist is not None else None
+    if not text:
+        return False
+    try:
+        return json.loads(text).get("dir_info", {}).get("editable") is True
+    except (ValueError, AttributeError):
+        return False
+
+
+def watched_plugins(container: Container) -> list[WatchedPlugin]:
+    """The live plugins installed in editable mode, with what to watch of each."""
+    found = []
+    for name in container.live_plugins:
+        version = container.version(name)
+        module = module_of(version.source) if version is not None else None
+        if version is None or module is None or not is_editable(version.source):
+            continue
+        entry = sys.modules.get(module)
+        top = sys.modules.get(module.partition(".")[0])
+        entry_file = getattr(entry, "__file__", None)
+        if entry_file is None or top is None:
+            continue
+        paths = getattr(top, "__path__", None)
+        root = Path(next(iter(paths))) if paths else Path(entry_file)
+        found.append(WatchedPlugin(name, Path(entry_file).resolve(), root.resolve()))
+    return found
+
+
+def touched(plugins: Iterable[WatchedPlugin], changed: Iterable[Path]) -> list[str]:
+    """The plugins a change of the files ``changed`` touches, by name, in ``plugins`` order."""
+    plugins = list(plugins)
+    changed = {path.resolve() for path in changed}
+    entries = {plugin.module_file for plugin in plugins}
+    names = []
+    for plugin in plugins:
+        own = plugin.module_file in changed
+        helper = any(path not in entries and (path == plugin.root or plugin.root in path.parents)
+                     for path in changed)
+        if own or helper:
+            names.append(plugin.name)
+    return names
+
+
+class PluginWatcher:
+    """Watches the editable plugins of ``container``; reloads one when its files change.
+
+    ``report`` gets one line per reload. :meth:`run` runs until cancelled, or
+    returns at once when no plugin is installed in editable mode.
+    """
+
+    def __init__(self, container: Container, report: Callable[[str], None]) -> None:
+        self.container = container
+        self.report = report
+        self.results: list[ReloadResult] = []
+
+    async def run(self) -> None:
+        """:meth:`watch`; if watching fails (e.g. the system's limit of watches), say so
+        in one line: the container serves on, without reloading."""
+        try:
+            await self.watch()
+        except Exception as exc:
+            self.report(f"stopped watching the plugins' source: {type(exc).__name__}: {exc}")
+
+    async def watch(self) -> None:
+        """Watch, reload, report; the watched folders follow the plugins' current code."""
+        while plugins := watched_plugins(self.container):
+            roots = sorted({plugin.root for plugin in plugins})
+            async for changes in watchfiles.awatch(
+                *roots, watch_filter=watchfiles.PythonFilter(), step=STEP_MS,
+                debounce=DEBOUNCE_MS, recursive=True,
+            ):
+                for name in touched(plugins, (Path(path) for _, path in changes)):
+                    result = await self.container.reload(name)
+                    self.results.append(result)
+                    self.report(result.describe())
+                plugins = watched_plugins(self.container)
+                if sorted({plugin.root for plugin in plugins}) != roots:
+                    break  # an entry point moved to another package: watch afresh
+            else:
+                return
+            await asyncio.sleep(0)

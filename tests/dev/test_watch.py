@@ -1,0 +1,122 @@
+"""``servletkit dev``'s reloader (issue 13): saving an editable plugin's file reloads it."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import re
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import pytest
+
+from servletkit import Modify, Veto
+from servletkit.container.runtime import Container
+from servletkit.dev.watch import PluginWatcher, WatchedPlugin, touched, watched_plugins
+from servletkit.testing import make_event, only_plugins, running_container
+from tests.container.reload_support import PluginOnDisk
+from tests.container.test_reload import SHOUT, VETO_X
+
+LINE_TIMEOUT_S = 10.0
+
+
+@pytest.fixture
+def plugin(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[PluginOnDisk]:
+    site = tmp_path / "site"
+    site.mkdir()
+    monkeypatch.syspath_prepend(str(site))
+    on_disk = PluginOnDisk(site, "watchy", editable=True)
+    on_disk.write("0.1", VETO_X)
+    yield on_disk
+    on_disk.forget()
+
+
+class Lines:
+    """What the watcher reports, awaitable line by line."""
+
+    def __init__(self) -> None:
+        self.queue: asyncio.Queue[str] = asyncio.Queue()
+
+    def __call__(self, line: str) -> None:
+        self.queue.put_nowait(line)
+
+    async def next(self) -> str:
+        return await asyncio.wait_for(self.queue.get(), LINE_TIMEOUT_S)
+
+
+@pytest.fixture
+async def watching(plugin: PluginOnDisk) -> AsyncIterator[tuple[Container, Lines]]:
+    config = {"plugins": only_plugins({plugin.name: {}})}
+    async with running_container({}, config, include_installed=True) as container:
+        lines = Lines()
+        task = asyncio.create_task(PluginWatcher(container, lines).run())
+        await asyncio.sleep(0.3)  # the watcher has started watching
+        try:
+            yield container, lines
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+
+async def decision(container: Container, body: str) -> object:
+    return (await container.dispatcher.intercept("on_send_event", make_event(body))).decision
+
+
+async def test_a_save_reloads_the_plugin_and_says_so(
+    watching: tuple[Container, Lines], plugin: PluginOnDisk
+) -> None:
+    """One line per save: the old and new version and the time; a broken save leaves the
+    old version serving and says why; the next good save (with a new submodule) serves."""
+    container, lines = watching
+    plugin.write("0.1", SHOUT)
+    assert re.fullmatch(r"watchy: reloaded 0\.1#1 -> 0\.1#2 in \d+ ms", await lines.next())
+    assert await decision(container, "hi") == Modify(content={"msgtype": "m.text",
+                                                              "body": "HI"})
+    plugin.write("0.1", "def broken(:\n")
+    line = await lines.next()
+    assert line.startswith("watchy: reload failed after ")
+    assert "(import: SyntaxError" in line and line.endswith("0.1#2 keeps serving")
+    assert await decision(container, "hi") == Modify(content={"msgtype": "m.text",
+                                                              "body": "HI"})
+    plugin.write("0.1", "from .words import on_send_event\n", files={"words.py": (
+        "from servletkit import Veto, hookimpl\n\n@hookimpl\n"
+        "def on_send_event(event, context):\n    return Veto('words')\n")})
+    assert (await lines.next()).startswith("watchy: reloaded 0.1#2 -> 0.1#3 in ")
+    assert await decision(container, "hi") == Veto("words")
+    await container.drained()
+    assert plugin.events.count(("destroy", "0.1")) == 2  # versions 1 and 2
+
+
+async def test_plugins_not_installed_editable_are_not_watched(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Without ``direct_url.json`` saying editable, the plugin is left alone."""
+    site = tmp_path / "site"
+    site.mkdir()
+    monkeypatch.syspath_prepend(str(site))
+    plain = PluginOnDisk(site, "plainy")
+    plain.write("1.0", VETO_X)
+    try:
+        config = {"plugins": only_plugins({plain.name: {}})}
+        async with running_container({}, config, include_installed=True) as container:
+            assert watched_plugins(container) == []
+            await asyncio.wait_for(PluginWatcher(container, print).run(), 1)  # returns
+    finally:
+        plain.forget()
+
+
+def test_a_change_touches_its_own_plugin_or_every_one_sharing_the_package(
+    tmp_path: Path,
+) -> None:
+    """An entry module's file touches its plugin only; a helper touches the package's all."""
+    package = tmp_path / "pkg"
+    filters = WatchedPlugin("filter", package / "filter.py", package)
+    formats = WatchedPlugin("formatter", package / "formatter.py", package)
+    other = WatchedPlugin("other", tmp_path / "other" / "__init__.py", tmp_path / "other")
+    plugins = [filters, formats, other]
+    assert touched(plugins, [package / "filter.py"]) == ["filter"]
+    assert touched(plugins, [package / "common" / "words.py"]) == ["filter", "formatter"]
+    assert touched(plugins, [tmp_path / "other" / "x.py", package / "formatter.py"]) == [
+        "formatter", "other"]
+    assert touched(plugins, [tmp_path / "elsewhere.py"]) == []
