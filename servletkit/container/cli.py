@@ -18,7 +18,8 @@ from servletkit.container.admin_client import (
     admin_request,
     live_table,
 )
-from servletkit.container.config import Config, ConfigError, load_config
+from servletkit.container.config import Config, load_config
+from servletkit.container.config_tables import ConfigError
 from servletkit.container.ports import port_unavailable
 from servletkit.container.runtime import Container, PluginStatus
 from servletkit.container.snippets import (

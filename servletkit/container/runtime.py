@@ -11,7 +11,8 @@ from typing import Any, Final
 
 import attrs
 
-from servletkit.container.config import Config, ConfigError, PluginSettings, load_config
+from servletkit.container.config import Config, PluginSettings, load_config
+from servletkit.container.config_tables import ConfigError
 from servletkit.container.plugins import (
     PluginError,
     PluginRejected,

@@ -17,7 +17,8 @@ from typing import Any
 import attrs
 import yaml
 
-from servletkit.container.config import AppserviceConfig, Config, ConfigError, ModuleCallbacks
+from servletkit.container.config import AppserviceConfig, Config, ModuleCallbacks
+from servletkit.container.config_tables import ConfigError
 
 DEFAULT_REGISTRATION_FILE = "appservice-registration.yaml"
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from servletkit.container.config import ConfigError
+from servletkit.container.config_tables import ConfigError
 from servletkit.store.interface import Store
 from servletkit.store.sqlite import SqliteStore
 

@@ -6,7 +6,8 @@ import pytest
 import yaml
 
 from servletkit.container.cli import main
-from servletkit.container.config import ConfigError, parse_config
+from servletkit.container.config import parse_config
+from servletkit.container.config_tables import ConfigError
 from servletkit.container.snippets import (
     SYNAPSE_SNIPPETS,
     appservice_url,

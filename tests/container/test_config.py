@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from servletkit.container.config import ConfigError, load_config
+from servletkit.container.config import load_config
+from servletkit.container.config_tables import ConfigError
 
 REPO = Path(__file__).resolve().parents[2]
 

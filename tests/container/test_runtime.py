@@ -9,7 +9,8 @@ import importlib_metadata
 import pytest
 
 from servletkit import Event, Veto, hookimpl
-from servletkit.container.config import ConfigError, parse_config
+from servletkit.container.config import parse_config
+from servletkit.container.config_tables import ConfigError
 from servletkit.container.plugins import PluginSource
 from servletkit.container.runtime import Container
 from servletkit.hooks.context import PluginContext

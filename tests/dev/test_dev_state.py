@@ -19,9 +19,10 @@ import httpx
 import pytest
 import yaml
 
-from servletkit.container.config import ConfigError, load_config, parse_config
+from servletkit.container.config import load_config, parse_config
+from servletkit.container.config_tables import ConfigError
+from servletkit.dev import checks, terminal, wiring
 from servletkit.dev import command as dev
-from servletkit.dev import terminal, wiring
 from servletkit.dev.embedded_synapse import SynapseServer, free_port, launch_synapse
 from servletkit.dev.errors import DevError, step
 from servletkit.dev.state import DevPaths, DevState
@@ -198,8 +199,8 @@ class TestFailuresBeforeStarting:
             port = sock.getsockname()[1]
             config = config_in(tmp_path, port=port)
             with pytest.raises(DevError, match=rf"port {port} .*\[server\] port in"):
-                dev.require_port(config, "127.0.0.1", port, "[server] port")
-        assert dev.port_problem("127.0.0.1", port) is None
+                checks.require_port(config, "127.0.0.1", port, "[server] port")
+        assert checks.port_problem("127.0.0.1", port) is None
 
 
 class TestFailuresAreOneMessage:

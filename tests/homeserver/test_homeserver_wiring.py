@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from servletkit.container.config import ConfigError, parse_config
+from servletkit.container.config import parse_config
+from servletkit.container.config_tables import ConfigError
 from servletkit.container.runtime import Container
 from servletkit.wires.appservice.homeserver import HomeserverClient
 

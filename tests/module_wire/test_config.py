@@ -12,7 +12,8 @@ import pytest
 import yaml
 
 from servletkit.container.cli import main
-from servletkit.container.config import ConfigError, ModuleCallbacks, parse_config
+from servletkit.container.config import ModuleCallbacks, parse_config
+from servletkit.container.config_tables import ConfigError
 from servletkit.synapse import ServletkitModule
 from servletkit.synapse.settings import DEFAULT_POLICIES
 from servletkit.testing.synapse import free_port

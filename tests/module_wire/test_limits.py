@@ -11,7 +11,8 @@ from collections.abc import AsyncIterator
 import attrs
 import pytest
 
-from servletkit.container.config import ConfigError, parse_config
+from servletkit.container.config import parse_config
+from servletkit.container.config_tables import ConfigError
 from servletkit.container.plugins import PluginSource
 from servletkit.container.runtime import Container
 from servletkit.testing.synapse import free_port

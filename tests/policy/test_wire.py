@@ -10,7 +10,8 @@ import httpx
 import pytest
 
 from servletkit.container.app import container_wires
-from servletkit.container.config import ConfigError, parse_config
+from servletkit.container.config import parse_config
+from servletkit.container.config_tables import ConfigError
 from servletkit.container.runtime import Container
 from servletkit.testing import only_plugins
 from servletkit.wires.policy.keys import load_keys
