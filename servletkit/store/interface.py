@@ -86,3 +86,18 @@ class Store(Protocol):
 
     async def audit_log(self, limit: int = 100) -> list[AuditRecord]:
         """The newest ``limit`` audit records, oldest first."""
+
+
+@attrs.frozen
+class StoreContents:
+    """Everything a store holds, for moving a deployment to another store
+    (``servletkit store migrate``): processed transactions ``(txn_id, digest, at)``
+    oldest first, plugin data ``(plugin, key, JSON text)``, audit records oldest first."""
+
+    transactions: list[tuple[str, str, float]]
+    data: list[tuple[str, str, str]]
+    audit: list[AuditRecord]
+
+
+class NotEmptyError(RuntimeError):
+    """A store to restore into already holds data (restoring would mix two deployments)."""

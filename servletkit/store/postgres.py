@@ -33,7 +33,13 @@ from typing import Any, Final
 import psycopg
 from psycopg_pool import AsyncConnectionPool
 
-from servletkit.store.interface import AuditRecord, ProcessedTransaction, StoreClosedError
+from servletkit.store.interface import (
+    AuditRecord,
+    NotEmptyError,
+    ProcessedTransaction,
+    StoreClosedError,
+    StoreContents,
+)
 from servletkit.store.units import Batch
 
 #: Schema migrations, in order: ``MIGRATIONS[n]`` takes the schema from version n to n + 1.
@@ -254,3 +260,40 @@ class PostgresStore:
             row = await (await conn.execute(f"SELECT count(*) FROM {table}")).fetchone()
         assert row is not None  # count(*) always returns a row
         return int(row[0])
+
+    async def dump(self) -> StoreContents:
+        """Everything the database holds (for ``servletkit store migrate``)."""
+        async with (await self._get_pool()).connection() as conn, conn.transaction():
+            transactions = await (await conn.execute(
+                "SELECT txn_id, digest, at FROM transactions ORDER BY seq")).fetchall()
+            data = await (await conn.execute(
+                "SELECT plugin, key, value FROM plugin_data")).fetchall()
+            audit = await (await conn.execute(
+                "SELECT plugin, hook, decision, event_id, room_id, detail, at FROM audit "
+                "ORDER BY id")).fetchall()
+        return StoreContents(transactions=[tuple(row) for row in transactions],
+                             data=[tuple(row) for row in data],
+                             audit=[AuditRecord(*row) for row in audit])
+
+    async def restore(self, contents: StoreContents) -> None:
+        """Write ``contents`` into this empty database, in one transaction (order kept)."""
+        async with (await self._get_pool()).connection() as conn, conn.transaction():
+            await conn.execute("LOCK TABLE transactions, plugin_data, audit IN EXCLUSIVE MODE")
+            for table in ("transactions", "plugin_data", "audit"):
+                cursor = await conn.execute(f"SELECT 1 FROM {table} LIMIT 1")
+                if await cursor.fetchone() is not None:
+                    raise NotEmptyError(f"{redacted(self.url)} already holds {table}: "
+                                        "restore into an empty store")
+            async with conn.cursor() as cursor:
+                await cursor.executemany(
+                    "INSERT INTO transactions (txn_id, seq, at, digest) "
+                    "VALUES (%s, nextval('transactions_seq'), %s, %s)",
+                    [(txn_id, at, digest) for txn_id, digest, at in contents.transactions])
+                await cursor.executemany(
+                    "INSERT INTO plugin_data (plugin, key, value) VALUES (%s, %s, %s)",
+                    contents.data)
+                await cursor.executemany(
+                    "INSERT INTO audit (at, plugin, hook, decision, event_id, room_id, "
+                    "detail) VALUES (%s, %s, %s, %s, %s, %s, %s)",
+                    [(r.at, r.plugin, r.hook, r.decision, r.event_id, r.room_id, r.detail)
+                     for r in contents.audit])

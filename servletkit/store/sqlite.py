@@ -25,7 +25,13 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Final
 
-from servletkit.store.interface import AuditRecord, ProcessedTransaction, StoreClosedError
+from servletkit.store.interface import (
+    AuditRecord,
+    NotEmptyError,
+    ProcessedTransaction,
+    StoreClosedError,
+    StoreContents,
+)
 from servletkit.store.units import Batch
 
 _SCHEMA: Final = (
@@ -249,3 +255,37 @@ class SqliteStore:
         if table not in ("transactions", "plugin_data", "audit"):
             raise ValueError(f"no table {table!r} in the store")
         return int(self._conn.execute(f"SELECT count(*) FROM {table}").fetchone()[0])
+
+    async def dump(self) -> StoreContents:
+        """Everything the file holds (for ``servletkit store migrate``)."""
+        db = self._conn
+        return StoreContents(
+            transactions=db.execute(
+                "SELECT txn_id, digest, at FROM transactions ORDER BY rowid").fetchall(),
+            data=db.execute("SELECT plugin, key, value FROM plugin_data").fetchall(),
+            audit=[AuditRecord(*row) for row in db.execute(
+                "SELECT plugin, hook, decision, event_id, room_id, detail, at FROM audit "
+                "ORDER BY id")],
+        )
+
+    async def restore(self, contents: StoreContents) -> None:
+        """Write ``contents`` into this empty file, in one transaction (order kept)."""
+        db = self._conn
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            for table in ("transactions", "plugin_data", "audit"):
+                if db.execute(f"SELECT 1 FROM {table} LIMIT 1").fetchone() is not None:
+                    raise NotEmptyError(f"{self.path} already holds {table}: restore into "
+                                        "an empty store")
+            db.executemany("INSERT INTO transactions (txn_id, digest, at) VALUES (?, ?, ?)",
+                           contents.transactions)
+            db.executemany("INSERT INTO plugin_data VALUES (?, ?, ?)", contents.data)
+            db.executemany(
+                "INSERT INTO audit (at, plugin, hook, decision, event_id, room_id, detail) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                [(r.at, r.plugin, r.hook, r.decision, r.event_id, r.room_id, r.detail)
+                 for r in contents.audit])
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
