@@ -45,7 +45,7 @@ async def test_a_retry_to_another_instance_is_not_handled_again(tmp_path, postgr
                                        base_url="http://container")
             started.append((container, client, counter))
         (first, a, one), (second, b, two) = started
-        assert isinstance(first.store, PostgresStore)
+        assert isinstance(first.store, PostgresStore) and isinstance(second.store, PostgresStore)
         event, later = new_event(), new_event()
         path = "/_matrix/app/v1/transactions/"
         assert (await a.put(path + "7", json={"events": [event]}, headers=AUTH)).status_code == 200
