@@ -8,6 +8,7 @@ SQLite file; callers always ``await`` them.
 from __future__ import annotations
 
 import time
+from contextlib import AbstractAsyncContextManager
 from typing import TYPE_CHECKING, Protocol
 
 import attrs
@@ -76,6 +77,13 @@ class Store(Protocol):
         task that outlives the unit of work writes on its own instead of into a
         batch already being written.
         """
+
+    def exclusive(self, name: str) -> AbstractAsyncContextManager[None]:
+        """Held by one holder of ``name`` at a time among every instance using this
+        store (``async with store.exclusive(name):``); released when its holder dies.
+        The appservice wire handles transactions under it, so two instances sent the
+        same transaction at once handle it once, in order. In-process for SQLite."""
+        ...
 
     async def get(self, plugin: str, key: str) -> str | None:
         """The committed JSON text stored by ``plugin`` under ``key``, or ``None``."""

@@ -26,8 +26,10 @@ open under an advisory lock, so instances starting together apply each once;
 
 from __future__ import annotations
 
+import contextlib
 import time
 import urllib.parse
+from collections.abc import AsyncIterator
 from typing import Any, Final
 
 import psycopg
@@ -224,6 +226,20 @@ class PostgresStore:
         await conn.execute(
             "DELETE FROM audit WHERE id <= (SELECT id FROM audit "
             "ORDER BY id DESC OFFSET %s LIMIT 1)", (self.audit_kept,))
+
+    @contextlib.asynccontextmanager
+    async def exclusive(self, name: str) -> AsyncIterator[None]:
+        """One holder of ``name`` at a time among all instances: a session advisory lock,
+        held on a pool connection, so the server releases it if this instance dies."""
+        async with (await self._get_pool()).connection() as conn:
+            await conn.execute("SELECT pg_advisory_lock(hashtextextended(%s, 0))", (name,))
+            try:
+                yield
+            finally:
+                # a broken connection's session is gone, and its locks with it
+                if not conn.broken and not conn.closed:
+                    await conn.execute("SELECT pg_advisory_unlock(hashtextextended(%s, 0))",
+                                       (name,))
 
     async def get(self, plugin: str, key: str) -> str | None:
         """The committed JSON text of ``plugin``'s ``key``."""

@@ -18,10 +18,12 @@ their own database.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import os
 import sqlite3
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Final
 
@@ -121,6 +123,7 @@ class SqliteStore:
         self._transactions_added = self._transactions_step
         self._db: sqlite3.Connection | None = None
         self._closed = False
+        self._exclusive: dict[str, asyncio.Lock] = {}
 
     async def open(self) -> None:
         """Open (creating if needed) the file and its tables.
@@ -224,6 +227,12 @@ class SqliteStore:
         self._audit_added = 0
         db.execute("DELETE FROM audit WHERE id <= (SELECT MAX(id) FROM audit) - ?",
                    (self.audit_kept,))
+
+    @contextlib.asynccontextmanager
+    async def exclusive(self, name: str) -> AsyncIterator[None]:
+        """One holder of ``name`` at a time in this process (the file has one writer)."""
+        async with self._exclusive.setdefault(name, asyncio.Lock()):
+            yield
 
     async def get(self, plugin: str, key: str) -> str | None:
         """The committed JSON text of ``plugin``'s ``key``."""
