@@ -248,6 +248,16 @@ def cmd_policy(args: argparse.Namespace) -> int:
         raise CommandError(str(exc)) from None
 
 
+def cmd_store(args: argparse.Namespace) -> int:
+    """The store: ``migrate`` moves a deployment's state (servletkit/store/migrate.py)."""
+    from servletkit.store.migrate import MigrateError, run
+
+    try:
+        return run(args)
+    except MigrateError as exc:
+        raise CommandError(str(exc)) from None
+
+
 async def _inspect(container: Container) -> list[PluginStatus]:
     """Start the plugins, note their state, stop them again."""
     await container.start()
@@ -310,6 +320,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     policy_arguments(command("policy", cmd_policy, "the policy server (MSC4284): its "
                              "m.room.policy key, joining rooms, the rooms it serves"))
+    from servletkit.store.migrate import add_arguments as store_arguments
+
+    store_arguments(command("store", cmd_store, "the store: migrate it to another one"))
     return parser
 
 

@@ -140,9 +140,10 @@ class StoreConfig:
     """``[store]``: durable state (transaction ids, plugin data, audit log).
 
     ``path`` is the embedded SQLite file, relative to the config file. ``url``
-    names a networked store by its scheme instead (none is built in yet; see
-    :func:`servletkit.store.store_from_config`). ``synchronous``: ``"normal"``
-    (a commit survives the container process crashing; the default) or
+    names a networked store by its scheme instead: ``postgresql://USER:PASSWORD@HOST/DB``
+    for PostgreSQL, shared by several container instances (see
+    :func:`servletkit.store.store_from_config`; ``synchronous`` is SQLite's only).
+    ``synchronous``: ``"normal"`` (a commit survives the container process crashing; the default) or
     ``"full"`` (it also survives the machine losing power, at the cost of an
     fsync per commit). ``transactions_kept``: how many processed transactions
     (id and digest) are remembered for deduplication. ``audit_kept``: how many of the

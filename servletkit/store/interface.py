@@ -8,6 +8,7 @@ SQLite file; callers always ``await`` them.
 from __future__ import annotations
 
 import time
+from contextlib import AbstractAsyncContextManager
 from typing import TYPE_CHECKING, Protocol
 
 import attrs
@@ -77,6 +78,13 @@ class Store(Protocol):
         batch already being written.
         """
 
+    def exclusive(self, name: str) -> AbstractAsyncContextManager[None]:
+        """Held by one holder of ``name`` at a time among every instance using this
+        store (``async with store.exclusive(name):``); released when its holder dies.
+        The appservice wire handles transactions under it, so two instances sent the
+        same transaction at once handle it once, in order. In-process for SQLite."""
+        ...
+
     async def get(self, plugin: str, key: str) -> str | None:
         """The committed JSON text stored by ``plugin`` under ``key``, or ``None``."""
 
@@ -86,3 +94,18 @@ class Store(Protocol):
 
     async def audit_log(self, limit: int = 100) -> list[AuditRecord]:
         """The newest ``limit`` audit records, oldest first."""
+
+
+@attrs.frozen
+class StoreContents:
+    """Everything a store holds, for moving a deployment to another store
+    (``servletkit store migrate``): processed transactions ``(txn_id, digest, at)``
+    oldest first, plugin data ``(plugin, key, JSON text)``, audit records oldest first."""
+
+    transactions: list[tuple[str, str, float]]
+    data: list[tuple[str, str, str]]
+    audit: list[AuditRecord]
+
+
+class NotEmptyError(RuntimeError):
+    """A store to restore into already holds data (restoring would mix two deployments)."""

@@ -18,28 +18,75 @@ their own database.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import os
 import sqlite3
 import time
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Final
 
-from servletkit.store.interface import AuditRecord, ProcessedTransaction, StoreClosedError
+from servletkit.store.interface import (
+    AuditRecord,
+    NotEmptyError,
+    ProcessedTransaction,
+    StoreClosedError,
+    StoreContents,
+)
 from servletkit.store.units import Batch
 
-_SCHEMA: Final = """
-CREATE TABLE IF NOT EXISTS transactions (
-    txn_id TEXT PRIMARY KEY, at REAL NOT NULL, digest TEXT NOT NULL DEFAULT ''
-);
-CREATE TABLE IF NOT EXISTS plugin_data (
-    plugin TEXT NOT NULL, key TEXT NOT NULL, value TEXT NOT NULL,
-    PRIMARY KEY (plugin, key)
-) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS audit (
-    id INTEGER PRIMARY KEY, at REAL NOT NULL, plugin TEXT, hook TEXT NOT NULL,
-    decision TEXT NOT NULL, event_id TEXT, room_id TEXT, detail TEXT NOT NULL
-);
-"""
+_SCHEMA: Final = (
+    """CREATE TABLE IF NOT EXISTS transactions (
+        txn_id TEXT PRIMARY KEY, at REAL NOT NULL, digest TEXT NOT NULL DEFAULT ''
+    )""",
+    """CREATE TABLE IF NOT EXISTS plugin_data (
+        plugin TEXT NOT NULL, key TEXT NOT NULL, value TEXT NOT NULL,
+        PRIMARY KEY (plugin, key)
+    ) WITHOUT ROWID""",
+    """CREATE TABLE IF NOT EXISTS audit (
+        id INTEGER PRIMARY KEY, at REAL NOT NULL, plugin TEXT, hook TEXT NOT NULL,
+        decision TEXT NOT NULL, event_id TEXT, room_id TEXT, detail TEXT NOT NULL
+    )""",
+)
+
+
+def _schema_1(db: sqlite3.Connection) -> None:
+    """The tables as they were before schema versions (a file of that time keeps its data)."""
+    for statement in _SCHEMA:
+        db.execute(statement)
+    columns = {row[1] for row in db.execute("PRAGMA table_info(transactions)")}
+    if "digest" not in columns:  # a file written before digests were kept
+        db.execute("ALTER TABLE transactions ADD COLUMN digest TEXT NOT NULL DEFAULT ''")
+
+
+#: Schema migrations, in order: ``MIGRATIONS[n]`` takes a file from version n to n + 1
+#: (``schema_version`` holds the number applied).
+MIGRATIONS: Final[tuple[Callable[[sqlite3.Connection], None], ...]] = (_schema_1,)
+
+
+def migrate(db: sqlite3.Connection) -> int:
+    """Bring the file's schema up to date in one transaction; the version it is at."""
+    db.execute("BEGIN IMMEDIATE")  # one process migrates; another waits, then sees it done
+    try:
+        db.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
+        row = db.execute("SELECT version FROM schema_version").fetchone()
+        version = 0 if row is None else int(row[0])
+        if version > len(MIGRATIONS):
+            raise RuntimeError(
+                f"the file's schema is version {version}, newer than this servletkit "
+                f"knows ({len(MIGRATIONS)}): upgrade servletkit")
+        for step in MIGRATIONS[version:]:
+            step(db)
+        if row is None:
+            db.execute("INSERT INTO schema_version VALUES (?)", (len(MIGRATIONS),))
+        elif version != len(MIGRATIONS):
+            db.execute("UPDATE schema_version SET version = ?", (len(MIGRATIONS),))
+        db.execute("COMMIT")
+    except BaseException:
+        db.execute("ROLLBACK")
+        raise
+    return len(MIGRATIONS)
 
 
 class SqliteStore:
@@ -76,6 +123,7 @@ class SqliteStore:
         self._transactions_added = self._transactions_step
         self._db: sqlite3.Connection | None = None
         self._closed = False
+        self._exclusive: dict[str, asyncio.Lock] = {}
 
     async def open(self) -> None:
         """Open (creating if needed) the file and its tables.
@@ -95,10 +143,11 @@ class SqliteStore:
         db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
         db.execute("PRAGMA journal_mode=WAL")
         db.execute(f"PRAGMA synchronous={self.synchronous}")
-        db.executescript(_SCHEMA)
-        columns = {row[1] for row in db.execute("PRAGMA table_info(transactions)")}
-        if "digest" not in columns:  # a file written before digests were kept
-            db.execute("ALTER TABLE transactions ADD COLUMN digest TEXT NOT NULL DEFAULT ''")
+        try:
+            migrate(db)
+        except BaseException:
+            db.close()
+            raise
         self._db = db
 
     async def close(self) -> None:
@@ -179,6 +228,12 @@ class SqliteStore:
         db.execute("DELETE FROM audit WHERE id <= (SELECT MAX(id) FROM audit) - ?",
                    (self.audit_kept,))
 
+    @contextlib.asynccontextmanager
+    async def exclusive(self, name: str) -> AsyncIterator[None]:
+        """One holder of ``name`` at a time in this process (the file has one writer)."""
+        async with self._exclusive.setdefault(name, asyncio.Lock()):
+            yield
+
     async def get(self, plugin: str, key: str) -> str | None:
         """The committed JSON text of ``plugin``'s ``key``."""
         row = self._conn.execute(
@@ -203,3 +258,43 @@ class SqliteStore:
             "ORDER BY id DESC LIMIT ?", (limit,),
         ).fetchall()
         return [AuditRecord(*row) for row in reversed(rows)]
+
+    async def count(self, table: str) -> int:
+        """How many rows ``table`` (``transactions``, ``plugin_data``, ``audit``) holds."""
+        if table not in ("transactions", "plugin_data", "audit"):
+            raise ValueError(f"no table {table!r} in the store")
+        return int(self._conn.execute(f"SELECT count(*) FROM {table}").fetchone()[0])
+
+    async def dump(self) -> StoreContents:
+        """Everything the file holds (for ``servletkit store migrate``)."""
+        db = self._conn
+        return StoreContents(
+            transactions=db.execute(
+                "SELECT txn_id, digest, at FROM transactions ORDER BY rowid").fetchall(),
+            data=db.execute("SELECT plugin, key, value FROM plugin_data").fetchall(),
+            audit=[AuditRecord(*row) for row in db.execute(
+                "SELECT plugin, hook, decision, event_id, room_id, detail, at FROM audit "
+                "ORDER BY id")],
+        )
+
+    async def restore(self, contents: StoreContents) -> None:
+        """Write ``contents`` into this empty file, in one transaction (order kept)."""
+        db = self._conn
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            for table in ("transactions", "plugin_data", "audit"):
+                if db.execute(f"SELECT 1 FROM {table} LIMIT 1").fetchone() is not None:
+                    raise NotEmptyError(f"{self.path} already holds {table}: restore into "
+                                        "an empty store")
+            db.executemany("INSERT INTO transactions (txn_id, digest, at) VALUES (?, ?, ?)",
+                           contents.transactions)
+            db.executemany("INSERT INTO plugin_data VALUES (?, ?, ?)", contents.data)
+            db.executemany(
+                "INSERT INTO audit (at, plugin, hook, decision, event_id, room_id, detail) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                [(r.at, r.plugin, r.hook, r.decision, r.event_id, r.room_id, r.detail)
+                 for r in contents.audit])
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise

@@ -1,4 +1,4 @@
-"""The store a config names: the SQLite file by path; an unknown URL scheme refused."""
+"""The store a config names: the SQLite file by path, PostgreSQL by URL; other schemes refused."""
 
 from __future__ import annotations
 
@@ -27,8 +27,24 @@ def test_the_default_is_servletkit_db(tmp_path):
     assert store.path == tmp_path / "servletkit.db"
 
 
+@pytest.mark.parametrize("url", ["postgresql://servletkit:secret@db:5433/servletkit",
+                                 "postgres://servletkit:secret@db/servletkit"])
+def test_a_postgresql_url_chooses_the_postgres_store(tmp_path, url):
+    """[store] url with a postgresql (or postgres) scheme is the PostgreSQL store, with the
+    [store] bounds; its repr hides the password."""
+    from servletkit.store.postgres import PostgresStore
+
+    config = parse_config({"store": {"url": url, "transactions_kept": 5, "audit_kept": 7}},
+                          tmp_path / "servletkit.toml")
+    store = store_from_config(config)
+    assert isinstance(store, PostgresStore)
+    assert (store.url, store.transactions_kept, store.audit_kept) == (url, 5, 7)
+    assert "secret" not in repr(store)
+    assert "servletkit:***@db" in repr(store)
+
+
 @pytest.mark.parametrize(("url", "named"), [
-    ("postgresql://servletkit:secret@db/servletkit", "the scheme 'postgresql'"),
+    ("mysql://servletkit:secret@db/servletkit", "the scheme 'mysql'"),
     ("servletkit.db", "a URL without a scheme"),
 ])
 def test_an_unknown_url_is_refused_naming_the_key(tmp_path, url, named):

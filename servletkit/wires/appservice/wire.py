@@ -251,7 +251,8 @@ class AppserviceWire:
             self._count("retry")
             return _ok()
         await self._plugins_ready()
-        async with self._lock:
+        # one transaction at a time here, and among the instances sharing the store
+        async with self._lock, store.exclusive("servletkit.appservice.transactions"):
             if await self._is_retry(txn_id, digest):  # perhaps of an attempt that just finished
                 return _ok()
             batch = Batch()
