@@ -1,0 +1,93 @@
+"""``servletkit new``: the scaffold installs, passes its own tests, and ruff is clean on it."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from servletkit.container.cli import main
+from servletkit.hooks.specs import HOOKS
+
+BIN = Path(sys.executable).parent
+
+
+def run(*command: str | Path, cwd: Path, env: dict[str, str] | None = None
+        ) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([str(part) for part in command], cwd=cwd, env=env, text=True,
+                          capture_output=True, timeout=300, check=False)
+
+
+def scaffold_and_test(tmp_path: Path, name: str, hooks: str) -> Path:
+    folder = tmp_path / name
+    assert main(["new", name, "--hooks", hooks, "--dir", str(folder)]) == 0
+    # a throwaway venv that sees servletkit (and pytest) installed in this one, into which
+    # the scaffold is installed as its README says
+    venv = tmp_path / "venv"
+    made = run(sys.executable, "-m", "venv", venv, cwd=tmp_path)
+    assert made.returncode == 0, made.stderr
+    python = venv / "bin" / "python"
+    ours, theirs = (run(exe, "-c", "import sysconfig; print(sysconfig.get_path('purelib'))",
+                        cwd=tmp_path).stdout.strip() for exe in (sys.executable, python))
+    # addsitedir, unlike PYTHONPATH, also runs the .pth files of servletkit's editable install
+    (Path(theirs) / "parent_venv.pth").write_text(f"import site; site.addsitedir({ours!r})\n")
+    env = {**os.environ, "PIP_DISABLE_PIP_VERSION_CHECK": "1"}
+    installed = run(python, "-m", "pip", "install", "--no-deps", "--no-build-isolation",
+                    "-e", folder, cwd=folder, env=env)
+    assert installed.returncode == 0, installed.stdout + installed.stderr
+    tested = run(python, "-m", "pytest", "-q", "-p", "no:cacheprovider", cwd=folder, env=env)
+    assert tested.returncode == 0, tested.stdout + tested.stderr
+    linted = run(BIN / "ruff", "check", "--no-cache", ".", cwd=folder)
+    assert linted.returncode == 0, linted.stdout + linted.stderr
+    found = run(python, "-c", "from importlib.metadata import entry_points; "
+                "print([e.value for e in entry_points(group='servletkit.plugins')])",
+                cwd=tmp_path, env=env)
+    assert repr(name.replace("-", "_")) in found.stdout, found.stdout + found.stderr
+    return folder
+
+
+def test_the_default_scaffold_installs_and_passes_its_tests(tmp_path: Path) -> None:
+    folder = scaffold_and_test(tmp_path, "quiet-room", "on_send_event")
+    source = (folder / "quiet_room" / "__init__.py").read_text()
+    assert "async def on_send_event(event: Event, context: PluginContext)" in source
+    assert "servletkit dev" in (folder / "README.md").read_text()
+    assert 'quiet_room = "quiet_room"' in (folder / "pyproject.toml").read_text()
+
+
+def test_every_hook_scaffolds_installs_and_passes(tmp_path: Path) -> None:
+    folder = scaffold_and_test(tmp_path, "everything", ",".join(sorted(HOOKS.names)))
+    source = (folder / "everything" / "__init__.py").read_text()
+    for hook in HOOKS.names:
+        assert f"async def {hook}(" in source
+
+
+@pytest.mark.parametrize(("argv", "message"), [
+    (["new", "2fast"], "does not make a valid Python module name"),
+    (["new", "bad-"], "not a valid distribution name"),
+    (["new", "has space"], "not a valid distribution name"),
+    (["new", "json"], "would shadow the module 'json'"),
+    (["new", "ok", "--hooks", "on_send_evnt"], "unknown hook 'on_send_evnt'; did you mean "
+     "on_send_event?"),
+])
+def test_refusals_are_one_line(argv: list[str], message: str, tmp_path: Path,
+                               capsys: pytest.CaptureFixture[str]) -> None:
+    assert main([*argv, "--dir", str(tmp_path / "out")]) == 1
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1, err
+    assert not (tmp_path / "out").exists()
+
+
+def test_an_existing_non_empty_folder_is_refused(tmp_path: Path,
+                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    (tmp_path / "mine.txt").write_text("keep me")
+    assert main(["new", "hello", "--dir", str(tmp_path)]) == 1
+    assert "already exists and is not empty" in capsys.readouterr().err
+    assert [p.name for p in tmp_path.iterdir()] == ["mine.txt"]
+
+
+def test_an_empty_folder_is_used(tmp_path: Path) -> None:
+    assert main(["new", "hello", "--dir", str(tmp_path)]) == 0
+    assert (tmp_path / "hello" / "__init__.py").is_file()
