@@ -130,12 +130,16 @@ def test_source(name: str, hooks: Sequence[str]) -> str:
     """``tests/test_MODULE.py``: a test per hook, through the real dispatcher."""
     tests = list(dict.fromkeys(HOOK_TESTS[hook] for hook in hooks))  # init and destroy share
     body = "".join(tests)
-    imports = []
-    if "Ephemeral(" in body:
-        imports.append("from servletkit import Ephemeral")
-    helpers = [name for name in ("make_event", "running_container") if name in body]
-    imports.append(f"from servletkit.testing import {', '.join(helpers)}")
-    header = TEST_HEADER.replace("IMPORTS", "\n".join(imports))
+    imports = ["from servletkit import Ephemeral"] if "Ephemeral(" in body else []
+    kit = [name for name in ("RunnerFactory", "assert_allowed", "assert_vetoed", "message")
+           if name in body]
+    imports.append(f"from servletkit.testing import {', '.join(kit)}")
+    code = "".join(BODIES[hook] for hook in hooks)
+    # only the config keys the chosen hooks read
+    header = "".join(line for line in TEST_HEADER.replace("IMPORTS", "\n".join(imports))
+                     .splitlines(keepends=True)
+                     if not line.startswith('    "') or line.split('"')[1] in code
+                     ).replace("CONFIG = {\n}", "CONFIG: dict[str, object] = {}")
     return (header + body).replace("MODULE", module_name(name))
 
 

@@ -180,7 +180,11 @@ BODIES: Final = {
 }
 
 TEST_HEADER: Final = '''\
-"""Tests for the MODULE plugin: its hooks run through servletkit's real dispatcher."""
+"""Tests for the MODULE plugin: its hooks run through servletkit's real dispatcher.
+
+``plugin_runner`` is a fixture of servletkit's pytest plugin: each test gets the
+plugin in a container of its own, with the config table below and an empty store.
+"""
 
 from __future__ import annotations
 
@@ -198,123 +202,89 @@ CONFIG = {
     "aliases": ["#_example_lobby:localhost"],
     "protocol": "example",
 }
-PLUGINS = {"MODULE": MODULE}
-SETTINGS = {"plugins": {"MODULE": CONFIG}}
 '''
 
-HOOK_TESTS: Final = {
-    "servlet_init": '''
+_START: Final = '    run = await plugin_runner(MODULE, CONFIG, name="MODULE")\n'
 
-async def test_it_starts_and_stops() -> None:
-    async with running_container(PLUGINS, SETTINGS):
-        pass  # running_container raises if servlet_init fails
-''',
-    "servlet_destroy": '''
+_LIFECYCLE: Final = '''
 
-async def test_it_starts_and_stops() -> None:
-    async with running_container(PLUGINS, SETTINGS):
-        pass  # running_container raises if servlet_init fails
-''',
+async def test_it_starts_with_its_config(plugin_runner: RunnerFactory) -> None:
+START    assert run.context.config == CONFIG  # plugin_runner raises if servlet_init fails
+'''
+
+HOOK_TESTS: Final = {hook: text.replace("START", _START) for hook, text in {
+    "servlet_init": _LIFECYCLE,
+    "servlet_destroy": _LIFECYCLE,
     "on_send_event": '''
 
-async def test_on_send_event_vetoes_a_blocked_word() -> None:
-    async with running_container(PLUGINS, SETTINGS) as c:
-        vetoed = await c.dispatcher.intercept("on_send_event", make_event("buy SPAM now"))
-        allowed = await c.dispatcher.intercept("on_send_event", make_event("hello"))
-    assert vetoed.vetoed, vetoed
-    assert allowed.decision is None, allowed
+async def test_on_send_event_vetoes_a_blocked_word(plugin_runner: RunnerFactory) -> None:
+START    assert_vetoed(await run.send(message("buy SPAM now")), reason="spam")
+    assert_allowed(await run.send(message("hello")))
 ''',
     "on_join_room": '''
 
-async def test_on_join_room_refuses_a_closed_room() -> None:
-    async with running_container(PLUGINS, SETTINGS) as c:
-        vetoed = await c.dispatcher.intercept(
-            "on_join_room", "@alice:localhost", "!closed:localhost")
-        allowed = await c.dispatcher.intercept(
-            "on_join_room", "@alice:localhost", "!open:localhost")
-    assert vetoed.vetoed, vetoed
-    assert allowed.decision is None, allowed
+async def test_on_join_room_refuses_a_closed_room(plugin_runner: RunnerFactory) -> None:
+START    assert_vetoed(await run.join_room("@alice:localhost", "!closed:localhost"))
+    assert_allowed(await run.join_room("@alice:localhost", "!open:localhost"))
 ''',
     "on_invite": '''
 
-async def test_on_invite_refuses_who_takes_no_invites() -> None:
-    async with running_container(PLUGINS, SETTINGS) as c:
-        vetoed = await c.dispatcher.intercept(
-            "on_invite", "@alice:localhost", "@bot:localhost", "!room:localhost")
-        allowed = await c.dispatcher.intercept(
-            "on_invite", "@alice:localhost", "@bob:localhost", "!room:localhost")
-    assert vetoed.vetoed, vetoed
-    assert allowed.decision is None, allowed
+async def test_on_invite_refuses_who_takes_no_invites(plugin_runner: RunnerFactory) -> None:
+START    assert_vetoed(await run.invite("@alice:localhost", "@bot:localhost", "!room:localhost"))
+    assert_allowed(await run.invite("@alice:localhost", "@bob:localhost", "!room:localhost"))
 ''',
     "on_create_room": '''
 
-async def test_on_create_room_refuses_a_forbidden_preset() -> None:
-    async with running_container(PLUGINS, SETTINGS) as c:
-        vetoed = await c.dispatcher.intercept(
-            "on_create_room", "@alice:localhost", {"preset": "public_chat"})
-        allowed = await c.dispatcher.intercept(
-            "on_create_room", "@alice:localhost", {"preset": "private_chat"})
-    assert vetoed.vetoed, vetoed
-    assert allowed.decision is None, allowed
+async def test_on_create_room_refuses_a_forbidden_preset(plugin_runner: RunnerFactory) -> None:
+START    public = {"preset": "public_chat"}
+    assert_vetoed(await run.intercept("on_create_room", "@alice:localhost", public))
+    private = {"preset": "private_chat"}
+    assert_allowed(await run.intercept("on_create_room", "@alice:localhost", private))
 ''',
     "on_connect_event_stream": '''
 
-async def test_on_connect_event_stream_refuses_a_banned_user() -> None:
-    async with running_container(PLUGINS, SETTINGS) as c:
-        vetoed = await c.dispatcher.intercept(
-            "on_connect_event_stream", "@mallory:localhost", "DEVICE")
-        allowed = await c.dispatcher.intercept(
-            "on_connect_event_stream", "@alice:localhost", None)
-    assert vetoed.vetoed, vetoed
-    assert allowed.decision is None, allowed
+async def test_on_connect_event_stream_refuses_a_banned_user(
+    plugin_runner: RunnerFactory,
+) -> None:
+START    hook = "on_connect_event_stream"
+    assert_vetoed(await run.intercept(hook, "@mallory:localhost", "DEVICE"))
+    assert_allowed(await run.intercept(hook, "@alice:localhost", None))
 ''',
     "on_stored_event": '''
 
-async def test_on_stored_event_counts_events_in_the_store() -> None:
-    async with running_container(PLUGINS, SETTINGS) as c:
-        for body in ("one", "two"):
-            assert await c.dispatcher.observe("on_stored_event", make_event(body)) == ()
-        assert await c.store.get("MODULE", "stored_events") is not None
+async def test_on_stored_event_counts_events_in_the_store(plugin_runner: RunnerFactory) -> None:
+START    for body in ("one", "two"):
+        await run.observe("on_stored_event", message(body, wire="appservice"))
+    assert await run.store.get("stored_events") == 2
 ''',
     "on_ephemeral": '''
 
-async def test_on_ephemeral_observes_typing() -> None:
-    typing = Ephemeral(type="m.typing", content={"user_ids": ["@alice:localhost"]})
-    async with running_container(PLUGINS, SETTINGS) as c:
-        assert await c.dispatcher.observe("on_ephemeral", typing) == ()
+async def test_on_ephemeral_observes_typing(plugin_runner: RunnerFactory) -> None:
+START    typing = Ephemeral(type="m.typing", content={"user_ids": ["@alice:localhost"]})
+    await run.observe("on_ephemeral", typing)  # raises if the hook raised
 ''',
     "on_query_user": '''
 
-async def test_on_query_user_provides_its_virtual_users() -> None:
-    async with running_container(PLUGINS, SETTINGS) as c:
-        known = await c.dispatcher.first_answer("on_query_user", "@_example_bob:localhost")
-        unknown = await c.dispatcher.first_answer("on_query_user", "@_example_eve:localhost")
-    assert known == ("MODULE", True)
-    assert unknown == (None, None) or unknown[1] is False
+async def test_on_query_user_provides_its_virtual_users(plugin_runner: RunnerFactory) -> None:
+START    assert await run.query("on_query_user", "@_example_bob:localhost") is True
+    assert not await run.query("on_query_user", "@_example_eve:localhost")
 ''',
     "on_query_alias": '''
 
-async def test_on_query_alias_provides_its_aliases() -> None:
-    async with running_container(PLUGINS, SETTINGS) as c:
-        known = await c.dispatcher.first_answer("on_query_alias", "#_example_lobby:localhost")
-    assert known == ("MODULE", True)
+async def test_on_query_alias_provides_its_aliases(plugin_runner: RunnerFactory) -> None:
+START    assert await run.query("on_query_alias", "#_example_lobby:localhost") is True
+    assert not await run.query("on_query_alias", "#elsewhere:localhost")
 ''',
     "on_thirdparty_protocol": '''
 
-async def test_on_thirdparty_protocol_describes_its_protocol() -> None:
-    async with running_container(PLUGINS, SETTINGS) as c:
-        plugin, answer = await c.dispatcher.first_answer("on_thirdparty_protocol", "example")
-        other = await c.dispatcher.first_answer("on_thirdparty_protocol", "irc")
-    assert plugin == "MODULE"
-    assert "user_fields" in answer
-    assert other == (None, None)
+async def test_on_thirdparty_protocol_describes_its_protocol(plugin_runner: RunnerFactory) -> None:
+START    assert "user_fields" in await run.query("on_thirdparty_protocol", "example")
+    assert await run.query("on_thirdparty_protocol", "irc") is None
 ''',
     "on_thirdparty_lookup": '''
 
-async def test_on_thirdparty_lookup_answers_for_its_protocol() -> None:
-    async with running_container(PLUGINS, SETTINGS) as c:
-        found = await c.dispatcher.first_answer(
-            "on_thirdparty_lookup", "user", "example", {"name": "bob"})
-    assert found == ("MODULE", [])
+async def test_on_thirdparty_lookup_answers_for_its_protocol(plugin_runner: RunnerFactory) -> None:
+START    found = await run.query("on_thirdparty_lookup", "user", "example", {"name": "bob"})
+    assert found == []
 ''',
-}
+}.items()}

@@ -41,7 +41,8 @@ from servletkit.container.plugins import ENTRY_POINT_GROUP, PluginSource, instal
 from servletkit.container.runtime import Container
 from servletkit.hooks.events import Event, WireName
 
-__all__ = ["HookResult", "PluginRunner", "assert_allowed", "assert_modified", "assert_vetoed",
+__all__ = ["HookResult", "PluginRunner", "RunnerFactory", "assert_allowed", "assert_modified",
+           "assert_vetoed",
            "invite", "join", "make_event", "message", "only_plugins", "plugin_site",
            "plugins_toml", "python_path_env", "running_container", "state"]
 
@@ -163,6 +164,7 @@ def python_path_env(*folders: Path) -> dict[str, str]:
 from servletkit.testing.kit import (  # noqa: E402
     HookResult,
     PluginRunner,
+    RunnerFactory,
     assert_allowed,
     assert_modified,
     assert_vetoed,

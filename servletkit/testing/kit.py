@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import json
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from typing import Any
 
 import attrs
@@ -30,7 +30,8 @@ from servletkit.hooks.events import Event
 from servletkit.store import PluginStore
 from servletkit.testing.factories import invite, join, message, state
 
-__all__ = ["HookResult", "PluginRunner", "assert_allowed", "assert_modified", "assert_vetoed",
+__all__ = ["HookResult", "PluginRunner", "RunnerFactory", "assert_allowed", "assert_modified",
+           "assert_vetoed",
            "invite", "join", "message", "state"]
 
 
@@ -185,3 +186,7 @@ class PluginRunner:
         """Ask query ``hook``; the plugin's answer (``None`` if it gave none)."""
         _, answer = await self.container.dispatcher.first_answer(hook, *args)
         return answer
+
+
+RunnerFactory = Callable[..., Awaitable[PluginRunner]]
+"""The type of the ``plugin_runner`` fixture: ``await plugin_runner(plugin, config, name=...)``."""

@@ -16,12 +16,10 @@ The event factories and decision assertions are in :mod:`servletkit.testing`
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Mapping
 from typing import Any
 
-from servletkit.testing.kit import PluginRunner
-
-RunnerFactory = Callable[..., Awaitable[PluginRunner]]
+from servletkit.testing.kit import PluginRunner, RunnerFactory
 
 try:
     import pytest_asyncio

@@ -57,6 +57,11 @@ def test_the_default_scaffold_installs_and_passes_its_tests(tmp_path: Path) -> N
     assert 'quiet_room = "quiet_room"' in (folder / "pyproject.toml").read_text()
 
 
+def test_hooks_without_config_scaffold_and_pass(tmp_path: Path) -> None:
+    folder = scaffold_and_test(tmp_path, "bot", "servlet_init,on_stored_event")
+    assert "CONFIG: dict[str, object] = {}" in (folder / "tests" / "test_bot.py").read_text()
+
+
 def test_every_hook_scaffolds_installs_and_passes(tmp_path: Path) -> None:
     folder = scaffold_and_test(tmp_path, "everything", ",".join(sorted(HOOKS.names)))
     source = (folder / "everything" / "__init__.py").read_text()
