@@ -11,6 +11,7 @@ import pytest
 
 from servletkit.container.cli import main
 from servletkit.hooks.specs import HOOKS
+from servletkit.testing import only_plugins, plugins_toml
 
 BIN = Path(sys.executable).parent
 
@@ -27,7 +28,7 @@ def scaffold_and_test(tmp_path: Path, name: str, hooks: str) -> Path:
     # a throwaway venv that sees servletkit (and pytest) installed in this one, into which
     # the scaffold is installed as its README says
     venv = tmp_path / "venv"
-    made = run(sys.executable, "-m", "venv", venv, cwd=tmp_path)
+    made = run(sys.executable, "-m", "venv", "--without-pip", venv, cwd=tmp_path)
     assert made.returncode == 0, made.stderr
     python = venv / "bin" / "python"
     ours, theirs = (run(exe, "-c", "import sysconfig; print(sysconfig.get_path('purelib'))",
@@ -35,8 +36,9 @@ def scaffold_and_test(tmp_path: Path, name: str, hooks: str) -> Path:
     # addsitedir, unlike PYTHONPATH, also runs the .pth files of servletkit's editable install
     (Path(theirs) / "parent_venv.pth").write_text(f"import site; site.addsitedir({ours!r})\n")
     env = {**os.environ, "PIP_DISABLE_PIP_VERSION_CHECK": "1"}
-    installed = run(python, "-m", "pip", "install", "--no-deps", "--no-build-isolation",
-                    "-e", folder, cwd=folder, env=env)
+    # this venv's pip, installing into the throwaway one (pip --python)
+    installed = run(sys.executable, "-m", "pip", "--python", python, "install", "--no-deps",
+                    "--no-build-isolation", "-e", folder, cwd=folder, env=env)
     assert installed.returncode == 0, installed.stdout + installed.stderr
     tested = run(python, "-m", "pytest", "-q", "-p", "no:cacheprovider", cwd=folder, env=env)
     assert tested.returncode == 0, tested.stdout + tested.stderr
@@ -45,7 +47,15 @@ def scaffold_and_test(tmp_path: Path, name: str, hooks: str) -> Path:
     found = run(python, "-c", "from importlib.metadata import entry_points; "
                 "print([e.value for e in entry_points(group='servletkit.plugins')])",
                 cwd=tmp_path, env=env)
-    assert repr(name.replace("-", "_")) in found.stdout, found.stdout + found.stderr
+    module = name.replace("-", "_")
+    assert repr(module) in found.stdout, found.stdout + found.stderr
+    # the container finds it by its entry point, loads it and runs its lifecycle
+    config = tmp_path / "servletkit.toml"
+    config.write_text(plugins_toml(only_plugins({module: {}})))
+    checked = run(python, "-m", "servletkit.container.cli", "check", "--config", config,
+                  cwd=tmp_path, env=env)
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    assert module in checked.stdout, checked.stdout
     return folder
 
 
