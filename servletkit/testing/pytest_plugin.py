@@ -8,6 +8,13 @@ Fixtures:
     real dispatcher, no server) and returns a
     :class:`~servletkit.testing.kit.PluginRunner`; it is stopped after the test.
 
+``servletkit_homeserver`` (session)
+    a real ``servletkit dev`` for integration tests: Synapse on loopback wired to
+    the container by both wires, one per test session; the value is its
+    ``dev.json`` facts (``homeserver_url``, ``test_user`` …). The plugins that run
+    are those of the ``servletkit_dev_plugins`` fixture (name → config table;
+    default: every installed plugin), which a ``conftest.py`` may override.
+
 The event factories and decision assertions are in :mod:`servletkit.testing`
 (``message``, ``state``, ``join``, ``invite``; ``assert_vetoed``,
 ``assert_allowed``, ``assert_modified``). Async fixtures need pytest-asyncio.
@@ -16,8 +23,10 @@ The event factories and decision assertions are in :mod:`servletkit.testing`
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Iterator, Mapping
 from typing import Any
+
+import pytest
 
 from servletkit.testing.kit import PluginRunner, RunnerFactory
 
@@ -41,3 +50,33 @@ else:
 
             yield start
 
+
+
+@pytest.fixture(scope="session")
+def servletkit_dev_plugins() -> Mapping[str, Mapping[str, Any]]:
+    """The plugins ``servletkit_homeserver`` runs, name → ``[plugins.NAME]`` table."""
+    from servletkit.container.plugins import installed_plugins
+
+    return {name: {} for name in installed_plugins()}
+
+
+@pytest.fixture(scope="session")
+def servletkit_homeserver(
+    tmp_path_factory: pytest.TempPathFactory,
+    servletkit_dev_plugins: Mapping[str, Mapping[str, Any]],
+) -> Iterator[dict[str, Any]]:
+    """A real homeserver wired to the container (``servletkit dev``); its dev.json facts."""
+    from servletkit.dev.embedded_synapse import free_port
+    from servletkit.testing import only_plugins, plugins_toml
+    from servletkit.testing.dev import DevProcess
+
+    folder = tmp_path_factory.mktemp("servletkit-homeserver")
+    config = folder / "servletkit.toml"
+    config.write_text(f"[server]\nport = {free_port()}\n[module]\nport = {free_port()}\n"
+                      f"[dev]\nstate_dir = \"state\"\n"
+                      + plugins_toml(only_plugins(servletkit_dev_plugins)))
+    run = DevProcess.start(config, timeout=120.0)
+    try:
+        yield run.facts
+    finally:
+        run.stop()
