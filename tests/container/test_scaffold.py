@@ -106,3 +106,40 @@ def test_an_existing_non_empty_folder_is_refused(tmp_path: Path,
 def test_an_empty_folder_is_used(tmp_path: Path) -> None:
     assert main(["new", "hello", "--dir", str(tmp_path)]) == 0
     assert (tmp_path / "hello" / "__init__.py").is_file()
+
+
+@pytest.mark.integration
+def test_the_scaffold_runs_under_servletkit_dev(tmp_path: Path) -> None:
+    """Built and installed (here on PYTHONPATH), it vetoes through a real Synapse."""
+    import httpx
+
+    from servletkit.dev.embedded_synapse import free_port
+    from servletkit.testing import python_path_env
+    from servletkit.testing.dev import DevProcess
+
+    folder = tmp_path / "quiet-room"
+    assert main(["new", "quiet-room", "--dir", str(folder)]) == 0
+    site = tmp_path / "site"
+    built = run(sys.executable, "-m", "pip", "install", "--no-deps", "--no-build-isolation",
+                "--target", site, folder, cwd=tmp_path)
+    assert built.returncode == 0, built.stdout + built.stderr
+    config = tmp_path / "servletkit.toml"
+    config.write_text(f"[server]\nport = {free_port()}\n[module]\nport = {free_port()}\n"
+                      '[dev]\nstate_dir = "state"\n'
+                      + plugins_toml(only_plugins({"quiet_room": {"blocked_words": ["spam"]}})))
+    dev = DevProcess.start(config, python_path_env(site), timeout=120.0)
+    try:
+        facts, user = dev.facts, dev.facts["test_user"]
+        with httpx.Client(base_url=facts["homeserver_url"], timeout=30) as client:
+            login = client.post("/_matrix/client/v3/login", json={
+                "type": "m.login.password",
+                "identifier": {"type": "m.id.user", "user": user["localpart"]},
+                "password": user["password"]}).json()
+            client.headers["Authorization"] = f"Bearer {login['access_token']}"
+            room = client.post("/_matrix/client/v3/createRoom", json={}).json()["room_id"]
+            sent = client.put(f"/_matrix/client/v3/rooms/{room}/send/m.room.message/1",
+                              json={"msgtype": "m.text", "body": "buy spam"})
+    finally:
+        dev.stop()
+    assert sent.status_code == 403, sent.text
+    assert "'spam' is not allowed here" in sent.json()["error"]
