@@ -22,6 +22,8 @@ from servletkit.container.config import Config, load_config
 from servletkit.container.config_tables import ConfigError
 from servletkit.container.ports import port_unavailable
 from servletkit.container.runtime import Container, PluginStatus
+from servletkit.container.scaffold import ScaffoldError, cmd_new
+from servletkit.container.scaffold import add_arguments as new_arguments
 from servletkit.container.snippets import (
     DEFAULT_REGISTRATION_FILE,
     dump_yaml,
@@ -318,6 +320,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     from servletkit.container.policy_command import add_arguments as policy_arguments
 
+    new = sub.add_parser("new", help="scaffold a plugin distribution with tests",
+                         description="scaffold a plugin distribution: pyproject.toml, the "
+                         "package with the chosen hooks, tests and a README")
+    new_arguments(new)
+    new.set_defaults(handler=cmd_new, config=None)
     policy_arguments(command("policy", cmd_policy, "the policy server (MSC4284): its "
                              "m.room.policy key, joining rooms, the rooms it serves"))
     from servletkit.store.migrate import add_arguments as store_arguments
@@ -333,14 +340,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     logging.getLogger("httpx").setLevel(logging.WARNING)  # a line per admin API request
     args = build_parser().parse_args(argv)
-    if not Path(args.config).exists():
+    if args.config is not None and not Path(args.config).exists():
         print(f"servletkit: {args.config}: no such config file "
               f"(pass --config PATH, or create ./{DEFAULT_CONFIG})", file=sys.stderr)
         return 2
     try:
         status: int = args.handler(args)
         return status
-    except (ConfigError, CommandError) as exc:
+    except (ConfigError, CommandError, ScaffoldError) as exc:
         print(f"servletkit: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

@@ -1,6 +1,13 @@
 """Helpers for testing plugins: a container over plugin objects, and events to feed it.
 
-::
+The kit (:mod:`servletkit.testing.kit`, and the ``plugin_runner`` fixture of
+the pytest plugin :mod:`servletkit.testing.pytest_plugin`)::
+
+    async def test_it_vetoes_spam(plugin_runner):
+        run = await plugin_runner(my_filter, {"words": ["spam"]})
+        assert_vetoed(await run.send(message("buy spam")), reason="spam")
+
+With the container itself::
 
     from servletkit.testing import make_event, running_container
 
@@ -33,6 +40,11 @@ from servletkit.container.config import parse_config
 from servletkit.container.plugins import ENTRY_POINT_GROUP, PluginSource, installed_plugins
 from servletkit.container.runtime import Container
 from servletkit.hooks.events import Event, WireName
+
+__all__ = ["HookResult", "PluginRunner", "RunnerFactory", "assert_allowed", "assert_modified",
+           "assert_vetoed",
+           "invite", "join", "make_event", "message", "only_plugins", "plugin_site",
+           "plugins_toml", "python_path_env", "running_container", "state"]
 
 _event_ids = itertools.count(1)
 
@@ -146,3 +158,18 @@ def python_path_env(*folders: Path) -> dict[str, str]:
     """
     paths = [*map(str, folders), *filter(None, [os.environ.get("PYTHONPATH")])]
     return {**os.environ, "PYTHONPATH": os.pathsep.join(paths)}
+
+
+# the kit imports running_container from here, so it comes last
+from servletkit.testing.kit import (  # noqa: E402
+    HookResult,
+    PluginRunner,
+    RunnerFactory,
+    assert_allowed,
+    assert_modified,
+    assert_vetoed,
+    invite,
+    join,
+    message,
+    state,
+)
