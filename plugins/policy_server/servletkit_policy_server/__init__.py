@@ -15,6 +15,19 @@ from servletkit_policy_server.policy_lists import PolicyIndex, PolicyRule, rule_
 __all__ = ["PolicyConfigError", "PolicyIndex", "PolicyServer"]
 
 
+class _EventSubject:
+    """How the log names an event, formatted only when a line is logged."""
+
+    __slots__ = ("event",)
+
+    def __init__(self, event: Event) -> None:
+        self.event = event
+
+    def __str__(self) -> str:
+        event = self.event
+        return f"{event.type} {event.event_id} of {event.sender} in {event.room_id}"
+
+
 class PolicyServer:
     """The plugin: the container instantiates it with no arguments.
 
@@ -54,7 +67,7 @@ class PolicyServer:
             self.index.apply_state(room_id, state_event)
 
     def _decide(self, context: PluginContext, rule_name: str, dry_run: bool, detail: str,
-                subject: str) -> Veto | None:
+                subject: object) -> Veto | None:
         """The Veto for a rule that fired, or ``None`` (logged) in dry run."""
         if dry_run or self.settings.dry_run:
             context.log.info("dry run: would refuse %s: rule %s: %s", subject, rule_name, detail)
@@ -62,7 +75,8 @@ class PolicyServer:
         context.log.info("refused %s: rule %s: %s", subject, rule_name, detail)
         return Veto(f"{rule_name}: {detail}")
 
-    def _ban(self, context: PluginContext, rule: PolicyRule, who: str, subject: str) -> Veto | None:
+    def _ban(self, context: PluginContext, rule: PolicyRule, who: str,
+             subject: object) -> Veto | None:
         listed = self.list_rooms.get(rule.source[0], rule.source[0])
         detail = f"{who} is banned by policy list {listed}"
         detail += f" ({rule.kind} rule {rule.entity!r}{': ' + rule.reason if rule.reason else ''})"
@@ -72,7 +86,7 @@ class PolicyServer:
     @hookimpl
     def on_send_event(self, event: Event, context: PluginContext) -> Veto | None:
         """Refuse an event of a banned user or server, or one that breaks a content rule."""
-        subject = f"{event.type} {event.event_id} of {event.sender} in {event.room_id}"
+        subject = _EventSubject(event)
         if event.room_id in self.list_rooms:
             return None  # moderators must be able to edit their own lists
         ban = self.index.banned_user(event.sender)
