@@ -1,0 +1,110 @@
+"""The plugin's ``[plugins.policy_server]`` table, checked once into :class:`Settings`.
+
+Keys (all optional)::
+
+    dry_run = false            # true: refuse nothing, log what would have been refused
+    dry_run_rules = []         # rule names in dry run on their own ("flood", "policy_list" ...)
+    blocked_words = []         # words (whole word, any case)
+    blocked_patterns = []      # regular expressions (any case)
+    max_mentions = 10          # distinct users mentioned per message
+    flood_messages = 5         # messages per sender and room ...
+    flood_seconds = 10         # ... per this many seconds
+    flood_room_messages = 50   # messages per room per flood_seconds
+    max_event_bytes = 65536    # JSON size of any event
+    policy_lists = []          # list rooms (ids or aliases) whose m.ban rules apply
+
+A mistake raises :class:`PolicyConfigError` naming the key, which fails
+``servlet_init``.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import attrs
+
+from servletkit_policy_server.rules import BlockedWords, EventSize, Flood, MaxMentions, Rule
+
+RULE_NAMES = ("blocked_words", "max_mentions", "flood", "event_size", "policy_list")
+KNOWN_KEYS = frozenset({"dry_run", "dry_run_rules", "blocked_words", "blocked_patterns",
+                        "max_mentions", "flood_messages", "flood_seconds",
+                        "flood_room_messages", "max_event_bytes", "policy_lists"})
+
+
+class PolicyConfigError(ValueError):
+    """A mistake in ``[plugins.policy_server]``; the message names the key."""
+
+    def __init__(self, key: str, problem: str) -> None:
+        super().__init__(f"[plugins.policy_server] {key}: {problem}")
+        self.key = key
+
+
+@attrs.frozen
+class Settings:
+    """What the config asks for."""
+
+    rules: tuple[Rule, ...]
+    policy_lists: tuple[str, ...]
+    dry_run: bool
+    policy_list_dry_run: bool
+
+
+def _strings(config: Mapping[str, Any], key: str) -> list[str]:
+    value = config.get(key, [])
+    if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
+        raise PolicyConfigError(key, f"must be a list of non-empty strings, not {value!r}")
+    return value
+
+
+def _positive(config: Mapping[str, Any], key: str, kind: type = int) -> Any:
+    value = config.get(key)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float) if kind is float else int) \
+            or value <= 0:
+        noun = "number" if kind is float else "integer"
+        raise PolicyConfigError(key, f"must be a positive {noun}, not {value!r}")
+    return value
+
+
+def parse_settings(config: Mapping[str, Any],
+                   clock: Callable[[], float] | None = None) -> Settings:
+    """Check ``config`` and build its rules; raise :class:`PolicyConfigError` on a mistake."""
+    unknown = sorted(set(config) - KNOWN_KEYS)
+    if unknown:
+        raise PolicyConfigError(unknown[0], f"unknown key (known: {', '.join(sorted(KNOWN_KEYS))})")
+    dry_run = config.get("dry_run", False)
+    if not isinstance(dry_run, bool):
+        raise PolicyConfigError("dry_run", f"must be true or false, not {dry_run!r}")
+    dry_rules = set(_strings(config, "dry_run_rules"))
+    if dry_rules - set(RULE_NAMES):
+        wrong = sorted(dry_rules - set(RULE_NAMES))[0]
+        raise PolicyConfigError("dry_run_rules",
+                                f"unknown rule {wrong!r} (rules: {', '.join(RULE_NAMES)})")
+    rules: list[Rule] = []
+    words, patterns = _strings(config, "blocked_words"), _strings(config, "blocked_patterns")
+    for pattern in patterns:
+        try:
+            re.compile(pattern)
+        except re.error as error:
+            raise PolicyConfigError("blocked_patterns", f"{pattern!r} is no regular expression: "
+                                                        f"{error}") from None
+    if words or patterns:
+        rules.append(BlockedWords(words, patterns, "blocked_words" in dry_rules))
+    if (limit := _positive(config, "max_mentions")) is not None:
+        rules.append(MaxMentions(limit, "max_mentions" in dry_rules))
+    messages = _positive(config, "flood_messages")
+    seconds = _positive(config, "flood_seconds", float)
+    room_messages = _positive(config, "flood_room_messages")
+    if (messages is None and room_messages is not None) or (seconds is None) != (messages is None):
+        raise PolicyConfigError("flood_seconds" if seconds is None else "flood_messages",
+                                "flood_messages and flood_seconds go together")
+    if messages is not None:
+        extra = {"clock": clock} if clock is not None else {}
+        rules.append(Flood(messages, float(seconds), room_messages, "flood" in dry_rules, **extra))
+    if (size := _positive(config, "max_event_bytes")) is not None:
+        rules.append(EventSize(size, "event_size" in dry_rules))
+    return Settings(tuple(rules), tuple(_strings(config, "policy_lists")), dry_run,
+                    "policy_list" in dry_rules)

@@ -1,0 +1,118 @@
+"""Content rules and dry run, through the real dispatcher."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from typing import Any
+
+import pytest
+from servletkit_policy_server import PolicyServer
+
+from servletkit.container.runtime import Container
+from servletkit.hooks.dispatcher import Outcome
+from servletkit.testing import make_event, running_container
+
+
+@asynccontextmanager
+async def policy(table: dict[str, Any], plugin: PolicyServer | None = None,
+                 ) -> AsyncIterator[Container]:
+    """A container running the plugin with ``table`` as its config."""
+    plugin = plugin or PolicyServer()
+    async with running_container({"policy_server": plugin},
+                                 {"plugins": {"policy_server": table}}) as container:
+        yield container
+
+
+def send(container: Container, *args: Any, **kwargs: Any) -> Any:
+    """Dispatch ``on_send_event`` for ``make_event(*args, **kwargs)``."""
+    return container.dispatcher.intercept("on_send_event", make_event(*args, **kwargs))
+
+
+def reason(outcome: Outcome) -> str:
+    """The veto's reason."""
+    assert outcome.vetoed
+    return outcome.decision.reason  # type: ignore[union-attr]
+
+
+async def test_blocked_words_are_whole_words_and_patterns_any_case() -> None:
+    """A word matches as a word; a regex anywhere; the reason names the rule."""
+    async with policy({"blocked_words": ["spam"], "blocked_patterns": [r"buy\s+now"]}) as c:
+        assert reason(await send(c, "great SPAM here")).startswith("blocked_words: ")
+        assert "'Buy  now'" in reason(await send(c, "Buy  now!"))
+        assert not (await send(c, "spamming is a different word")).vetoed
+        assert not (await send(c, "hello")).vetoed
+        assert not (await send(c, type="m.room.topic", content={"topic": "spam"},
+                               state_key="")).vetoed
+
+
+async def test_max_mentions_counts_distinct_users_in_text_and_m_mentions() -> None:
+    """Three distinct users over a limit of two is refused; repeats count once."""
+    async with policy({"max_mentions": 2}) as c:
+        content = {"msgtype": "m.text", "body": "@a:x @b:x @a:x",
+                   "m.mentions": {"user_ids": ["@c:x"]}}
+        assert reason(await send(c, content=content)) == (
+            "max_mentions: the message mentions 3 users (at most 2)")
+        assert not (await send(c, "@a:x and @b:x and @a:x")).vetoed
+
+
+async def test_flood_per_sender_and_per_room() -> None:
+    """The third message within the window is refused, other senders are not; time heals."""
+    now = [0.0]
+    clock: Callable[[], float] = lambda: now[0]  # noqa: E731
+    table = {"flood_messages": 2, "flood_seconds": 10, "flood_room_messages": 4}
+    async with policy(table, PolicyServer(clock=clock)) as c:
+        assert not (await send(c, "1")).vetoed
+        assert not (await send(c, "2")).vetoed
+        assert reason(await send(c, "3")).startswith("flood: @alice:localhost sent 3 messages")
+        assert not (await send(c, "1", sender="@bob:localhost")).vetoed
+        assert not (await send(c, "1", room_id="!other:localhost")).vetoed
+        assert reason(await send(c, "2", sender="@carol:localhost")).startswith(
+            "flood: the room had 5 messages")
+        now[0] = 11.0
+        assert not (await send(c, "later")).vetoed
+
+
+async def test_event_size() -> None:
+    """An event over max_event_bytes is refused, whatever its type."""
+    async with policy({"max_event_bytes": 400}) as c:
+        assert reason(await send(c, "x" * 500)).startswith("event_size: the event is ")
+        assert not (await send(c, "small")).vetoed
+
+
+async def test_global_dry_run_refuses_nothing_and_logs_the_rule(
+        caplog: pytest.LogCaptureFixture) -> None:
+    """dry_run = true: the event goes through; the log says which rule would have refused."""
+    caplog.set_level(logging.INFO)
+    async with policy({"dry_run": True, "blocked_words": ["spam"]}) as c:
+        assert not (await send(c, "spam")).vetoed
+    assert "dry run: would refuse m.room.message" in caplog.text
+    assert "rule blocked_words" in caplog.text
+
+
+async def test_dry_run_per_rule_lets_other_rules_refuse(caplog: pytest.LogCaptureFixture) -> None:
+    """A rule in dry_run_rules only logs; the next rule still refuses."""
+    caplog.set_level(logging.INFO)
+    table = {"dry_run_rules": ["blocked_words"], "blocked_words": ["spam"], "max_mentions": 1}
+    async with policy(table) as c:
+        assert not (await send(c, "spam")).vetoed
+        assert reason(await send(c, "spam @a:x @b:x")).startswith("max_mentions: ")
+    assert "rule blocked_words" in caplog.text
+
+
+@pytest.mark.parametrize(("table", "message"), [
+    ({"max_mentions": "3"}, r"max_mentions: must be a positive integer, not '3'"),
+    ({"blocked_patterns": ["("]}, r"blocked_patterns: '\(' is no regular expression"),
+    ({"blocked_words": "spam"}, r"blocked_words: must be a list of non-empty strings"),
+    ({"flood_messages": 3}, r"flood_seconds: flood_messages and flood_seconds go together"),
+    ({"dry_run": "yes"}, r"dry_run: must be true or false"),
+    ({"dry_run_rules": ["nope"]}, r"dry_run_rules: unknown rule 'nope'"),
+    ({"blocked_word": ["x"]}, r"blocked_word: unknown key"),
+    ({"policy_lists": ["!list:x"]}, r"policy_lists: following list rooms needs"),
+])
+async def test_config_errors_fail_init_naming_the_key(table: dict[str, Any], message: str) -> None:
+    """servlet_init fails with a message naming the key."""
+    with pytest.raises(RuntimeError, match=r"\[plugins\.policy_server\] " + message):
+        async with policy(table):
+            pass
