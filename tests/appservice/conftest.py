@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import signal
 import subprocess
-import sys
-import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
 from pathlib import Path
@@ -25,6 +23,7 @@ from servletkit.dev.embedded_synapse import stop_process
 from servletkit.store import PluginStore, SqliteStore
 from servletkit.synapse.settings import DEFAULT_POLICIES
 from servletkit.testing import only_plugins, plugins_toml, python_path_env
+from servletkit.testing.container import start_container
 from servletkit.testing.synapse import SynapseServer, free_port, start_synapse
 from tests.appservice.support import HS_TOKEN, container_config, eventually
 
@@ -83,24 +82,8 @@ class Deployment:
 
     def start_container(self, timeout: float = 30.0) -> None:
         """Start ``servletkit run`` and wait until its health endpoint answers."""
-        log = open(self.workdir / "container.log", "ab")  # noqa: SIM115 (the child owns it)
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "servletkit.container.cli", "run", "--config",
-             str(self.config_path)],
-            stdout=log, stderr=subprocess.STDOUT, env=self.env, cwd=self.workdir,
-        )
-        log.close()
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"servletkit run exited; see {self.workdir / 'container.log'}")
-            try:
-                if httpx.get(f"{self.url}/_servletkit/health", timeout=1).status_code == 200:
-                    return
-            except httpx.TransportError:
-                pass
-            time.sleep(0.05)
-        raise RuntimeError(f"servletkit run did not answer within {timeout:g} s")
+        self.process = start_container(self.config_path, self.url, workdir=self.workdir,
+                                       env=self.env, timeout=timeout)
 
     def kill_container(self) -> None:
         """SIGKILL the container: no shutdown, no flush, like a crash."""

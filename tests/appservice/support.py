@@ -10,6 +10,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from servletkit import hookimpl
 from servletkit.container.config import Config, parse_config
 from servletkit.testing import only_plugins
 
@@ -42,6 +43,22 @@ def container_config(tmp_path: Path, plugins: Mapping[str, Any], **appservice: A
         },
         tmp_path / "servletkit.toml",
     )
+
+
+class Counts:
+    """Intercepts and observes every event (so every item is built), counting them."""
+
+    def __init__(self) -> None:
+        self.intercepted = 0
+        self.stored = 0
+
+    @hookimpl
+    def on_send_event(self, event):
+        self.intercepted += 1
+
+    @hookimpl
+    def on_stored_event(self, event):
+        self.stored += 1
 
 
 async def eventually(check: Any, within: float = 15.0, interval: float = 0.05) -> Any:

@@ -4,24 +4,7 @@ from __future__ import annotations
 
 import logging
 
-from servletkit import hookimpl
-from tests.appservice.support import AUTH, new_event
-
-
-class Counts:
-    """Intercepts and observes every event (so every item is built), counting them."""
-
-    def __init__(self) -> None:
-        self.intercepted = 0
-        self.stored = 0
-
-    @hookimpl
-    def on_send_event(self, event):
-        self.intercepted += 1
-
-    @hookimpl
-    def on_stored_event(self, event):
-        self.stored += 1
+from tests.appservice.support import AUTH, Counts, new_event
 
 
 async def test_malformed_items_are_logged_once_in_summary(make_wire, caplog):

@@ -8,25 +8,8 @@ import time
 
 import orjson
 
-from servletkit import hookimpl
 from tests.appservice.serving import served
-from tests.appservice.support import AUTH, new_event
-
-
-class Counts:
-    """Intercepts and observes every event (so every item is built), counting them."""
-
-    def __init__(self) -> None:
-        self.intercepted = 0
-        self.stored = 0
-
-    @hookimpl
-    def on_send_event(self, event):
-        self.intercepted += 1
-
-    @hookimpl
-    def on_stored_event(self, event):
-        self.stored += 1
+from tests.appservice.support import AUTH, Counts, new_event
 
 
 async def test_a_large_transaction_lets_other_requests_through(make_wire, caplog):

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import subprocess
 import sys
-import time
 import uuid
 from pathlib import Path
 from typing import Any
@@ -15,6 +14,7 @@ import httpx
 
 from servletkit.dev.embedded_synapse import stop_process
 from servletkit.testing import only_plugins, plugins_toml
+from servletkit.testing.container import start_container
 from servletkit.testing.synapse import SynapseServer, free_port, start_synapse
 
 REASON = "policy test: that word is not allowed in this room"
@@ -65,23 +65,8 @@ class PolicyDeployment:
 
     def start_container(self, timeout: float = 30.0) -> None:
         """``servletkit run``; returns once its plugins are live and /sign answers."""
-        log = open(self.workdir / "container.log", "ab")  # noqa: SIM115 (the child owns it)
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "servletkit.container.cli", "run", "--config",
-             str(self.config_path)], stdout=log, stderr=subprocess.STDOUT, cwd=self.workdir)
-        log.close()
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"servletkit run exited; see {self.workdir}/container.log")
-            try:
-                health = httpx.get(f"http://127.0.0.1:{self.port}/_servletkit/health", timeout=1)
-                if health.status_code == 200:
-                    return
-            except httpx.TransportError:
-                pass
-            time.sleep(0.05)
-        raise RuntimeError(f"servletkit run did not answer within {timeout:g} s")
+        self.process = start_container(self.config_path, f"http://127.0.0.1:{self.port}",
+                                       workdir=self.workdir, timeout=timeout)
 
     def stop_container(self) -> None:
         if self.process is not None:

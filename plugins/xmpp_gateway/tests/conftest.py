@@ -4,8 +4,6 @@ deployed between them in a ``servletkit run`` subprocess, and users on both side
 from __future__ import annotations
 
 import subprocess
-import sys
-import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
@@ -19,6 +17,7 @@ from servletkit.container.config import load_config
 from servletkit.container.snippets import dump_yaml, registration
 from servletkit.dev.embedded_synapse import stop_process
 from servletkit.testing import only_plugins, plugins_toml
+from servletkit.testing.container import start_container
 from servletkit.testing.synapse import SynapseServer, free_port, start_synapse
 
 XMPP_USERS = {"human": "humanpass", "bob": "bobpass", "carol": "carolpass"}
@@ -58,22 +57,8 @@ class Gateway:
 
     def start_container(self, timeout: float = 30.0) -> None:
         """``servletkit run`` in a subprocess; waits for its health endpoint."""
-        log = open(self.workdir / "container.log", "ab")  # noqa: SIM115 (the child owns it)
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "servletkit.container.cli", "run", "--config",
-             str(self.config_path)], stdout=log, stderr=subprocess.STDOUT, cwd=self.workdir)
-        log.close()
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"servletkit run exited; see {self.workdir}/container.log")
-            try:
-                if httpx.get(f"{self.url}/_servletkit/health", timeout=1).status_code == 200:
-                    return
-            except httpx.TransportError:
-                pass
-            time.sleep(0.05)
-        raise RuntimeError(f"servletkit run did not answer within {timeout:g} s")
+        self.process = start_container(self.config_path, self.url, workdir=self.workdir,
+                                       timeout=timeout)
 
     def log(self) -> str:
         """What the container has logged so far."""
