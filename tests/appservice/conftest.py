@@ -25,7 +25,8 @@ from servletkit.synapse.settings import DEFAULT_POLICIES
 from servletkit.testing import only_plugins, plugins_toml, python_path_env
 from servletkit.testing.container import start_container
 from servletkit.testing.synapse import SynapseServer, free_port, start_synapse
-from tests.appservice.support import HS_TOKEN, container_config, eventually
+from servletkit.testing.waiting import eventually
+from tests.appservice.support import HS_TOKEN, container_config
 
 Wire = tuple[Container, httpx.AsyncClient]
 

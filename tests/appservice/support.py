@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import asyncio
-import inspect
 import itertools
-import time
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -59,17 +56,3 @@ class Counts:
     @hookimpl
     def on_stored_event(self, event):
         self.stored += 1
-
-
-async def eventually(check: Any, within: float = 15.0, interval: float = 0.05) -> Any:
-    """Poll ``check()`` (sync or async) until it returns something truthy, for ``within`` s."""
-    deadline = time.monotonic() + within
-    while True:
-        result = check()
-        if inspect.isawaitable(result):
-            result = await result
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            raise AssertionError(f"still {result!r} after {within:g} s")
-        await asyncio.sleep(interval)

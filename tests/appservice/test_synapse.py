@@ -11,8 +11,8 @@ from urllib.parse import quote
 import httpx
 import pytest
 
+from servletkit.testing.waiting import eventually
 from tests.appservice.conftest import AS_ID, AS_TOKEN
-from tests.appservice.support import eventually
 
 pytestmark = pytest.mark.integration
 

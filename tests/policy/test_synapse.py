@@ -15,10 +15,10 @@ import pytest
 from signedjson.key import decode_verify_key_base64
 from signedjson.sign import verify_signed_json
 
+from servletkit.testing.waiting import eventually
 from servletkit.wires.policy.federation import FederationClient
 from servletkit.wires.policy.keys import load_keys
 from servletkit.wires.policy.pdu import ROOM_VERSIONS, redact
-from tests.appservice.support import eventually
 from tests.policy.deployment import FORBIDDEN, REASON, Client, PolicyDeployment
 
 pytestmark = pytest.mark.integration

@@ -17,7 +17,8 @@ from servletkit.container.plugins import PluginSource
 from servletkit.container.runtime import Container
 from servletkit.store.postgres import PostgresStore
 from servletkit.testing import only_plugins
-from tests.appservice.support import AUTH, HS_TOKEN, eventually, new_event
+from servletkit.testing.waiting import eventually
+from tests.appservice.support import AUTH, HS_TOKEN, new_event
 
 
 class Counter:

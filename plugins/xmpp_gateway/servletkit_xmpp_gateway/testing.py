@@ -9,7 +9,6 @@ test with what they saw.
 from __future__ import annotations
 
 import asyncio
-import time
 import uuid
 from collections.abc import Callable
 from typing import Any
@@ -17,6 +16,8 @@ from urllib.parse import quote
 
 import httpx
 from slixmpp import JID, ClientXMPP
+
+from servletkit.testing.waiting import eventually
 
 WAIT = 15.0
 
@@ -151,18 +152,3 @@ class MatrixUser:
         sync = await self.call("GET", "/sync", **params)
         self._since = sync["next_batch"]
         return list(sync.get("rooms", {}).get("invite", {}))
-
-
-async def eventually(check: Callable[[], Any], within: float = WAIT,
-                     interval: float = 0.05) -> Any:
-    """Poll ``check()`` (sync or async) until it returns something truthy, for ``within`` s."""
-    deadline = time.monotonic() + within
-    while True:
-        result = check()
-        if asyncio.iscoroutine(result):
-            result = await result
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            raise AssertionError(f"still {result!r} after {within:g} s")
-        await asyncio.sleep(interval)

@@ -13,7 +13,9 @@ from typing import Any
 
 import httpx
 import pytest
-from servletkit_xmpp_gateway.testing import MatrixUser, XmppUser, eventually
+from servletkit_xmpp_gateway.testing import MatrixUser, XmppUser
+
+from servletkit.testing.waiting import eventually
 
 pytestmark = pytest.mark.integration
 ROOM = "devroom@conference.localhost"

@@ -5,8 +5,9 @@ from __future__ import annotations
 from urllib.parse import quote
 
 import pytest
-from servletkit_xmpp_gateway.testing import eventually
 from slixmpp import JID
+
+from servletkit.testing.waiting import eventually
 
 pytestmark = pytest.mark.integration
 

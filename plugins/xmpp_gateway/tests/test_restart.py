@@ -5,7 +5,8 @@ from __future__ import annotations
 import asyncio
 
 import pytest
-from servletkit_xmpp_gateway.testing import eventually
+
+from servletkit.testing.waiting import eventually
 
 pytestmark = pytest.mark.integration
 
