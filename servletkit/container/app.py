@@ -20,6 +20,7 @@ from starlette.responses import JSONResponse
 from starlette.routing import BaseRoute, Route
 
 from servletkit.container.admin import admin_routes
+from servletkit.container.http_server import serving_stack
 from servletkit.container.runtime import Container
 from servletkit.wires import Wire, WireFactory
 from servletkit.wires.appservice.wire import appservice_wire
@@ -38,7 +39,8 @@ module retries at least every second)."""
 
 def health_routes(container: Container) -> list[BaseRoute]:
     """``GET /_servletkit/health``: 200 once the plugins are live (which ones, which
-    failed), 503 while their ``servlet_init`` still runs."""
+    failed, and the event loop and HTTP parser serving them), 503 while their
+    ``servlet_init`` still runs."""
 
     async def health(request: Request) -> JSONResponse:
         if not container.ready.is_set():
@@ -48,6 +50,7 @@ def health_routes(container: Container) -> list[BaseRoute]:
                 "status": "ok",
                 "plugins": container.live_plugins,
                 "failed": sorted({error.plugin for error in container.errors}),
+                "server": serving_stack(),
             }
         )
 

@@ -1,4 +1,10 @@
-"""What ``servletkit run`` adds to uvicorn: a deadline for a request's headers.
+"""What ``servletkit run`` adds to uvicorn: the fast event loop and HTTP parser, and a
+deadline for a request's headers.
+
+uvloop and httptools are servletkit's dependencies where the platform has wheels
+(pyproject's environment markers); where either is not importable, uvicorn falls
+back to asyncio's loop and h11, and so does :func:`loop_factory`.
+:func:`serving_stack` says which the running process uses (``/_servletkit/health``).
 
 uvicorn closes a connection idle *between* requests after its keep-alive
 timeout, but one that never sends a request, or sends its headers a byte at a
@@ -13,12 +19,33 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 from typing import Any, Final
 
 log = logging.getLogger("servletkit.http")
 
 _BUSY: Final = object()
 """A request was being handled at the last check."""
+
+
+def loop_factory() -> Callable[[], asyncio.AbstractEventLoop]:
+    """A new event loop as uvicorn's ``loop="auto"`` picks it: uvloop's where importable, else
+    asyncio's; for the commands that run their own loop (``servletkit dev``)."""
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.new_event_loop
+    return uvloop.new_event_loop
+
+
+def serving_stack() -> dict[str, str]:
+    """The running event loop's package (``uvloop`` or ``asyncio``) and uvicorn's HTTP
+    parser (``httptools`` or ``h11``, what its ``http="auto"`` chose at import)."""
+    from uvicorn.protocols.http.auto import AutoHTTPProtocol
+
+    loop_package = type(asyncio.get_running_loop()).__module__.partition(".")[0]
+    http = "httptools" if AutoHTTPProtocol.__name__.startswith("HttpTools") else "h11"
+    return {"loop": loop_package, "http": http}
 
 
 def with_header_timeout(base: type[asyncio.Protocol], timeout_s: float) -> type[asyncio.Protocol]:

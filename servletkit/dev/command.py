@@ -70,6 +70,7 @@ import uvicorn
 from servletkit.container.app import build_app
 from servletkit.container.config import Config
 from servletkit.container.files import write_private
+from servletkit.container.http_server import loop_factory
 from servletkit.container.runtime import Container
 from servletkit.container.snippets import (
     appservice_url,
@@ -447,6 +448,7 @@ def run_dev(config: Config, out: TextIO = sys.stdout) -> int:
     with step(f"opening the log file {session.paths.container_log}", session.state_folder_fix):
         undo = route_logs(session.paths.container_log, out)
     try:
-        return asyncio.run(session.run())
+        with asyncio.Runner(loop_factory=loop_factory()) as runner:
+            return runner.run(session.run())
     finally:
         undo()
