@@ -47,3 +47,18 @@ def test_falls_back_to_asyncio_and_h11_when_not_importable(tmp_path: Path) -> No
     pythonpath = os.pathsep.join(filter(None, [str(shadow), os.environ.get("PYTHONPATH")]))
     env = {**os.environ, "PYTHONPATH": pythonpath}
     assert _serving_stack(tmp_path, env) == {"loop": "asyncio", "http": "h11"}
+
+
+def test_a_plain_install_requires_them() -> None:
+    """``pip install servletkit`` (no extra) brings both where the platform has wheels: the
+    fast path needs no extra step."""
+    from importlib.metadata import requires
+
+    from packaging.requirements import Requirement
+
+    plain = {
+        requirement.name
+        for requirement in map(Requirement, requires("servletkit") or [])
+        if requirement.marker is None or requirement.marker.evaluate({"extra": ""})
+    }
+    assert set(BLOCKED) <= plain
