@@ -242,6 +242,7 @@ def test_dev_json_has_the_documented_facts(first_run: DevProcess) -> None:
     assert httpx.get(f"{facts['homeserver_url']}/_matrix/client/versions").status_code == 200
     health = httpx.get(f"{facts['container_url']}/_servletkit/health").json()
     assert set(health["plugins"]) == {"word_filter", "formatter", "fragile"}
+    assert health["server"] == {"loop": "uvloop", "http": "httptools"}  # as servletkit run
     assert facts["plugins"] == {"fragile": ["on_send_event"], "word_filter": ["on_send_event"],
                                 "formatter": ["on_send_event"]}
     assert facts["pids"]["synapse"] in descendants(first_run.process.pid)
