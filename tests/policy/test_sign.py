@@ -314,3 +314,14 @@ async def test_plugin_error_is_500_and_not_cached(make_policy: Any) -> None:
         assert response.status_code == 500
         assert response.json() == {"errcode": "M_UNKNOWN", "error": "Internal server error"}
     assert len(calls) == 2
+
+
+async def test_float_in_the_request_verifies(make_policy: Any) -> None:
+    """A float the fast encoder renders otherwise than canonicaljson (``1e-07``): the
+    caller's X-Matrix signature and the content hash still verify (checked again with
+    canonicaljson), and the answer is the signature over canonicaljson's bytes."""
+    wire, client, remote = await make_policy()
+    pdu = remote.pdu("hello", tiny=1e-07)
+    response = await remote.post(client, SIGN, pdu)
+    assert response.status_code == 200, response.text
+    assert policy_verifies(wire, pdu, response.json())

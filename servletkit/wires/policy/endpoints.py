@@ -259,8 +259,7 @@ def _pdu_in_room(wire: PolicyWire, body: Any) -> tuple[dict[str, Any], RoomVersi
         raise MatrixError(400, "M_INCOMPATIBLE_ROOM_VERSION",
                           f"room version {room.room_version!r} is not supported")
     try:
-        check_content_hash(pdu)
-        identity = identify(pdu, version)
+        identity = identify(pdu, version, check_content_hash(pdu))
     except PduError as exc:
         raise MatrixError(400, "M_BAD_JSON", str(exc)) from None
     return pdu, version, identity

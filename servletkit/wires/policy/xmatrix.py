@@ -11,8 +11,12 @@ from __future__ import annotations
 from typing import Any
 
 import attrs
-from signedjson.sign import SignatureVerifyException, sign_json, verify_signed_json
+from nacl.exceptions import BadSignatureError
+from signedjson.sign import sign_json
 from signedjson.types import SigningKey, VerifyKey
+from unpaddedbase64 import decode_base64
+
+from servletkit.wires.policy.pdu import ENCODERS
 
 
 class AuthError(Exception):
@@ -74,14 +78,24 @@ def verify(
     auth: XMatrix, verify_key: VerifyKey, method: str, uri: str, destination: str,
     content: Any = None,
 ) -> None:
-    """Raise :class:`AuthError` unless ``auth.sig`` signs this request with ``verify_key``."""
+    """Raise :class:`AuthError` unless ``auth.sig`` signs this request with ``verify_key``.
+
+    What ``signedjson.verify_signed_json`` checks, on the request's canonical JSON
+    encoded by the fast encoder first (the reference one only if that does not verify:
+    see :func:`servletkit.wires.policy.pdu.fast_canonical_json`)."""
     signed = request_json(method, uri, auth.origin, destination, content)
-    signed["signatures"] = {auth.origin: {auth.key: auth.sig}}
     try:
-        verify_signed_json(signed, auth.origin, verify_key)
-    except SignatureVerifyException:
-        raise AuthError(f"X-Matrix signature by {auth.origin} ({auth.key}) does not verify "
-                        "for this request") from None
+        signature = decode_base64(auth.sig)
+    except ValueError:
+        raise AuthError(f"X-Matrix sig by {auth.origin} is not unpadded base64") from None
+    for encode in ENCODERS:
+        try:
+            verify_key.verify(encode(signed), signature)
+            return
+        except (BadSignatureError, ValueError):
+            continue
+    raise AuthError(f"X-Matrix signature by {auth.origin} ({auth.key}) does not verify "
+                    "for this request")
 
 
 def authorization(
