@@ -8,6 +8,7 @@ header; the receiver checks it with the key the origin publishes on
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 import attrs
@@ -107,3 +108,28 @@ def authorization(
     sig = signed["signatures"][origin][key_id]
     return (f'X-Matrix origin="{origin}",destination="{destination}",key="{key_id}",'
             f'sig="{sig}"')
+
+
+def verify_event_signature(pdu: Mapping[str, Any], redacted_json: bytes,
+                           keys: Mapping[str, VerifyKey]) -> None:
+    """Raise :class:`AuthError` unless one of ``keys`` (key ID → the sender's server's
+    key) verifies that server's signature in ``pdu["signatures"]`` over ``redacted_json``
+    (the redacted event without ``signatures``, canonical: what a server signs)."""
+    server = sender_server(pdu)
+    signatures = pdu.get("signatures")
+    theirs = signatures.get(server) if isinstance(signatures, Mapping) else None
+    if not isinstance(theirs, Mapping):
+        raise AuthError(f"the event carries no signature by its sender's server {server}")
+    for key_id, key in keys.items():
+        signature = theirs.get(key_id)
+        try:
+            key.verify(redacted_json, decode_base64(signature))
+            return
+        except (BadSignatureError, ValueError, TypeError):
+            continue
+    raise AuthError(f"the event's signature by its sender's server {server} does not verify")
+
+
+def sender_server(pdu: Mapping[str, Any]) -> str:
+    """The server name of the PDU's ``sender``."""
+    return str(pdu["sender"]).partition(":")[2]
