@@ -248,21 +248,15 @@ def routes(wire: PolicyWire) -> list[BaseRoute]:
         origin = await _authenticated(wire, request, body)
         if not isinstance(body, Mapping):
             raise MatrixError(400, "M_BAD_JSON", "the body must be an object")
-        version = ROOM_VERSIONS.get(str(body.get("room_version")))
-        if version is None:
-            raise MatrixError(400, "M_INCOMPATIBLE_ROOM_VERSION",
-                              f"room version {body.get('room_version')!r} is not supported",
-                              room_version=body.get("room_version"))
-        try:
-            event = check_shape(body.get("event"))
-            check_content_hash(event)
-        except PduError as exc:
-            raise MatrixError(400, "M_BAD_JSON", f"event: {exc}") from None
-        try:
-            signed = wire.accept_invite(origin, event, version)
-        except PduError as exc:
-            raise MatrixError(403, "M_FORBIDDEN", str(exc)) from None
-        return _JsonResponse({"event": signed})
+        return _JsonResponse({"event": _accept_invite(wire, origin, body.get("event"),
+                                                      body.get("room_version"))})
+
+    async def invite_v1(request: Request) -> Response:
+        """The v1 form: the body is the event, the room version 1 (as Synapse assumes: v1
+        carries none), the answer ``[200, {"event": ...}]``."""
+        body = await read_json(request, MAX_TRANSACTION_BYTES)
+        origin = await _authenticated(wire, request, body)
+        return _JsonResponse([200, {"event": _accept_invite(wire, origin, body, "1")}])
 
     async def version(request: Request) -> Response:
         return _JsonResponse({"server": {"name": "servletkit policy wire", "version": "0.1"}})
@@ -276,8 +270,27 @@ def routes(wire: PolicyWire) -> list[BaseRoute]:
         Route("/_matrix/policy/unstable/org.matrix.msc4284/sign", sign, methods=["POST"]),
         Route("/_matrix/federation/v1/send/{txn_id}", send, methods=["PUT"]),
         Route("/_matrix/federation/v2/invite/{room_id}/{event_id}", invite, methods=["PUT"]),
+        Route("/_matrix/federation/v1/invite/{room_id}/{event_id}", invite_v1, methods=["PUT"]),
         Route("/_matrix/federation/v1/version", version, methods=["GET"]),
     ]
+
+
+def _accept_invite(wire: PolicyWire, origin: str, event: Any, room_version: Any) -> Any:
+    """The invite ``event`` signed by us (we then join), or the Matrix error."""
+    version = ROOM_VERSIONS.get(str(room_version))
+    if version is None:
+        raise MatrixError(400, "M_INCOMPATIBLE_ROOM_VERSION",
+                          f"room version {room_version!r} is not supported",
+                          room_version=room_version)
+    try:
+        event = check_shape(event)
+        check_content_hash(event)
+    except PduError as exc:
+        raise MatrixError(400, "M_BAD_JSON", f"event: {exc}") from None
+    try:
+        return wire.accept_invite(origin, event, version)
+    except PduError as exc:
+        raise MatrixError(403, "M_FORBIDDEN", str(exc)) from None
 
 
 def _pdu_in_room(wire: PolicyWire, body: Any) -> tuple[dict[str, Any], RoomVersion, Identity]:
