@@ -31,8 +31,8 @@ from starlette.responses import JSONResponse
 from starlette.routing import BaseRoute, Route
 
 from servletkit.container.config import Config
-from servletkit.container.files import write_private
 from servletkit.container.runtime import Container
+from servletkit.files import write_private
 
 PREFIX: Final = "/_servletkit/admin/v1"
 

@@ -69,7 +69,6 @@ import uvicorn
 
 from servletkit.container.app import build_app
 from servletkit.container.config import Config
-from servletkit.container.files import write_private
 from servletkit.container.http_server import loop_factory
 from servletkit.container.runtime import Container
 from servletkit.container.snippets import (
@@ -98,6 +97,7 @@ from servletkit.dev.wiring import (
     synapse_wiring,
     wired_config,
 )
+from servletkit.files import write_private
 
 log = logging.getLogger("servletkit.dev")
 

@@ -27,7 +27,7 @@ from typing import Any
 
 import attrs
 
-from servletkit.container.files import write_private
+from servletkit.files import write_private
 
 PR_SET_PDEATHSIG = 1  # prctl(2) option: signal the child when its parent dies
 

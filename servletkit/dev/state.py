@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import fcntl
 import json
-import os
 import secrets
 from pathlib import Path
 from typing import TextIO
@@ -12,8 +10,8 @@ from typing import TextIO
 import attrs
 
 from servletkit.container.config import Config
-from servletkit.container.files import write_private
 from servletkit.dev.errors import DevError
+from servletkit.files import FolderBusy, claim_lock, write_private
 
 
 @attrs.frozen
@@ -102,19 +100,10 @@ def claim_state_folder(paths: DevPaths) -> TextIO:
     closed (or the process ends). Of two ``servletkit dev`` started at the same
     moment, exactly one gets it. The folder must exist.
     """
-    lock = os.fdopen(os.open(paths.lock, os.O_RDWR | os.O_CREAT, 0o600), "r+", encoding="utf-8")
     try:
-        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        pid = lock.read().strip()  # empty if the owner has only just locked it
-        lock.close()
-        owner, kill = (f"pid {pid}", f", or kill {pid}") if pid else ("just starting", "")
+        return claim_lock(paths.lock)
+    except FolderBusy as busy:
+        owner, kill = (f"pid {busy.owner}", f", or kill {busy.owner}") if busy.owner else (
+            "just starting", "")
         raise DevError(f"servletkit dev is already running for {paths.root} ({owner}): "
                        f"stop it first (Ctrl-C in its terminal{kill})") from None
-    except BaseException:
-        lock.close()
-        raise
-    lock.truncate()
-    lock.write(f"{os.getpid()}\n")
-    lock.flush()
-    return lock

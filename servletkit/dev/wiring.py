@@ -16,10 +16,10 @@ from servletkit.container.config import (
     Namespaces,
     PolicyConfig,
 )
-from servletkit.container.files import write_private
 from servletkit.container.snippets import appservice_url, dump_yaml, registration, synapse_config
 from servletkit.dev.errors import DevError
 from servletkit.dev.state import DevPaths, DevState
+from servletkit.files import write_private
 
 
 def wired_config(config: Config, state: DevState, paths: DevPaths, homeserver_url: str) -> Config:

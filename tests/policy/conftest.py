@@ -3,7 +3,7 @@ its policy wire (in process, no listener) and a fake remote homeserver."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -25,10 +25,12 @@ Setup = tuple[PolicyWire, httpx.AsyncClient, RemoteServer]
 @pytest.fixture
 async def make_policy(tmp_path: Path) -> AsyncIterator[Callable[..., Any]]:
     """Factory: ``await make_policy({"name": plugin})`` → (wire, client of its federation
-    app, the remote server). The room :data:`ROOM` (version 12) is served."""
+    app, the remote server); ``others``: more remote servers whose keys it can fetch. The
+    room :data:`ROOM` (version 12) is served."""
     opened: list[tuple[Container, httpx.AsyncClient, httpx.AsyncClient, PolicyWire]] = []
 
-    async def make(plugins: Mapping[str, Any] = {}) -> Setup:
+    async def make(plugins: Mapping[str, Any] = {}, others: Sequence[RemoteServer] = ()
+                   ) -> Setup:
         config = parse_config({
             "policy": {"server_name": POLICY, "server_urls": {REMOTE: f"http://{REMOTE}"}},
             "plugins": only_plugins({name: {"timeout_ms": 2000} for name in plugins}),
@@ -37,12 +39,14 @@ async def make_policy(tmp_path: Path) -> AsyncIterator[Callable[..., Any]]:
         container.load()
         await container.start()
         remote = RemoteServer()
-        http = httpx.AsyncClient(transport=remote.transport())
+        http = httpx.AsyncClient(transport=remote.transport(*others))
         state = tmp_path / "policy"
         rooms = Rooms(state)
         rooms.add(ROOM, "12", "joined", REMOTE)
         wire = PolicyWire(container.dispatcher, POLICY, load_keys(state), rooms,
-                          server_urls={REMOTE: f"http://{REMOTE}"}, ready=container.ready,
+                          server_urls={server.name: f"http://{server.name}"
+                                       for server in (remote, *others)},
+                          ready=container.ready,
                           http=http)
         client = httpx.AsyncClient(transport=httpx.ASGITransport(app=wire.app),
                                    base_url=f"https://{POLICY}")

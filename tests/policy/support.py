@@ -38,11 +38,15 @@ class RemoteServer:
             "old_verify_keys": {},
         }, self.name, self.key)
 
-    def transport(self) -> httpx.MockTransport:
+    def transport(self, *others: RemoteServer) -> httpx.MockTransport:
+        """Serves the key endpoint of this server and of ``others``, by host name."""
+        servers = {server.name: server for server in (self, *others)}
+
         def handle(request: httpx.Request) -> httpx.Response:
-            if request.url.host == self.name and request.url.path == "/_matrix/key/v2/server":
-                self.key_requests += 1
-                return httpx.Response(200, json=self.keys_answer())
+            server = servers.get(request.url.host)
+            if server is not None and request.url.path == "/_matrix/key/v2/server":
+                server.key_requests += 1
+                return httpx.Response(200, json=server.keys_answer())
             return httpx.Response(404, json={"errcode": "M_UNRECOGNIZED"})
 
         return httpx.MockTransport(handle)

@@ -75,6 +75,25 @@ async def test_invite_of_the_policy_user_is_signed(make_policy: Any) -> None:
     assert wire.rooms.get("!new:remote.test").membership == "invited"
 
 
+async def test_v1_invite_is_signed(make_policy: Any) -> None:
+    """The v1 invite endpoint (older servers): the body is the event itself, the room
+    version 1, the answer ``[200, {"event": ...}]`` with our federation signature."""
+    wire, client, remote = await make_policy({})
+    invite = remote.pdu(type="m.room.member", state_key=f"@policy:{POLICY}",
+                        room_id="!old:remote.test", content={"membership": "invite"},
+                        room_version="1", event_id="$inv:remote.test")
+    response = await remote.put(client, "/_matrix/federation/v1/invite/!old:remote.test/"
+                                "$inv:remote.test", invite)
+    assert response.status_code == 200, response.text
+    code, answer = response.json()
+    key_id = wire.keys.federation_key_id
+    key = decode_verify_key_base64("ed25519", key_id[8:], wire.keys.federation_public_key)
+    verify_signed_json(redact(answer["event"], ROOM_VERSIONS["1"]), POLICY, key)
+    assert code == 200 and wire.rooms.get("!old:remote.test").room_version == "1"
+    response = await remote.put(client, "/_matrix/federation/v1/invite/!r:x/$e", "other")
+    assert (response.status_code, response.json()["errcode"]) == (400, "M_BAD_JSON")
+
+
 @pytest.mark.parametrize(("body", "status", "errcode"), [
     ({"room_version": "99", "event": {}}, 400, "M_INCOMPATIBLE_ROOM_VERSION"),
     ({"room_version": "12", "event": "x"}, 400, "M_BAD_JSON"),

@@ -7,6 +7,7 @@ import hashlib
 from typing import Any
 
 import pytest
+from canonicaljson import encode_canonical_json
 from signedjson.key import generate_signing_key
 from synapse.api.room_versions import KNOWN_ROOM_VERSIONS
 from synapse.crypto.event_signing import compute_content_hash, compute_event_signature
@@ -15,12 +16,15 @@ from synapse.synapse_rust.events import redact_event_dict
 from unpaddedbase64 import encode_base64
 
 from servletkit.wires.policy.pdu import (
+    REFERENCE_ENCODER,
     ROOM_VERSIONS,
     PduError,
     add_content_hash,
     check_content_hash,
     check_shape,
     event_id,
+    fast_canonical_json,
+    identify,
     redact,
 )
 from servletkit.wires.policy.verdicts import Judge
@@ -105,3 +109,29 @@ def test_shape_check_names_the_problem(bad: Any) -> None:
     """Not an object, or a required field of the wrong type: a PduError."""
     with pytest.raises(PduError):
         check_shape(bad)
+
+
+def test_fast_encoder_is_canonicaljson() -> None:
+    """orjson's sorted encoding is canonicaljson's byte for byte on what events hold:
+    every ASCII character (escapes), other planes, nesting, integers beyond 53 and 64
+    bits; a PDU it checks is then hashed and identified with it."""
+    text = "".join(map(chr, range(128))) + "\u00a0\u2028\u2029\ufeff\U0001f600é"
+    value = {"b": [text, {"z": None, "a": True}], "a": [2**53, -(2**63), 2**70, 0, False],
+             text: {"": ""}}
+    assert fast_canonical_json(value) == encode_canonical_json(value)
+    pdu = pdu_of("m.room.message", "12")
+    assert check_content_hash(pdu) is fast_canonical_json
+
+
+def test_float_falls_back_to_canonicaljson() -> None:
+    """A float orjson renders otherwise (``1e-7``, canonicaljson ``1e-07``; legal in room
+    versions 1-5): the content hash is checked, and the event identified, with
+    canonicaljson, so the event ID stays Synapse's."""
+    pdu = pdu_of("m.room.message", "5")
+    pdu["content"]["tiny"] = 1e-07
+    add_content_hash(pdu)
+    assert fast_canonical_json(1e-07) != encode_canonical_json(1e-07)
+    encode = check_content_hash(pdu)
+    assert encode is REFERENCE_ENCODER
+    assert identify(pdu, ROOM_VERSIONS["5"], encode).event_id == make_event_from_dict(
+        copy.deepcopy(pdu), KNOWN_ROOM_VERSIONS["5"]).event_id

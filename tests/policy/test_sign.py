@@ -314,3 +314,46 @@ async def test_plugin_error_is_500_and_not_cached(make_policy: Any) -> None:
         assert response.status_code == 500
         assert response.json() == {"errcode": "M_UNKNOWN", "error": "Internal server error"}
     assert len(calls) == 2
+
+
+async def test_float_in_the_request_verifies(make_policy: Any) -> None:
+    """A float the fast encoder renders otherwise than canonicaljson (``1e-07``): the
+    caller's X-Matrix signature and the content hash still verify (checked again with
+    canonicaljson), and the answer is the signature over canonicaljson's bytes."""
+    wire, client, remote = await make_policy()
+    pdu = remote.pdu("hello", tiny=1e-07)
+    response = await remote.post(client, SIGN, pdu)
+    assert response.status_code == 200, response.text
+    assert policy_verifies(wire, pdu, response.json())
+
+
+async def test_another_servers_event_needs_its_senders_signature(make_policy: Any) -> None:
+    """A server asking about an event another server sent (it received it without a
+    policy signature): the sender's server's signature over the event is checked with
+    that server's published key. Intact: signed. Forged or missing: 400 M_FORBIDDEN
+    naming the sender's server, the plugins not asked. The sender's own server asking
+    is authenticated by its X-Matrix signature over the PDU (no second check)."""
+    moderator = Moderator()
+    third = RemoteServer("third.test")
+    wire, client, remote = await make_policy({"mod": moderator}, others=[third])
+    pdu = remote.pdu("relayed")
+    response = await third.post(client, SIGN, pdu)
+    assert response.status_code == 200, response.text
+    assert policy_verifies(wire, pdu, response.json())
+    assert remote.key_requests == 1 and third.key_requests == 1
+
+    forged = remote.pdu("forged")
+    forged["signatures"] = third.pdu("forged")["signatures"] | {
+        remote.name: {"ed25519:a_remote": third.pdu("x")["signatures"][third.name][
+            "ed25519:a_remote"]}}
+    unsigned = remote.pdu("unsigned")
+    del unsigned["signatures"]
+    for bad in (forged, unsigned):
+        response = await third.post(client, SIGN, bad)
+        assert response.status_code == 400, response.text
+        assert response.json()["errcode"] == "M_FORBIDDEN"
+        assert f"sender's server {remote.name}" in response.json()["error"]
+    assert [e.content["body"] for e in moderator.seen] == ["relayed"]
+
+    response = await remote.post(client, SIGN, unsigned)  # the sender's own server
+    assert response.status_code == 200, response.text

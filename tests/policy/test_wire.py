@@ -102,3 +102,23 @@ async def test_taken_port_is_a_clear_error(tmp_path: Path) -> None:
         with pytest.raises(OSError, match=r"\[policy\] host and port"):
             async with wire.lifespan():
                 pass
+
+
+async def test_one_container_per_state_dir(tmp_path: Path) -> None:
+    """A second container on the same state_dir (same keys, same rooms) is refused with a
+    clear error naming it and the holder's pid; once the first stops, it may start. The
+    lock is the kernel's (flock): a crashed container leaves nothing stale."""
+    import os
+
+    from servletkit.wires.policy.wire import StateDirBusy
+
+    first, second = (Container(config(tmp_path, port=1), []) for _ in range(2))
+    [wire1] = [w for w in container_wires(first) if w.name == "policy"]
+    [wire2] = [w for w in container_wires(second) if w.name == "policy"]
+    wire1.port = wire2.port = 0
+    async with wire1.lifespan():
+        with pytest.raises(StateDirBusy, match=rf"state_dir.*pid {os.getpid()}"):
+            async with wire2.lifespan():
+                pass
+    async with wire2.lifespan():
+        pass

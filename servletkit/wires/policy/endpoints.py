@@ -7,6 +7,7 @@ answer. Each answers hostile input with a Matrix error, never a traceback.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator, Mapping
@@ -30,7 +31,13 @@ from servletkit.wires.policy.pdu import (
     check_shape,
     identify,
 )
-from servletkit.wires.policy.xmatrix import AuthError, parse_authorization, verify
+from servletkit.wires.policy.xmatrix import (
+    AuthError,
+    parse_authorization,
+    sender_server,
+    verify,
+    verify_event_signature,
+)
 
 if TYPE_CHECKING:
     from servletkit.wires.policy.wire import PolicyWire
@@ -104,13 +111,41 @@ async def _authenticated(wire: PolicyWire, request: Request, content: Any) -> st
                               request.headers.get("authorization"), content)
 
 
-async def sign_answer(wire: PolicyWire, body: Any) -> Any:
-    """The answer body to an authenticated ``/sign``, or the :class:`MatrixError`."""
+async def sign_answer(wire: PolicyWire, body: Any, caller: str) -> Any:
+    """The answer body to a ``/sign`` authenticated as ``caller``, or the
+    :class:`MatrixError`."""
     pdu, version, identity = _pdu_in_room(wire, body)
+    await check_sender_signature(wire.federation, caller, pdu, identity)
     verdict = await wire.judge.verdict(pdu, version, identity)
     if verdict.signatures is None:
         raise MatrixError(400, "M_FORBIDDEN", verdict.reason or "refused by the policy server")
     return verdict.signatures
+
+
+async def check_sender_signature(federation: FederationClient, caller: str,
+                                 pdu: Mapping[str, Any], identity: Identity) -> None:
+    """``400 M_FORBIDDEN`` unless the PDU's signature by its sender's server verifies,
+    when another server asks (a server asks again about an event it received; a policy
+    signature must not make a forged one look vouched for). When the sender's own server
+    asks, its X-Matrix signature over the request already covers the whole PDU with the
+    same server's key: checking the event's signature too would cost a second ed25519
+    verification and prove nothing more (the verdict cache is keyed by the reference
+    hash, which excludes signatures, so this check runs before it, on every ask)."""
+    server = sender_server(pdu)
+    if server == caller:
+        return
+    signatures = pdu.get("signatures")
+    theirs = signatures.get(server) if isinstance(signatures, Mapping) else None
+    keys = {}
+    for key_id in theirs if isinstance(theirs, Mapping) else ():
+        if isinstance(key_id, str) and key_id.startswith("ed25519:"):
+            with contextlib.suppress(AuthError):
+                keys[key_id] = await federation.verify_key(server, key_id)
+    try:
+        verify_event_signature(pdu, identity.redacted_json, keys)
+    except AuthError as exc:
+        log.info("policy wire: refused a /sign from %s: %s", caller, exc)
+        raise MatrixError(400, "M_FORBIDDEN", str(exc)) from None
 
 
 SIGN_PATHS: Final = frozenset({"/_matrix/policy/v1/sign",
@@ -157,9 +192,10 @@ def with_fast_sign(wire: PolicyWire, app: ASGIApp) -> ASGIApp:
                 body = await read_body(
                     None if declared is None else declared.decode("latin-1"), chunks(),
                     MAX_SIGN_BYTES)
-            await authenticate(wire.federation, wire.server_name, scope,
-                               None if header is None else header.decode("latin-1"), body)
-            status, payload = 200, orjson.dumps(await sign_answer(wire, body))
+            caller = await authenticate(wire.federation, wire.server_name, scope,
+                                        None if header is None else header.decode("latin-1"),
+                                        body)
+            status, payload = 200, orjson.dumps(await sign_answer(wire, body, caller))
         except MatrixError as exc:
             status, payload = exc.status, orjson.dumps(
                 {"errcode": exc.errcode, "error": exc.error, **exc.extra})
@@ -196,8 +232,8 @@ def routes(wire: PolicyWire) -> list[BaseRoute]:
 
     async def sign(request: Request) -> Response:  # (POST is answered by with_fast_sign)
         body = await read_json(request, MAX_SIGN_BYTES)
-        await _authenticated(wire, request, body)
-        return _JsonResponse(await sign_answer(wire, body))
+        caller = await _authenticated(wire, request, body)
+        return _JsonResponse(await sign_answer(wire, body, caller))
 
     async def send(request: Request) -> Response:
         body = await read_json(request, MAX_TRANSACTION_BYTES)
@@ -212,21 +248,15 @@ def routes(wire: PolicyWire) -> list[BaseRoute]:
         origin = await _authenticated(wire, request, body)
         if not isinstance(body, Mapping):
             raise MatrixError(400, "M_BAD_JSON", "the body must be an object")
-        version = ROOM_VERSIONS.get(str(body.get("room_version")))
-        if version is None:
-            raise MatrixError(400, "M_INCOMPATIBLE_ROOM_VERSION",
-                              f"room version {body.get('room_version')!r} is not supported",
-                              room_version=body.get("room_version"))
-        try:
-            event = check_shape(body.get("event"))
-            check_content_hash(event)
-        except PduError as exc:
-            raise MatrixError(400, "M_BAD_JSON", f"event: {exc}") from None
-        try:
-            signed = wire.accept_invite(origin, event, version)
-        except PduError as exc:
-            raise MatrixError(403, "M_FORBIDDEN", str(exc)) from None
-        return _JsonResponse({"event": signed})
+        return _JsonResponse({"event": _accept_invite(wire, origin, body.get("event"),
+                                                      body.get("room_version"))})
+
+    async def invite_v1(request: Request) -> Response:
+        """The v1 form: the body is the event, the room version 1 (as Synapse assumes: v1
+        carries none), the answer ``[200, {"event": ...}]``."""
+        body = await read_json(request, MAX_TRANSACTION_BYTES)
+        origin = await _authenticated(wire, request, body)
+        return _JsonResponse([200, {"event": _accept_invite(wire, origin, body, "1")}])
 
     async def version(request: Request) -> Response:
         return _JsonResponse({"server": {"name": "servletkit policy wire", "version": "0.1"}})
@@ -240,8 +270,27 @@ def routes(wire: PolicyWire) -> list[BaseRoute]:
         Route("/_matrix/policy/unstable/org.matrix.msc4284/sign", sign, methods=["POST"]),
         Route("/_matrix/federation/v1/send/{txn_id}", send, methods=["PUT"]),
         Route("/_matrix/federation/v2/invite/{room_id}/{event_id}", invite, methods=["PUT"]),
+        Route("/_matrix/federation/v1/invite/{room_id}/{event_id}", invite_v1, methods=["PUT"]),
         Route("/_matrix/federation/v1/version", version, methods=["GET"]),
     ]
+
+
+def _accept_invite(wire: PolicyWire, origin: str, event: Any, room_version: Any) -> Any:
+    """The invite ``event`` signed by us (we then join), or the Matrix error."""
+    version = ROOM_VERSIONS.get(str(room_version))
+    if version is None:
+        raise MatrixError(400, "M_INCOMPATIBLE_ROOM_VERSION",
+                          f"room version {room_version!r} is not supported",
+                          room_version=room_version)
+    try:
+        event = check_shape(event)
+        check_content_hash(event)
+    except PduError as exc:
+        raise MatrixError(400, "M_BAD_JSON", f"event: {exc}") from None
+    try:
+        return wire.accept_invite(origin, event, version)
+    except PduError as exc:
+        raise MatrixError(403, "M_FORBIDDEN", str(exc)) from None
 
 
 def _pdu_in_room(wire: PolicyWire, body: Any) -> tuple[dict[str, Any], RoomVersion, Identity]:
@@ -259,8 +308,7 @@ def _pdu_in_room(wire: PolicyWire, body: Any) -> tuple[dict[str, Any], RoomVersi
         raise MatrixError(400, "M_INCOMPATIBLE_ROOM_VERSION",
                           f"room version {room.room_version!r} is not supported")
     try:
-        check_content_hash(pdu)
-        identity = identify(pdu, version)
+        identity = identify(pdu, version, check_content_hash(pdu))
     except PduError as exc:
         raise MatrixError(400, "M_BAD_JSON", str(exc)) from None
     return pdu, version, identity

@@ -13,7 +13,6 @@ import datetime
 import io
 import ipaddress
 import logging
-import os
 import secrets
 from pathlib import Path
 from typing import Final
@@ -28,6 +27,8 @@ from signedjson.key import (
 )
 from signedjson.types import SigningKey
 
+from servletkit.files import write_private
+
 log = logging.getLogger("servletkit.policy_wire")
 
 POLICY_KEY_ID: Final = "ed25519:policy_server"
@@ -41,17 +42,6 @@ TLS_PRIVATE_KEY_FILE: Final = "tls.key"
 
 class KeyFileError(Exception):
     """A key file that exists but cannot be read as a signing key."""
-
-
-def write_private(path: Path, text: str | bytes) -> None:
-    """Write ``path`` atomically with mode 0600 (it holds a private key)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.unlink(missing_ok=True)
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "wb") as file:
-        file.write(text.encode() if isinstance(text, str) else text)
-    tmp.replace(path)
 
 
 def load_or_generate(path: Path, version: str | None) -> SigningKey:

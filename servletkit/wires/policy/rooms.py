@@ -17,7 +17,7 @@ from typing import Any, Final
 
 import attrs
 
-from servletkit.wires.policy.keys import write_private
+from servletkit.files import write_private
 
 log = logging.getLogger("servletkit.policy_wire")
 
@@ -60,7 +60,14 @@ class Rooms:
         self._mtime = mtime
 
     def get(self, room_id: str) -> Room | None:
-        """The room, or ``None`` if the policy server does not serve it."""
+        """The room, or ``None`` if the policy server does not serve it.
+
+        The file is looked at again only for a room not known yet (``/sign`` asks for
+        every event: no system call on the hot path): rooms are added by ``servletkit
+        policy join`` in another process, but removed only by the running wire itself
+        (one container per ``state_dir``)."""
+        if (room := self._rooms.get(room_id)) is not None:
+            return room
         self._refresh()
         return self._rooms.get(room_id)
 

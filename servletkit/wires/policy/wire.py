@@ -22,13 +22,14 @@ import socket
 import ssl
 from collections.abc import AsyncIterator, Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Any, Final, TextIO
 
 import httpx
 import uvicorn
 from starlette.applications import Starlette
 from starlette.routing import BaseRoute
 
+from servletkit.files import FolderBusy, claim_lock
 from servletkit.hooks.dispatcher import Dispatcher
 from servletkit.wires.errors import EXCEPTION_HANDLERS
 from servletkit.wires.policy import endpoints
@@ -45,6 +46,12 @@ if TYPE_CHECKING:
 log = logging.getLogger("servletkit.policy_wire")
 
 SHUTDOWN_TIMEOUT_S: Final = 5
+LOCK_FILE: Final = "container.lock"
+"""Held in ``state_dir`` by the running container: one container per policy key pair."""
+
+
+class StateDirBusy(RuntimeError):
+    """Another running container serves from this ``state_dir`` (same keys, same rooms)."""
 
 
 class PolicyWire:
@@ -125,7 +132,29 @@ class PolicyWire:
 
     @contextlib.asynccontextmanager
     async def lifespan(self) -> AsyncIterator[None]:
-        """Serve federation (HTTPS) on ``host``:``port`` while the app lives."""
+        """Serve federation (HTTPS) on ``host``:``port`` while the app lives, owning
+        ``state_dir`` (:class:`StateDirBusy` if another container does)."""
+        lock = self._claim_state_dir()
+        try:
+            async with self._serving():
+                yield
+        finally:
+            lock.close()
+
+    def _claim_state_dir(self) -> TextIO:
+        state_dir = self.rooms.path.parent
+        try:
+            return claim_lock(state_dir / LOCK_FILE)
+        except FolderBusy as busy:
+            owner = f"pid {busy.owner}" if busy.owner else "a container just starting"
+            raise StateDirBusy(
+                f"policy wire: {state_dir} ([policy] state_dir) is in use by another "
+                f"container ({owner}); two containers with the same policy keys would "
+                "answer for the same rooms. Stop it, or give this one its own state_dir"
+            ) from None
+
+    @contextlib.asynccontextmanager
+    async def _serving(self) -> AsyncIterator[None]:
         sock = self._listening_socket()
         self.port = sock.getsockname()[1]
         config = uvicorn.Config(self.app, lifespan="off", log_level="warning", access_log=False,
