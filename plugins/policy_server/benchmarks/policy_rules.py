@@ -61,11 +61,11 @@ async def measure(count: int | None, rounds: int = 20000) -> tuple[float, float,
         ctx = PluginContext("policy_server", {}, logging.getLogger("bench"))
         start = time.perf_counter()
         for i in range(rounds):
-            plugin.on_send_event(clean[i % 100], ctx)
+            await plugin.on_send_event(clean[i % 100], ctx)
         direct = (time.perf_counter() - start) / rounds * 1e6
         start = time.perf_counter()
         for _ in range(rounds // 10):
-            plugin.on_send_event(banned, ctx)
+            await plugin.on_send_event(banned, ctx)
         direct_banned = (time.perf_counter() - start) / (rounds // 10) * 1e6
         start = time.perf_counter()
         for i in range(rounds):

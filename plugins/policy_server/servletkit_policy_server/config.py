@@ -12,6 +12,10 @@ Keys (all optional)::
     flood_room_messages = 50   # messages per room per flood_seconds
     max_event_bytes = 65536    # JSON size of any event
     policy_lists = []          # list rooms (ids or aliases) whose m.ban rules apply
+    audit_kept = 1000          # newest decisions kept in the audit log
+    management_room = "#mod:example.org"  # room whose members give !policy commands
+    admin_port = 8091          # the admin HTTP route on 127.0.0.1 (unset: off) ...
+    admin_token = "..."        # ... and the bearer token it requires (16+ characters)
 
 A mistake raises :class:`PolicyConfigError` naming the key, which fails
 ``servlet_init``.
@@ -30,7 +34,8 @@ from servletkit_policy_server.rules import BlockedWords, EventSize, Flood, MaxMe
 RULE_NAMES = ("blocked_words", "max_mentions", "flood", "event_size", "policy_list")
 KNOWN_KEYS = frozenset({"dry_run", "dry_run_rules", "blocked_words", "blocked_patterns",
                         "max_mentions", "flood_messages", "flood_seconds",
-                        "flood_room_messages", "max_event_bytes", "policy_lists"})
+                        "flood_room_messages", "max_event_bytes", "policy_lists",
+                        "audit_kept", "management_room", "admin_port", "admin_token"})
 
 
 class PolicyConfigError(ValueError):
@@ -43,12 +48,18 @@ class PolicyConfigError(ValueError):
 
 @attrs.frozen
 class Settings:
-    """What the config asks for."""
+    """What the config asks for: the content rules (checked in order), the flood rule
+    (last: it counts what the others let through, in the store), the list rooms."""
 
     rules: tuple[Rule, ...]
     policy_lists: tuple[str, ...]
     dry_run: bool
     policy_list_dry_run: bool
+    flood: Flood | None = None
+    audit_kept: int = 1000
+    management_room: str | None = None
+    admin_port: int | None = None
+    admin_token: str = attrs.field(default="", repr=False)
 
 
 def _strings(config: Mapping[str, Any], key: str) -> list[str]:
@@ -101,10 +112,23 @@ def parse_settings(config: Mapping[str, Any],
     if (messages is None and room_messages is not None) or (seconds is None) != (messages is None):
         raise PolicyConfigError("flood_seconds" if seconds is None else "flood_messages",
                                 "flood_messages and flood_seconds go together")
+    flood = None
     if messages is not None:
         extra = {"clock": clock} if clock is not None else {}
-        rules.append(Flood(messages, float(seconds), room_messages, "flood" in dry_rules, **extra))
+        flood = Flood(messages, float(seconds), room_messages, "flood" in dry_rules, **extra)
     if (size := _positive(config, "max_event_bytes")) is not None:
         rules.append(EventSize(size, "event_size" in dry_rules))
+    management_room = config.get("management_room")
+    if management_room is not None and (not isinstance(management_room, str)
+                                        or management_room[:1] not in ("!", "#")):
+        raise PolicyConfigError("management_room",
+                                f"must be a room id or alias, not {management_room!r}")
+    admin_port = _positive(config, "admin_port")
+    admin_token = config.get("admin_token", "")
+    if admin_port is not None and (not isinstance(admin_token, str) or len(admin_token) < 16):
+        raise PolicyConfigError("admin_token", "the admin route needs a token of at least 16 "
+                                               "characters")
     return Settings(tuple(rules), tuple(_strings(config, "policy_lists")), dry_run,
-                    "policy_list" in dry_rules)
+                    "policy_list" in dry_rules, flood,
+                    _positive(config, "audit_kept") or 1000, management_room or None,
+                    admin_port, admin_token)

@@ -10,11 +10,11 @@ from __future__ import annotations
 import json
 import re
 import time
-from collections import deque
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any, Protocol
 
 from servletkit import Event
+from servletkit.store import PluginStore
 
 MESSAGE_TYPES = frozenset({"m.room.message", "m.sticker", "m.room.encrypted"})
 """Event types the flood rule counts."""
@@ -93,33 +93,61 @@ class MaxMentions:
 
 class Flood:
     """Refuse the messages past ``messages`` per ``seconds`` of one sender in a room,
-    and (when ``room_messages`` is set) past ``room_messages`` per ``seconds`` in a room."""
+    and (when ``room_messages`` is set) past ``room_messages`` per ``seconds`` in a room.
+
+    The counts live in the plugin's store (``context.store``), so instances sharing a
+    store share them and a restart keeps them. Each window is a list of
+    ``[time, event_id]`` under ``flood/sender/ROOM SENDER`` and ``flood/room/ROOM``:
+    an event that reaches the plugin by several wires (the module wire, then the
+    appservice wire once stored) counts once, and keeps the verdict it had. Windows
+    of senders gone quiet are swept at most every ``seconds`` (and a minute).
+    Concurrent instances may both count a message as the n-th: the limit is then
+    enforced one message late, never refused twice.
+    """
 
     name = "flood"
 
     def __init__(self, messages: int, seconds: float, room_messages: int | None,
-                 dry_run: bool, clock: Callable[[], float] = time.monotonic) -> None:
+                 dry_run: bool, clock: Callable[[], float] = time.time) -> None:
         self.messages = messages
         self.seconds = seconds
         self.room_messages = room_messages
         self.dry_run = dry_run
         self.clock = clock
-        self._sent: dict[tuple[str, str], deque[float]] = {}
-        self._room: dict[str, deque[float]] = {}
+        self._swept = clock()
 
-    def _count(self, times: deque[float], now: float) -> int:
-        while times and times[0] <= now - self.seconds:
-            times.popleft()
-        times.append(now)
-        return len(times)
+    @staticmethod
+    def counts(event: Event) -> bool:
+        """Whether the rule counts ``event`` (messages only)."""
+        return event.type in MESSAGE_TYPES
 
-    def check(self, event: Event) -> str | None:
+    async def _count(self, store: PluginStore, key: str, event_id: str, now: float) -> int:
+        """Add ``event_id`` to the window under ``key``; its place in the window."""
+        window = [entry for entry in await store.get(key, [])
+                  if entry[0] > now - self.seconds]
+        for place, (_, seen) in enumerate(window, 1):
+            if seen == event_id:
+                return place
+        window.append([now, event_id])
+        await store.put(key, window)
+        return len(window)
+
+    async def _sweep(self, store: PluginStore, now: float) -> None:
+        """Forget the windows whose newest message is older than ``seconds``."""
+        self._swept = now
+        for key, window in await store.items("flood/"):
+            if not window or window[-1][0] <= now - self.seconds:
+                await store.delete(key)
+
+    async def check(self, event: Event, store: PluginStore) -> str | None:
         """Count the message; the limit it goes over, if any."""
-        if event.type not in MESSAGE_TYPES:
-            return None
         now = self.clock()
-        count = self._count(self._sent.setdefault((event.room_id, event.sender), deque()), now)
-        room = self._count(self._room.setdefault(event.room_id, deque()), now)
+        if now - self._swept > max(self.seconds, 60.0):
+            await self._sweep(store, now)
+        count = await self._count(store, f"flood/sender/{event.room_id} {event.sender}",
+                                  event.event_id, now)
+        room = 0 if self.room_messages is None else await self._count(
+            store, f"flood/room/{event.room_id}", event.event_id, now)
         if count > self.messages:
             return (f"{event.sender} sent {count} messages in {self.seconds:g} s "
                     f"(at most {self.messages})")

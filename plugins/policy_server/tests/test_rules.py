@@ -5,13 +5,16 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any
 
 import pytest
 from servletkit_policy_server import PolicyServer
 
+from servletkit import Event
 from servletkit.container.runtime import Container
 from servletkit.hooks.dispatcher import Outcome
+from servletkit.store import PluginStore
 from servletkit.testing import make_event, running_container
 
 
@@ -74,6 +77,33 @@ async def test_flood_per_sender_and_per_room() -> None:
         assert not (await send(c, "later")).vetoed
 
 
+async def test_flood_counts_an_event_once_across_wires_and_survives_a_restart(
+        tmp_path: Path) -> None:
+    """The same event on two wires counts once and keeps its verdict; a new container on
+    the same store (a restart, or a second instance) goes on counting."""
+    now = [0.0]
+    clock: Callable[[], float] = lambda: now[0]  # noqa: E731
+    table = {"flood_messages": 2, "flood_seconds": 10}
+    config = {"plugins": {"policy_server": table}, "store": {"path": str(tmp_path / "s.db")}}
+    first = make_event("1")
+    async with running_container({"policy_server": PolicyServer(clock=clock)}, config) as c:
+        for wire in ("module", "appservice", "policy"):
+            assert not (await c.dispatcher.intercept(
+                "on_send_event", Event.from_json(first.to_json(), wire=wire))).vetoed
+        assert not (await send(c, "2")).vetoed
+    async with running_container({"policy_server": PolicyServer(clock=clock)}, config) as c:
+        third = make_event("3")
+        assert reason(await c.dispatcher.intercept("on_send_event", third)).startswith(
+            "flood: @alice:localhost sent 3 messages")
+        again = Event.from_json(third.to_json(), wire="appservice")
+        assert (await c.dispatcher.intercept("on_send_event", again)).vetoed
+        now[0] = 100.0  # the sweep forgets the quiet windows
+        assert not (await send(c, "later", sender="@bob:localhost")).vetoed
+        store = PluginStore(c.store, "policy_server")
+        assert [key for key, _ in await store.items("flood/")] == [
+            "flood/sender/!room:localhost @bob:localhost"]
+
+
 async def test_event_size() -> None:
     """An event over max_event_bytes is refused, whatever its type."""
     async with policy({"max_event_bytes": 400}) as c:
@@ -109,7 +139,7 @@ async def test_dry_run_per_rule_lets_other_rules_refuse(caplog: pytest.LogCaptur
     ({"dry_run": "yes"}, r"dry_run: must be true or false"),
     ({"dry_run_rules": ["nope"]}, r"dry_run_rules: unknown rule 'nope'"),
     ({"blocked_word": ["x"]}, r"blocked_word: unknown key"),
-    ({"policy_lists": ["!list:x"]}, r"policy_lists: following list rooms needs"),
+    ({"policy_lists": ["!list:x"]}, r"policy_lists: needs the container's \[appservice\] section"),
 ])
 async def test_config_errors_fail_init_naming_the_key(table: dict[str, Any], message: str) -> None:
     """servlet_init fails with a message naming the key."""
