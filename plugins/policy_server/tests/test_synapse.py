@@ -119,11 +119,13 @@ def test_module_wire_event_size(dev_user: DevUser) -> None:
 
 @attrs.frozen
 class Wires:
-    """The deployment, the moderator and the list room ``#bans:localhost`` it follows."""
+    """The deployment, the moderator, the list room ``#bans:localhost`` the plugin follows
+    and the management room (both with the bot at power 100)."""
 
     deployment: PolicyDeployment
     moderator: Client
     list_room: str
+    management_room: str
 
     def ban(self, key: str, glob: str) -> None:
         """Put an ``m.policy.rule.user`` ban of ``glob`` into the list room."""
@@ -140,17 +142,21 @@ def wires(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Wires]:
     which bans ``@troll*``."""
     deployment = PolicyDeployment(
         tmp_path_factory.mktemp("policy-wires"),
-        plugins={"policy_server": {"blocked_words": [WORD],
-                                   "policy_lists": ["#bans:localhost"]}},
+        plugins={"policy_server": {"blocked_words": [WORD], "policy_lists": ["#bans:localhost"],
+                                   "management_room": "#policy-mods:localhost"}},
         extra=f'[appservice]\nas_token = "{AS_TOKEN}"\nhs_token = "policy-plugin-hs-token"\n'
               'enforce_vetoes = "redact"\n[[appservice.namespaces.rooms]]\nregex = ".*"')
     try:
         deployment.start_synapse()
         moderator = Client(deployment, "mod")
-        created = moderator.call("POST", "/createRoom", {"preset": "public_chat",
-                                                        "room_alias_name": "bans"})
-        assert created.status_code == 200, created.text
-        wires = Wires(deployment, moderator, created.json()["room_id"])
+        rooms = []
+        for alias, preset in (("bans", "public_chat"), ("policy-mods", "private_chat")):
+            created = moderator.call("POST", "/createRoom", {
+                "preset": preset, "room_alias_name": alias, "invite": [BOT],
+                "power_level_content_override": {"users": {BOT: 100}}})
+            assert created.status_code == 200, created.text
+            rooms.append(created.json()["room_id"])
+        wires = Wires(deployment, moderator, *rooms)
         wires.ban("trolls", "@troll*:localhost")
         deployment.start_container()
         yield wires
@@ -257,3 +263,31 @@ async def test_appservice_wire_redacts_word_and_banned_user(wires: Wires,
         assert redacted_by(wires.moderator, observed, clean.json()["event_id"]) is None
     finally:
         troll.close()
+
+
+async def test_management_room_bans_and_toggles_dry_run(wires: Wires, protected: str) -> None:
+    """A moderator bans a user and toggles dry run from the management room; the bot answers
+    there, and the protected room follows at once."""
+    def replies() -> list[str]:
+        chunk = wires.moderator.call(
+            "GET", f"/rooms/{quote(wires.management_room)}/messages?dir=b&limit=20").json()
+        return [e["content"]["body"] for e in chunk["chunk"]
+                if e["type"] == "m.room.message" and e["sender"] == BOT]
+
+    async def command(body: str, reply: str) -> None:
+        assert wires.moderator.send(wires.management_room, body).status_code == 200
+        await eventually(lambda: any(reply in answer for answer in replies()))
+
+    spammer = Client(wires.deployment, "spammer")
+    try:
+        assert joined(spammer, protected).status_code == 200
+        await command(f"!policy ban {spammer.user_id} spam",
+                      f"banned {spammer.user_id} in #bans:localhost")
+        await eventually(lambda: spammer.send(protected, "buy now").status_code == 400)
+        await command("!policy dry-run on", "dry run on")
+        assert wires.moderator.send(protected, f"{WORD} in dry run").status_code == 200
+        await command("!policy dry-run off", "dry run off")
+        policy_refused(wires.moderator.send(protected, WORD), "blocked_words")
+        await command("!policy audit 3", "would refuse (blocked_words): m.room.message")
+    finally:
+        spammer.close()
