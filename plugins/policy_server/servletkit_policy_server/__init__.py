@@ -19,7 +19,7 @@ from servletkit_policy_server.commands import PREFIX as COMMAND_PREFIX
 from servletkit_policy_server.commands import run_command
 from servletkit_policy_server.config import PolicyConfigError, Settings, parse_settings
 from servletkit_policy_server.policy_lists import PolicyIndex, PolicyRule, rule_kind
-from servletkit_policy_server.rules import Flood
+from servletkit_policy_server.stored_rules import StoredRule
 
 __all__ = ["PolicyConfigError", "PolicyIndex", "PolicyServer"]
 
@@ -110,7 +110,7 @@ class PolicyServer:
             await self._admin.enter_async_context(
                 serving(admin_app(self, context.store), self.settings.admin_port))
         context.log.info("policy_server: %d rules, %d policy-list bans from %d lists%s",
-                         len(self.settings.rules) + (self.settings.flood is not None),
+                         len(self.settings.rules) + len(self.settings.stored),
                          len(self.index), len(self.list_rooms),
                          " (dry run)" if self.settings.dry_run else "")
 
@@ -121,9 +121,8 @@ class PolicyServer:
 
     async def describe(self, store: PluginStore) -> dict[str, Any]:
         """The rules, dry run and lists, as the admin route and ``!policy rules`` show them."""
-        flood = self.settings.flood
         rules = [(rule.name, rule.dry_run) for rule in self.settings.rules]
-        rules += [(flood.name, flood.dry_run)] if flood else []
+        rules += [(rule.name, rule.dry_run) for rule in self.settings.stored]
         rules += [("policy_list", self.settings.policy_list_dry_run)]
         return {
             "rules": [{"name": name, "dry_run": dry_run} for name, dry_run in rules],
@@ -156,15 +155,19 @@ class PolicyServer:
         return self.settings.dry_run if toggled is None else bool(toggled)
 
     async def _conclude(self, context: PluginContext, fired: list[Fired], subject: Subject,
-                        flood: Flood | None = None) -> Veto | None:
-        """Count ``subject`` for the flood rule (if given and nothing refused yet), then log
-        and audit each rule that fired; the Veto of the first that refuses."""
+                        stored: tuple[StoredRule, ...] = ()) -> Veto | None:
+        """Check ``subject`` by the ``stored`` rules until one refuses (unless something
+        refused already), then log and audit each rule that fired; the Veto of the first
+        that refuses."""
         store = context.store
         assert store is not None  # the container gives every plugin one
-        if flood is not None and isinstance(subject, _EventSubject):
-            detail = await flood.check(subject.event, store)
+        for rule in stored:
+            if fired and not fired[-1].dry_run:
+                break
+            assert isinstance(subject, _EventSubject)
+            detail = await rule.check(subject.event, store)
             if detail is not None:
-                fired.append(Fired(flood.name, flood.dry_run, detail))
+                fired.append(Fired(rule.name, rule.dry_run, detail))
         if not fired:
             return None
         dry_run = await self.dry_run(store)
@@ -187,8 +190,8 @@ class PolicyServer:
     async def on_send_event(self, event: Event, context: PluginContext) -> Veto | None:
         """Refuse an event of a banned user or server, or one that breaks a content rule.
 
-        The store is read and written only when a rule fired (dry run, audit) or the
-        flood rule counts the event.
+        The store is read and written only when a rule fired (dry run, audit) or a
+        stored rule (flood, join wave, media first) looks at the event.
         """
         if event.room_id in self.list_rooms or event.room_id == self.management_room:
             return None  # moderators must be able to edit their lists and give commands
@@ -202,9 +205,9 @@ class PolicyServer:
             detail = rule.check(event)
             if detail is not None:
                 fired.append(Fired(rule.name, rule.dry_run, detail))
-        flood = self.settings.flood
-        if flood is not None and flood.counts(event) and not (fired and not fired[-1].dry_run):
-            return await self._conclude(context, fired, _EventSubject(event), flood)
+        stored = tuple(rule for rule in self.settings.stored if rule.counts(event))
+        if stored and not (fired and not fired[-1].dry_run):
+            return await self._conclude(context, fired, _EventSubject(event), stored)
         return await self._conclude(context, fired, _EventSubject(event)) if fired else None
 
     @hookimpl

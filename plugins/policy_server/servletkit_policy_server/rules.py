@@ -9,15 +9,13 @@ from __future__ import annotations
 
 import json
 import re
-import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any, Protocol
 
 from servletkit import Event
-from servletkit.store import PluginStore
 
-MESSAGE_TYPES = frozenset({"m.room.message", "m.sticker", "m.room.encrypted"})
-"""Event types the flood rule counts."""
+LINK = re.compile(r"\bhttps?://([^/\s:?#\"'<>]+)[^\s\"'<>]*", re.IGNORECASE)
+"""A link in text (or in an HTML attribute), capturing its host."""
 
 USER_ID = re.compile(r"@[a-z0-9._=\-/+]+:[A-Za-z0-9.\-]+(?::\d+)?")
 
@@ -91,72 +89,6 @@ class MaxMentions:
         return None
 
 
-class Flood:
-    """Refuse the messages past ``messages`` per ``seconds`` of one sender in a room,
-    and (when ``room_messages`` is set) past ``room_messages`` per ``seconds`` in a room.
-
-    The counts live in the plugin's store (``context.store``), so instances sharing a
-    store share them and a restart keeps them. Each window is a list of
-    ``[time, event_id]`` under ``flood/sender/ROOM SENDER`` and ``flood/room/ROOM``:
-    an event that reaches the plugin by several wires (the module wire, then the
-    appservice wire once stored) counts once, and keeps the verdict it had. Windows
-    of senders gone quiet are swept at most every ``seconds`` (and a minute).
-    Concurrent instances may both count a message as the n-th: the limit is then
-    enforced one message late, never refused twice.
-    """
-
-    name = "flood"
-
-    def __init__(self, messages: int, seconds: float, room_messages: int | None,
-                 dry_run: bool, clock: Callable[[], float] = time.time) -> None:
-        self.messages = messages
-        self.seconds = seconds
-        self.room_messages = room_messages
-        self.dry_run = dry_run
-        self.clock = clock
-        self._swept = clock()
-
-    @staticmethod
-    def counts(event: Event) -> bool:
-        """Whether the rule counts ``event`` (messages only)."""
-        return event.type in MESSAGE_TYPES
-
-    async def _count(self, store: PluginStore, key: str, event_id: str, now: float) -> int:
-        """Add ``event_id`` to the window under ``key``; its place in the window."""
-        window = [entry for entry in await store.get(key, [])
-                  if entry[0] > now - self.seconds]
-        for place, (_, seen) in enumerate(window, 1):
-            if seen == event_id:
-                return place
-        window.append([now, event_id])
-        await store.put(key, window)
-        return len(window)
-
-    async def _sweep(self, store: PluginStore, now: float) -> None:
-        """Forget the windows whose newest message is older than ``seconds``."""
-        self._swept = now
-        for key, window in await store.items("flood/"):
-            if not window or window[-1][0] <= now - self.seconds:
-                await store.delete(key)
-
-    async def check(self, event: Event, store: PluginStore) -> str | None:
-        """Count the message; the limit it goes over, if any."""
-        now = self.clock()
-        if now - self._swept > max(self.seconds, 60.0):
-            await self._sweep(store, now)
-        count = await self._count(store, f"flood/sender/{event.room_id} {event.sender}",
-                                  event.event_id, now)
-        room = 0 if self.room_messages is None else await self._count(
-            store, f"flood/room/{event.room_id}", event.event_id, now)
-        if count > self.messages:
-            return (f"{event.sender} sent {count} messages in {self.seconds:g} s "
-                    f"(at most {self.messages})")
-        if self.room_messages is not None and room > self.room_messages:
-            return (f"the room had {room} messages in {self.seconds:g} s "
-                    f"(at most {self.room_messages})")
-        return None
-
-
 class EventSize:
     """Refuse an event whose JSON is larger than ``max_bytes``."""
 
@@ -171,4 +103,36 @@ class EventSize:
         size = len(json.dumps(event.to_json(), separators=(",", ":")).encode())
         if size > self.max_bytes:
             return f"the event is {size} bytes (at most {self.max_bytes})"
+        return None
+
+
+class Links:
+    """Refuse a message linking to a blocked domain (or a subdomain of one), or holding
+    more than ``max_links`` links."""
+
+    name = "links"
+
+    def __init__(self, blocked_domains: Iterable[str], max_links: int | None,
+                 dry_run: bool) -> None:
+        self.blocked = frozenset(domain.lower().strip(".") for domain in blocked_domains)
+        self.max_links = max_links
+        self.dry_run = dry_run
+
+    def _blocked(self, host: str) -> bool:
+        labels = host.lower().strip(".").split(".")
+        return any(".".join(labels[i:]) in self.blocked for i in range(len(labels)))
+
+    def check(self, event: Event) -> str | None:
+        """The blocked domain linked to, or the number of links when over the limit."""
+        if event.type != "m.room.message":
+            return None
+        counted = 0  # distinct links of one text field (body and formatted_body repeat them)
+        for text in _texts(event.content):
+            links = {found.group(0): found.group(1) for found in LINK.finditer(text)}
+            for host in links.values():
+                if self._blocked(host):
+                    return f"the message links to blocked domain {host!r}"
+            counted = max(counted, len(links))
+        if self.max_links is not None and counted > self.max_links:
+            return f"the message has {counted} links (at most {self.max_links})"
         return None

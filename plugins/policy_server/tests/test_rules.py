@@ -104,6 +104,57 @@ async def test_flood_counts_an_event_once_across_wires_and_survives_a_restart(
             "flood/sender/!room:localhost @bob:localhost"]
 
 
+async def test_links_blocked_domains_and_subdomains_and_max_links() -> None:
+    """A link to a blocked domain or a subdomain is refused; too many links are; a link in
+    body and formatted_body (and in an href and its text) counts once."""
+    async with policy({"blocked_link_domains": ["evil.example"], "max_links": 2}) as c:
+        assert reason(await send(c, "see https://www.EVIL.example/x")) == (
+            "links: the message links to blocked domain 'www.EVIL.example'")
+        assert not (await send(c, "see https://notevil.example and http://a.org")).vetoed
+        assert reason(await send(c, "http://a.org http://b.org http://c.org")) == (
+            "links: the message has 3 links (at most 2)")
+        both = {"msgtype": "m.text", "body": "http://a.org http://b.org",
+                "format": "org.matrix.custom.html",
+                "formatted_body": '<a href="http://a.org">http://a.org</a> http://b.org'}
+        assert not (await send(c, content=both)).vetoed
+        three = {**both, "formatted_body": both["formatted_body"] + ' <a href="http://c.org">'}
+        assert reason(await send(c, content=three)).startswith("links: the message has 3")
+
+
+async def test_join_wave_refuses_joins_past_the_limit_per_room() -> None:
+    """The third join within the window is refused (on any wire, counted once); other rooms
+    are not; time heals."""
+    now = [0.0]
+    clock: Callable[[], float] = lambda: now[0]  # noqa: E731
+    async with policy({"join_wave_joins": 2, "join_wave_seconds": 30},
+                      PolicyServer(clock=clock)) as c:
+        def join(user: str, room: str = "!room:localhost") -> Any:
+            return send(c, type="m.room.member", state_key=user, sender=user, room_id=room,
+                        content={"membership": "join"})
+
+        assert not (await join("@a:x")).vetoed
+        assert not (await join("@b:x")).vetoed
+        assert reason(await join("@c:x")) == (
+            "join_wave: 3 joins in 30 s (at most 2): a join wave")
+        assert not (await join("@c:x", "!calm:localhost")).vetoed
+        assert not (await send(c, type="m.room.member", state_key="@d:x", sender="@a:x",
+                               content={"membership": "invite"})).vetoed
+        now[0] = 31.0
+        assert not (await join("@d:x")).vetoed
+
+
+async def test_media_first_message() -> None:
+    """Media before any text from that sender in that room is refused; after text it is not."""
+    image = {"msgtype": "m.image", "body": "cat.png", "url": "mxc://x/y"}
+    async with policy({"media_first_message": True}) as c:
+        assert reason(await send(c, content=image)) == (
+            "media_first: @alice:localhost's first message in the room is media")
+        assert reason(await send(c, type="m.sticker", content=image)).startswith("media_first")
+        assert not (await send(c, "hello")).vetoed
+        assert not (await send(c, content=image)).vetoed
+        assert (await send(c, content=image, room_id="!other:localhost")).vetoed
+
+
 async def test_event_size() -> None:
     """An event over max_event_bytes is refused, whatever its type."""
     async with policy({"max_event_bytes": 400}) as c:
@@ -136,6 +187,11 @@ async def test_dry_run_per_rule_lets_other_rules_refuse(caplog: pytest.LogCaptur
     ({"blocked_patterns": ["("]}, r"blocked_patterns: '\(' is no regular expression"),
     ({"blocked_words": "spam"}, r"blocked_words: must be a list of non-empty strings"),
     ({"flood_messages": 3}, r"flood_seconds: flood_messages and flood_seconds go together"),
+    ({"join_wave_joins": 3}, r"join_wave_seconds: join_wave_joins and join_wave_seconds go"),
+    ({"media_first_message": 1}, r"media_first_message: must be true or false"),
+    ({"blocked_link_domains": [""]}, r"blocked_link_domains: must be a list of non-empty"),
+    ({"admin_port": 8091}, r"admin_token: the admin route needs a token of at least 16"),
+    ({"management_room": "mods"}, r"management_room: must be a room id or alias"),
     ({"dry_run": "yes"}, r"dry_run: must be true or false"),
     ({"dry_run_rules": ["nope"]}, r"dry_run_rules: unknown rule 'nope'"),
     ({"blocked_word": ["x"]}, r"blocked_word: unknown key"),

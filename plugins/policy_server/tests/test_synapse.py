@@ -30,7 +30,8 @@ WORD = "frobnicate"
 AS_TOKEN = "policy-plugin-as-token"
 BOT = "@servletkit:localhost"
 RULES = {"blocked_words": [WORD], "max_mentions": 2, "flood_messages": 3,
-         "flood_seconds": 60, "max_event_bytes": 4000}
+         "flood_seconds": 60, "max_event_bytes": 4000, "blocked_link_domains": ["evil.example"],
+         "media_first_message": True}
 
 
 class DevUser:
@@ -133,6 +134,22 @@ class Wires:
             "PUT", f"/rooms/{quote(self.list_room)}/state/m.policy.rule.user/{key}",
             {"entity": glob, "recommendation": "m.ban", "reason": "spam"})
         assert response.status_code == 200, response.text
+
+
+def test_module_wire_links(dev_user: DevUser) -> None:
+    """A link to a blocked domain's subdomain is refused; another link is not."""
+    room_id = dev_user.room()
+    refused(dev_user.send(room_id, text("go to https://shop.evil.example/now")), "links")
+    assert dev_user.send(room_id, text("see https://matrix.org")).status_code == 200
+
+
+def test_module_wire_media_first(dev_user: DevUser) -> None:
+    """An image as the first message in a room is refused; after a text message it is not."""
+    room_id = dev_user.room()
+    image = {"msgtype": "m.image", "body": "cat.png", "url": "mxc://localhost/cat"}
+    refused(dev_user.send(room_id, image), "media_first")
+    assert dev_user.send(room_id, text("hi, here is my cat")).status_code == 200
+    assert dev_user.send(room_id, image).status_code == 200
 
 
 @pytest.fixture(scope="module")
