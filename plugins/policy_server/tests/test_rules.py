@@ -202,3 +202,20 @@ async def test_config_errors_fail_init_naming_the_key(table: dict[str, Any], mes
     with pytest.raises(RuntimeError, match=r"\[plugins\.policy_server\] " + message):
         async with policy(table):
             pass
+
+
+def test_the_readme_config_blocks_are_valid() -> None:
+    """Every [plugins.policy_server] table in the README parses, with every rule on."""
+    import re
+    import tomllib
+
+    from servletkit_policy_server.config import RULE_NAMES, parse_settings
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    tables = [tomllib.loads(re.sub(r"(?m)^ {3}", "", text))["plugins"]["policy_server"]
+              for text in re.findall(r"```toml\n(.*?)```", readme, flags=re.DOTALL)
+              if "[plugins.policy_server]" in text]
+    assert len(tables) == 2
+    settings = [parse_settings(table) for table in tables]
+    names = {rule.name for rule in (*settings[1].rules, *settings[1].stored)}
+    assert names | {"policy_list"} == set(RULE_NAMES)
