@@ -6,12 +6,15 @@ from __future__ import annotations
 import subprocess
 import sys
 import uuid
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
 import httpx
 
+from servletkit.container.config import load_config
+from servletkit.container.snippets import dump_yaml, registration
 from servletkit.dev.embedded_synapse import stop_process
 from servletkit.testing import only_plugins, plugins_toml
 from servletkit.testing.container import start_container
@@ -29,9 +32,15 @@ SYNAPSE_FEDERATION = {
 
 
 class PolicyDeployment:
-    """Synapse (server name ``localhost``) and the container as its rooms' policy server."""
+    """Synapse (server name ``localhost``) and the container as its rooms' policy server.
 
-    def __init__(self, workdir: Path) -> None:
+    ``plugins`` (name → config table) replaces the default word filter; ``extra``
+    is more of the container's TOML (an ``[appservice]`` section is registered
+    with the Synapse).
+    """
+
+    def __init__(self, workdir: Path, plugins: Mapping[str, Mapping[str, Any]] | None = None,
+                 extra: str = "") -> None:
         self.workdir = workdir
         self.hs_port, self.port, self.policy_port = free_port(), free_port(), free_port()
         self.server_name = f"127.0.0.1:{self.policy_port}"
@@ -42,8 +51,9 @@ class PolicyDeployment:
             f'[homeserver]\nurl = "http://127.0.0.1:{self.hs_port}"',
             f'[policy]\nserver_name = "{self.server_name}"\nport = {self.policy_port}',
             f'[policy.server_urls]\nlocalhost = "http://127.0.0.1:{self.hs_port}"',
-            plugins_toml(only_plugins({"word_filter": {"words": [FORBIDDEN],
-                                                        "reason": REASON}})),
+            extra,
+            plugins_toml(only_plugins(plugins or {"word_filter": {"words": [FORBIDDEN],
+                                                                  "reason": REASON}})),
         ]))
         self.process: subprocess.Popen[bytes] | None = None
         self.synapse: SynapseServer | None = None
@@ -74,8 +84,14 @@ class PolicyDeployment:
             self.process = None
 
     def start_synapse(self) -> None:
+        config = load_config(self.config_path)
+        registrations = []
+        if config.appservice is not None:
+            registrations.append(self.workdir / "registration.yaml")
+            registrations[0].write_text(dump_yaml(registration(config)))
         self.synapse = start_synapse(self.workdir / "synapse", port=self.hs_port,
-                                     extra_config=SYNAPSE_FEDERATION)
+                                     extra_config=SYNAPSE_FEDERATION,
+                                     app_service_config_files=registrations)
 
     def stop(self) -> None:
         self.stop_container()
@@ -84,11 +100,12 @@ class PolicyDeployment:
 
 
 class Client:
-    """A registered user of the Synapse, over the client-server API."""
+    """A registered user of the Synapse (localpart ``prefix`` and a random tail), over the
+    client-server API."""
 
-    def __init__(self, deployment: PolicyDeployment) -> None:
+    def __init__(self, deployment: PolicyDeployment, prefix: str = "pol") -> None:
         assert deployment.synapse is not None
-        account = deployment.synapse.register(f"pol{uuid.uuid4().hex[:8]}")
+        account = deployment.synapse.register(f"{prefix}{uuid.uuid4().hex[:8]}")
         self.user_id = account["user_id"]
         self.http = httpx.Client(base_url=deployment.hs_url, timeout=60, headers={
             "Authorization": f"Bearer {account['access_token']}"})

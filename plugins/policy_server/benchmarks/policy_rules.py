@@ -4,7 +4,8 @@ Run: ``.venv/bin/python plugins/policy_server/benchmarks/policy_rules.py``. Each
 size holds exact user bans, user globs (``@spam123*:*``, ``*:evil123.example``)
 and server globs (``*.bad123.example``), a third each; the events are from senders
 that match nothing (the common case, the whole index is consulted) and from a
-banned glob. A no-rule baseline (the plugin with an empty index) runs in the same
+banned glob (a refusal: logged, and written to the audit log in the store). A no-rule
+baseline (the plugin with an empty index) runs in the same
 process. Measured: the plugin's ``on_send_event`` called directly, and the same
 through the real dispatcher.
 """
@@ -19,6 +20,7 @@ from typing import Any
 from servletkit_policy_server import PolicyServer
 
 from servletkit import PluginContext
+from servletkit.store import PluginStore
 from servletkit.testing import make_event, running_container
 
 LIST = "!list:bench"
@@ -58,14 +60,15 @@ async def measure(count: int | None, rounds: int = 20000) -> tuple[float, float,
     async with running_container({"policy_server": plugin}, config) as container:
         clean = [make_event("hello", sender=f"@user{i}:server{i % 50}.org") for i in range(100)]
         banned = make_event("hello", sender="@spam7x:anywhere.org")
-        ctx = PluginContext("policy_server", {}, logging.getLogger("bench"))
+        ctx = PluginContext("policy_server", {}, logging.getLogger("bench"),
+                            store=PluginStore(container.store, "policy_server"))
         start = time.perf_counter()
         for i in range(rounds):
-            plugin.on_send_event(clean[i % 100], ctx)
+            await plugin.on_send_event(clean[i % 100], ctx)
         direct = (time.perf_counter() - start) / rounds * 1e6
         start = time.perf_counter()
         for _ in range(rounds // 10):
-            plugin.on_send_event(banned, ctx)
+            await plugin.on_send_event(banned, ctx)
         direct_banned = (time.perf_counter() - start) / (rounds // 10) * 1e6
         start = time.perf_counter()
         for i in range(rounds):

@@ -5,27 +5,67 @@ See this distribution's README for the config and what each rule refuses.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
 from typing import Any
 
+import attrs
+
 from servletkit import Event, PluginContext, Veto, hookimpl
+from servletkit.store import PluginStore
+from servletkit_policy_server.admin import admin_app, serving
+from servletkit_policy_server.audit import AuditLog, Decision, Outcome
+from servletkit_policy_server.commands import PREFIX as COMMAND_PREFIX
+from servletkit_policy_server.commands import run_command
 from servletkit_policy_server.config import PolicyConfigError, Settings, parse_settings
 from servletkit_policy_server.policy_lists import PolicyIndex, PolicyRule, rule_kind
+from servletkit_policy_server.stored_rules import StoredRule
 
 __all__ = ["PolicyConfigError", "PolicyIndex", "PolicyServer"]
 
 
+DRY_RUN_KEY = "dry_run"
+"""The store key of the dry-run toggle (absent: as configured)."""
+
+
+@attrs.frozen
+class Fired:
+    """A rule that fired: its name, whether it is in dry run on its own, why."""
+
+    name: str
+    dry_run: bool
+    detail: str
+
+
+@attrs.frozen
+class _Subject:
+    """What a decision is about, as the log and the audit name it."""
+
+    text: str
+    room_id: str
+
+    def __str__(self) -> str:
+        return self.text
+
+
 class _EventSubject:
-    """How the log names an event, formatted only when a line is logged."""
+    """An event as the subject of a decision, formatted only when needed."""
 
     __slots__ = ("event",)
 
     def __init__(self, event: Event) -> None:
         self.event = event
 
+    @property
+    def room_id(self) -> str:
+        return self.event.room_id
+
     def __str__(self) -> str:
         event = self.event
         return f"{event.type} {event.event_id} of {event.sender} in {event.room_id}"
+
+
+Subject = _Subject | _EventSubject
 
 
 class PolicyServer:
@@ -42,22 +82,58 @@ class PolicyServer:
         self.index = PolicyIndex()
         self.list_rooms: dict[str, str] = {}
         """List room id → how the config names it."""
+        self.management_room: str | None = None
+        """The management room's id, once joined."""
+        self.audit = AuditLog(1000)
+        self._admin = contextlib.AsyncExitStack()
 
     @hookimpl
     async def servlet_init(self, context: PluginContext) -> None:
-        """Check the config, then read the ban rules of every followed list room."""
+        """Check the config, read the ban rules of every followed list room, join the
+        management room, start the admin route."""
         self.settings = parse_settings(context.config, self._clock)
-        homeserver = self._homeserver_override or context.homeserver
-        if self.settings.policy_lists and homeserver is None:
-            raise PolicyConfigError("policy_lists", "following list rooms needs the container's "
-                                                    "[appservice] section (a homeserver client)")
+        self.audit = AuditLog(self.settings.audit_kept)
+        homeserver: Any = self._homeserver_override or context.homeserver
+        for key, needed in (("policy_lists", self.settings.policy_lists),
+                            ("management_room", self.settings.management_room)):
+            if needed and homeserver is None:
+                raise PolicyConfigError(key, "needs the container's [appservice] section "
+                                             "(a homeserver client)")
         for name in self.settings.policy_lists:
             room_id = await homeserver.join(name)
             self.list_rooms[room_id] = name
             await self._load_list(homeserver, room_id)
+        if self.settings.management_room:
+            self.management_room = await homeserver.join(self.settings.management_room)
+        if self.settings.admin_port is not None:
+            assert context.store is not None  # the container gives every plugin one
+            await self._admin.enter_async_context(
+                serving(admin_app(self, context.store), self.settings.admin_port))
         context.log.info("policy_server: %d rules, %d policy-list bans from %d lists%s",
-                         len(self.settings.rules), len(self.index), len(self.list_rooms),
+                         len(self.settings.rules) + len(self.settings.stored),
+                         len(self.index), len(self.list_rooms),
                          " (dry run)" if self.settings.dry_run else "")
+
+    @hookimpl
+    async def servlet_destroy(self, context: PluginContext) -> None:
+        """Stop the admin route."""
+        await self._admin.aclose()
+
+    async def describe(self, store: PluginStore) -> dict[str, Any]:
+        """The rules, dry run and lists, as the admin route and ``!policy rules`` show them."""
+        rules = [(rule.name, rule.dry_run) for rule in self.settings.rules]
+        rules += [(rule.name, rule.dry_run) for rule in self.settings.stored]
+        rules += [("policy_list", self.settings.policy_list_dry_run)]
+        return {
+            "rules": [{"name": name, "dry_run": dry_run} for name, dry_run in rules],
+            "dry_run": await self.dry_run(store),
+            "policy_lists": self.list_rooms,
+            "bans": len(self.index),
+        }
+
+    async def set_dry_run(self, store: PluginStore, on: bool) -> None:
+        """Toggle dry run for the whole plugin, durably (it outlives the config's value)."""
+        await store.put(DRY_RUN_KEY, on)
 
     async def _load_list(self, homeserver: Any, room_id: str) -> None:
         """Replace the rules of list room ``room_id`` by those of its current state."""
@@ -66,66 +142,112 @@ class PolicyServer:
         for state_event in await homeserver.get_room_state(room_id):
             self.index.apply_state(room_id, state_event)
 
-    def _decide(self, context: PluginContext, rule_name: str, dry_run: bool, detail: str,
-                subject: object) -> Veto | None:
-        """The Veto for a rule that fired, or ``None`` (logged) in dry run."""
-        if dry_run or self.settings.dry_run:
-            context.log.info("dry run: would refuse %s: rule %s: %s", subject, rule_name, detail)
-            return None
-        context.log.info("refused %s: rule %s: %s", subject, rule_name, detail)
-        return Veto(f"{rule_name}: {detail}")
-
-    def _ban(self, context: PluginContext, rule: PolicyRule, who: str,
-             subject: object) -> Veto | None:
+    def _ban(self, rule: PolicyRule, who: str) -> Fired:
         listed = self.list_rooms.get(rule.source[0], rule.source[0])
         detail = f"{who} is banned by policy list {listed}"
         detail += f" ({rule.kind} rule {rule.entity!r}{': ' + rule.reason if rule.reason else ''})"
-        return self._decide(context, "policy_list", self.settings.policy_list_dry_run, detail,
-                            subject)
+        return Fired("policy_list", self.settings.policy_list_dry_run, detail)
+
+    async def dry_run(self, store: PluginStore) -> bool:
+        """Whether the whole plugin is in dry run: as last toggled (admin route, management
+        room), else as configured."""
+        toggled = await store.get(DRY_RUN_KEY)
+        return self.settings.dry_run if toggled is None else bool(toggled)
+
+    async def _conclude(self, context: PluginContext, fired: list[Fired], subject: Subject,
+                        stored: tuple[StoredRule, ...] = ()) -> Veto | None:
+        """Check ``subject`` by the ``stored`` rules until one refuses (unless something
+        refused already), then log and audit each rule that fired; the Veto of the first
+        that refuses."""
+        store = context.store
+        assert store is not None  # the container gives every plugin one
+        for rule in stored:
+            if fired and not fired[-1].dry_run:
+                break
+            assert isinstance(subject, _EventSubject)
+            detail = await rule.check(subject.event, store)
+            if detail is not None:
+                fired.append(Fired(rule.name, rule.dry_run, detail))
+        if not fired:
+            return None
+        dry_run = await self.dry_run(store)
+        veto = None
+        event = subject.event if isinstance(subject, _EventSubject) else None
+        for rule in fired:
+            outcome: Outcome = "would refuse" if rule.dry_run or dry_run else "refused"
+            context.log.info("%s %s: rule %s: %s", "dry run: would refuse"
+                             if outcome == "would refuse" else "refused", subject, rule.name,
+                             rule.detail)
+            await self.audit.record(store, Decision(
+                rule.name, outcome, str(subject), rule.detail,
+                wire=event.wire if event else None, event_id=event.event_id if event else None,
+                room_id=event.room_id if event else subject.room_id))
+            if outcome == "refused" and veto is None:
+                veto = Veto(f"{rule.name}: {rule.detail}")
+        return veto
 
     @hookimpl
-    def on_send_event(self, event: Event, context: PluginContext) -> Veto | None:
-        """Refuse an event of a banned user or server, or one that breaks a content rule."""
-        subject = _EventSubject(event)
-        if event.room_id in self.list_rooms:
-            return None  # moderators must be able to edit their own lists
+    async def on_send_event(self, event: Event, context: PluginContext) -> Veto | None:
+        """Refuse an event of a banned user or server, or one that breaks a content rule.
+
+        The store is read and written only when a rule fired (dry run, audit) or a
+        stored rule (flood, join wave, media first) looks at the event.
+        """
+        if event.room_id in self.list_rooms or event.room_id == self.management_room:
+            return None  # moderators must be able to edit their lists and give commands
+        fired: list[Fired] = []
         ban = self.index.banned_user(event.sender)
         if ban is not None:
-            veto = self._ban(context, ban, event.sender, subject)
-            if veto is not None:
-                return veto
+            fired.append(self._ban(ban, event.sender))
         for rule in self.settings.rules:
+            if fired and not fired[-1].dry_run:
+                break
             detail = rule.check(event)
             if detail is not None:
-                veto = self._decide(context, rule.name, rule.dry_run, detail, subject)
-                if veto is not None:
-                    return veto
-        return None
+                fired.append(Fired(rule.name, rule.dry_run, detail))
+        stored = tuple(rule for rule in self.settings.stored if rule.counts(event))
+        if stored and not (fired and not fired[-1].dry_run):
+            return await self._conclude(context, fired, _EventSubject(event), stored)
+        return await self._conclude(context, fired, _EventSubject(event)) if fired else None
 
     @hookimpl
-    def on_join_room(self, user_id: str, room_id: str, context: PluginContext) -> Veto | None:
+    async def on_join_room(self, user_id: str, room_id: str, context: PluginContext,
+                           ) -> Veto | None:
         """Refuse the join of a banned user (or server), or a join into a banned room."""
-        subject = f"the join of {user_id} to {room_id}"
         ban = self.index.banned_user(user_id)
         who = user_id
         if ban is None:
             ban, who = self.index.match("room", room_id), room_id
-        return None if ban is None else self._ban(context, ban, who, subject)
+        if ban is None:
+            return None
+        return await self._conclude(context, [self._ban(ban, who)],
+                              _Subject(f"the join of {user_id} to {room_id}", room_id))
 
     @hookimpl
-    def on_invite(self, inviter_id: str, invitee_id: str, room_id: str,
-                  context: PluginContext) -> Veto | None:
+    async def on_invite(self, inviter_id: str, invitee_id: str, room_id: str,
+                        context: PluginContext) -> Veto | None:
         """Refuse an invite by or of a banned user (or server)."""
-        subject = f"the invite of {invitee_id} by {inviter_id} to {room_id}"
         for user_id in (inviter_id, invitee_id):
             ban = self.index.banned_user(user_id)
             if ban is not None:
-                return self._ban(context, ban, user_id, subject)
+                return await self._conclude(context, [self._ban(ban, user_id)], _Subject(
+                    f"the invite of {invitee_id} by {inviter_id} to {room_id}", room_id))
         return None
 
     @hookimpl
     async def on_stored_event(self, event: Event, context: PluginContext) -> None:
-        """Keep the index current with the rule events (and redactions) of the list rooms."""
+        """Keep the index current with the rule events (and redactions) of the list rooms;
+        answer ``!policy`` commands in the management room."""
+        homeserver: Any = self._homeserver_override or context.homeserver
+        if event.room_id == self.management_room:
+            body = event.content.get("body")
+            if (event.type == "m.room.message" and isinstance(body, str)
+                    and body.split(maxsplit=1)[:1] == [COMMAND_PREFIX]
+                    and event.sender != homeserver.user_id):
+                assert context.store is not None  # the container gives every plugin one
+                reply = await run_command(self, homeserver, context.store, body)
+                await homeserver.send_message(event.room_id, reply)
+            return
         if event.room_id not in self.list_rooms:
             return
         if event.is_state and rule_kind(event.type) is not None:
@@ -133,5 +255,4 @@ class PolicyServer:
             context.log.info("policy list %s: %s %s now %r", self.list_rooms[event.room_id],
                              event.type, event.state_key, event.content.get("entity"))
         elif event.type == "m.room.redaction":
-            homeserver = self._homeserver_override or context.homeserver
             await self._load_list(homeserver, event.room_id)

@@ -11,7 +11,16 @@ Keys (all optional)::
     flood_seconds = 10         # ... per this many seconds
     flood_room_messages = 50   # messages per room per flood_seconds
     max_event_bytes = 65536    # JSON size of any event
+    blocked_link_domains = []  # links to these domains (and subdomains) are refused ...
+    max_links = 5              # ... and so are messages with more links than this
+    join_wave_joins = 10       # joins per room ...
+    join_wave_seconds = 60     # ... per this many seconds
+    media_first_message = false  # true: a sender's first message in a room may not be media
     policy_lists = []          # list rooms (ids or aliases) whose m.ban rules apply
+    audit_kept = 1000          # newest decisions kept in the audit log
+    management_room = "#mod:example.org"  # room whose members give !policy commands
+    admin_port = 8091          # the admin HTTP route on 127.0.0.1 (unset: off) ...
+    admin_token = "..."        # ... and the bearer token it requires (16+ characters)
 
 A mistake raises :class:`PolicyConfigError` naming the key, which fails
 ``servlet_init``.
@@ -25,12 +34,17 @@ from typing import Any
 
 import attrs
 
-from servletkit_policy_server.rules import BlockedWords, EventSize, Flood, MaxMentions, Rule
+from servletkit_policy_server.rules import BlockedWords, EventSize, Links, MaxMentions, Rule
+from servletkit_policy_server.stored_rules import Flood, JoinWave, MediaFirst, StoredRule
 
-RULE_NAMES = ("blocked_words", "max_mentions", "flood", "event_size", "policy_list")
+RULE_NAMES = ("blocked_words", "max_mentions", "links", "event_size", "flood", "join_wave",
+              "media_first", "policy_list")
 KNOWN_KEYS = frozenset({"dry_run", "dry_run_rules", "blocked_words", "blocked_patterns",
                         "max_mentions", "flood_messages", "flood_seconds",
-                        "flood_room_messages", "max_event_bytes", "policy_lists"})
+                        "flood_room_messages", "max_event_bytes", "policy_lists",
+                        "audit_kept", "management_room", "admin_port", "admin_token",
+                        "blocked_link_domains", "max_links", "join_wave_joins",
+                        "join_wave_seconds", "media_first_message"})
 
 
 class PolicyConfigError(ValueError):
@@ -43,12 +57,18 @@ class PolicyConfigError(ValueError):
 
 @attrs.frozen
 class Settings:
-    """What the config asks for."""
+    """What the config asks for: the content rules (checked in order), the stored rules
+    (after them: they count what the others let through, in the store), the list rooms."""
 
     rules: tuple[Rule, ...]
     policy_lists: tuple[str, ...]
     dry_run: bool
     policy_list_dry_run: bool
+    stored: tuple[StoredRule, ...] = ()
+    audit_kept: int = 1000
+    management_room: str | None = None
+    admin_port: int | None = None
+    admin_token: str = attrs.field(default="", repr=False)
 
 
 def _strings(config: Mapping[str, Any], key: str) -> list[str]:
@@ -101,10 +121,41 @@ def parse_settings(config: Mapping[str, Any],
     if (messages is None and room_messages is not None) or (seconds is None) != (messages is None):
         raise PolicyConfigError("flood_seconds" if seconds is None else "flood_messages",
                                 "flood_messages and flood_seconds go together")
+    extra = {"clock": clock} if clock is not None else {}
+    stored: list[StoredRule] = []
     if messages is not None:
-        extra = {"clock": clock} if clock is not None else {}
-        rules.append(Flood(messages, float(seconds), room_messages, "flood" in dry_rules, **extra))
+        stored.append(Flood(messages, float(seconds), room_messages, "flood" in dry_rules,
+                            **extra))
+    joins, join_seconds = _positive(config, "join_wave_joins"), _positive(
+        config, "join_wave_seconds", float)
+    if (joins is None) != (join_seconds is None):
+        raise PolicyConfigError("join_wave_seconds" if join_seconds is None else
+                                "join_wave_joins", "join_wave_joins and join_wave_seconds "
+                                                   "go together")
+    if joins is not None:
+        stored.append(JoinWave(joins, float(join_seconds), "join_wave" in dry_rules, **extra))
+    media_first = config.get("media_first_message", False)
+    if not isinstance(media_first, bool):
+        raise PolicyConfigError("media_first_message", f"must be true or false, not "
+                                                       f"{media_first!r}")
+    if media_first:
+        stored.append(MediaFirst("media_first" in dry_rules))
+    domains, max_links = _strings(config, "blocked_link_domains"), _positive(config, "max_links")
+    if domains or max_links is not None:
+        rules.append(Links(domains, max_links, "links" in dry_rules))
     if (size := _positive(config, "max_event_bytes")) is not None:
         rules.append(EventSize(size, "event_size" in dry_rules))
+    management_room = config.get("management_room")
+    if management_room is not None and (not isinstance(management_room, str)
+                                        or management_room[:1] not in ("!", "#")):
+        raise PolicyConfigError("management_room",
+                                f"must be a room id or alias, not {management_room!r}")
+    admin_port = _positive(config, "admin_port")
+    admin_token = config.get("admin_token", "")
+    if admin_port is not None and (not isinstance(admin_token, str) or len(admin_token) < 16):
+        raise PolicyConfigError("admin_token", "the admin route needs a token of at least 16 "
+                                               "characters")
     return Settings(tuple(rules), tuple(_strings(config, "policy_lists")), dry_run,
-                    "policy_list" in dry_rules)
+                    "policy_list" in dry_rules, tuple(stored),
+                    _positive(config, "audit_kept") or 1000, management_room or None,
+                    admin_port, admin_token)

@@ -9,15 +9,13 @@ from __future__ import annotations
 
 import json
 import re
-import time
-from collections import deque
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any, Protocol
 
 from servletkit import Event
 
-MESSAGE_TYPES = frozenset({"m.room.message", "m.sticker", "m.room.encrypted"})
-"""Event types the flood rule counts."""
+LINK = re.compile(r"\bhttps?://([^/\s:?#\"'<>]+)[^\s\"'<>]*", re.IGNORECASE)
+"""A link in text (or in an HTML attribute), capturing its host."""
 
 USER_ID = re.compile(r"@[a-z0-9._=\-/+]+:[A-Za-z0-9.\-]+(?::\d+)?")
 
@@ -91,44 +89,6 @@ class MaxMentions:
         return None
 
 
-class Flood:
-    """Refuse the messages past ``messages`` per ``seconds`` of one sender in a room,
-    and (when ``room_messages`` is set) past ``room_messages`` per ``seconds`` in a room."""
-
-    name = "flood"
-
-    def __init__(self, messages: int, seconds: float, room_messages: int | None,
-                 dry_run: bool, clock: Callable[[], float] = time.monotonic) -> None:
-        self.messages = messages
-        self.seconds = seconds
-        self.room_messages = room_messages
-        self.dry_run = dry_run
-        self.clock = clock
-        self._sent: dict[tuple[str, str], deque[float]] = {}
-        self._room: dict[str, deque[float]] = {}
-
-    def _count(self, times: deque[float], now: float) -> int:
-        while times and times[0] <= now - self.seconds:
-            times.popleft()
-        times.append(now)
-        return len(times)
-
-    def check(self, event: Event) -> str | None:
-        """Count the message; the limit it goes over, if any."""
-        if event.type not in MESSAGE_TYPES:
-            return None
-        now = self.clock()
-        count = self._count(self._sent.setdefault((event.room_id, event.sender), deque()), now)
-        room = self._count(self._room.setdefault(event.room_id, deque()), now)
-        if count > self.messages:
-            return (f"{event.sender} sent {count} messages in {self.seconds:g} s "
-                    f"(at most {self.messages})")
-        if self.room_messages is not None and room > self.room_messages:
-            return (f"the room had {room} messages in {self.seconds:g} s "
-                    f"(at most {self.room_messages})")
-        return None
-
-
 class EventSize:
     """Refuse an event whose JSON is larger than ``max_bytes``."""
 
@@ -143,4 +103,36 @@ class EventSize:
         size = len(json.dumps(event.to_json(), separators=(",", ":")).encode())
         if size > self.max_bytes:
             return f"the event is {size} bytes (at most {self.max_bytes})"
+        return None
+
+
+class Links:
+    """Refuse a message linking to a blocked domain (or a subdomain of one), or holding
+    more than ``max_links`` links."""
+
+    name = "links"
+
+    def __init__(self, blocked_domains: Iterable[str], max_links: int | None,
+                 dry_run: bool) -> None:
+        self.blocked = frozenset(domain.lower().strip(".") for domain in blocked_domains)
+        self.max_links = max_links
+        self.dry_run = dry_run
+
+    def _blocked(self, host: str) -> bool:
+        labels = host.lower().strip(".").split(".")
+        return any(".".join(labels[i:]) in self.blocked for i in range(len(labels)))
+
+    def check(self, event: Event) -> str | None:
+        """The blocked domain linked to, or the number of links when over the limit."""
+        if event.type != "m.room.message":
+            return None
+        counted = 0  # distinct links of one text field (body and formatted_body repeat them)
+        for text in _texts(event.content):
+            links = {found.group(0): found.group(1) for found in LINK.finditer(text)}
+            for host in links.values():
+                if self._blocked(host):
+                    return f"the message links to blocked domain {host!r}"
+            counted = max(counted, len(links))
+        if self.max_links is not None and counted > self.max_links:
+            return f"the message has {counted} links (at most {self.max_links})"
         return None

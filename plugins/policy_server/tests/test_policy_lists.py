@@ -161,3 +161,65 @@ async def test_policy_list_dry_run_logs_instead(caplog: pytest.LogCaptureFixture
         assert not outcome.vetoed
     assert "would refuse m.room.message" in caplog.text
     assert "rule policy_list: @troll:localhost is banned" in caplog.text
+
+
+class CommandHomeserver(FakeHomeserver):
+    """Also the management room ``!mgmt:localhost``: records what the bot sends."""
+
+    user_id = "@servletkit:localhost"
+
+    def __init__(self, state: list[dict[str, Any]]) -> None:
+        super().__init__(state)
+        self.said: list[str] = []
+        self.states: list[tuple[str, str, str, dict[str, Any]]] = []
+
+    async def join(self, room: str) -> str:
+        return room if room.startswith("!") else await super().join(room)
+
+    async def send_message(self, room_id: str, body: str) -> str:
+        assert room_id == "!mgmt:localhost"
+        self.said.append(body)
+        return "$reply"
+
+    async def send_state(self, room_id: str, event_type: str, state_key: str,
+                         content: dict[str, Any]) -> str:
+        self.states.append((room_id, event_type, state_key, content))
+        return "$state"
+
+
+async def test_management_room_commands() -> None:
+    """!policy status/rules/dry-run/ban/unban/audit from a member; the bot's own and other
+    rooms' messages are no commands; the toggle acts on the next decision."""
+    homeserver = CommandHomeserver([rule_event("user", "@troll:evil.org")])
+    table = {"policy_lists": ["#bans:localhost"], "management_room": "!mgmt:localhost",
+             "blocked_words": ["spam"]}
+    async with running_container({"policy_server": PolicyServer(homeserver=homeserver)},
+                                 {"plugins": {"policy_server": table}}) as container:
+        dispatcher = container.dispatcher
+
+        async def say(body: str, sender: str = "@mod:localhost",
+                      room_id: str = "!mgmt:localhost") -> str | None:
+            before = len(homeserver.said)
+            await dispatcher.observe("on_stored_event", make_event(body, sender=sender,
+                                                                   room_id=room_id))
+            return homeserver.said[-1] if len(homeserver.said) > before else None
+
+        assert await say("!policy status") == (
+            "2 rules, 1 policy-list bans from 1 lists; dry run off; 0 decisions kept")
+        assert await say("!policy rules") == "rules: blocked_words, policy_list"
+        assert (await dispatcher.intercept("on_send_event", make_event("spam"))).vetoed
+        assert await say("!policy dry-run on") == "dry run on"
+        assert not (await dispatcher.intercept("on_send_event", make_event("spam"))).vetoed
+        audit = (await say("!policy audit 2")).splitlines()
+        assert audit[0].startswith("refused (blocked_words): m.room.message ")
+        assert audit[1].startswith("would refuse (blocked_words): m.room.message ")
+        assert await say("!policy ban @spam*:x.org spammer") == (
+            "banned @spam*:x.org in #bans:localhost")
+        assert homeserver.states[-1] == (LIST, "m.policy.rule.user", "rule:@spam*:x.org", {
+            "entity": "@spam*:x.org", "recommendation": "m.ban", "reason": "spammer"})
+        assert await say("!policy unban @troll:evil.org") == (
+            "unbanned @troll:evil.org (1 rules removed)")
+        assert homeserver.states[-1] == (LIST, "m.policy.rule.user", "rule:@troll:evil.org", {})
+        assert (await say("!policy dance")).startswith("commands: !policy status")
+        assert await say("!policy status", sender=homeserver.user_id) is None
+        assert await say("!policy status", room_id="!elsewhere:localhost") is None

@@ -5,13 +5,16 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any
 
 import pytest
 from servletkit_policy_server import PolicyServer
 
+from servletkit import Event
 from servletkit.container.runtime import Container
 from servletkit.hooks.dispatcher import Outcome
+from servletkit.store import PluginStore
 from servletkit.testing import make_event, running_container
 
 
@@ -74,6 +77,84 @@ async def test_flood_per_sender_and_per_room() -> None:
         assert not (await send(c, "later")).vetoed
 
 
+async def test_flood_counts_an_event_once_across_wires_and_survives_a_restart(
+        tmp_path: Path) -> None:
+    """The same event on two wires counts once and keeps its verdict; a new container on
+    the same store (a restart, or a second instance) goes on counting."""
+    now = [0.0]
+    clock: Callable[[], float] = lambda: now[0]  # noqa: E731
+    table = {"flood_messages": 2, "flood_seconds": 10}
+    config = {"plugins": {"policy_server": table}, "store": {"path": str(tmp_path / "s.db")}}
+    first = make_event("1")
+    async with running_container({"policy_server": PolicyServer(clock=clock)}, config) as c:
+        for wire in ("module", "appservice", "policy"):
+            assert not (await c.dispatcher.intercept(
+                "on_send_event", Event.from_json(first.to_json(), wire=wire))).vetoed
+        assert not (await send(c, "2")).vetoed
+    async with running_container({"policy_server": PolicyServer(clock=clock)}, config) as c:
+        third = make_event("3")
+        assert reason(await c.dispatcher.intercept("on_send_event", third)).startswith(
+            "flood: @alice:localhost sent 3 messages")
+        again = Event.from_json(third.to_json(), wire="appservice")
+        assert (await c.dispatcher.intercept("on_send_event", again)).vetoed
+        now[0] = 100.0  # the sweep forgets the quiet windows
+        assert not (await send(c, "later", sender="@bob:localhost")).vetoed
+        store = PluginStore(c.store, "policy_server")
+        assert [key for key, _ in await store.items("flood/")] == [
+            "flood/sender/!room:localhost @bob:localhost"]
+
+
+async def test_links_blocked_domains_and_subdomains_and_max_links() -> None:
+    """A link to a blocked domain or a subdomain is refused; too many links are; a link in
+    body and formatted_body (and in an href and its text) counts once."""
+    async with policy({"blocked_link_domains": ["evil.example"], "max_links": 2}) as c:
+        assert reason(await send(c, "see https://www.EVIL.example/x")) == (
+            "links: the message links to blocked domain 'www.EVIL.example'")
+        assert not (await send(c, "see https://notevil.example and http://a.org")).vetoed
+        assert reason(await send(c, "http://a.org http://b.org http://c.org")) == (
+            "links: the message has 3 links (at most 2)")
+        both = {"msgtype": "m.text", "body": "http://a.org http://b.org",
+                "format": "org.matrix.custom.html",
+                "formatted_body": '<a href="http://a.org">http://a.org</a> http://b.org'}
+        assert not (await send(c, content=both)).vetoed
+        three = {**both, "formatted_body": both["formatted_body"] + ' <a href="http://c.org">'}
+        assert reason(await send(c, content=three)).startswith("links: the message has 3")
+
+
+async def test_join_wave_refuses_joins_past_the_limit_per_room() -> None:
+    """The third join within the window is refused (on any wire, counted once); other rooms
+    are not; time heals."""
+    now = [0.0]
+    clock: Callable[[], float] = lambda: now[0]  # noqa: E731
+    async with policy({"join_wave_joins": 2, "join_wave_seconds": 30},
+                      PolicyServer(clock=clock)) as c:
+        def join(user: str, room: str = "!room:localhost") -> Any:
+            return send(c, type="m.room.member", state_key=user, sender=user, room_id=room,
+                        content={"membership": "join"})
+
+        assert not (await join("@a:x")).vetoed
+        assert not (await join("@b:x")).vetoed
+        assert reason(await join("@c:x")) == (
+            "join_wave: 3 joins in 30 s (at most 2): a join wave")
+        assert not (await join("@c:x", "!calm:localhost")).vetoed
+        assert not (await send(c, type="m.room.member", state_key="@d:x", sender="@a:x",
+                               content={"membership": "invite"})).vetoed
+        now[0] = 31.0
+        assert not (await join("@d:x")).vetoed
+
+
+async def test_media_first_message() -> None:
+    """Media before any text from that sender in that room is refused; after text it is not."""
+    image = {"msgtype": "m.image", "body": "cat.png", "url": "mxc://x/y"}
+    async with policy({"media_first_message": True}) as c:
+        assert reason(await send(c, content=image)) == (
+            "media_first: @alice:localhost's first message in the room is media")
+        assert reason(await send(c, type="m.sticker", content=image)).startswith("media_first")
+        assert not (await send(c, "hello")).vetoed
+        assert not (await send(c, content=image)).vetoed
+        assert (await send(c, content=image, room_id="!other:localhost")).vetoed
+
+
 async def test_event_size() -> None:
     """An event over max_event_bytes is refused, whatever its type."""
     async with policy({"max_event_bytes": 400}) as c:
@@ -106,13 +187,35 @@ async def test_dry_run_per_rule_lets_other_rules_refuse(caplog: pytest.LogCaptur
     ({"blocked_patterns": ["("]}, r"blocked_patterns: '\(' is no regular expression"),
     ({"blocked_words": "spam"}, r"blocked_words: must be a list of non-empty strings"),
     ({"flood_messages": 3}, r"flood_seconds: flood_messages and flood_seconds go together"),
+    ({"join_wave_joins": 3}, r"join_wave_seconds: join_wave_joins and join_wave_seconds go"),
+    ({"media_first_message": 1}, r"media_first_message: must be true or false"),
+    ({"blocked_link_domains": [""]}, r"blocked_link_domains: must be a list of non-empty"),
+    ({"admin_port": 8091}, r"admin_token: the admin route needs a token of at least 16"),
+    ({"management_room": "mods"}, r"management_room: must be a room id or alias"),
     ({"dry_run": "yes"}, r"dry_run: must be true or false"),
     ({"dry_run_rules": ["nope"]}, r"dry_run_rules: unknown rule 'nope'"),
     ({"blocked_word": ["x"]}, r"blocked_word: unknown key"),
-    ({"policy_lists": ["!list:x"]}, r"policy_lists: following list rooms needs"),
+    ({"policy_lists": ["!list:x"]}, r"policy_lists: needs the container's \[appservice\] section"),
 ])
 async def test_config_errors_fail_init_naming_the_key(table: dict[str, Any], message: str) -> None:
     """servlet_init fails with a message naming the key."""
     with pytest.raises(RuntimeError, match=r"\[plugins\.policy_server\] " + message):
         async with policy(table):
             pass
+
+
+def test_the_readme_config_blocks_are_valid() -> None:
+    """Every [plugins.policy_server] table in the README parses, with every rule on."""
+    import re
+    import tomllib
+
+    from servletkit_policy_server.config import RULE_NAMES, parse_settings
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    tables = [tomllib.loads(re.sub(r"(?m)^ {3}", "", text))["plugins"]["policy_server"]
+              for text in re.findall(r"```toml\n(.*?)```", readme, flags=re.DOTALL)
+              if "[plugins.policy_server]" in text]
+    assert len(tables) == 2
+    settings = [parse_settings(table) for table in tables]
+    names = {rule.name for rule in (*settings[1].rules, *settings[1].stored)}
+    assert names | {"policy_list"} == set(RULE_NAMES)

@@ -1,0 +1,97 @@
+"""The audit log (in the plugin's store) and the token-protected admin route."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import httpx
+from servletkit_policy_server import PolicyServer
+from servletkit_policy_server.audit import TRIM_EVERY
+
+from servletkit.dev.embedded_synapse import free_port
+from servletkit.store import PluginStore
+from servletkit.testing import make_event, running_container
+
+TOKEN = "admin-token-0123456789"
+
+
+async def test_every_decision_and_would_be_decision_is_audited_and_kept(
+        tmp_path: Path) -> None:
+    """A dry-run rule's would-be refusal and the refusal after it are both kept, with the
+    rule, wire and event; a new container on the same store still has them."""
+    table = {"dry_run_rules": ["blocked_words"], "blocked_words": ["spam"], "max_mentions": 1}
+    config = {"plugins": {"policy_server": table}, "store": {"path": str(tmp_path / "s.db")}}
+    event = make_event("spam @a:x @b:x", wire="appservice")
+    async with running_container({"policy_server": PolicyServer()}, config) as c:
+        assert (await c.dispatcher.intercept("on_send_event", event)).vetoed
+        assert not (await c.dispatcher.intercept("on_send_event", make_event("fine"))).vetoed
+    plugin = PolicyServer()
+    async with running_container({"policy_server": plugin}, config) as c:
+        records = await plugin.audit.newest(PluginStore(c.store, "policy_server"), 10)
+    assert [(r["rule"], r["outcome"], r["wire"], r["event_id"], r["room_id"])
+            for r in records] == [
+        ("blocked_words", "would refuse", "appservice", event.event_id, event.room_id),
+        ("max_mentions", "refused", "appservice", event.event_id, event.room_id)]
+    assert records[1]["detail"] == "the message mentions 2 users (at most 1)"
+    assert records[0]["subject"] == (f"m.room.message {event.event_id} of @alice:localhost "
+                                     f"in {event.room_id}")
+
+
+async def test_the_audit_log_is_bounded() -> None:
+    """audit_kept bounds the log (trimmed every TRIM_EVERY writes); the newest stay."""
+    plugin = PolicyServer()
+    table = {"blocked_words": ["spam"], "audit_kept": 3}
+    async with running_container({"policy_server": plugin},
+                                 {"plugins": {"policy_server": table}}) as c:
+        events = [make_event("spam") for _ in range(TRIM_EVERY + 2)]
+        for event in events:
+            await c.dispatcher.intercept("on_send_event", event)
+        store = PluginStore(c.store, "policy_server")
+        assert len(await store.items("audit/")) == 3 + 2
+        assert [r["event_id"] for r in await plugin.audit.newest(store, 100)] == [
+            e.event_id for e in events[-3:]]
+
+
+async def test_admin_route_audit_rules_and_dry_run_toggle() -> None:
+    """Token required; GET rules and audit; PUT dry_run turns refusals into would-be ones."""
+    port = free_port()
+    table = {"blocked_words": ["spam"], "admin_port": port, "admin_token": TOKEN}
+    async with running_container({"policy_server": PolicyServer()},
+                                 {"plugins": {"policy_server": table}}) as c, \
+            httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}/_policy_server") as http:
+        auth = {"Authorization": f"Bearer {TOKEN}"}
+
+        async def answer(method: str, path: str, **kwargs: Any) -> tuple[int, Any]:
+            response = await http.request(method, path, **kwargs)
+            return response.status_code, response.json()
+
+        assert await answer("GET", "/rules") == (401, {
+            "errcode": "M_MISSING_TOKEN",
+            "error": "send admin_token as 'Authorization: Bearer TOKEN'"})
+        status, body = await answer("GET", "/audit", headers={"Authorization": "Bearer x"})
+        assert (status, body["errcode"]) == (401, "M_UNKNOWN_TOKEN")
+        assert await answer("GET", "/rules", headers=auth) == (200, {
+            "rules": [{"name": "blocked_words", "dry_run": False},
+                      {"name": "policy_list", "dry_run": False}],
+            "dry_run": False, "policy_lists": {}, "bans": 0})
+        assert (await c.dispatcher.intercept("on_send_event", make_event("spam"))).vetoed
+        assert await answer("PUT", "/dry_run", headers=auth, json={"dry_run": True}) == (
+            200, {"dry_run": True})
+        assert not (await c.dispatcher.intercept("on_send_event", make_event("spam"))).vetoed
+        status, body = await answer("GET", "/audit", params={"limit": 5}, headers=auth)
+        assert [(d["rule"], d["outcome"]) for d in body["decisions"]] == [
+            ("blocked_words", "refused"), ("blocked_words", "would refuse")]
+        status, body = await answer("GET", "/audit", params={"limit": "x"}, headers=auth)
+        assert (status, body["errcode"]) == (400, "M_INVALID_PARAM")
+        status, body = await answer("PUT", "/dry_run", headers=auth, content=b"{")
+        assert (status, body["errcode"]) == (400, "M_BAD_JSON")
+        status, body = await answer("PUT", "/dry_run", headers=auth, json={"dry_run": "on"})
+        assert (status, body["errcode"]) == (400, "M_INVALID_PARAM")
+    async with httpx.AsyncClient() as after:  # the route stops with the plugin
+        try:
+            await after.get(f"http://127.0.0.1:{port}/_policy_server/rules")
+        except httpx.ConnectError:
+            pass
+        else:
+            raise AssertionError("the admin route still answers after the plugin stopped")
