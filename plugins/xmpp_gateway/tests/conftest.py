@@ -3,6 +3,7 @@ deployed between them in a ``servletkit run`` subprocess, and users on both side
 
 from __future__ import annotations
 
+import json
 import subprocess
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
@@ -10,6 +11,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from servletkit_xmpp_gateway.local import COMPONENT, MUC, gateway_table, namespaces
 from servletkit_xmpp_gateway.prosody import ProsodyServer, start_prosody
 from servletkit_xmpp_gateway.testing import MatrixUser, XmppUser
 
@@ -21,8 +23,6 @@ from servletkit.testing.container import start_container
 from servletkit.testing.synapse import SynapseServer, free_port, start_synapse
 
 XMPP_USERS = {"human": "humanpass", "bob": "bobpass", "carol": "carolpass"}
-COMPONENT = "matrix.localhost"
-MUC = "conference.localhost"
 CONFIGURED_ROOM = f"configured@{MUC}"  # bridged by the gateway's config, not on demand
 
 
@@ -41,17 +41,16 @@ class Gateway:
 
     def write_config(self) -> None:
         """The container's config: appservice namespaces and the gateway's table."""
-        table = {"component_jid": COMPONENT, "component_secret": self.prosody.secret,
-                 "xmpp_host": "127.0.0.1", "xmpp_port": self.prosody.component_port,
-                 "muc_domain": MUC, "reconnect_max": 1.0, "timeout_ms": 10000,
-                 "rooms": [CONFIGURED_ROOM]}
+        table = gateway_table(self.prosody) | {"reconnect_max": 1.0, "timeout_ms": 10000,
+                                               "rooms": [CONFIGURED_ROOM]}
+        owned = namespaces("localhost")
         self.config_path.write_text("\n".join([
             f'[server]\nhost = "127.0.0.1"\nport = {self.port}',
             f'[homeserver]\nurl = "http://127.0.0.1:{self.hs_port}"\nserver_name = "localhost"',
             '[appservice]\nid = "xmpp"\nas_token = "xmpp-as-token"\nhs_token = "xmpp-hs-token"',
             'sender_localpart = "xmppbot"',
-            '[[appservice.namespaces.users]]\nregex = "@_xmpp_.*:localhost"\nexclusive = true',
-            '[[appservice.namespaces.aliases]]\nregex = "#_xmpp_.*:localhost"\nexclusive = true',
+            *(f"[[appservice.namespaces.{kind}]]\nregex = {json.dumps(n.regex)}\nexclusive = true"
+              for kind in ("users", "aliases") for n in getattr(owned, kind)),
             plugins_toml(only_plugins({"xmpp_gateway": table})),
         ]))
 
