@@ -13,7 +13,7 @@ import httpx
 import pytest
 from servletkit_xmpp_gateway.local import COMPONENT, MUC, gateway_table, namespaces
 from servletkit_xmpp_gateway.prosody import ProsodyServer, start_prosody
-from servletkit_xmpp_gateway.testing import MatrixUser, XmppUser
+from servletkit_xmpp_gateway.testing import MatrixUser, NioUser, XmppUser
 
 from servletkit.container.config import load_config
 from servletkit.container.snippets import dump_yaml, registration
@@ -23,6 +23,7 @@ from servletkit.testing.container import start_container
 from servletkit.testing.synapse import SynapseServer, free_port, start_synapse
 
 XMPP_USERS = {"human": "humanpass", "bob": "bobpass", "carol": "carolpass"}
+MATRIX_PASSWORD = "matrix-pw-1"
 CONFIGURED_ROOM = f"configured@{MUC}"  # bridged by the gateway's config, not on demand
 
 
@@ -112,6 +113,26 @@ async def matrix_user(gateway: Gateway) -> AsyncIterator[Callable[[str], Awaitab
     yield make
     for http in clients:
         await http.aclose()
+
+
+@pytest.fixture
+async def nio_user(gateway: Gateway) -> AsyncIterator[Callable[[str], Awaitable[NioUser]]]:
+    """Factory: a freshly registered Matrix user with display name ``name``, logged in
+    with a matrix-nio client that syncs in the background."""
+    users: list[NioUser] = []
+
+    async def make(name: str) -> NioUser:
+        assert gateway.synapse is not None
+        localpart = f"{name.lower()}{uuid.uuid4().hex[:6]}"
+        gateway.synapse.register(localpart, MATRIX_PASSWORD)
+        user = await NioUser.login(gateway.synapse.url, localpart, MATRIX_PASSWORD)
+        users.append(user)
+        await user.set_displayname(name)
+        return user
+
+    yield make
+    for user in users:
+        await user.close()
 
 
 @pytest.fixture

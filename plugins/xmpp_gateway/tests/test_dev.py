@@ -6,9 +6,8 @@ import os
 from collections.abc import Iterator
 from pathlib import Path
 
-import httpx
 import pytest
-from servletkit_xmpp_gateway.testing import MatrixUser, XmppUser
+from servletkit_xmpp_gateway.testing import NioUser, XmppUser
 
 from servletkit.testing.dev import DevProcess, write_dev_config
 from servletkit.testing.waiting import eventually
@@ -38,24 +37,19 @@ async def test_the_printed_accounts_converse_through_the_gateway(dev: DevProcess
     assert (f"XMPP account  {xmpp['jid']}   password {xmpp['password']}   server "
             f"127.0.0.1:{xmpp['c2s_port']}") in dev.stdout
     assert dev.facts["plugins"]["xmpp_gateway"]  # the gateway is live
-    async with httpx.AsyncClient(base_url=dev.facts["homeserver_url"], timeout=30) as http:
-        login = (await http.post("/_matrix/client/v3/login", json={
-            "type": "m.login.password", "password": user["password"],
-            "identifier": {"type": "m.id.user", "user": user["localpart"]},
-        })).json()
-        http.headers["Authorization"] = f"Bearer {login['access_token']}"
-        matrix = MatrixUser(http, user["user_id"])
+    matrix = await NioUser.login(dev.facts["homeserver_url"], user["localpart"],
+                                 user["password"])
+    person = XmppUser(f"{xmpp['jid']}/test", xmpp["password"])
+    try:
         room_id = await matrix.join("#_xmpp_devroom_conference.localhost:localhost")
-        person = XmppUser(f"{xmpp['jid']}/test", xmpp["password"])
         await person.login(xmpp["c2s_port"])
-        try:
-            await person.join(ROOM, "person")
-            await eventually(lambda: "dev" in person.occupants(ROOM))
-            await matrix.send(room_id, "hello from servletkit dev")
-            await person.wait_message(lambda m: m["body"] == "hello from servletkit dev")
-            person.say(ROOM, "hello from XMPP")
-            await matrix.wait_message(room_id, lambda e: e["content"]["body"]
-                                      == "hello from XMPP")
-        finally:
-            await person.logout()
+        await person.join(ROOM, "person")
+        await eventually(lambda: "dev" in person.occupants(ROOM))
+        await matrix.send(room_id, "hello from servletkit dev")
+        await person.wait_message(lambda m: m["body"] == "hello from servletkit dev")
+        person.say(ROOM, "hello from XMPP")
+        await matrix.wait_message(room_id, lambda e: e["content"]["body"] == "hello from XMPP")
+    finally:
+        await person.logout()
+        await matrix.close()
     assert os.stat(dev.run_file).st_mode & 0o077 == 0  # dev.json holds the XMPP password
