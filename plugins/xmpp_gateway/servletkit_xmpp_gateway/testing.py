@@ -72,12 +72,14 @@ class XmppUser(ClientXMPP):
             JID(room), nick, maxstanzas=None if history else 0, timeout=WAIT)
         return [str(p["from"].resource) for p in occupants]
 
-    def say(self, room: str, body: str, xhtml: str | None = None) -> None:
-        """Send a groupchat message (with an XHTML-IM body if given)."""
+    def say(self, room: str, body: str, xhtml: str | None = None) -> str:
+        """Send a groupchat message (with an XHTML-IM body if given); its id."""
         msg = self.make_message(mto=JID(room), mbody=body, mtype="groupchat")
+        msg["id"] = msg["id"] or uuid.uuid4().hex
         if xhtml is not None:
             msg["html"]["body"] = xhtml
         msg.send()
+        return str(msg["id"])
 
     def tell(self, to: str, body: str) -> None:
         """Send a 1:1 chat message."""

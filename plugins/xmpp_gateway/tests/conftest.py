@@ -8,6 +8,7 @@ import subprocess
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -18,6 +19,8 @@ from servletkit_xmpp_gateway.testing import MatrixUser, NioUser, XmppUser
 from servletkit.container.config import load_config
 from servletkit.container.snippets import dump_yaml, registration
 from servletkit.dev.embedded_synapse import stop_process
+from servletkit.store.factory import store_from_config
+from servletkit.store.plugin import PluginStore
 from servletkit.testing import only_plugins, plugins_toml
 from servletkit.testing.container import start_container
 from servletkit.testing.synapse import SynapseServer, free_port, start_synapse
@@ -59,6 +62,15 @@ class Gateway:
         """``servletkit run`` in a subprocess; waits for its health endpoint."""
         self.process = start_container(self.config_path, self.url, workdir=self.workdir,
                                        timeout=timeout)
+
+    async def plugin_data(self, key: str) -> Any:
+        """What the gateway has stored under ``key`` (its store, read beside it)."""
+        store = store_from_config(load_config(self.config_path))
+        await store.open()
+        try:
+            return await PluginStore(store, "xmpp_gateway").get(key)
+        finally:
+            await store.close()
 
     def log(self) -> str:
         """What the container has logged so far."""
