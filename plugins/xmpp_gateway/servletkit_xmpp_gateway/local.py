@@ -30,7 +30,8 @@ COMPONENT = "matrix.localhost"
 MUC = "conference.localhost"
 XMPP_USER = "dev"
 TIMEOUT_MS = 10_000.0  # alias queries wait for the Matrix room and the MUC join
-_DEFAULTS = attrs.fields(GatewayConfig)
+ALIAS_PREFIX = str(attrs.fields(GatewayConfig).alias_prefix.default)
+USER_PREFIX = str(attrs.fields(GatewayConfig).user_prefix.default)
 
 
 def gateway_table(prosody: ProsodyServer) -> dict[str, Any]:
@@ -40,8 +41,8 @@ def gateway_table(prosody: ProsodyServer) -> dict[str, Any]:
             "muc_domain": prosody.muc_domain}
 
 
-def namespaces(server_name: str, alias_prefix: str = _DEFAULTS.alias_prefix.default,
-               user_prefix: str = _DEFAULTS.user_prefix.default) -> Namespaces:
+def namespaces(server_name: str, alias_prefix: str = ALIAS_PREFIX,
+               user_prefix: str = USER_PREFIX) -> Namespaces:
     """The exclusive appservice namespaces of the gateway's virtual users and aliases."""
     server = re.escape(server_name)
     return Namespaces(
@@ -101,8 +102,8 @@ def wire_gateway(config: Config, prosody: ProsodyServer) -> Config:
     appservice = config.appservice
     assert appservice is not None  # servletkit dev's wired config always has one
     ours = namespaces(config.homeserver.server_name,
-                      options.get("alias_prefix", _DEFAULTS.alias_prefix.default),
-                      options.get("user_prefix", _DEFAULTS.user_prefix.default))
+                      str(options.get("alias_prefix", ALIAS_PREFIX)),
+                      str(options.get("user_prefix", USER_PREFIX)))
     have = appservice.namespaces
     wanted = attrs.evolve(have, users=_add(have.users, ours.users),
                           aliases=_add(have.aliases, ours.aliases))
