@@ -1,7 +1,7 @@
 """Relay latency and throughput of the XMPP gateway, on loopback, against real servers.
 
-Starts ``python -m servletkit_xmpp_gateway.dev`` (Prosody + Synapse + the
-container with the gateway) in a temporary folder, then measures with a
+Starts ``servletkit dev --xmpp`` (Prosody + Synapse + the container with the
+gateway) in a temporary folder, then measures with a
 Matrix client (httpx, ``/sync`` long-poll) and an XMPP client (slixmpp):
 
 * latency p50/p99, one message at a time, Matrix → XMPP and XMPP → Matrix;
@@ -18,9 +18,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import signal
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -30,6 +28,8 @@ from typing import Any
 
 import httpx
 from servletkit_xmpp_gateway.testing import MatrixUser, XmppUser, eventually
+
+from servletkit.testing.dev import DevProcess, DevStartError, write_dev_config
 
 ROOM = "bench@conference.localhost"
 ALIAS = "#_xmpp_bench_conference.localhost:localhost"
@@ -163,23 +163,17 @@ def main() -> int:
     parser.add_argument("--count", type=int, default=100)
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
-        state = Path(tmp) / "xmpp"
-        child = subprocess.Popen([sys.executable, "-m", "servletkit_xmpp_gateway.dev",
-                                  "--state-dir", str(state)], stdout=subprocess.DEVNULL,
-                                 stderr=subprocess.DEVNULL)
+        config = write_dev_config(Path(tmp), {"xmpp_gateway": {}})
         try:
-            deadline = time.monotonic() + 120
-            while not (state / "dev" / "dev.json").exists():
-                if child.poll() is not None or time.monotonic() > deadline:
-                    print("the dev stack did not start", file=sys.stderr)
-                    return 2
-                time.sleep(0.1)
-            facts = json.loads((state / "dev" / "dev.json").read_text())
-            xmpp = json.loads((state / "xmpp.json").read_text())
-            return 0 if asyncio.run(measure(facts, xmpp, args.count)) else 1
+            run = DevProcess.start(config, timeout=120.0, args=["--xmpp"])
+        except DevStartError as exc:
+            print(f"servletkit dev --xmpp did not start: {exc}", file=sys.stderr)
+            return 2
+        try:
+            return 0 if asyncio.run(measure(run.facts, run.facts["extensions"]["xmpp"],
+                                            args.count)) else 1
         finally:
-            child.send_signal(signal.SIGINT)
-            child.wait(60)
+            run.stop(60)
 
 
 if __name__ == "__main__":

@@ -226,7 +226,7 @@ def cmd_dev(args: argparse.Namespace) -> int:
     from servletkit.dev.errors import DevError
 
     try:
-        return run_dev(load_config(args.config))
+        return run_dev(load_config(args.config), extensions=tuple(args.extensions))
     except DevError as exc:
         raise CommandError(str(exc)) from None
 
@@ -289,8 +289,15 @@ def build_parser() -> argparse.ArgumentParser:
     run = command("run", cmd_run, "serve the container (HTTP) with its plugins")
     run.add_argument("--host", help="address to bind (default: [server] host)")
     run.add_argument("--port", type=int, help="port to bind (default: [server] port)")
-    command("dev", cmd_dev, "run a local Synapse wired to the container and its plugins "
-            "(state in [dev] state_dir); Ctrl-C stops both")
+    dev = command("dev", cmd_dev, "run a local Synapse wired to the container and its "
+                  "plugins (state in [dev] state_dir); Ctrl-C stops both")
+    dev.set_defaults(extensions=[])
+    from servletkit.dev.extensions import available_extensions
+
+    for name, point in sorted(available_extensions().items()):
+        dist = point.dist.name if point.dist is not None else point.value
+        dev.add_argument(f"--{name}", dest="extensions", action="append_const", const=name,
+                         help=f"also start the dev extension {name!r} of {dist} beside Synapse")
     command("plugins", cmd_plugins, "list the plugins: the live state of the running "
             "container, else the installed plugins, their hooks and state")
     reload = command("reload", cmd_reload, "reload a plugin in the running container: its "

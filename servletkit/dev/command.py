@@ -46,7 +46,8 @@ Everything lives in the state folder (``[dev] state_dir``, default
                         "password": "..."},
           "plugins": {"word_filter": ["on_send_event"], ...},   # live ones, their hooks
           "logs": {"servletkit": "/abs/servletkit.log", "synapse": "/abs/synapse.log"},
-          "pids": {"servletkit": 1234, "synapse": 1240}
+          "pids": {"servletkit": 1234, "synapse": 1240},
+          "extensions": {"xmpp": {...}}   # each dev extension's facts (--NAME flags)
         }
 """
 
@@ -88,6 +89,7 @@ from servletkit.dev.embedded_synapse import (
     launch_synapse,
 )
 from servletkit.dev.errors import DevError, step
+from servletkit.dev.extensions import StartedExtension, load_extension
 from servletkit.dev.state import DevPaths, DevState, claim_state_folder
 from servletkit.dev.terminal import route_logs
 from servletkit.dev.watch import PluginWatcher, watched_plugins
@@ -117,10 +119,17 @@ class _Server(uvicorn.Server):
 
 
 class DevSession:
-    """One run of ``servletkit dev``: start everything, report, wait for a signal, stop."""
+    """One run of ``servletkit dev``: start everything, report, wait for a signal, stop.
 
-    def __init__(self, config: Config, out: TextIO = sys.stdout) -> None:
+    ``extensions`` names the dev extensions to start beside Synapse
+    (:mod:`servletkit.dev.extensions`, e.g. ``xmpp`` for ``--xmpp``).
+    """
+
+    def __init__(self, config: Config, out: TextIO = sys.stdout,
+                 extensions: tuple[str, ...] = ()) -> None:
         self.config = config
+        self.extension_names = extensions
+        self.extensions: dict[str, StartedExtension] = {}  # the started ones
         self.paths = DevPaths.for_config(config)
         self.out = out
         self.synapse: SynapseServer | None = None
@@ -217,6 +226,8 @@ class DevSession:
             state.save(paths.state)
         homeserver_url = f"http://127.0.0.1:{port}"
         config = wired_config(config, state, paths, homeserver_url)
+        for name in self.extension_names:
+            config = self.start_extension(name, config)
 
         self.say(f"loading plugins ({config.path})…")
         container = Container(config)
@@ -264,6 +275,20 @@ class DevSession:
         with step(f"writing {paths.run_file}", self.state_folder_fix):
             self.write_run_file(homeserver_url, user_id, state, container)
 
+    def start_extension(self, name: str, config: Config) -> Config:
+        """Start the dev extension ``name`` for ``config``; the config it returns."""
+        extension = load_extension(name)
+        folder = self.paths.root / name
+        self.say(f"starting the dev extension {name} (state in {folder})…")
+        try:
+            started = extension(config, folder)
+        except DevError:
+            raise
+        except Exception as exc:
+            raise DevError(f"the dev extension {name!r} did not start: {exc}") from None
+        self.extensions[name] = started
+        return started.config
+
     def write_run_file(
         self, homeserver_url: str, user_id: str, state: DevState, container: Container
     ) -> None:
@@ -283,6 +308,8 @@ class DevSession:
                         for status in container.statuses() if status.live},
             "logs": {"servletkit": str(paths.container_log), "synapse": str(paths.synapse_log)},
             "pids": {"servletkit": os.getpid(), "synapse": self.synapse.process.pid},
+            "extensions": {name: dict(started.facts)
+                           for name, started in self.extensions.items()},
         }, indent=2))
 
     def watch_plugins(self) -> None:
@@ -404,6 +431,8 @@ class DevSession:
             f"  Container     {facts['container_url']}   (module wire on {facts['module_wire']})",
             *([f"  Policy server {facts['policy_server']['server_name']}   (protect a room: "
                "servletkit policy protect ROOM_ID)"] if facts.get("policy_server") else []),
+            *(f"  {label.ljust(13)} {text}" for started in self.extensions.values()
+              for label, text in started.summary),
             f"  Plugins       {plugins[0]}",
             *(f"                {line}" for line in plugins[1:]),
             f"  Logs          {show(facts['logs']['servletkit'])}",
@@ -438,13 +467,20 @@ class DevSession:
             self._server.should_exit = True
             with contextlib.suppress(BaseException):
                 await self._serving
+        for name, started in self.extensions.items():
+            try:
+                await asyncio.to_thread(started.stop)
+            except Exception as exc:  # not fatal: say it and stop the rest
+                log.warning("could not stop the dev extension %s: %s", name, exc)
+        self.extensions = {}
         self._lock.close()
         self._lock = None
 
 
-def run_dev(config: Config, out: TextIO = sys.stdout) -> int:
-    """Run ``servletkit dev`` for ``config`` until SIGINT or SIGTERM; return the exit status."""
-    session = DevSession(config, out)
+def run_dev(config: Config, out: TextIO = sys.stdout, extensions: tuple[str, ...] = ()) -> int:
+    """Run ``servletkit dev`` for ``config`` (with the dev ``extensions`` named) until
+    SIGINT or SIGTERM; return the exit status."""
+    session = DevSession(config, out, extensions)
     with step(f"opening the log file {session.paths.container_log}", session.state_folder_fix):
         undo = route_logs(session.paths.container_log, out)
     try:

@@ -136,7 +136,7 @@ class SynapseServer:
 
     def spawn(self) -> subprocess.Popen[bytes]:
         """Start Synapse on ``workdir/homeserver.yaml``; return without waiting."""
-        preexec = _die_with_parent if self.die_with_parent and sys.platform == "linux" else None
+        preexec = exit_with_parent if self.die_with_parent and sys.platform == "linux" else None
         with open(self.log_path, "ab") as log:
             self.process = subprocess.Popen(
                 [self.python, "-m", "synapse.app.homeserver", "-c",
@@ -240,7 +240,9 @@ def launch_synapse(
     return server
 
 
-def _die_with_parent() -> None:
+def exit_with_parent() -> None:
+    """A ``preexec_fn`` (Linux): the kernel SIGTERMs the child when the thread that
+    launched it dies, so a killed parent leaves no server behind."""
     ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
 
 

@@ -18,15 +18,25 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import attrs
 
 from servletkit.container.config import load_config
-from servletkit.dev.embedded_synapse import stop_process
+from servletkit.dev.embedded_synapse import free_port, stop_process
 from servletkit.dev.state import DevPaths
+from servletkit.testing import only_plugins, plugins_toml
+
+
+def write_dev_config(folder: Path, plugins: Mapping[str, Mapping[str, Any]]) -> Path:
+    """A ``folder/servletkit.toml`` for ``servletkit dev`` on free loopback ports, its state
+    in ``folder/state``, running only ``plugins`` (name → ``[plugins.NAME]`` table)."""
+    config = folder / "servletkit.toml"
+    config.write_text(f"[server]\nport = {free_port()}\n[module]\nport = {free_port()}\n"
+                      f"[dev]\nstate_dir = \"state\"\n" + plugins_toml(only_plugins(plugins)))
+    return config
 
 
 class DevStartError(RuntimeError):
@@ -51,8 +61,10 @@ class DevProcess:
     _output: tuple[str, str] | None = attrs.field(default=None, init=False)
 
     @classmethod
-    def launch(cls, config: Path, env: Mapping[str, str] | None = None) -> DevProcess:
-        """Start ``servletkit dev --config config`` with this interpreter; do not wait."""
+    def launch(cls, config: Path, env: Mapping[str, str] | None = None,
+               args: Sequence[str] = ()) -> DevProcess:
+        """Start ``servletkit dev --config config [args]`` with this interpreter (``args``
+        such as ``["--xmpp"]``); do not wait."""
         run_file = DevPaths.for_config(load_config(config)).run_file
         with (  # closed here once the child has its own copies
             tempfile.NamedTemporaryFile(prefix="servletkit-dev-", suffix=".out",
@@ -62,7 +74,7 @@ class DevProcess:
         ):
             process = subprocess.Popen(
                 [sys.executable, "-m", "servletkit.container.cli", "dev", "--config",
-                 str(config)],
+                 str(config), *args],
                 stdout=out, stderr=err, env={**os.environ, **(env or {})},
                 start_new_session=True,
             )
@@ -70,10 +82,11 @@ class DevProcess:
 
     @classmethod
     def start(
-        cls, config: Path, env: Mapping[str, str] | None = None, *, timeout: float = 60.0
+        cls, config: Path, env: Mapping[str, str] | None = None, *, timeout: float = 60.0,
+        args: Sequence[str] = (),
     ) -> DevProcess:
         """Start it and wait until its dev.json names it (everything answers)."""
-        run = cls.launch(config, env)
+        run = cls.launch(config, env, args)
         run.wait_ready(timeout)
         return run
 

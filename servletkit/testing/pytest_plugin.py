@@ -66,15 +66,10 @@ def servletkit_homeserver(
     servletkit_dev_plugins: Mapping[str, Mapping[str, Any]],
 ) -> Iterator[dict[str, Any]]:
     """A real homeserver wired to the container (``servletkit dev``); its dev.json facts."""
-    from servletkit.dev.embedded_synapse import free_port
-    from servletkit.testing import only_plugins, plugins_toml
-    from servletkit.testing.dev import DevProcess
+    from servletkit.testing.dev import DevProcess, write_dev_config
 
-    folder = tmp_path_factory.mktemp("servletkit-homeserver")
-    config = folder / "servletkit.toml"
-    config.write_text(f"[server]\nport = {free_port()}\n[module]\nport = {free_port()}\n"
-                      f"[dev]\nstate_dir = \"state\"\n"
-                      + plugins_toml(only_plugins(servletkit_dev_plugins)))
+    config = write_dev_config(tmp_path_factory.mktemp("servletkit-homeserver"),
+                              servletkit_dev_plugins)
     run = DevProcess.start(config, timeout=120.0)
     try:
         yield run.facts

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 from slixmpp import JID
 
 from servletkit.wires.appservice.homeserver import MatrixRequestError
-from servletkit_xmpp_gateway import names
+from servletkit_xmpp_gateway import msgids, names
 from servletkit_xmpp_gateway.formatting import matrix_content, xhtml_to_html
 
 if TYPE_CHECKING:
@@ -69,9 +69,10 @@ class InboundRelay:
                 or self._ours_in_muc(muc, nick, JID())):
             return
         address = self.occupants.get(muc, {}).get(nick, f"{muc}/{nick}")
+        origin_id, stanza_id = msgids.sid_ids(msg, muc)
         self.queue_in({"op": "msg", "muc": muc, "nick": nick, "address": address,
-                       "body": msg["body"], "html": _html_of(msg),
-                       "id": msg["id"] or ""})
+                       "body": msg["body"], "html": _html_of(msg), "id": msg["id"] or "",
+                       "origin_id": origin_id, "stanza_id": stanza_id})
 
     def xmpp_direct(self: Bridge, msg: Any) -> None:
         """A 1:1 message from an XMPP user to a Matrix user's address."""
@@ -83,8 +84,10 @@ class InboundRelay:
         if (user_id is None or sender.domain == self.config.component_jid
                 or sender.bare in self.rooms):
             return
+        origin_id, stanza_id = msgids.sid_ids(msg, None)
         self.queue_in({"op": "dm", "address": sender.bare, "user": user_id,
-                       "body": msg["body"], "html": _html_of(msg), "id": msg["id"] or ""})
+                       "body": msg["body"], "html": _html_of(msg), "id": msg["id"] or "",
+                       "origin_id": origin_id, "stanza_id": stanza_id})
 
     # -- applying to Matrix ----------------------------------------------------------
 
@@ -109,8 +112,9 @@ class InboundRelay:
         elif kind == "msg":
             user = await self.virtual(op["address"], op["nick"])
             await self.join_matrix(room_id, user)
-            await self.hs.as_user(user).send_message(
+            event_id = await self.hs.as_user(user).send_message(
                 room_id, _content(op), txn_id=_txn_id(op["muc"], op))
+            await _remember(self, event_id, op["muc"], op)
 
     async def _dm_in(self: Bridge, op: dict[str, Any]) -> None:
         address, target = op["address"], op["user"]
@@ -122,8 +126,9 @@ class InboundRelay:
                 name=address)
             await self.map_dm(room_id, address, target)
             self._joined_matrix.add((room_id, user))
-        await self.hs.as_user(user).send_message(room_id, _content(op),
-                                                 txn_id=_txn_id(address, op))
+        event_id = await self.hs.as_user(user).send_message(room_id, _content(op),
+                                                            txn_id=_txn_id(address, op))
+        await _remember(self, event_id, address, op)
 
     async def map_dm(self: Bridge, room_id: str, address: str, user_id: str) -> None:
         """Remember that ``room_id`` is the DM of XMPP ``address`` and Matrix ``user_id``."""
@@ -216,6 +221,12 @@ def _content(op: dict[str, Any]) -> dict[str, str]:
         content["msgtype"] = "m.emote"
         return content
     return matrix_content(body, op.get("html"))
+
+
+async def _remember(bridge: Bridge, event_id: str, scope: str, op: dict[str, Any]) -> None:
+    """Map the Matrix event of an XMPP message to that message's ids."""
+    await msgids.remember(bridge.store, event_id, scope, id=op.get("id") or None,
+                          origin_id=op.get("origin_id"), stanza_id=op.get("stanza_id"))
 
 
 def _txn_id(scope: str, op: dict[str, Any]) -> str:

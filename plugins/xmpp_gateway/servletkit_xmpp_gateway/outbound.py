@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import xml.etree.ElementTree as ET
 from typing import TYPE_CHECKING, Any
 
 from slixmpp import JID
 from slixmpp.exceptions import PresenceError
 
-from servletkit_xmpp_gateway import names
+from servletkit_xmpp_gateway import msgids, names
 from servletkit_xmpp_gateway.formatting import html_to_xhtml_body
 
 if TYPE_CHECKING:
@@ -140,6 +141,8 @@ class OutboundRelay:
                               f"{muc} ({op['content'].get('msgtype')!r}).")
             return
         msg.send()
+        await msgids.remember(self.store, op["event_id"], muc, id=msg["id"],
+                              origin_id=msg["id"])
 
     async def send_direct(self: Bridge, op: dict[str, Any]) -> None:
         """Send a Matrix user's DM message to the XMPP address it is for."""
@@ -150,6 +153,8 @@ class OutboundRelay:
             await self.notice(op["room_id"], "this message cannot be carried to XMPP.")
             return
         msg.send()
+        await msgids.remember(self.store, op["event_id"], op["to"], id=msg["id"],
+                              origin_id=msg["id"])
 
     def _message(self: Bridge, content: dict[str, Any], to: JID, sender: JID, mtype: str,
                  event_id: str) -> Any:
@@ -163,6 +168,9 @@ class OutboundRelay:
             body = f"/me {body}"
         msg = self.xmpp.make_message(mto=to, mbody=body, mtype=mtype, mfrom=sender)
         msg["id"] = _stanza_id(event_id)
+        # XEP-0359: the same id as origin-id, which MUCs and archives keep
+        origin = ET.SubElement(msg.xml, f"{{{msgids.SID_NS}}}origin-id")
+        origin.set("id", msg["id"])
         html = content.get("formatted_body")
         if content.get("format") == "org.matrix.custom.html" and isinstance(html, str):
             xhtml = html_to_xhtml_body(html)

@@ -1,20 +1,24 @@
 """Test kit for the gateway: an XMPP user and a Matrix user that talk through it.
 
 Both are real clients: :class:`XmppUser` is a slixmpp ``ClientXMPP`` logging in
-over plain TCP on loopback; :class:`MatrixUser` speaks the client-server API
-with httpx. Their ``wait_*`` methods poll or wait with a bound, and fail the
-test with what they saw.
+over plain TCP on loopback; :class:`NioUser` is a matrix-nio client that
+sees messages through its ``/sync`` loop, as a person's Matrix app would;
+:class:`MatrixUser` speaks the client-server API with plain httpx requests.
+Their ``wait_*`` methods poll or wait with a bound, and fail the test with what
+they saw.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import uuid
 from collections.abc import Callable
 from typing import Any
 from urllib.parse import quote
 
 import httpx
+import nio
 from slixmpp import JID, ClientXMPP
 
 from servletkit.testing.waiting import eventually
@@ -68,12 +72,14 @@ class XmppUser(ClientXMPP):
             JID(room), nick, maxstanzas=None if history else 0, timeout=WAIT)
         return [str(p["from"].resource) for p in occupants]
 
-    def say(self, room: str, body: str, xhtml: str | None = None) -> None:
-        """Send a groupchat message (with an XHTML-IM body if given)."""
+    def say(self, room: str, body: str, xhtml: str | None = None) -> str:
+        """Send a groupchat message (with an XHTML-IM body if given); its id."""
         msg = self.make_message(mto=JID(room), mbody=body, mtype="groupchat")
+        msg["id"] = msg["id"] or uuid.uuid4().hex
         if xhtml is not None:
             msg["html"]["body"] = xhtml
         msg.send()
+        return str(msg["id"])
 
     def tell(self, to: str, body: str) -> None:
         """Send a 1:1 chat message."""
@@ -152,3 +158,74 @@ class MatrixUser:
         sync = await self.call("GET", "/sync", **params)
         self._since = sync["next_batch"]
         return list(sync.get("rooms", {}).get("invite", {}))
+
+
+class NioUser:
+    """A Matrix user on a matrix-nio client, as a person's Matrix app would be: it sends
+    with nio and sees messages only as its ``/sync`` loop delivers them."""
+
+    def __init__(self, client: nio.AsyncClient) -> None:
+        self.client = client
+        self.user_id: str = client.user_id
+        self.received: list[tuple[str, dict[str, Any]]] = []  # (room ID, event) as synced
+        self._syncing: asyncio.Task[None] | None = None
+
+    @classmethod
+    async def login(cls, homeserver: str, localpart: str, password: str) -> NioUser:
+        """Log in with a password and start syncing in the background."""
+        client = nio.AsyncClient(homeserver, localpart)
+        answer = await client.login(password)
+        assert isinstance(answer, nio.LoginResponse), f"login of {localpart}: {answer}"
+        user = cls(client)
+        client.add_event_callback(user._on_message, nio.RoomMessage)
+        user._syncing = asyncio.get_running_loop().create_task(
+            client.sync_forever(timeout=1000), name=f"sync-{localpart}")
+        return user
+
+    async def close(self) -> None:
+        """Stop syncing and close the client's session."""
+        if self._syncing is not None:
+            self._syncing.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._syncing
+        await self.client.close()
+
+    async def _on_message(self, room: nio.MatrixRoom, event: nio.RoomMessage) -> None:
+        self.received.append((room.room_id, event.source))
+
+    async def join(self, room: str) -> str:
+        """Join a room by ID or alias; its room ID."""
+        answer = await self.client.join(room)
+        assert isinstance(answer, nio.JoinResponse), f"join {room}: {answer}"
+        return str(answer.room_id)
+
+    async def send(self, room_id: str, body: str, html: str | None = None) -> str:
+        """Send an ``m.text`` (formatted if ``html``); its event ID."""
+        content: dict[str, str] = {"msgtype": "m.text", "body": body}
+        if html is not None:
+            content |= {"format": "org.matrix.custom.html", "formatted_body": html}
+        answer = await self.client.room_send(room_id, "m.room.message", content)
+        assert isinstance(answer, nio.RoomSendResponse), f"send to {room_id}: {answer}"
+        return str(answer.event_id)
+
+    async def set_displayname(self, name: str) -> None:
+        """Set this user's display name."""
+        answer = await self.client.set_displayname(name)
+        assert isinstance(answer, nio.ProfileSetDisplayNameResponse), answer
+
+    async def members(self, room_id: str) -> dict[str, str | None]:
+        """Joined members of the room → their display names."""
+        answer = await self.client.joined_members(room_id)
+        assert isinstance(answer, nio.JoinedMembersResponse), answer
+        return {member.user_id: member.display_name for member in answer.members}
+
+    def messages(self, room_id: str) -> list[dict[str, Any]]:
+        """The room's ``m.room.message`` events this client has synced, oldest first."""
+        return [event for room, event in self.received if room == room_id]
+
+    async def wait_message(self, room_id: str, check: Callable[[dict[str, Any]], bool],
+                           within: float = WAIT) -> dict[str, Any]:
+        """The first synced message event in the room for which ``check`` is true."""
+        found = await eventually(lambda: [e for e in self.messages(room_id) if check(e)],
+                                 within)
+        return found[0]

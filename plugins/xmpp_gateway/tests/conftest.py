@@ -3,26 +3,30 @@ deployed between them in a ``servletkit run`` subprocess, and users on both side
 
 from __future__ import annotations
 
+import json
 import subprocess
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
+from servletkit_xmpp_gateway.local import COMPONENT, MUC, gateway_table, namespaces
 from servletkit_xmpp_gateway.prosody import ProsodyServer, start_prosody
-from servletkit_xmpp_gateway.testing import MatrixUser, XmppUser
+from servletkit_xmpp_gateway.testing import MatrixUser, NioUser, XmppUser
 
 from servletkit.container.config import load_config
 from servletkit.container.snippets import dump_yaml, registration
 from servletkit.dev.embedded_synapse import stop_process
+from servletkit.store.factory import store_from_config
+from servletkit.store.plugin import PluginStore
 from servletkit.testing import only_plugins, plugins_toml
 from servletkit.testing.container import start_container
 from servletkit.testing.synapse import SynapseServer, free_port, start_synapse
 
 XMPP_USERS = {"human": "humanpass", "bob": "bobpass", "carol": "carolpass"}
-COMPONENT = "matrix.localhost"
-MUC = "conference.localhost"
+MATRIX_PASSWORD = "matrix-pw-1"
 CONFIGURED_ROOM = f"configured@{MUC}"  # bridged by the gateway's config, not on demand
 
 
@@ -41,17 +45,16 @@ class Gateway:
 
     def write_config(self) -> None:
         """The container's config: appservice namespaces and the gateway's table."""
-        table = {"component_jid": COMPONENT, "component_secret": self.prosody.secret,
-                 "xmpp_host": "127.0.0.1", "xmpp_port": self.prosody.component_port,
-                 "muc_domain": MUC, "reconnect_max": 1.0, "timeout_ms": 10000,
-                 "rooms": [CONFIGURED_ROOM]}
+        table = gateway_table(self.prosody) | {"reconnect_max": 1.0, "timeout_ms": 10000,
+                                               "rooms": [CONFIGURED_ROOM]}
+        owned = namespaces("localhost")
         self.config_path.write_text("\n".join([
             f'[server]\nhost = "127.0.0.1"\nport = {self.port}',
             f'[homeserver]\nurl = "http://127.0.0.1:{self.hs_port}"\nserver_name = "localhost"',
             '[appservice]\nid = "xmpp"\nas_token = "xmpp-as-token"\nhs_token = "xmpp-hs-token"',
             'sender_localpart = "xmppbot"',
-            '[[appservice.namespaces.users]]\nregex = "@_xmpp_.*:localhost"\nexclusive = true',
-            '[[appservice.namespaces.aliases]]\nregex = "#_xmpp_.*:localhost"\nexclusive = true',
+            *(f"[[appservice.namespaces.{kind}]]\nregex = {json.dumps(n.regex)}\nexclusive = true"
+              for kind in ("users", "aliases") for n in getattr(owned, kind)),
             plugins_toml(only_plugins({"xmpp_gateway": table})),
         ]))
 
@@ -59,6 +62,15 @@ class Gateway:
         """``servletkit run`` in a subprocess; waits for its health endpoint."""
         self.process = start_container(self.config_path, self.url, workdir=self.workdir,
                                        timeout=timeout)
+
+    async def plugin_data(self, key: str) -> Any:
+        """What the gateway has stored under ``key`` (its store, read beside it)."""
+        store = store_from_config(load_config(self.config_path))
+        await store.open()
+        try:
+            return await PluginStore(store, "xmpp_gateway").get(key)
+        finally:
+            await store.close()
 
     def log(self) -> str:
         """What the container has logged so far."""
@@ -113,6 +125,26 @@ async def matrix_user(gateway: Gateway) -> AsyncIterator[Callable[[str], Awaitab
     yield make
     for http in clients:
         await http.aclose()
+
+
+@pytest.fixture
+async def nio_user(gateway: Gateway) -> AsyncIterator[Callable[[str], Awaitable[NioUser]]]:
+    """Factory: a freshly registered Matrix user with display name ``name``, logged in
+    with a matrix-nio client that syncs in the background."""
+    users: list[NioUser] = []
+
+    async def make(name: str) -> NioUser:
+        assert gateway.synapse is not None
+        localpart = f"{name.lower()}{uuid.uuid4().hex[:6]}"
+        gateway.synapse.register(localpart, MATRIX_PASSWORD)
+        user = await NioUser.login(gateway.synapse.url, localpart, MATRIX_PASSWORD)
+        users.append(user)
+        await user.set_displayname(name)
+        return user
+
+    yield make
+    for user in users:
+        await user.close()
 
 
 @pytest.fixture

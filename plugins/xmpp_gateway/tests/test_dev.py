@@ -1,20 +1,15 @@
-"""``python -m servletkit_xmpp_gateway.dev``: servletkit dev with a Prosody, ready to chat."""
+"""``servletkit dev --xmpp``: a local Prosody beside the embedded Synapse, ready to chat."""
 
 from __future__ import annotations
 
-import json
-import signal
-import subprocess
-import sys
-import time
+import os
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
-import httpx
 import pytest
-from servletkit_xmpp_gateway.testing import MatrixUser, XmppUser
+from servletkit_xmpp_gateway.testing import NioUser, XmppUser
 
+from servletkit.testing.dev import DevProcess, write_dev_config
 from servletkit.testing.waiting import eventually
 
 pytestmark = pytest.mark.integration
@@ -22,52 +17,39 @@ ROOM = "devroom@conference.localhost"
 
 
 @pytest.fixture
-def dev(tmp_path: Path) -> Iterator[dict[str, Any]]:
-    """The dev command running until it is ready; its printed output, dev.json, xmpp.json.
-    Stopped with SIGINT (Ctrl-C) afterwards, which must stop Prosody too."""
-    state = tmp_path / "xmpp"
-    log = tmp_path / "out.log"
-    with open(log, "wb") as output:
-        child = subprocess.Popen([sys.executable, "-m", "servletkit_xmpp_gateway.dev",
-                                  "--state-dir", str(state)], stdout=output,
-                                 stderr=subprocess.STDOUT)
+def dev(tmp_path: Path) -> Iterator[DevProcess]:
+    """``servletkit dev --xmpp`` running until it is ready; SIGTERM afterwards, which
+    must stop its Prosody too."""
+    run = DevProcess.start(write_dev_config(tmp_path, {"xmpp_gateway": {}}), timeout=120.0,
+                           args=["--xmpp"])
+    prosody = int((tmp_path / "state" / "xmpp" / "prosody" / "prosody.pid").read_text())
     try:
-        deadline = time.monotonic() + 90
-        while not (state / "dev" / "dev.json").exists():
-            assert child.poll() is None, log.read_text()
-            assert time.monotonic() < deadline, "servletkit dev did not become ready"
-            time.sleep(0.1)
-        yield {"printed": log.read_text(),
-               "dev": json.loads((state / "dev" / "dev.json").read_text()),
-               "xmpp": json.loads((state / "xmpp.json").read_text())}
+        yield run
     finally:
-        child.send_signal(signal.SIGINT)
-        code = child.wait(30)
-    assert code in (0, 130), log.read_text()
-    assert not (state / "prosody" / "prosody.pid").exists()  # Prosody stopped cleanly
+        status = run.stop()
+    assert status == 0, run.stdout + run.stderr
+    assert not Path(f"/proc/{prosody}").exists()  # Prosody stopped with it
 
 
-async def test_the_printed_accounts_converse_through_the_gateway(dev: dict[str, Any]) -> None:
+async def test_the_printed_accounts_converse_through_the_gateway(dev: DevProcess) -> None:
     """The printed XMPP account and the dev Matrix account talk in a room on demand."""
-    xmpp, facts = dev["xmpp"], dev["dev"]
-    assert f"XMPP account  {xmpp['jid']}   password {xmpp['password']}" in dev["printed"]
-    async with httpx.AsyncClient(base_url=facts["homeserver_url"], timeout=30) as http:
-        login = (await http.post("/_matrix/client/v3/login", json={
-            "type": "m.login.password", "password": facts["test_user"]["password"],
-            "identifier": {"type": "m.id.user", "user": facts["test_user"]["localpart"]},
-        })).json()
-        http.headers["Authorization"] = f"Bearer {login['access_token']}"
-        matrix = MatrixUser(http, facts["test_user"]["user_id"])
+    xmpp, user = dev.facts["extensions"]["xmpp"], dev.facts["test_user"]
+    assert (f"XMPP account  {xmpp['jid']}   password {xmpp['password']}   server "
+            f"127.0.0.1:{xmpp['c2s_port']}") in dev.stdout
+    assert dev.facts["plugins"]["xmpp_gateway"]  # the gateway is live
+    matrix = await NioUser.login(dev.facts["homeserver_url"], user["localpart"],
+                                 user["password"])
+    person = XmppUser(f"{xmpp['jid']}/test", xmpp["password"])
+    try:
         room_id = await matrix.join("#_xmpp_devroom_conference.localhost:localhost")
-        person = XmppUser(f"{xmpp['jid']}/test", xmpp["password"])
         await person.login(xmpp["c2s_port"])
-        try:
-            await person.join(ROOM, "person")
-            await eventually(lambda: "dev" in person.occupants(ROOM))
-            await matrix.send(room_id, "hello from servletkit dev")
-            await person.wait_message(lambda m: m["body"] == "hello from servletkit dev")
-            person.say(ROOM, "hello from XMPP")
-            await matrix.wait_message(room_id, lambda e: e["content"]["body"]
-                                      == "hello from XMPP")
-        finally:
-            await person.logout()
+        await person.join(ROOM, "person")
+        await eventually(lambda: "dev" in person.occupants(ROOM))
+        await matrix.send(room_id, "hello from servletkit dev")
+        await person.wait_message(lambda m: m["body"] == "hello from servletkit dev")
+        person.say(ROOM, "hello from XMPP")
+        await matrix.wait_message(room_id, lambda e: e["content"]["body"] == "hello from XMPP")
+    finally:
+        await person.logout()
+        await matrix.close()
+    assert os.stat(dev.run_file).st_mode & 0o077 == 0  # dev.json holds the XMPP password

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 
 from servletkit.testing.waiting import eventually
@@ -12,25 +14,35 @@ ROOM = "lobby@conference.localhost"
 ALIAS = "#_xmpp_lobby_conference.localhost:localhost"
 
 
-async def test_room_on_demand_and_messages_both_ways(gateway, matrix_user, xmpp_user) -> None:
-    """Joining the alias creates the room; each side sees the other's words once."""
-    alice = await matrix_user("Alice")
+async def test_room_on_demand_and_messages_both_ways(gateway, nio_user, xmpp_user) -> None:
+    """Joining the alias creates the room; each side sees the other's words once (a
+    matrix-nio client on the Matrix side, seeing messages through its /sync)."""
+    alice = await nio_user("Alice")
     room_id = await alice.join(ALIAS)
     human = await xmpp_user("human")
     await human.join(ROOM, "human")
     await eventually(lambda: "Alice" in human.occupants(ROOM))
 
-    await alice.send(room_id, "hello from Matrix")
+    sent = await alice.send(room_id, "hello from Matrix")
     got = await human.wait_message(lambda m: m["body"] == "hello from Matrix")
     assert got["type"] == "groupchat" and got["from"].resource == "Alice"
 
-    human.say(ROOM, "hello from XMPP")
+    said = human.say(ROOM, "hello from XMPP")
     event = await alice.wait_message(room_id, lambda e: e["content"]["body"] == "hello from XMPP")
     assert event["sender"] == "@_xmpp_human=40localhost:localhost"
     assert (await alice.members(room_id))[event["sender"]] == "human"
 
+    # the message-id map, both ways (origin-id: XEP-0359, set by the gateway)
+    assert got.xml.find("{urn:xmpp:sid:0}origin-id").get("id") == got["id"]
+    assert await gateway.plugin_data(f"msg/m/{sent}") == {
+        "scope": ROOM, "id": got["id"], "origin_id": got["id"], "stanza_id": None}
+    assert await gateway.plugin_data(f"msg/x/{ROOM}/{got['id']}") == sent
+    assert await gateway.plugin_data(f"msg/x/{ROOM}/{said}") == event["event_id"]
+    assert (await gateway.plugin_data(f"msg/m/{event['event_id']}"))["id"] == said
+
     # no echoes: each message once on each side
-    bodies = [e["content"]["body"] for e in await alice.messages(room_id)]
+    await asyncio.sleep(0.5)  # time for a duplicate to show up, if there were one
+    bodies = [e["content"]["body"] for e in alice.messages(room_id)]
     assert bodies.count("hello from Matrix") == 1 and bodies.count("hello from XMPP") == 1
     assert len(human.messages(lambda m: m["body"] == "hello from Matrix")) == 1
 

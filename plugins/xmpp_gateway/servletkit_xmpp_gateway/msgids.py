@@ -1,0 +1,55 @@
+"""The message-id map: a Matrix event ↔ the ids of the same message on XMPP.
+
+Kept in the plugin's store for what refers to an earlier message (edits,
+replies, redactions: part 2). ``scope`` is where the message was said: the
+MUC's bare JID, or the XMPP address of a DM. Keys:
+
+``msg/m/<event_id>``
+    ``{"scope": ..., "id": ..., "origin_id": ..., "stanza_id": ...}``: the
+    XMPP message's ``id`` attribute, its XEP-0359 ``origin-id`` and the
+    ``stanza-id`` the server gave it (``None`` when unknown).
+``msg/x/<scope>/<xmpp id>``
+    the event ID, for each of those ids that is known (they are unique
+    within a scope: XEP-0359 asks senders and servers for unique ids).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from servletkit.store.plugin import PluginStore
+
+SID_NS = "urn:xmpp:sid:0"
+
+
+async def remember(store: PluginStore, event_id: str, scope: str, *, id: str | None,
+                   origin_id: str | None = None, stanza_id: str | None = None) -> None:
+    """Record that Matrix ``event_id`` and these XMPP ids in ``scope`` are one message."""
+    ids = {"id": id, "origin_id": origin_id, "stanza_id": stanza_id}
+    await store.put(f"msg/m/{event_id}", {"scope": scope, **ids})
+    for value in {v for v in ids.values() if v}:
+        await store.put(f"msg/x/{scope}/{value}", event_id)
+
+
+async def event_for(store: PluginStore, scope: str, xmpp_id: str) -> str | None:
+    """The Matrix event of the XMPP message ``xmpp_id`` (any of its ids) in ``scope``."""
+    event_id: str | None = await store.get(f"msg/x/{scope}/{xmpp_id}")
+    return event_id
+
+
+async def xmpp_ids_for(store: PluginStore, event_id: str) -> dict[str, Any] | None:
+    """The scope and XMPP ids of Matrix event ``event_id``, or ``None`` if unknown."""
+    found: dict[str, Any] | None = await store.get(f"msg/m/{event_id}")
+    return found
+
+
+def sid_ids(msg: Any, muc: str | None) -> tuple[str | None, str | None]:
+    """The XEP-0359 ``origin-id`` of a received message and the ``stanza-id`` that
+    ``muc`` (or, for a DM, any server) stamped on it."""
+    origin = msg.xml.find(f"{{{SID_NS}}}origin-id")
+    stanza_id = None
+    for stamp in msg.xml.findall(f"{{{SID_NS}}}stanza-id"):
+        if muc is None or stamp.get("by") == muc:
+            stanza_id = stamp.get("id")
+    return (origin.get("id") if origin is not None else None), stanza_id
