@@ -147,7 +147,9 @@ class StoreConfig:
     ``"full"`` (it also survives the machine losing power, at the cost of an
     fsync per commit). ``transactions_kept``: how many processed transactions
     (id and digest) are remembered for deduplication. ``audit_kept``: how many of the
-    newest audit records are kept (older ones are deleted).
+    newest audit records are kept (older ones are deleted). ``pool_size``: how many
+    connections to PostgreSQL this instance opens at most (each instance its own
+    pool: keep instances times ``pool_size`` under the server's ``max_connections``).
     """
 
     path: str = "servletkit.db"
@@ -155,6 +157,7 @@ class StoreConfig:
     synchronous: Literal["normal", "full"] = "normal"
     transactions_kept: int = attrs.field(default=10_000, validator=_positive)
     audit_kept: int = attrs.field(default=100_000, validator=_positive)
+    pool_size: int = attrs.field(default=10, validator=_positive)
 
 
 def _secret_when_enabled(instance: Any, attribute: attrs.Attribute[Any], value: str) -> None:

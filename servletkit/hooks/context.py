@@ -46,6 +46,8 @@ class PluginContext:
         are awaited, whichever store backs it: ``await context.store.get(key,
         default)``, ``await context.store.put(key, value)`` (any JSON value),
         ``await context.store.delete(key)``, ``await context.store.items(prefix)``.
+        ``await context.store.singleton(name, work)`` runs ``work()`` on one
+        container instance only when several share a database (docs/plugins.md).
         Writes made while the appservice wire handles a transaction become
         durable with it (see :func:`~servletkit.hooks.specs.on_stored_event`).
     """

@@ -35,7 +35,7 @@ def store_from_config(config: Config) -> Store:
                                   f"a PostgreSQL store needs psycopg ({error.name} is not "
                                   "installed): pip install 'servletkit[postgres]'") from None
             return PostgresStore(settings.url, transactions_kept=settings.transactions_kept,
-                                 audit_kept=settings.audit_kept)
+                                 audit_kept=settings.audit_kept, pool_size=settings.pool_size)
         what = f"the scheme {scheme!r}" if separator else "a URL without a scheme"
         raise ConfigError(config.path, "store.url",
                           f"no store for {what}: use postgresql://USER:PASSWORD@HOST/DB "

@@ -51,6 +51,17 @@ class StoreClosedError(RuntimeError):
     """The store was used after the container stopped (a plugin task outlived it)."""
 
 
+class Hold(Protocol):
+    """This instance's hold on a name among every instance on one store (taken with
+    :meth:`Store.hold`; what :mod:`servletkit.store.singleton` runs under)."""
+
+    async def lost(self) -> None:
+        """Return once the hold is lost (its database session ended); wait while kept."""
+
+    async def release(self) -> None:
+        """Give the hold up, so another instance can take it. Releasing twice does nothing."""
+
+
 class Store(Protocol):
     """Durable state: processed transactions, each plugin's data, the audit log.
 
@@ -84,6 +95,12 @@ class Store(Protocol):
         The appservice wire handles transactions under it, so two instances sent the
         same transaction at once handle it once, in order. In-process for SQLite."""
         ...
+
+    async def hold(self, name: str) -> Hold | None:
+        """Take ``name`` among every instance on this store without waiting: a
+        :class:`Hold` if this instance now holds it, ``None`` if another holder has it.
+        A hold ends with its holder (process or database session), unlike ``exclusive``
+        it is meant to be kept for long. In-process for SQLite."""
 
     async def get(self, plugin: str, key: str) -> str | None:
         """The committed JSON text stored by ``plugin`` under ``key``, or ``None``."""

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from servletkit.store.interface import Store
+from servletkit.store.singleton import run_singleton
 from servletkit.store.units import Batch, current_batch
 
 
@@ -55,6 +57,23 @@ class PluginStore:
                     found[key] = text
         return [(key, json.loads(text)) for key, text in sorted(found.items())
                 if text is not None]
+
+    async def singleton(self, name: str, work: Callable[[], Awaitable[None]]) -> None:
+        """Run ``work()`` on exactly one of the container instances sharing this store,
+        taken over by another within seconds when that one dies; never returns.
+
+        Start it as a task in ``servlet_init`` and cancel it in ``servlet_destroy``::
+
+            task = asyncio.create_task(context.store.singleton("component", connect))
+            ...
+            task.cancel()
+
+        ``work`` should run until cancelled (it is cancelled when this instance
+        loses its hold, and started again after it returns or raises); ``name``
+        is this plugin's own (two plugins may use the same one). The rules, and
+        the one case of overlap, are in :mod:`servletkit.store.singleton`.
+        """
+        await run_singleton(self._store, f"singleton:{self._plugin}:{name}", work)
 
     async def _write(self, key: str, text: str | None) -> None:
         batch = current_batch()

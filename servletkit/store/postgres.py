@@ -26,6 +26,7 @@ open under an advisory lock, so instances starting together apply each once;
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import time
 import urllib.parse
@@ -42,6 +43,7 @@ from servletkit.store.interface import (
     StoreClosedError,
     StoreContents,
 )
+from servletkit.store.singleton import CHECK_S
 from servletkit.store.units import Batch
 
 #: Schema migrations, in order: ``MIGRATIONS[n]`` takes the schema from version n to n + 1.
@@ -98,6 +100,29 @@ async def migrate(conn: psycopg.AsyncConnection[Any]) -> int:
         elif version != len(MIGRATIONS):
             await conn.execute("UPDATE schema_version SET version = %s", (len(MIGRATIONS),))
     return len(MIGRATIONS)
+
+
+class AdvisoryHold:
+    """A session advisory lock on a connection of its own (not the pool's), checked every
+    ``check_s``: lost when that session ends (connection broken, server restarted,
+    ``pg_terminate_backend``), released by closing the connection."""
+
+    def __init__(self, conn: psycopg.AsyncConnection[Any], check_s: float = CHECK_S) -> None:
+        self._conn = conn
+        self._check_s = check_s
+
+    async def lost(self) -> None:
+        """Return when a check fails or takes longer than ``check_s``."""
+        while True:
+            await asyncio.sleep(self._check_s)
+            try:
+                await asyncio.wait_for(self._conn.execute("SELECT 1"), self._check_s)
+            except (psycopg.Error, TimeoutError):
+                return
+
+    async def release(self) -> None:
+        """Close the session, which releases its lock."""
+        await self._conn.close()
 
 
 class PostgresStore:
@@ -240,6 +265,23 @@ class PostgresStore:
                 if not conn.broken and not conn.closed:
                     await conn.execute("SELECT pg_advisory_unlock(hashtextextended(%s, 0))",
                                        (name,))
+
+    async def hold(self, name: str) -> AdvisoryHold | None:
+        """Try the session advisory lock on ``name`` on a new connection of its own (kept
+        while held, so a long hold takes nothing from the pool)."""
+        await self._get_pool()  # migrated, and not closed
+        conn = await psycopg.AsyncConnection.connect(self.url, autocommit=True)
+        try:
+            cursor = await conn.execute(
+                "SELECT pg_try_advisory_lock(hashtextextended(%s, 0))", (name,))
+            row = await cursor.fetchone()
+        except BaseException:
+            await conn.close()
+            raise
+        if row is None or not row[0]:
+            await conn.close()
+            return None
+        return AdvisoryHold(conn)
 
     async def get(self, plugin: str, key: str) -> str | None:
         """The committed JSON text of ``plugin``'s ``key``."""

@@ -34,6 +34,7 @@ from servletkit.store.interface import (
     StoreClosedError,
     StoreContents,
 )
+from servletkit.store.singleton import LocalHold
 from servletkit.store.units import Batch
 
 _SCHEMA: Final = (
@@ -124,6 +125,7 @@ class SqliteStore:
         self._db: sqlite3.Connection | None = None
         self._closed = False
         self._exclusive: dict[str, asyncio.Lock] = {}
+        self._held: set[str] = set()
 
     async def open(self) -> None:
         """Open (creating if needed) the file and its tables.
@@ -233,6 +235,10 @@ class SqliteStore:
         """One holder of ``name`` at a time in this process (the file has one writer)."""
         async with self._exclusive.setdefault(name, asyncio.Lock()):
             yield
+
+    async def hold(self, name: str) -> LocalHold | None:
+        """``name`` for this process, unless a task of it holds it already."""
+        return None if name in self._held else LocalHold(self._held, name)
 
     async def get(self, plugin: str, key: str) -> str | None:
         """The committed JSON text of ``plugin``'s ``key``."""

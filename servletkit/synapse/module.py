@@ -33,8 +33,9 @@ A join or invite is two hooks (the action, then its membership event), so two
 round trips; a message is one.
 
 When the container cannot answer in time (down, slow, garbage) the callback's
-policy applies (:mod:`servletkit.synapse.settings`): ``fail_open`` lets the
-action through; otherwise the client gets ``503 M_UNKNOWN`` ("try again"),
+policy applies (:mod:`servletkit.synapse.settings`; with several instances in
+``containers``, the next instance is asked first, :mod:`servletkit.synapse.failover`):
+``fail_open`` lets the action through; otherwise the client gets ``503 M_UNKNOWN`` ("try again"),
 and a remote event is soft-failed.
 """
 
@@ -51,7 +52,7 @@ from twisted.internet import defer, reactor
 
 from servletkit.hooks.decisions import Allow, Modify, Veto
 from servletkit.hooks.specs import HOOKS
-from servletkit.synapse.client import ContainerClient
+from servletkit.synapse.failover import Containers
 from servletkit.synapse.settings import ModuleSettings, SettingsError, parse_settings
 from servletkit.throttle import Throttle
 
@@ -123,7 +124,7 @@ class ServletkitModule:
         self._api = api
         self._settings = config
         self._policies = config.policies
-        self._client = ContainerClient(reactor, config.host, config.port, config.secret)
+        self._client = Containers(reactor, config.addresses, config.secret)
         self._failures = Throttle(FAILURE_LOG_INTERVAL_S)
         # each Synapse callback of the hook table: its op, and the method that adapts it
         self._ops: dict[str, str] = {}

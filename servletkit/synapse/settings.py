@@ -4,6 +4,11 @@
 
 ``host`` (default ``"127.0.0.1"``), ``port`` (default ``8091``)
     where the container's module-wire listener is (``[module]`` host/port).
+``containers`` (instead of ``host`` and ``port``)
+    several container instances on one database (docs/deploy.md), a list of
+    ``"host:port"`` module-wire addresses: requests are spread over the connected
+    ones, and a request whose instance is down or drops the connection goes to
+    the next one within the callback's budget.
 ``secret`` (required)
     the shared secret, ``[module] secret`` in servletkit.toml.
 ``callbacks`` (optional)
@@ -66,9 +71,16 @@ class ModuleSettings:
     host: str = "127.0.0.1"
     port: int = 8091
     policies: Mapping[str, CallbackPolicy] = attrs.field(factory=lambda: dict(DEFAULT_POLICIES))
+    containers: tuple[tuple[str, int], ...] = ()
+    """``containers``' addresses; empty means the one at ``host``:``port``."""
+
+    @property
+    def addresses(self) -> tuple[tuple[str, int], ...]:
+        """Every container instance's module-wire address, in the configured order."""
+        return self.containers or ((self.host, self.port),)
 
 
-_KEYS: Final = ("host", "port", "secret", "callbacks")
+_KEYS: Final = ("host", "port", "containers", "secret", "callbacks")
 _POLICY_KEYS: Final = ("timeout_ms", "fail_open")
 
 
@@ -86,10 +98,38 @@ def parse_settings(config: Any) -> ModuleSettings:
     host = config.get("host", "127.0.0.1")
     if not isinstance(host, str):
         raise SettingsError(f"config.host: must be a string, got {type(host).__name__}")
-    port = config.get("port", 8091)
+    port = _port("config.port", config.get("port", 8091))
+    containers = _parse_containers(config)
+    return ModuleSettings(secret, host, port, _parse_policies(config.get("callbacks", {})),
+                          containers)
+
+
+def _port(key: str, port: Any) -> int:
     if not isinstance(port, int) or isinstance(port, bool) or not 0 < port < 65536:
-        raise SettingsError(f"config.port: must be a TCP port number, got {port!r}")
-    return ModuleSettings(secret, host, port, _parse_policies(config.get("callbacks", {})))
+        raise SettingsError(f"{key}: must be a TCP port number, got {port!r}")
+    return port
+
+
+def _parse_containers(config: Mapping[str, Any]) -> tuple[tuple[str, int], ...]:
+    if "containers" not in config:
+        return ()
+    if "host" in config or "port" in config:
+        raise SettingsError("config.containers: give either containers or host and port, "
+                            "not both (put every instance in containers)")
+    entries = config["containers"]
+    if not isinstance(entries, list) or not entries:
+        raise SettingsError('config.containers: must be a non-empty list of "host:port" '
+                            f"strings, got {entries!r:.200}")
+    addresses = []
+    for index, entry in enumerate(entries):
+        key = f"config.containers[{index}]"
+        host, sep, port = entry.rpartition(":") if isinstance(entry, str) else ("", "", "")
+        if not sep or not host or not port.isdigit():
+            raise SettingsError(f'{key}: must be "host:port", got {entry!r:.200}')
+        addresses.append((host, _port(key, int(port))))
+    if len(set(addresses)) != len(addresses):
+        raise SettingsError(f"config.containers: an address is listed twice: {entries!r:.300}")
+    return tuple(addresses)
 
 
 def _parse_policies(table: Any) -> dict[str, CallbackPolicy]:

@@ -236,8 +236,19 @@ class TestSettings:
         policy = settings.policies["check_login_for_spam"]
         assert (policy.fail_open, policy.timeout_ms) == (True, 2000.0)
 
+    def test_containers(self) -> None:
+        """``containers`` lists several instances' addresses, in order."""
+        settings = parse_settings({"secret": "s", "containers": ["10.0.0.1:8091", "b.lan:9"]})
+        assert settings.addresses == (("10.0.0.1", 8091), ("b.lan", 9))
+        assert parse_settings({"secret": "s", "port": 7}).addresses == (("127.0.0.1", 7),)
+
     @pytest.mark.parametrize(("config", "message"), [
         ({}, "config.secret: required"),
+        ({"secret": "s", "containers": []}, "config.containers: must be a non-empty list"),
+        ({"secret": "s", "containers": ["a:1"], "port": 2}, "either containers or host"),
+        ({"secret": "s", "containers": ["a:1", "a"]}, r"config.containers\[1\]: must be"),
+        ({"secret": "s", "containers": ["a:70000"]}, "must be a TCP port number"),
+        ({"secret": "s", "containers": ["a:1", "a:1"]}, "listed twice"),
         ({"secret": "s", "prot": 1}, "config.prot: unknown key"),
         ({"secret": "s", "port": "80"}, "config.port: must be a TCP port number"),
         ({"secret": "s", "callbacks": {"check_foo": {}}}, "check_foo: unknown callback"),

@@ -31,16 +31,24 @@ def test_the_default_is_servletkit_db(tmp_path):
                                  "postgres://servletkit:secret@db/servletkit"])
 def test_a_postgresql_url_chooses_the_postgres_store(tmp_path, url):
     """[store] url with a postgresql (or postgres) scheme is the PostgreSQL store, with the
-    [store] bounds; its repr hides the password."""
+    [store] bounds and pool_size; its repr hides the password."""
     from servletkit.store.postgres import PostgresStore
 
-    config = parse_config({"store": {"url": url, "transactions_kept": 5, "audit_kept": 7}},
-                          tmp_path / "servletkit.toml")
+    config = parse_config({"store": {"url": url, "transactions_kept": 5, "audit_kept": 7,
+                                     "pool_size": 3}}, tmp_path / "servletkit.toml")
     store = store_from_config(config)
     assert isinstance(store, PostgresStore)
-    assert (store.url, store.transactions_kept, store.audit_kept) == (url, 5, 7)
+    assert (store.url, store.transactions_kept, store.audit_kept, store.pool_size) == (
+        url, 5, 7, 3)
     assert "secret" not in repr(store)
     assert "servletkit:***@db" in repr(store)
+
+
+def test_pool_size_must_be_positive(tmp_path):
+    """pool_size = 0 is refused naming store.pool_size."""
+    with pytest.raises(ConfigError, match=r"store\.pool_size"):
+        parse_config({"store": {"url": "postgresql://db/s", "pool_size": 0}},
+                     tmp_path / "servletkit.toml")
 
 
 @pytest.mark.parametrize(("url", "named"), [
