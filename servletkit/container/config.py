@@ -3,9 +3,9 @@
 The container's own sections are attrs classes; :func:`load_config` checks every
 key and type against them and fails with a :class:`ConfigError` that names the
 file, the key and the problem. ``[plugins.NAME]`` tables mix the container's
-per-plugin settings (``enabled``, ``order``, ``timeout_ms``, ``on_error``) with
-the plugin's own keys, which are handed to the plugin untouched as
-``context.config``; a plugin key that looks like a misspelt container key
+per-plugin settings (``enabled``, ``order``, ``timeout_ms``, ``on_error``,
+``threaded``) with the plugin's own keys, which are handed to the plugin untouched
+as ``context.config``; a plugin key that looks like a misspelt container key
 (``timeout`` for ``timeout_ms``) is logged as a warning.
 """
 
@@ -303,6 +303,7 @@ class PluginSettings:
     order: int = 0
     timeout_ms: float = attrs.field(default=1000.0, validator=_positive)
     on_error: Literal["allow", "deny"] = "allow"
+    threaded: bool = False
 
 
 @attrs.frozen

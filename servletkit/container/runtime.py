@@ -36,7 +36,13 @@ from servletkit.container.versions import (
     restore_modules,
 )
 from servletkit.hooks.context import PluginContext
-from servletkit.hooks.dispatcher import Dispatcher, PluginPolicy, await_me_maybe, iter_plugin_impls
+from servletkit.hooks.dispatcher import (
+    Chain,
+    Dispatcher,
+    PluginPolicy,
+    await_me_maybe,
+    iter_plugin_impls,
+)
 from servletkit.hooks.specs import HOOKS
 from servletkit.hooks.table import HookTable
 from servletkit.store import PluginStore, Store, store_from_config
@@ -115,7 +121,7 @@ class Container:
         self._include_installed = include_installed
         self.store: Store = store or store_from_config(config)
         self.pm = new_plugin_manager(hooks)
-        self.dispatcher = Dispatcher(self.pm, hooks)
+        self.dispatcher = Dispatcher(self.pm, hooks, rebuilt=self._track_chains)
         self.errors: list[PluginError] = []
         self._extra = tuple(extra_plugins)
         self._sources: dict[str, PluginSource] = {}
@@ -183,14 +189,16 @@ class Container:
         return table.settings if table else PluginSettings()
 
     def policy(self, name: str) -> PluginPolicy:
-        """The dispatcher policy of plugin ``name``: order, config position, budget, on_error."""
+        """The dispatcher policy of plugin ``name``: order, config position, budget,
+        on_error, threaded."""
         table = self.config.plugin(name)
         settings = self.settings(name)
         # plugins without a table come after those with one, by name
         position = table.position if table else len(self.config.plugins) + sorted(
             self._sources
         ).index(name)
-        return PluginPolicy(settings.order, position, settings.timeout_ms, settings.on_error)
+        return PluginPolicy(settings.order, position, settings.timeout_ms, settings.on_error,
+                            settings.threaded)
 
     def is_own_user(self, user_id: str) -> bool:
         """Whether ``user_id`` is the appservice's: its sender or in its users namespace.
@@ -212,6 +220,7 @@ class Container:
         # the app opened it already, before its wires listen; a container started
         # without the app (servletkit.testing, `servletkit plugins`) is opened here
         await self.store.open()
+        self.dispatcher.start_guard()
         for name, version in list(self._versions.items()):
             try:
                 await self._lifecycle(version, "servlet_init")
@@ -234,6 +243,7 @@ class Container:
             await asyncio.gather(*self._drains, return_exceptions=True)
         for name in sorted(live):
             await self._destroy(self._versions[name])
+        self.dispatcher.close()
         if self.homeserver is not None:
             await self.homeserver.aclose()
         await self.store.close()
@@ -261,7 +271,10 @@ class Container:
             {v.registered_as: (self.policy(v.name), v.context) for v in live},
             {v.registered_as: v.name for v in live},
         )
-        chains = self.dispatcher.chains()
+
+    def _track_chains(self, chains: list[Chain]) -> None:
+        """Fold the figures of chains just replaced into each version's totals."""
+        live = [self._versions[name] for name in self._live]
         for version in [*live, *self._retiring]:
             version.forget_drained(chains, self.dispatcher.in_flight(version.registered_as))
         for version in live:

@@ -16,6 +16,7 @@ from typing import Any, Literal
 import attrs
 import pluggy
 
+from servletkit.hooks._worker_threads import WorkerThreads
 from servletkit.hooks.decisions import Allow, Decision, Veto
 
 OnError = Literal["allow", "deny"]
@@ -32,13 +33,15 @@ class PluginPolicy:
     ``order`` then ``position`` (its place in the config) place it in chains;
     ``timeout_ms`` is its budget per call, in every mode; ``on_error`` says
     what a failure means where the mode has a decision (interception only):
-    ``"allow"`` skips the plugin, ``"deny"`` vetoes.
+    ``"allow"`` skips the plugin, ``"deny"`` vetoes. ``threaded`` runs its sync
+    hooks in worker threads, so that a blocking call cannot hold up the event loop.
     """
 
     order: int = 0
     position: int = 0
     timeout_ms: float = 1000.0
     on_error: OnError = "allow"
+    threaded: bool = False
 
 
 @attrs.frozen
@@ -162,6 +165,7 @@ def build_chains(
     modifiable: frozenset[str],
     plugins: Mapping[str, tuple[PluginPolicy, Any]],
     names: Mapping[str, str] | None = None,
+    threads: Callable[[str], WorkerThreads] | None = None,
 ) -> dict[str, Chain]:
     """The chain of each of ``hooks`` over ``plugins``: name → (policy, context).
 
@@ -169,7 +173,8 @@ def build_chains(
     out. Order: policy ``order``, then ``tryfirst``/normal/``trylast``, then
     ``position`` (the plugin's place in the config), then name. ``names`` maps a
     name registered in pluggy to the plugin name the slots carry (a reloaded
-    version, ``plugin@2``, answers as ``plugin``).
+    version, ``plugin@2``, answers as ``plugin``). The sync implementations of a
+    plugin whose policy is ``threaded`` run in ``threads(name)`` and are awaited.
     """
     names = names or {}
     chains = {}
@@ -182,10 +187,14 @@ def build_chains(
             policy, context = plugins[impl.plugin_name]
             rank = 0 if impl.tryfirst else 2 if impl.trylast else 1
             plugin = names.get(impl.plugin_name, impl.plugin_name)
+            call = call if one_argument else _packed(call)
+            is_async = inspect.iscoroutinefunction(impl.function)
+            if policy.threaded and not is_async and threads is not None:
+                call, is_async = threads(impl.plugin_name).wrap(call), True
             slot = Slot(
                 plugin=plugin,
-                call=call if one_argument else _packed(call),
-                is_async=inspect.iscoroutinefunction(impl.function),
+                call=call,
+                is_async=is_async,
                 context=context,
                 budget_s=policy.timeout_ms / 1000.0,
                 deny=policy.on_error == "deny",

@@ -8,9 +8,11 @@ Every mode (:meth:`~Dispatcher.intercept`, :meth:`~Dispatcher.observe`,
 :meth:`~Dispatcher.observe_each`, :meth:`~Dispatcher.first_answer`) calls the
 plugins through one routine, :meth:`Dispatcher._run`, so a plugin fails the same
 way in each: it raised (``raised``), or it took longer than its budget
-(``timed_out``; an ``async def`` plugin is cancelled, a sync one cannot be and
-its answer is ignored). Each mode only brings its rule for combining answers
-(:class:`_Interception`, :class:`_Observation`, :class:`_FirstAnswer`).
+(``timed_out``: an ``async def`` plugin suspended past it is cancelled, a plugin
+still holding the event loop past it is interrupted by the
+:class:`~servletkit.hooks._hang_guard.HangGuard` and its sync hooks run in
+worker threads from then on; an answer after the budget is ignored). Each mode
+only brings its rule for combining answers (:mod:`servletkit.hooks._rules`).
 
 Hot-path notes (see ``benchmarks/dispatch.py``): a :class:`Chain` is built once
 per plugin change; a plugin that answers ``None`` in time costs one clock read
@@ -28,10 +30,12 @@ import logging
 import time
 from asyncio import current_task
 from collections.abc import Awaitable, Callable, Coroutine, Iterable, Mapping
-from typing import Any, Final, Generic, TypeVar
+from typing import Any, Final, TypeVar
 
+import attrs
 import pluggy
 
+from servletkit.hooks import _eventloop, _rules, _worker_threads
 from servletkit.hooks._chain import (
     Chain,
     FailureKind,
@@ -45,7 +49,23 @@ from servletkit.hooks._chain import (
     iter_plugin_impls,
 )
 from servletkit.hooks._eventloop import Watchdog, run_eagerly
-from servletkit.hooks.decisions import Allow, Modify, Veto
+from servletkit.hooks._hang_guard import HangGuard, PluginBlocked
+from servletkit.hooks._rules import (
+    BLOCKED,
+    FAILURE_RECORD_ATTRIBUTE,
+    RAISED,
+    STOP,
+    TIMED_OUT,
+    FirstAnswer,
+    Interception,
+    InterceptionWithoutModify,
+    Observation,
+    Rule,
+    accept_any,
+    raised,
+    timed_out,
+)
+from servletkit.hooks._worker_threads import WorkerThreads
 from servletkit.hooks.specs import HOOKS
 from servletkit.hooks.table import HookTable
 
@@ -69,9 +89,6 @@ log = logging.getLogger("servletkit.dispatcher")
 
 T = TypeVar("T")
 
-_STOP: Final = object()  # a rule's answer: the run ends here
-_TIMED_OUT: Final = object()  # the watchdog cancelled the plugin
-_RAISED: Final = object()  # the plugin raised
 _clock: Final = time.perf_counter
 _NO_FAILURES: Final[tuple[PluginFailure, ...]] = ()
 
@@ -82,142 +99,6 @@ async def await_me_maybe(value: T | Awaitable[T]) -> T:
         return await value
     return value
 
-
-class _Rule(Generic[T]):
-    """How one mode combines the answers of a run; the only code a mode adds.
-
-    :meth:`Dispatcher._run` makes the rule when a plugin first answers something
-    other than ``None`` in time, or fails, and asks it about each such answer.
-    """
-
-    __slots__ = ("failures",)
-
-    def __init__(self) -> None:
-        self.failures: list[PluginFailure] = []
-
-    def take(self, slot: Slot, answer: object, subject: Any) -> Any:
-        """Combine a plugin's answer (not ``None``, in time).
-
-        :returns: the subject for the next plugins, or ``_STOP`` to end the run.
-        """
-        raise NotImplementedError
-
-    def failed(self, slot: Slot, failure: PluginFailure) -> bool:
-        """Record a plugin's failure; ``True`` ends the run."""
-        slot.failures += 1
-        self.failures.append(failure)
-        return False
-
-    def result(self) -> T:
-        """What the mode returns."""
-        raise NotImplementedError
-
-
-class _Interception(_Rule[Outcome]):
-    """The first ``Veto`` ends the chain; ``Modify`` is pipelined; ``Allow`` is noted.
-
-    Anything else is a ``bad_answer`` failure. A failure of a plugin whose
-    ``on_error`` is ``"deny"`` ends the chain with a veto naming it.
-    """
-
-    __slots__ = ("allowed_by", "chain", "decided", "event", "modified_by")
-
-    def __init__(self, chain: Chain) -> None:
-        super().__init__()
-        self.chain = chain
-        self.allowed_by: Slot | None = None
-        self.modified_by: Slot | None = None
-        self.event: Any = None
-        self.decided: tuple[Veto, str] | None = None
-
-    def take(self, slot: Slot, answer: object, subject: Any) -> Any:
-        kind = type(answer)
-        if kind is Allow:
-            if self.allowed_by is None:
-                self.allowed_by = slot
-            return subject
-        if kind is Veto:
-            self.decided = (answer, slot.plugin)  # type: ignore[assignment]
-            return _STOP
-        if kind is Modify and self.chain.modifiable:
-            self.event = subject.with_content(answer.content)  # type: ignore[attr-defined]
-            self.modified_by = slot
-            return self.event
-        return _STOP if self.failed(slot, _bad_answer(slot, self.chain, answer)) else subject
-
-    def failed(self, slot: Slot, failure: PluginFailure) -> bool:
-        super().failed(slot, failure)
-        if not slot.deny:
-            return False
-        self.decided = (Veto(f"refused because the plugin {slot.plugin!r} failed"), slot.plugin)
-        return True
-
-    def result(self) -> Outcome:
-        hook, failures = self.chain.hook, tuple(self.failures)
-        if self.decided is not None:
-            veto, plugin = self.decided
-            return Outcome(hook, veto, plugin, self.event, failures)
-        if self.modified_by is not None:
-            return Outcome(hook, Modify(content=self.event.content), self.modified_by.plugin,
-                           self.event, failures)
-        if self.allowed_by is not None:
-            if failures:
-                return Outcome(hook, Allow(), self.allowed_by.plugin, None, failures)
-            return self.allowed_by.allow_outcome
-        return Outcome(hook, None, None, None, failures)
-
-
-class _InterceptionWithoutModify(_Interception):
-    """As :class:`_Interception`, but a ``Modify`` is a ``bad_answer`` failure: the wire
-    that asked can only let the event through or refuse it (the policy wire)."""
-
-    __slots__ = ()
-
-    def take(self, slot: Slot, answer: object, subject: Any) -> Any:
-        if type(answer) is Modify:
-            failure = _failure(slot, self.chain, "bad_answer", "returned Modify, but the wire "
-                               "that asked can only allow or refuse the event")
-            return _STOP if self.failed(slot, failure) else subject
-        return super().take(slot, answer, subject)
-
-
-class _Observation(_Rule[tuple[PluginFailure, ...]]):
-    """Answers are ignored; failures are reported."""
-
-    __slots__ = ()
-
-    def __init__(self, chain: Chain) -> None:
-        super().__init__()
-
-    def take(self, slot: Slot, answer: object, subject: Any) -> Any:
-        return subject
-
-    def result(self) -> tuple[PluginFailure, ...]:
-        return tuple(self.failures)
-
-
-class _FirstAnswer(_Rule[tuple[str | None, Any]]):
-    """The first answer ``accept`` takes ends the run; failures are skipped."""
-
-    __slots__ = ("accept", "answer")
-
-    def __init__(self, accept: Callable[[Any], bool]) -> None:
-        super().__init__()
-        self.accept = accept
-        self.answer: tuple[str | None, Any] = (None, None)
-
-    def take(self, slot: Slot, answer: object, subject: Any) -> Any:
-        if not self.accept(answer):
-            return subject
-        self.answer = (slot.plugin, answer)
-        return _STOP
-
-    def result(self) -> tuple[str | None, Any]:
-        return self.answer
-
-
-def _accept_any(answer: object) -> bool:
-    return True
 
 
 class Dispatcher:
@@ -231,16 +112,30 @@ class Dispatcher:
     In every mode a plugin that raises, or takes longer than its policy's
     ``timeout_ms``, has failed: the failure is logged and counted in
     :meth:`timings`, and the plugin's answer, if any, is ignored. An ``async def``
-    plugin past its budget is cancelled (within 5 ms). Only :meth:`intercept`
-    has a decision to make, so only there does ``on_error = "deny"`` turn a
-    failure into a veto; the other modes go on with the next plugin.
+    plugin suspended past its budget is cancelled (within 5 ms); once
+    :meth:`start_guard` ran, a plugin holding the event loop past its budget is
+    interrupted (within 10 ms) and its sync hooks run in worker threads from then
+    on. Only :meth:`intercept` has a decision to make, so only there does
+    ``on_error = "deny"`` turn a failure into a veto; the other modes go on with
+    the next plugin.
+
+    ``rebuilt(chains)``, if given, is called after each :meth:`rebuild` with the
+    new chains, also when the dispatcher rebuilt them itself (a plugin caught
+    blocking the loop moves to worker threads).
     """
 
-    def __init__(self, pm: pluggy.PluginManager, hooks: HookTable = HOOKS) -> None:
+    def __init__(self, pm: pluggy.PluginManager, hooks: HookTable = HOOKS,
+                 rebuilt: Callable[[list[Chain]], None] | None = None) -> None:
         self._pm = pm
         self._hooks = hooks
+        self._rebuilt = rebuilt
         self._chains: dict[str, Chain] = {}
         self._watchdog = Watchdog()
+        self._guard = HangGuard(_RUN_CODE, _OWN_FILES, self._move_to_threads)
+        self._built_from: tuple[Mapping[str, tuple[PluginPolicy, Any]],
+                                Mapping[str, str] | None] = ({}, None)
+        self._blocking: set[str] = set()  # plugins (as registered) caught blocking the loop
+        self._threads: dict[str, WorkerThreads] = {}
 
     def rebuild(
         self,
@@ -257,9 +152,50 @@ class Dispatcher:
         The new chains replace the old at once; runs that started on the old
         chains finish on them (:meth:`in_flight` counts them).
         """
+        self._built_from = (plugins, names)
+        policies = {name: (attrs.evolve(policy, threaded=True)
+                           if name in self._blocking else policy, context)
+                    for name, (policy, context) in plugins.items()}
         hooks = self._hooks.of_kind("interception", "observation", "query")
-        self._chains = build_chains(self._pm, sorted(hooks), self._hooks.modifiable, plugins,
-                                    names)
+        self._chains = build_chains(self._pm, sorted(hooks), self._hooks.modifiable, policies,
+                                    names, self._threads_of)
+        if self._rebuilt is not None:
+            self._rebuilt(self.chains())
+
+    def start_guard(self) -> None:
+        """Interrupt plugins that hold this event loop past their budget (call from the
+        loop; a loop on the main thread is needed to interrupt, see
+        :mod:`~servletkit.hooks._hang_guard`)."""
+        self._guard.start()
+
+    def close(self) -> None:
+        """Stop the guard and let the worker threads end."""
+        self._guard.stop()
+        for threads in self._threads.values():
+            threads.close()
+        self._threads.clear()
+
+    def _threads_of(self, registered_as: str) -> WorkerThreads:
+        threads = self._threads.get(registered_as)
+        if threads is None:
+            threads = self._threads[registered_as] = WorkerThreads(registered_as)
+        return threads
+
+    def _move_to_threads(self, slot: Slot | None) -> None:
+        """Run the sync hooks of the plugin whose ``slot`` blocked the loop in worker threads."""
+        if slot is None or slot.registered_as in self._blocking:
+            return
+        if slot.is_async:
+            log.error("plugin %r blocks the event loop inside an async def %s: it is "
+                      "interrupted each time; await instead of blocking (or make the hook "
+                      "sync: sync hooks of a blocking plugin run in worker threads)",
+                      slot.plugin, _hook_of(self._chains, slot))
+            return
+        self._blocking.add(slot.registered_as)
+        log.error("plugin %r blocked the event loop past its budget: its sync hooks run in "
+                  "worker threads from now on (set threaded = true in its [plugins] table "
+                  "to start that way)", slot.plugin)
+        self.rebuild(*self._built_from)
 
     def chains(self) -> list[Chain]:
         """The current chains, one per hook."""
@@ -318,7 +254,7 @@ class Dispatcher:
         # slots are called as call(subject, context): the one argument of a one-argument
         # hook (no star-args on the hot path), else the tuple of its arguments
         subject = args[0] if len(args) == 1 else args
-        rule = _Interception if modify else _InterceptionWithoutModify
+        rule = Interception if modify else InterceptionWithoutModify
         return self._run(chain, subject, rule, chain.no_opinion)
 
     async def observe(self, hook: str, *args: Any) -> tuple[PluginFailure, ...]:
@@ -334,12 +270,12 @@ class Dispatcher:
         chain = self._chain(hook)
         subject = args[0] if len(args) == 1 else args
         if chain.async_count <= 1:
-            return await self._run(chain, subject, _Observation, _NO_FAILURES)
+            return await self._run(chain, subject, Observation, _NO_FAILURES)
         inline = _part(chain, tuple(slot for slot in chain.slots if not slot.is_async),
                        chain.runs)  # counts the run for every slot
-        failures = await self._run(inline, subject, _Observation, _NO_FAILURES)
+        failures = await self._run(inline, subject, Observation, _NO_FAILURES)
         alone = [_part(chain, (slot,), [0]) for slot in chain.slots if slot.is_async]
-        results = await asyncio.gather(*(self._run(part, subject, _Observation, _NO_FAILURES)
+        results = await asyncio.gather(*(self._run(part, subject, Observation, _NO_FAILURES)
                                          for part in alone))
         return failures + tuple(failure for result in results for failure in result)
 
@@ -353,7 +289,7 @@ class Dispatcher:
         if chain.async_count > 1:
             each = [await self.observe(hook, item) for item in items]
         else:  # the common case, without a coroutine per item for observe
-            each = [await self._run(chain, item, _Observation, _NO_FAILURES) for item in items]
+            each = [await self._run(chain, item, Observation, _NO_FAILURES) for item in items]
         return tuple(failure for failures in each for failure in failures)
 
     async def first_answer(
@@ -368,25 +304,25 @@ class Dispatcher:
         """
         chain = self._chain(hook)
         subject = args[0] if len(args) == 1 else args
-        take = accept or _accept_any
-        return await self._run(chain, subject, lambda _: _FirstAnswer(take), (None, None))
+        take = accept or accept_any
+        return await self._run(chain, subject, lambda _: FirstAnswer(take), (None, None))
 
     def _chain(self, hook: str) -> Chain:
         return self._chains.get(hook) or Chain.of(hook, ())
 
     async def _run(
-        self, chain: Chain, subject: Any, new_rule: Callable[[Chain], _Rule[T]], nothing: T
+        self, chain: Chain, subject: Any, new_rule: Callable[[Chain], Rule[T]], nothing: T
     ) -> T:
         """Call ``chain``'s slots in order with ``subject``; combine their answers by the rule.
 
         This is where plugins are called, in every mode. A plugin's answer of
         ``None`` in time is no answer. Otherwise the rule, made by ``new_rule``
-        the first time, gets the answer (:meth:`_Rule.take`) or the plugin's
-        failure (:meth:`_Rule.failed`), and may end the run. Returns the rule's
+        the first time, gets the answer (:meth:`Rule.take`) or the plugin's
+        failure (:meth:`Rule.failed`), and may end the run. Returns the rule's
         result, or ``nothing`` when no plugin answered or failed.
         """
         calls, runs = chain.calls, chain.runs
-        rule: _Rule[T] | None = None
+        rule: Rule[T] | None = None
         clock = _clock
         watch = None
         if chain.async_count:  # the task's watch (Watchdog.watch's fast path, inlined)
@@ -412,10 +348,12 @@ class Dispatcher:
                     if not Watchdog.absorb(watch):
                         _stopped_at(chain.slots, slot)
                         raise
-                    answer = _TIMED_OUT
+                    answer = TIMED_OUT
+                except PluginBlocked:
+                    answer = BLOCKED
                 except Exception as exc:
                     error = exc
-                    answer = _RAISED
+                    answer = RAISED
                 end = clock()
                 elapsed = end - start
                 start = end
@@ -424,14 +362,14 @@ class Dispatcher:
                     continue
                 if rule is None:
                     rule = new_rule(chain)
-                if answer is _TIMED_OUT or elapsed > budget_s:
+                if answer is TIMED_OUT or answer is BLOCKED or elapsed > budget_s:
                     Watchdog.absorb(watch)  # it may have fired after the plugin answered
-                    stop = rule.failed(slot, _timed_out(slot, chain, elapsed, answer))
-                elif answer is _RAISED:
-                    stop = rule.failed(slot, _raised(slot, chain, error))
+                    stop = rule.failed(slot, timed_out(slot, chain, elapsed, answer))
+                elif answer is RAISED:
+                    stop = rule.failed(slot, raised(slot, chain, error))
                 else:
                     subject = rule.take(slot, answer, subject)
-                    stop = subject is _STOP
+                    stop = subject is STOP
                 if stop:
                     _stopped_at(chain.slots, slot)
                     return rule.result()
@@ -442,6 +380,13 @@ class Dispatcher:
 
 
 _RUN_CODE: Final = Dispatcher._run.__code__
+_OWN_FILES: Final = frozenset([__file__, *(module.__file__ or "" for module in
+                                            (_eventloop, _rules, _worker_threads))])
+"""The files of code the run routine calls that is not a plugin's (for the hang guard)."""
+
+
+def _hook_of(chains: Mapping[str, Chain], slot: Slot) -> str:
+    return next((hook for hook, chain in chains.items() if slot in chain.slots), "a hook")
 
 
 def _part(chain: Chain, slots: tuple[Slot, ...], runs: list[int]) -> Chain:
@@ -454,43 +399,3 @@ def _stopped_at(slots: tuple[Slot, ...], slot: Slot) -> None:
     """Count the run as not reaching the slots after ``slot``."""
     for later in slots[slots.index(slot) + 1:]:
         later.skipped += 1
-
-
-FAILURE_RECORD_ATTRIBUTE: Final = "plugin_failure"
-"""The attribute of a failure's log record that holds its :class:`PluginFailure`."""
-
-
-def _failure(slot: Slot, chain: Chain, kind: FailureKind, detail: str,
-             exc: BaseException | None = None) -> PluginFailure:
-    """Log a plugin's failure (with ``exc``'s traceback) and return it.
-
-    The record carries the failure itself (:data:`FAILURE_RECORD_ATTRIBUTE`), so
-    a log handler can show it without parsing the message: ``servletkit dev``
-    prints one line per failure in its terminal. Failures are the slow path.
-    """
-    failure = PluginFailure(slot.plugin, chain.hook, kind, detail)
-    log.error("plugin %r failed in %s: %s", slot.plugin, chain.hook, detail, exc_info=exc,
-              extra={FAILURE_RECORD_ATTRIBUTE: failure})
-    return failure
-
-
-def _timed_out(slot: Slot, chain: Chain, elapsed: float, answer: object) -> PluginFailure:
-    """A plugin that took longer than its budget (cancelled, if it was still running)."""
-    budget = f"its budget of {slot.budget_s * 1000:g} ms (timeout_ms)"
-    if answer is _TIMED_OUT:
-        return _failure(slot, chain, "timed_out", f"no answer within {budget}: cancelled")
-    return _failure(slot, chain, "timed_out",
-                    f"took {elapsed * 1000:.1f} ms, over {budget}: its answer is ignored")
-
-
-def _raised(slot: Slot, chain: Chain, exc: Exception) -> PluginFailure:
-    detail = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
-    return _failure(slot, chain, "raised", detail, exc)
-
-
-def _bad_answer(slot: Slot, chain: Chain, answer: object) -> PluginFailure:
-    if type(answer) is Modify:
-        detail = f"returned Modify, but {chain.hook} has no event to modify"
-    else:
-        detail = f"returned {answer!r}; expected Allow(), Modify(...), Veto(...) or None"
-    return _failure(slot, chain, "bad_answer", detail)

@@ -132,7 +132,8 @@ async def test_a_raising_plugin_is_a_raised_failure_and_the_next_one_runs(
 async def test_a_sync_plugin_over_its_budget_is_timed_out_and_its_answer_ignored(
     mode: Mode,
 ) -> None:
-    """A sync plugin cannot be interrupted, but past its budget it failed: in every mode."""
+    """Without the hang guard (not started here) a sync plugin runs to its end, but past
+    its budget it failed: in every mode."""
     d = dispatcher(
         ("slow", plugin(mode.hook, blocks(mode.answer), is_async=False),
          PluginPolicy(timeout_ms=10)),
