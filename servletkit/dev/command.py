@@ -70,6 +70,7 @@ import uvicorn
 from servletkit.container.app import build_app
 from servletkit.container.config import Config
 from servletkit.container.files import write_private
+from servletkit.container.http_server import uvicorn_config
 from servletkit.container.runtime import Container
 from servletkit.container.snippets import (
     appservice_url,
@@ -305,10 +306,9 @@ class DevSession:
         config = container.config
         self._container = container
         app = build_app(container, homeserver_started=self._synapse_answers)
-        self._server = _Server(uvicorn.Config(
-            app, host=config.server.host, port=config.server.port, log_config=None,
-            lifespan="on",
-        ))
+        self._server = _Server(uvicorn_config(
+            app, config.server, host=config.server.host, port=config.server.port,
+            log_config=None))
         self._serving = asyncio.create_task(self._server.serve())
         await self._until(lambda: self._server is not None and self._server.started)
 
@@ -445,7 +445,7 @@ def run_dev(config: Config, out: TextIO = sys.stdout) -> int:
     """Run ``servletkit dev`` for ``config`` until SIGINT or SIGTERM; return the exit status."""
     session = DevSession(config, out)
     with step(f"opening the log file {session.paths.container_log}", session.state_folder_fix):
-        undo = route_logs(session.paths.container_log, out)
+        undo = route_logs(session.paths.container_log, out, config.logging)
     try:
         return asyncio.run(session.run())
     finally:
