@@ -16,6 +16,8 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
+
 from servletkit import hookimpl
 from servletkit.store import PluginStore
 from servletkit.testing.synapse import free_port
@@ -133,3 +135,56 @@ async def test_the_homeserver_down_or_silent_while_a_plugin_calls_it(make_wire, 
     assert calls.errors[2:] == ["CancelledError"]
     assert took < 5, took  # the plugin's budget (1 s by default), not httpx's 30 s
     assert await counts(container, down + silent) == [1, 1, 1]
+
+
+async def test_an_overload_of_transactions_is_answered_slowly_and_counted_once(make_wire):
+    """200 transactions of 25 events sent at once (from another thread, as a homeserver
+    would from another process) queue behind the transaction lock, a slow answer the
+    homeserver waits for; health is answered meanwhile, every transaction gets 200, each
+    event is counted exactly once, and a transaction after the burst is quick."""
+    container, _ = await make_wire({"counts": Counts()})
+    burst = [[new_event() for _ in range(25)] for _ in range(200)]
+    async with served(container) as client:
+        base_url = client.base_url
+        resets: list[int] = []
+
+        async def send_burst() -> list[int]:
+            limits = httpx.Limits(max_connections=len(burst))
+            async with httpx.AsyncClient(base_url=base_url, limits=limits,
+                                         timeout=120) as homeserver:
+                async def push(n: int, events: list[dict]) -> int:
+                    for _ in range(3):  # a reset connection is retried, as Synapse does
+                        try:
+                            answer = await homeserver.put(f"/_matrix/app/v1/transactions/o{n}",
+                                                          json={"events": events}, headers=AUTH)
+                        except httpx.TransportError:
+                            resets.append(n)
+                            continue
+                        return answer.status_code
+                    return 0
+
+                return list(await asyncio.gather(*(push(n, events)
+                                                   for n, events in enumerate(burst))))
+
+        sending = asyncio.create_task(asyncio.to_thread(asyncio.run, send_burst()))
+        slowest, probes = 0.0, 0
+        while not sending.done():
+            started = time.monotonic()
+            assert (await client.get("/_servletkit/health")).status_code == 200
+            slowest, probes = max(slowest, time.monotonic() - started), probes + 1
+            await asyncio.sleep(0.05)
+        assert await sending == [200] * len(burst)
+        started = time.monotonic()
+        after = [new_event()]
+        answer = await client.put(f"/_matrix/app/v1/transactions/o{len(burst)}",
+                                  json={"events": after}, headers=AUTH)
+        assert answer.status_code == 200
+        quick = time.monotonic() - started
+    print(f"overload: {probes} health probes during the burst, slowest {slowest:.3f} s; "
+          f"{len(resets)} connections reset and retried")
+    # no hang; the slowest health answer (about 4 s on the 2-core machine) is a known
+    # stall under a burst, recorded in docs/reliability.md
+    assert probes > 1 and slowest < 30, (probes, slowest)
+    assert quick < 1, quick
+    every = [event for events in burst for event in events] + after
+    assert await counts(container, every) == [1] * len(every)

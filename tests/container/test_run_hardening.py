@@ -22,10 +22,10 @@ HS_TOKEN = "hs-SECRET-4f1c2a9e"
 
 def run(
     tmp_path: Path, server: str = "", *, sections: str = "",
-    plugins: Mapping[str, Mapping[str, Any]] | None = None,
+    plugins: Mapping[str, Mapping[str, Any]] | None = None, env: Mapping[str, str] | None = None,
 ) -> tuple[subprocess.Popen[bytes], str]:
     """``servletkit run`` with the appservice wire, ``server`` keys, other ``sections`` and
-    only ``plugins`` (name → table), once it answers; its output goes to
+    only ``plugins`` (name → table), in ``env``, once it answers; its output goes to
     ``tmp_path/container.log`` (:func:`stop`)."""
     port = free_port()
     config = tmp_path / "servletkit.toml"
@@ -36,7 +36,7 @@ def run(
         plugins_toml(only_plugins(plugins or {})),
     ]))
     url = f"http://127.0.0.1:{port}"
-    return start_container(config, url, workdir=tmp_path), url
+    return start_container(config, url, workdir=tmp_path, env=env), url
 
 
 def stop(process: subprocess.Popen[bytes], tmp_path: Path) -> str:
