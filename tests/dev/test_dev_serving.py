@@ -22,7 +22,7 @@ HS_TOKEN = "hs-SECRET-81d2c0"
 
 
 async def test_dev_strips_tokens_and_closes_silent_connections(
-    tmp_path: Path, caplog: pytest.LogCaptureFixture
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Under dev's own logging (no uvicorn log config), a query-string token never reaches a
     log record, each request is still logged, and a connection that sends nothing is closed
@@ -39,6 +39,12 @@ async def test_dev_strips_tokens_and_closes_silent_connections(
     container.load()
     session = DevSession(config, out=io.StringIO())
     caplog.set_level(logging.INFO)
+    # as in dev's own process, where nothing else configures uvicorn's loggers: another
+    # test's uvicorn config may have raised its level or stopped its propagation
+    access_logger = logging.getLogger("uvicorn.access")
+    monkeypatch.setattr(access_logger, "propagate", True)
+    level = access_logger.level
+    access_logger.setLevel(logging.NOTSET)
     await session.serve_container(container)
     try:
         async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as client:
@@ -54,6 +60,7 @@ async def test_dev_strips_tokens_and_closes_silent_connections(
         assert session._server is not None and session._serving is not None
         session._server.should_exit = True  # stop() would also stop Synapse
         await session._serving
+        access_logger.setLevel(level)
     access = [record.getMessage() for record in caplog.records
               if record.name == "uvicorn.access"]
     assert any('"POST /_matrix/app/v1/ping HTTP/1.1" 200' in line for line in access), access
