@@ -94,7 +94,11 @@ def build_app(
 
     routes = [*health_routes(container), *metrics_routes(container), *admin_routes(container),
               *(route for wire in wires for route in wire.routes())]
-    return Starlette(routes=routes, exception_handlers=EXCEPTION_HANDLERS, lifespan=lifespan)
+    app = Starlette(routes=routes, exception_handlers=EXCEPTION_HANDLERS, lifespan=lifespan)
+    # no 307 from '/thirdparty/user/' to '/thirdparty/user': a homeserver does not follow
+    # it to another endpoint; an unknown path is a Matrix 404 instead
+    app.router.redirect_slashes = False
+    return app
 
 
 async def _start(

@@ -4,13 +4,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import copy
 import json
 import logging
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
 
 from servletkit.container.admin_client import (
     AdminRefused,
@@ -20,6 +18,7 @@ from servletkit.container.admin_client import (
 )
 from servletkit.container.config import Config, load_config
 from servletkit.container.config_tables import ConfigError
+from servletkit.container.logs import TEXT_FORMAT
 from servletkit.container.ports import port_unavailable
 from servletkit.container.runtime import Container, PluginStatus
 from servletkit.container.scaffold import ScaffoldError, cmd_new
@@ -62,37 +61,16 @@ def cmd_run(args: argparse.Namespace) -> int:
     for listen_host, listen_port, setting in listens:
         if taken := port_unavailable(config, listen_host, listen_port, setting):
             raise CommandError(taken)
-    from uvicorn.protocols.http.auto import AutoHTTPProtocol
+    from servletkit.container.http_server import uvicorn_config
+    from servletkit.container.logs import apply_decisions, run_log_config
 
-    from servletkit.container.http_server import with_header_timeout
-
-    server = config.server
-    uvicorn.run(build_app(container), host=host, port=port, log_level="info", lifespan="on",
-                log_config=uvicorn_log_config(), timeout_keep_alive=server.keep_alive_s,
-                http=with_header_timeout(AutoHTTPProtocol, server.header_timeout_s))
+    served = uvicorn.Server(uvicorn_config(build_app(container), config.server, host=host,
+                                           port=port, log_config=run_log_config(config.logging)))
+    apply_decisions(config.logging)
+    served.run()
+    if not served.started:
+        raise CommandError("the container did not start: see uvicorn's message above")
     return 0
-
-
-class WithoutQueryString(logging.Filter):
-    """Drops the query string from uvicorn's access log lines: a homeserver may send its
-    hs_token as ``?access_token=``, and tokens are never logged."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        args = record.args
-        if isinstance(args, tuple) and len(args) == 5 and isinstance(args[2], str):
-            path, _, _ = args[2].partition("?")
-            record.args = (*args[:2], path, *args[3:])
-        return True
-
-
-def uvicorn_log_config() -> dict[str, Any]:
-    """uvicorn's logging config, its access log lines without query strings."""
-    from uvicorn.config import LOGGING_CONFIG
-
-    config = copy.deepcopy(LOGGING_CONFIG)
-    config.setdefault("filters", {})["without_query"] = {"()": WithoutQueryString}
-    config["handlers"]["access"]["filters"] = ["without_query"]
-    return config
 
 
 def cmd_plugins(args: argparse.Namespace) -> int:
@@ -342,9 +320,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``servletkit`` console script."""
-    logging.basicConfig(
-        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    logging.basicConfig(level=logging.INFO, format=TEXT_FORMAT)
     logging.getLogger("httpx").setLevel(logging.WARNING)  # a line per admin API request
     args = build_parser().parse_args(argv)
     if args.config is not None and not Path(args.config).exists():

@@ -296,6 +296,23 @@ class AdminConfig:
 
 
 @attrs.frozen
+class LoggingConfig:
+    """``[logging]``: how the container writes its log (``servletkit run`` to stderr,
+    ``servletkit dev`` to its log file).
+
+    ``format``: ``"text"``, one line per record for people, or ``"json"``, one JSON
+    object per line with the record's ``plugin``, ``hook``, ``wire``,
+    ``event_id``, ``room_id``, ``decision`` and failure ``kind`` where it has them
+    (see :mod:`servletkit.container.logs`). ``decisions``: also log each plugin
+    decision (allow, modify, veto) at INFO, as the audit log records it. Tokens and
+    query strings are never logged.
+    """
+
+    format: Literal["text", "json"] = "text"
+    decisions: bool = False
+
+
+@attrs.frozen
 class PluginSettings:
     """The container's keys in a ``[plugins.NAME]`` table; the rest is the plugin's own."""
 
@@ -333,6 +350,7 @@ class Config:
     dev: DevConfig = DevConfig()
     policy: PolicyConfig | None = None
     admin: AdminConfig = AdminConfig()
+    logging: LoggingConfig = LoggingConfig()
     plugins: tuple[PluginTable, ...] = ()
 
     def plugin(self, name: str) -> PluginTable | None:

@@ -1,10 +1,15 @@
-"""What ``servletkit run`` adds to uvicorn: the fast event loop and HTTP parser, and a
-deadline for a request's headers.
+"""How ``servletkit run`` and ``servletkit dev`` serve the container: uvicorn, hardened,
+on the fast event loop and HTTP parser.
 
-uvloop and httptools are servletkit's dependencies where the platform has wheels
-(pyproject's environment markers); where either is not importable, uvicorn falls
-back to asyncio's loop and h11, and so does :func:`loop_factory`.
-:func:`serving_stack` says which the running process uses (``/_servletkit/health``).
+:func:`uvicorn_config` is the one set-up both commands use: the access log
+without query strings, a deadline for a request's headers, and the keep-alive
+of ``[server]``. uvloop and httptools are servletkit's dependencies where the
+platform has wheels (pyproject's environment markers); where either is not
+importable, uvicorn falls back to asyncio's loop and h11, and so does
+:func:`loop_factory`. :func:`serving_stack` says which the running process uses
+(``/_servletkit/health``).
+
+Header deadline.
 
 uvicorn closes a connection idle *between* requests after its keep-alive
 timeout, but one that never sends a request, or sends its headers a byte at a
@@ -20,9 +25,17 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
+
+if TYPE_CHECKING:
+    import uvicorn
+    from starlette.types import ASGIApp
+
+    from servletkit.container.config import ServerConfig
 
 log = logging.getLogger("servletkit.http")
+
+ACCESS_LOGGER: Final = "uvicorn.access"
 
 _BUSY: Final = object()
 """A request was being handled at the last check."""
@@ -88,3 +101,38 @@ def with_header_timeout(base: type[asyncio.Protocol], timeout_s: float) -> type[
 
     HeaderTimeout.__qualname__ = HeaderTimeout.__name__ = f"HeaderTimeout{base.__name__}"
     return HeaderTimeout
+
+
+class WithoutQueryString(logging.Filter):
+    """Drops the query string from uvicorn's access log lines: a homeserver may send its
+    hs_token as ``?access_token=``, and tokens are never logged."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        args = record.args
+        if isinstance(args, tuple) and len(args) == 5 and isinstance(args[2], str):
+            path, _, _ = args[2].partition("?")
+            record.args = (*args[:2], path, *args[3:])
+        return True
+
+
+def uvicorn_config(app: ASGIApp, server: ServerConfig, *, host: str, port: int,
+                   log_config: dict[str, Any] | None) -> uvicorn.Config:
+    """uvicorn's config for the container's ``app`` on ``host:port``, hardened by ``server``.
+
+    ``log_config``: uvicorn's logging set-up (``servletkit run``), or ``None`` to leave
+    logging as the caller set it up (``servletkit dev``). Either way the access log's
+    lines lose their query strings: the filter sits on the access logger itself,
+    after uvicorn has configured logging.
+    """
+    import uvicorn
+    from uvicorn.protocols.http.auto import AutoHTTPProtocol
+
+    config = uvicorn.Config(
+        app, host=host, port=port, lifespan="on", log_config=log_config,
+        log_level="info" if log_config is not None else None,
+        timeout_keep_alive=server.keep_alive_s,
+        http=with_header_timeout(AutoHTTPProtocol, server.header_timeout_s))
+    access = logging.getLogger(ACCESS_LOGGER)
+    if not any(isinstance(each, WithoutQueryString) for each in access.filters):
+        access.addFilter(WithoutQueryString())
+    return config

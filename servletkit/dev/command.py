@@ -70,7 +70,7 @@ import uvicorn
 
 from servletkit.container.app import build_app
 from servletkit.container.config import Config
-from servletkit.container.http_server import loop_factory
+from servletkit.container.http_server import loop_factory, uvicorn_config
 from servletkit.container.runtime import Container
 from servletkit.container.snippets import (
     appservice_url,
@@ -333,10 +333,9 @@ class DevSession:
         config = container.config
         self._container = container
         app = build_app(container, homeserver_started=self._synapse_answers)
-        self._server = _Server(uvicorn.Config(
-            app, host=config.server.host, port=config.server.port, log_config=None,
-            lifespan="on",
-        ))
+        self._server = _Server(uvicorn_config(
+            app, config.server, host=config.server.host, port=config.server.port,
+            log_config=None))
         self._serving = asyncio.create_task(self._server.serve())
         await self._until(lambda: self._server is not None and self._server.started)
 
@@ -482,7 +481,7 @@ def run_dev(config: Config, out: TextIO = sys.stdout, extensions: tuple[str, ...
     SIGINT or SIGTERM; return the exit status."""
     session = DevSession(config, out, extensions)
     with step(f"opening the log file {session.paths.container_log}", session.state_folder_fix):
-        undo = route_logs(session.paths.container_log, out)
+        undo = route_logs(session.paths.container_log, out, config.logging)
     try:
         with asyncio.Runner(loop_factory=loop_factory()) as runner:
             return runner.run(session.run())

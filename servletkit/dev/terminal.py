@@ -11,10 +11,12 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Final, TextIO
 
+from servletkit.container.config import LoggingConfig
+from servletkit.container.logs import apply_decisions, formatter
+from servletkit.hooks.context import PLUGIN_LOGGER_PREFIX
 from servletkit.hooks.dispatcher import FAILURE_RECORD_ATTRIBUTE, PluginFailure
 from servletkit.throttle import Throttle
 
-PLUGIN_LOGGER_PREFIX: Final = "servletkit.plugins."
 FAILURE_LINE_INTERVAL_S: Final = 5.0
 
 
@@ -60,15 +62,20 @@ class _PluginLines(logging.Formatter):
         return f"{line} ({'; '.join(notes)})" if notes else line
 
 
-def route_logs(log_file: Path, out: TextIO) -> Callable[[], None]:
-    """Every log record to ``log_file``; the plugins' own (``context.log``) and plugin
-    failures also to ``out`` (one line each, see :class:`_ForTerminal`).
+def route_logs(
+    log_file: Path, out: TextIO, config: LoggingConfig | None = None
+) -> Callable[[], None]:
+    """Every log record to ``log_file`` in ``[logging] format``; the plugins' own
+    (``context.log``) and plugin failures also to ``out`` (one line each, see
+    :class:`_ForTerminal`). ``config``: ``[logging]``, its defaults if ``None``.
 
     Returns a function that puts the previous logging set-up back.
     """
     log_file.parent.mkdir(parents=True, exist_ok=True)
     to_file = logging.FileHandler(log_file, encoding="utf-8")
-    to_file.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    config = config or LoggingConfig()
+    to_file.setFormatter(formatter(config))
+    apply_decisions(config)
     to_terminal = logging.StreamHandler(out)
     to_terminal.addFilter(_ForTerminal(Throttle(FAILURE_LINE_INTERVAL_S)))
     to_terminal.setFormatter(_PluginLines(log_file))

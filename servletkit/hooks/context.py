@@ -14,13 +14,16 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Final
 
 import attrs
 
 if TYPE_CHECKING:  # the container's classes, named for type checkers only
     from servletkit.store import PluginStore
     from servletkit.wires.appservice.homeserver import HomeserverClient
+
+PLUGIN_LOGGER_PREFIX: Final = "servletkit.plugins."
+"""A plugin's ``context.log`` is the logger of this prefix and its name."""
 
 
 @attrs.frozen
@@ -68,5 +71,5 @@ class PluginContext:
         store: PluginStore | None = None,
     ) -> PluginContext:
         """The context of plugin ``name`` with its own config table."""
-        return cls(name=name, config=config, log=logging.getLogger(f"servletkit.plugins.{name}"),
+        return cls(name=name, config=config, log=logging.getLogger(PLUGIN_LOGGER_PREFIX + name),
                    homeserver=homeserver, store=store)

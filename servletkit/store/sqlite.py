@@ -206,7 +206,8 @@ class SqliteStore:
                 self._prune_audit(db, len(batch.audit))
             db.execute("COMMIT")
         except BaseException:
-            db.execute("ROLLBACK")
+            if db.in_transaction:  # SQLite rolls back by itself on a full disk or an I/O error
+                db.execute("ROLLBACK")
             raise
 
     def _record(self, db: sqlite3.Connection, transaction: ProcessedTransaction) -> None:
@@ -302,5 +303,6 @@ class SqliteStore:
                  for r in contents.audit])
             db.execute("COMMIT")
         except BaseException:
-            db.execute("ROLLBACK")
+            if db.in_transaction:  # SQLite rolls back by itself on a full disk or an I/O error
+                db.execute("ROLLBACK")
             raise

@@ -15,8 +15,9 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import logging
 from collections.abc import Iterator
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Final
 
 import attrs
 
@@ -25,6 +26,11 @@ from servletkit.store.interface import AuditRecord, Store
 
 if TYPE_CHECKING:
     from servletkit.hooks.dispatcher import Outcome
+
+DECISIONS_LOGGER: Final = "servletkit.decisions"
+"""Each decision's audit record is logged here at INFO (on with ``[logging] decisions``)."""
+
+_decisions = logging.getLogger(DECISIONS_LOGGER)
 
 
 @attrs.define(eq=False)
@@ -66,16 +72,26 @@ def audit_record(
     event_id: str | None = None,
     room_id: str | None = None,
     detail: str | None = None,
+    *,
+    wire: str | None = None,
 ) -> AuditRecord:
-    """The audit record of an interception ``outcome`` that has a decision.
+    """The audit record of an interception ``outcome`` that has a decision, made on
+    ``wire``; logged to :data:`DECISIONS_LOGGER` when it logs INFO.
 
     ``detail`` defaults to the Veto's reason (empty for Allow and Modify).
     """
     decision = outcome.decision
     if detail is None:
         detail = decision.reason if type(decision) is Veto else ""
-    return AuditRecord(outcome.decided_by, outcome.hook, type(decision).__name__.lower(),
-                       event_id, room_id, detail)
+    record = AuditRecord(outcome.decided_by, outcome.hook, type(decision).__name__.lower(),
+                         event_id, room_id, detail)
+    if _decisions.isEnabledFor(logging.INFO):
+        _decisions.info("%s: %s %s event %s in %s", record.plugin, record.hook, record.decision,
+                        event_id, room_id, extra={
+                            "plugin": record.plugin, "hook": record.hook, "wire": wire,
+                            "decision": record.decision, "event_id": event_id,
+                            "room_id": room_id})
+    return record
 
 
 async def record_decision(store: Store, record: AuditRecord) -> None:

@@ -9,7 +9,9 @@ Two sources, neither in the dispatcher's hot path:
   an audit record: per plugin and hook, the decisions by kind
   (``allow``, ``modify``, ``veto``) and the failures by kind (``raised``,
   ``timed_out``, ``bad_answer``); per wire and hook, a latency histogram of the
-  whole chain; per wire, its requests and open connections.
+  whole chain; per wire, its requests, open connections and queue depth
+  (requests received and not yet answered); the appservice wire's transaction
+  lag (from the oldest event's ``origin_server_ts`` to the transaction's commit).
 
 Nothing is registered at import: each container has its own registry, made
 on first use (:func:`metrics_for`), and none when ``[server] metrics`` is off,
@@ -37,6 +39,9 @@ if TYPE_CHECKING:
 LATENCY_BUCKETS: Final = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
                           1.0, 2.5, 5.0, 10.0)
 """Seconds: plugins answer in well under a millisecond to their budget (1 s by default)."""
+
+LAG_BUCKETS: Final = (0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 3600.0)
+"""Seconds: a healthy homeserver pushes within a second; a container that was down, hours."""
 
 
 class _Timings:
@@ -84,6 +89,12 @@ class Metrics:
         self.connections = Gauge(
             "servletkit_wire_connections", "Connections open on a wire", ["wire"],
             registry=registry)
+        self.queued = Gauge(
+            "servletkit_wire_queue_depth", "Requests a wire received and has not answered yet",
+            ["wire"], registry=registry)
+        self.lag = Histogram(
+            "servletkit_transaction_lag_seconds", "From a transaction's oldest event's "
+            "origin_server_ts to its commit", ["wire"], buckets=LAG_BUCKETS, registry=registry)
 
     def outcome(self, wire: str, outcome: Outcome, seconds: float) -> None:
         """An interception chain's ``outcome``, which took ``seconds``."""
@@ -97,6 +108,10 @@ class Metrics:
     def count_connections(self, wire: str, count: Callable[[], int]) -> None:
         """Report ``count()`` as ``wire``'s open connections at each scrape."""
         self.connections.labels(wire).set_function(count)
+
+    def count_queued(self, wire: str, count: Callable[[], int]) -> None:
+        """Report ``count()`` as ``wire``'s requests not yet answered at each scrape."""
+        self.queued.labels(wire).set_function(count)
 
     def exposition(self) -> bytes:
         """The text format Prometheus scrapes."""

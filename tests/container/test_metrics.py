@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from pathlib import Path
 
 import attrs
@@ -11,12 +12,14 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from servletkit import Veto, hookimpl
 from servletkit.container.app import build_app
+from servletkit.container.config import parse_config
 from servletkit.container.plugins import PluginSource
 from servletkit.container.runtime import Container
+from servletkit.testing import only_plugins
 from servletkit.testing.synapse import free_port
 from servletkit.wires.module.listener import module_wire
 from servletkit.wires.module.protocol import PROTOCOL_VERSION
-from tests.appservice.support import AUTH, new_event
+from tests.appservice.support import AUTH, HS_TOKEN, new_event
 from tests.appservice.support import container_config as appservice_config
 from tests.module_wire.conftest import SECRET
 from tests.module_wire.conftest import container_config as module_config
@@ -129,3 +132,50 @@ async def test_off_by_default(tmp_path: Path) -> None:
             assert (await client.get("/metrics")).status_code == 404
     finally:
         await container.stop()
+
+
+class Holds:
+    """Holds every event until released, so transactions queue behind the first."""
+
+    def __init__(self) -> None:
+        self.release = asyncio.Event()
+        self.holding = asyncio.Event()
+
+    @hookimpl
+    async def on_send_event(self, event):
+        self.holding.set()
+        await self.release.wait()
+
+
+async def test_appservice_queue_depth_and_transaction_lag(tmp_path: Path) -> None:
+    """Transactions waiting behind a held one are the wire's queue depth; once committed,
+    each gives one lag sample, from its oldest event's origin_server_ts."""
+    config = parse_config({
+        "server": {"metrics": True},
+        "appservice": {"as_token": "as-token", "hs_token": HS_TOKEN},
+        "plugins": only_plugins({"holds": {"timeout_ms": 10_000}}),
+    }, tmp_path / "servletkit.toml")
+    holds = Holds()
+    container = await started(config, holds=holds)
+    wire = {"wire": "appservice"}
+    try:
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=build_app(container)),
+                                     base_url="http://container") as client:
+            minute_ago = int(time.time() * 1000) - 60_000
+            puts = [asyncio.create_task(client.put(
+                f"/_matrix/app/v1/transactions/q{n}", headers=AUTH,
+                json={"events": [new_event(origin_server_ts=minute_ago + n)]}))
+                for n in range(3)]
+            await holds.holding.wait()
+            await asyncio.sleep(0.05)  # the other two reach the lock
+            queued = samples((await client.get("/metrics")).text)
+            holds.release.set()
+            assert [(await put).status_code for put in puts] == [200, 200, 200]
+            done = samples((await client.get("/metrics")).text)
+    finally:
+        await container.stop()
+    assert sample(queued, "servletkit_wire_queue_depth", **wire) == 3
+    assert sample(done, "servletkit_wire_queue_depth", **wire) == 0
+    assert sample(done, "servletkit_transaction_lag_seconds_count", **wire) == 3
+    assert sample(done, "servletkit_transaction_lag_seconds_bucket", le="30.0", **wire) == 0
+    assert sample(done, "servletkit_transaction_lag_seconds_bucket", le="300.0", **wire) == 3

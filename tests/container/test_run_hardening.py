@@ -3,47 +3,47 @@ access log included), no connection held open without a request."""
 
 from __future__ import annotations
 
-import os
 import signal
 import socket
 import subprocess
-import sys
 import time
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import httpx
 
 from servletkit.testing import only_plugins, plugins_toml
+from servletkit.testing.container import start_container
 from servletkit.testing.synapse import free_port
 
 HS_TOKEN = "hs-SECRET-4f1c2a9e"
 
 
-def run(tmp_path: Path, server: str = "") -> tuple[subprocess.Popen[str], str]:
-    """``servletkit run`` with the appservice wire and ``server`` keys, once it answers."""
+def run(
+    tmp_path: Path, server: str = "", *, sections: str = "",
+    plugins: Mapping[str, Mapping[str, Any]] | None = None, env: Mapping[str, str] | None = None,
+) -> tuple[subprocess.Popen[bytes], str]:
+    """``servletkit run`` with the appservice wire, ``server`` keys, other ``sections`` and
+    only ``plugins`` (name → table), in ``env``, once it answers; its output goes to
+    ``tmp_path/container.log`` (:func:`stop`)."""
     port = free_port()
     config = tmp_path / "servletkit.toml"
     config.write_text("\n".join([
         f'[server]\nhost = "127.0.0.1"\nport = {port}\n{server}',
         f'[appservice]\nas_token = "as-token"\nhs_token = "{HS_TOKEN}"',
-        plugins_toml(only_plugins({})),
+        sections,
+        plugins_toml(only_plugins(plugins or {})),
     ]))
-    process = subprocess.Popen(
-        [sys.executable, "-m", "servletkit.container.cli", "run", "--config", str(config)],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=dict(os.environ),
-    )
     url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 30
-    while True:
-        try:
-            if httpx.get(f"{url}/_servletkit/health", timeout=1).status_code == 200:
-                return process, url
-        except httpx.TransportError:
-            pass
-        if process.poll() is not None or time.monotonic() > deadline:
-            process.kill()
-            raise AssertionError(f"servletkit run did not start: {process.communicate()[0]}")
-        time.sleep(0.05)
+    return start_container(config, url, workdir=tmp_path, env=env), url
+
+
+def stop(process: subprocess.Popen[bytes], tmp_path: Path) -> str:
+    """Stop ``servletkit run`` as an operator does (SIGTERM); return all it wrote."""
+    process.send_signal(signal.SIGTERM)
+    process.wait(timeout=15)
+    return (tmp_path / "container.log").read_text()
 
 
 def test_no_token_in_any_log_line(tmp_path: Path) -> None:
@@ -61,8 +61,7 @@ def test_no_token_in_any_log_line(tmp_path: Path) -> None:
         ]
         assert [answer.status_code for answer in answers] == [200, 403, 404, 404, 200]
     finally:
-        process.send_signal(signal.SIGTERM)
-        output, _ = process.communicate(timeout=15)
+        output = stop(process, tmp_path)
     assert '"POST /_matrix/app/v1/ping HTTP/1.1" 200' in output  # the access log is on
     assert '"GET /nowhere HTTP/1.1" 404' in output
     assert "SECRET" not in output
@@ -90,5 +89,4 @@ def test_connections_without_a_request_are_closed(tmp_path: Path) -> None:
         took = time.monotonic() - started
         assert took < 1.5, took
     finally:
-        process.send_signal(signal.SIGTERM)
-        process.communicate(timeout=15)
+        stop(process, tmp_path)

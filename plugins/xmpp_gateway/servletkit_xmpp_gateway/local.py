@@ -17,9 +17,9 @@ from pathlib import Path
 from typing import Any
 
 import attrs
+from servletkit.container.files import write_private
 
 from servletkit.container.config import Config, Namespace, Namespaces, PluginSettings, PluginTable
-from servletkit.container.files import write_private
 from servletkit.dev.errors import DevError
 from servletkit.dev.extensions import StartedExtension
 from servletkit_xmpp_gateway.config import GatewayConfig

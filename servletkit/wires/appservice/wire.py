@@ -53,7 +53,7 @@ import hmac
 import logging
 import time
 from collections import OrderedDict
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Final
 
 import orjson
@@ -144,6 +144,9 @@ class AppserviceWire:
         self._online: OrderedDict[str, None] = OrderedDict()
         self._counter_went_back = False
         self._metrics = metrics_for(container)
+        self._queued = 0  # transactions received, not yet answered (past the retry check)
+        if self._metrics is not None:
+            self._metrics.count_queued(self.name, lambda: self._queued)
 
     def lifespan(self) -> contextlib.AbstractAsyncContextManager[None]:
         """Nothing of its own runs: it is all routes."""
@@ -250,19 +253,23 @@ class AppserviceWire:
         if await store.processed_digest(txn_id) == digest:  # a retry: no need to queue
             self._count("retry")
             return _ok()
-        await self._plugins_ready()
-        # one transaction at a time here, and among the instances sharing the store
-        async with self._lock, store.exclusive("servletkit.appservice.transactions"):
-            if await self._is_retry(txn_id, digest):  # perhaps of an attempt that just finished
-                return _ok()
-            batch = Batch()
-            with unit_of_work(batch):
-                if events:
-                    await self._deliver_events(txn_id, events, batch)
-                if ephemeral:
-                    await self._deliver_ephemeral(txn_id, ephemeral, batch)
-            await store.commit(batch, ProcessedTransaction(txn_id, digest))
-        self._count("transaction")
+        self._queued += 1
+        try:
+            await self._plugins_ready()
+            # one transaction at a time here, and among the instances sharing the store
+            async with self._lock, store.exclusive("servletkit.appservice.transactions"):
+                if await self._is_retry(txn_id, digest):  # of an attempt that just finished
+                    return _ok()
+                batch = Batch()
+                with unit_of_work(batch):
+                    if events:
+                        await self._deliver_events(txn_id, events, batch)
+                    if ephemeral:
+                        await self._deliver_ephemeral(txn_id, ephemeral, batch)
+                await store.commit(batch, ProcessedTransaction(txn_id, digest))
+        finally:
+            self._queued -= 1
+        self._count("transaction", events)
         return _ok()
 
     async def _is_retry(self, txn_id: str, digest: str) -> bool:
@@ -304,7 +311,7 @@ class AppserviceWire:
                     if outcome.decision is not None:
                         detail = _NOT_APPLIED if type(outcome.decision) is Modify else None
                         batch.audit.append(audit_record(outcome, event.event_id,
-                                                        event.room_id, detail))
+                                                        event.room_id, detail, wire=self.name))
                         if outcome.vetoed and self._config.enforce_vetoes == "redact":
                             vetoed.append((event, outcome))
             if vetoed:
@@ -325,9 +332,16 @@ class AppserviceWire:
         metrics.outcome(self.name, outcome, time.perf_counter() - started)
         return outcome
 
-    def _count(self, kind: str) -> None:
-        if self._metrics is not None:
-            self._metrics.requests.labels(self.name, kind).inc()
+    def _count(self, kind: str, events: Sequence[Any] = ()) -> None:
+        """A request of ``kind``; a committed transaction's ``events`` give its lag."""
+        metrics = self._metrics
+        if metrics is None:
+            return
+        metrics.requests.labels(self.name, kind).inc()
+        stamps = [stamp for raw in events if type(raw) is dict
+                  and type(stamp := raw.get("origin_server_ts")) is int]
+        if stamps:
+            metrics.lag.labels(self.name).observe(max(0.0, time.time() - min(stamps) / 1000))
 
     async def _redact(self, event: Event, outcome: Outcome) -> AuditRecord:
         """Carry out a Veto on a stored event: redact it as the appservice user."""
@@ -383,8 +397,8 @@ class AppserviceWire:
         outcome = await self._intercept("on_connect_event_stream", user_id, None)
         if outcome.decision is not None:
             batch.audit.append(audit_record(
-                outcome, detail=f"{user_id} went online; recorded only (appservice wire)"
-            ))
+                outcome, detail=f"{user_id} went online; recorded only (appservice wire)",
+                wire=self.name))
 
     # -- queries -------------------------------------------------------------
 

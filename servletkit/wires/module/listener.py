@@ -171,6 +171,8 @@ class ModuleWire:
         self._metrics = metrics
         if metrics is not None:
             metrics.count_connections(self.name, lambda: len(self.connections))
+            metrics.count_queued(self.name, lambda: sum(len(connection.tasks)
+                                                        for connection in self.connections))
         self._refused_at = -LIMIT_LOG_INTERVAL_S  # when a refused connection was last logged
         self._refused = 0  # connections refused since
         self._connected = asyncio.Event()  # set at the first module's hello
@@ -240,9 +242,10 @@ class ModuleWire:
         if outcome.decision is not None:
             subject = args[0]
             if type(subject) is Event:
-                record = audit_record(outcome, subject.event_id, subject.room_id)
+                record = audit_record(outcome, subject.event_id, subject.room_id,
+                                      wire=self.name)
             else:
-                record = audit_record(outcome, room_id=message.get("room_id"))
+                record = audit_record(outcome, room_id=message.get("room_id"), wire=self.name)
             self._record_later(record)
         return reply
 
