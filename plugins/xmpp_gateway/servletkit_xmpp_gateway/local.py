@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import attrs
-from servletkit.container.files import write_private
+from servletkit.files import write_private
 
 from servletkit.container.config import Config, Namespace, Namespaces, PluginSettings, PluginTable
 from servletkit.dev.errors import DevError
