@@ -33,6 +33,7 @@ import signal
 import sys
 import threading
 import time
+import weakref
 from collections.abc import Callable
 from types import CodeType, FrameType
 from typing import Any, Final
@@ -56,79 +57,71 @@ class PluginBlocked(BaseException):
 
 
 class HangGuard:
-    """Watches one event loop thread for plugins that block it past their budget.
+    """Watches one event loop thread for plugins of one dispatcher that block it.
 
     ``run_code`` is the code object of the dispatcher's run routine, whose locals
-    name the slot being called (``slot``), when its call started (``start``,
-    :func:`time.perf_counter`) and its budget (``budget_s``). ``own_files`` are
-    the files of the dispatcher's own code: a frame from them just below the run
-    routine means the run is doing its bookkeeping, not calling a plugin, and is
-    never interrupted. ``blocked(slot)`` is called back on the event loop for each
-    plugin caught blocking it.
+    name the dispatcher (``self``, which must be ``owner``), the slot being called
+    (``slot``), when its call started (``start``, :func:`time.perf_counter`) and
+    its budget (``budget_s``). ``own_files`` are the files of the dispatcher's own
+    code: a frame from them just below the run routine means the run is doing its
+    bookkeeping, not calling a plugin, and is never interrupted. ``blocked(slot)``
+    is called back on the event loop for each plugin caught blocking it.
+
+    One monitor thread serves every started guard of the process (several
+    containers may share one, as in tests), ticking only while some guard runs.
     """
 
     TICK_S: Final = 0.01
 
-    def __init__(self, run_code: CodeType, own_files: frozenset[str],
+    def __init__(self, owner: object, run_code: CodeType, own_files: frozenset[str],
                  blocked: Callable[[Any], None]) -> None:
+        self._owner = owner
         self._run_code = run_code
         self._own_files = own_files
         self._blocked = blocked
-        self._thread_id: int | None = None
+        self._thread_id = 0
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._stop = threading.Event()
-        self._monitor: threading.Thread | None = None
         self._interrupts = False
         self._reported: set[int] = set()  # ids of run frames already reported
 
     @property
     def running(self) -> bool:
         """Whether the guard watches a thread."""
-        return self._monitor is not None
+        return self in _GUARDS
 
     def start(self) -> None:
         """Watch the running event loop's thread (call it from the loop); idempotent."""
-        if self._monitor is not None:
+        if self.running:
             return
         self._loop = asyncio.get_running_loop()
         self._thread_id = threading.get_ident()
         self._interrupts = threading.current_thread() is threading.main_thread()
         if self._interrupts:
             _install_handler()
+        with _MONITOR_LOCK:
             _GUARDS.add(self)
-        self._stop.clear()
-        self._monitor = threading.Thread(target=self._watch, name="servletkit-hang-guard",
-                                         daemon=True)
-        self._monitor.start()
+            _ensure_monitor()
 
     def stop(self) -> None:
-        """Stop watching (the monitor thread ends within one tick)."""
-        monitor, self._monitor = self._monitor, None
-        if monitor is None:
+        """Stop watching (the monitor thread ends within a tick once no guard runs)."""
+        with _MONITOR_LOCK:
+            _GUARDS.discard(self)
+
+    def check(self, frames: dict[int, FrameType]) -> None:
+        """On the monitor thread: act if a plugin holds the watched thread past its budget."""
+        run = self._overrun(frames.get(self._thread_id))
+        if run is None or id(run) in self._reported:
             return
-        self._stop.set()
-        monitor.join()
-        _GUARDS.discard(self)
-
-    # -- the monitor thread ----------------------------------------------------
-
-    def _watch(self) -> None:
-        while not self._stop.wait(self.TICK_S):
-            frame = sys._current_frames().get(self._thread_id or 0)
-            run = self._overrun(frame)
-            if run is None or id(run) in self._reported:
-                continue
-            if self._interrupts:
-                signal.pthread_kill(self._thread_id or 0, INTERRUPT_SIGNAL)
-            else:  # cannot interrupt: report it once, move the plugin on
-                self._reported.add(id(run))
-                slot = run.f_locals.get("slot")
-                log.error("plugin %r is blocking the event loop past its budget; it cannot "
-                          "be interrupted (the loop is not on the main thread)",
-                          getattr(slot, "plugin", "?"))
-                self._call_blocked(slot)
-
-    # -- the loop thread -------------------------------------------------------
+        if self._interrupts:
+            signal.pthread_kill(self._thread_id, INTERRUPT_SIGNAL)
+            return
+        # cannot interrupt: report it once, move the plugin on
+        self._reported.add(id(run))
+        slot = run.f_locals.get("slot")
+        log.error("plugin %r is blocking the event loop past its budget; it cannot "
+                  "be interrupted (the loop is not on the main thread)",
+                  getattr(slot, "plugin", "?"))
+        self._call_blocked(slot)
 
     def interrupt(self, frame: FrameType | None) -> None:
         """On the loop thread, with its current ``frame``: raise :class:`PluginBlocked` if
@@ -143,7 +136,8 @@ class HangGuard:
             self._loop.call_soon_threadsafe(self._blocked, slot)
 
     def _overrun(self, frame: FrameType | None) -> FrameType | None:
-        """The innermost run frame above ``frame`` if it is calling a plugin past its budget."""
+        """The innermost run frame above ``frame`` if it is this guard's dispatcher's and
+        is calling a plugin past its budget."""
         below: FrameType | None = None
         for _ in range(MAX_STACK_DEPTH):
             if frame is None:
@@ -156,14 +150,41 @@ class HangGuard:
         if below is None or below.f_code.co_filename in self._own_files:
             return None  # the run itself is executing: bookkeeping, not a plugin
         run_locals = frame.f_locals
+        if run_locals.get("self") is not self._owner:
+            return None
         start, budget_s = run_locals.get("start"), run_locals.get("budget_s")
         if not isinstance(start, float) or not isinstance(budget_s, float):
             return None
         return frame if time.perf_counter() - start > budget_s else None
 
 
-_GUARDS: set[HangGuard] = set()
-"""The guards watching the main thread (several containers may share a process)."""
+_GUARDS: weakref.WeakSet[HangGuard] = weakref.WeakSet()
+"""The started guards (a dispatcher dropped without stopping its guard drops out too)."""
+_MONITOR_LOCK: Final = threading.Lock()
+_monitor: threading.Thread | None = None
+
+
+def _ensure_monitor() -> None:
+    """Start the monitor thread unless it runs (with :data:`_MONITOR_LOCK` held)."""
+    global _monitor
+    if _monitor is None:
+        _monitor = threading.Thread(target=_watch, name="servletkit-hang-guard", daemon=True)
+        _monitor.start()
+
+
+def _watch() -> None:
+    """The monitor thread: every tick, each guard looks at its thread's stack."""
+    global _monitor
+    while True:
+        time.sleep(HangGuard.TICK_S)
+        with _MONITOR_LOCK:
+            guards = list(_GUARDS)
+            if not guards:
+                _monitor = None
+                return
+        frames = sys._current_frames()
+        for guard in guards:
+            guard.check(frames)
 
 
 def _install_handler() -> None:

@@ -131,7 +131,7 @@ class Dispatcher:
         self._rebuilt = rebuilt
         self._chains: dict[str, Chain] = {}
         self._watchdog = Watchdog()
-        self._guard = HangGuard(_RUN_CODE, _OWN_FILES, self._move_to_threads)
+        self._guard = HangGuard(self, _RUN_CODE, _OWN_FILES, self._move_to_threads)
         self._built_from: tuple[Mapping[str, tuple[PluginPolicy, Any]],
                                 Mapping[str, str] | None] = ({}, None)
         self._blocking: set[str] = set()  # plugins (as registered) caught blocking the loop

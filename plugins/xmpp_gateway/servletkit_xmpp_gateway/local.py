@@ -17,11 +17,11 @@ from pathlib import Path
 from typing import Any
 
 import attrs
-from servletkit.files import write_private
 
 from servletkit.container.config import Config, Namespace, Namespaces, PluginSettings, PluginTable
 from servletkit.dev.errors import DevError
 from servletkit.dev.extensions import StartedExtension
+from servletkit.files import write_private
 from servletkit_xmpp_gateway.config import GatewayConfig
 from servletkit_xmpp_gateway.prosody import ProsodyError, ProsodyServer, start_prosody
 
