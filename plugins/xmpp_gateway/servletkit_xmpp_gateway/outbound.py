@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import xml.etree.ElementTree as ET
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 from slixmpp import JID
 from slixmpp.exceptions import PresenceError
+from slixmpp.xmlstream.handler import Callback
+from slixmpp.xmlstream.matcher import StanzaPath
 
 from servletkit_xmpp_gateway import msgids, names
 from servletkit_xmpp_gateway.formatting import html_to_xhtml_body
@@ -17,6 +20,7 @@ if TYPE_CHECKING:
 
 JOIN_TIMEOUT = 10.0
 NICK_ATTEMPTS = 5
+STANZAS_NS = "urn:ietf:params:xml:ns:xmpp-stanzas"
 
 
 class OutboundRelay:
@@ -37,63 +41,102 @@ class OutboundRelay:
         told in the room, with the nick they now have.
         """
         assert self.xmpp is not None
-        jid = names.puppet_jid(user_id, self.server_name, self.config.component_jid)
-        taken = set(self.occupants.get(muc, {})) | {self.config.bot_nick}
+        muc_plugin = self.xmpp.plugin["xep_0045"]
+        pfrom = self.puppet_full_jid(user_id)
+
+        async def join(nick: str) -> str:
+            pres, _, _, _ = await muc_plugin.join_muc_wait(
+                JID(muc), nick, presence_options={"pfrom": pfrom}, maxstanzas=0,
+                timeout=JOIN_TIMEOUT)
+            return str(pres["from"].resource)
+
+        return await self._take_nick(muc, room_id, user_id, wanted, join)
+
+    async def change_nick(self: Bridge, muc: str, room_id: str, user_id: str,
+                          wanted: str) -> str:
+        """Change the nick of ``user_id``'s puppet in ``muc`` to ``wanted`` (or a free variant).
+
+        Waits for the MUC's answer: its self-presence (status 110) under the new
+        nick, or a refusal; a ``conflict`` (409) is retried with a suffix, and the
+        Matrix user is told the nick they got. Until the MUC agrees the puppet keeps
+        its old nick, so nobody appears twice.
+        """
+        pfrom = self.puppet_full_jid(user_id)
+        return await self._take_nick(muc, room_id, user_id, wanted,
+                                     lambda nick: self._rename(muc, pfrom, nick))
+
+    def puppet_full_jid(self: Bridge, user_id: str) -> JID:
+        """The full JID ``user_id``'s puppet speaks from."""
+        bare = names.puppet_jid(user_id, self.server_name, self.config.component_jid)
+        return JID(f"{bare}/matrix")
+
+    async def _take_nick(self: Bridge, muc: str, room_id: str, user_id: str, wanted: str,
+                         attempt: Callable[[str], Awaitable[str]]) -> str:
+        """Claim ``wanted`` (or the first free variant the MUC accepts) for ``user_id``'s
+        puppet with ``attempt`` (a join or a nick change, returning the nick the MUC
+        gave); record it and tell the Matrix user when it is not ``wanted``."""
+        occupants = self.occupants.setdefault(muc, {})
         current = self.puppets.get((muc, user_id))
-        taken.discard(current or "")
+        taken = (set(occupants) | {self.config.bot_nick}) - {current or ""}
         nick = names.free_nick(wanted, taken)
         ours = self.our_nicks.setdefault(muc, set())
         for _ in range(NICK_ATTEMPTS):
             ours.add(nick)
             try:
-                await self.xmpp.plugin["xep_0045"].join_muc_wait(
-                    JID(muc), nick, presence_options={"pfrom": JID(f"{jid}/matrix")},
-                    maxstanzas=0, timeout=JOIN_TIMEOUT)
+                got = await attempt(nick)
                 break
             except PresenceError as exc:
                 ours.discard(nick)
-                if exc.condition != "conflict":
+                if not _conflict(exc):
                     raise
                 taken.add(nick)
                 nick = names.free_nick(wanted, taken)
         else:
             raise RuntimeError(f"no free nick for {user_id} in {muc}")
-        self.puppets[(muc, user_id)] = nick
-        self.occupants.setdefault(muc, {})[nick] = jid
-        if await self.store.get(f"member/{room_id}/{user_id}") != nick:
-            await self.store.put(f"member/{room_id}/{user_id}", nick)
-            if nick != wanted:
+        ours.add(got)
+        for old in {nick, current} - {got, None}:
+            ours.discard(old)
+            occupants.pop(old, None)
+        self.puppets[(muc, user_id)] = got
+        occupants[got] = names.puppet_jid(user_id, self.server_name, self.config.component_jid)
+        if await self.store.get(f"member/{room_id}/{user_id}") != got:
+            await self.store.put(f"member/{room_id}/{user_id}", got)
+            if got != wanted:
                 await self.notice(room_id, f"{user_id}: the nick {wanted!r} is taken in {muc}; "
-                                  f"XMPP users see you as {nick!r}.")
-        return nick
+                                  f"XMPP users see you as {got!r}.")
+        return got
 
-    async def change_nick(self: Bridge, muc: str, room_id: str, user_id: str,
-                          wanted: str) -> None:
-        """Change the nick of ``user_id``'s puppet in ``muc`` to ``wanted`` (or a free variant)."""
+    async def _rename(self: Bridge, muc: str, pfrom: JID, nick: str) -> str:
+        """Ask ``muc`` to call occupant ``pfrom`` ``nick``; the nick it gave, or
+        :class:`PresenceError` if it refused (XEP-0045 §7.6)."""
         assert self.xmpp is not None
-        current = self.puppets[(muc, user_id)]
-        occupants = self.occupants.setdefault(muc, {})
-        nick = names.free_nick(wanted, (set(occupants) | {self.config.bot_nick}) - {current})
-        jid = names.puppet_jid(user_id, self.server_name, self.config.component_jid)
-        ours = self.our_nicks.setdefault(muc, set())
-        ours.add(nick)
-        self.xmpp.send_presence(pto=JID(f"{muc}/{nick}"), pfrom=JID(f"{jid}/matrix"))
-        ours.discard(current)
-        occupants.pop(current, None)
-        occupants[nick] = jid
-        self.puppets[(muc, user_id)] = nick
-        await self.store.put(f"member/{room_id}/{user_id}", nick)
-        if nick != wanted:
-            await self.notice(room_id, f"{user_id}: the nick {wanted!r} is taken in {muc}; "
-                              f"XMPP users see you as {nick!r}.")
+        answer: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+
+        def settle(pres: Any) -> None:
+            if (pres["to"] == pfrom and pres["from"].bare == muc
+                    and pres["type"] != "unavailable" and not answer.done()):
+                if pres["type"] == "error":
+                    answer.set_exception(PresenceError(pres))
+                else:
+                    answer.set_result(str(pres["from"].resource))
+
+        # a refusal carries no MUC payload and slixmpp raises no event for it
+        refusal = f"muc-rename-{pfrom}-{nick}"
+        self.xmpp.register_handler(Callback(refusal, StanzaPath("presence@type=error"), settle))
+        try:
+            with self.xmpp.event_handler(f"muc::{muc}::self-presence", settle):
+                self.xmpp.send_presence(pto=JID(f"{muc}/{nick}"), pfrom=pfrom)
+                return await asyncio.wait_for(answer, JOIN_TIMEOUT)
+        finally:
+            self.xmpp.remove_handler(refusal)
 
     async def leave_puppet(self: Bridge, muc: str, room_id: str, user_id: str) -> None:
         """Take ``user_id``'s puppet out of ``muc`` and forget it."""
         assert self.xmpp is not None
         nick = self.puppets.pop((muc, user_id), None)
         if nick is not None:
-            jid = names.puppet_jid(user_id, self.server_name, self.config.component_jid)
-            self.xmpp.plugin["xep_0045"].leave_muc(JID(muc), nick, pfrom=JID(f"{jid}/matrix"))
+            self.xmpp.plugin["xep_0045"].leave_muc(JID(muc), nick,
+                                                   pfrom=self.puppet_full_jid(user_id))
             self.occupants.get(muc, {}).pop(nick, None)
             self.our_nicks.get(muc, set()).discard(nick)
         await self.store.delete(f"member/{room_id}/{user_id}")
@@ -133,8 +176,7 @@ class OutboundRelay:
 
     async def _say(self: Bridge, muc: str, user_id: str, op: dict[str, Any]) -> None:
         assert self.xmpp is not None
-        jid = names.puppet_jid(user_id, self.server_name, self.config.component_jid)
-        msg = self._message(op["content"], JID(muc), JID(f"{jid}/matrix"), "groupchat",
+        msg = self._message(op["content"], JID(muc), self.puppet_full_jid(user_id), "groupchat",
                             op["event_id"])
         if msg is None:
             await self.notice(op["room_id"], f"{user_id}: this message cannot be carried to "
@@ -146,8 +188,7 @@ class OutboundRelay:
 
     async def send_direct(self: Bridge, op: dict[str, Any]) -> None:
         """Send a Matrix user's DM message to the XMPP address it is for."""
-        jid = names.puppet_jid(op["user"], self.server_name, self.config.component_jid)
-        msg = self._message(op["content"], JID(op["to"]), JID(f"{jid}/matrix"), "chat",
+        msg = self._message(op["content"], JID(op["to"]), self.puppet_full_jid(op["user"]), "chat",
                             op["event_id"])
         if msg is None:
             await self.notice(op["room_id"], "this message cannot be carried to XMPP.")
@@ -186,6 +227,16 @@ class OutboundRelay:
         except Exception:
             self.log.exception("could not send a notice to %s", room_id)
         await asyncio.sleep(0)
+
+
+def _conflict(exc: PresenceError) -> bool:
+    """Whether the MUC refused a nick because it is taken (409 ``conflict``).
+
+    Read from the XML: on a component stream the ``<error/>`` is in the
+    ``jabber:component:accept`` namespace, which slixmpp's ``pres["error"]`` does
+    not see (it reports ``feature-not-implemented`` instead).
+    """
+    return exc.presence.xml.find(f".//{{{STANZAS_NS}}}conflict") is not None
 
 
 def _stanza_id(event_id: str) -> str:

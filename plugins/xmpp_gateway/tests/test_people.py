@@ -54,3 +54,27 @@ async def _named(user, room_id: str, member: str, name: str) -> bool:
 
 async def _without(user, room_id: str, member: str) -> bool:
     return member not in await user.members(room_id)
+
+
+async def test_a_display_name_taken_in_the_muc_gets_a_suffix_and_a_notice(
+        gateway, matrix_user, xmpp_user) -> None:
+    """A Matrix user renaming to an XMPP occupant's nick: the MUC refuses (409), the
+    gateway retries with a suffix and tells them; nobody appears twice."""
+    room = "renames@conference.localhost"
+    jin = await matrix_user("Jin")
+    room_id = await jin.join("#_xmpp_renames_conference.localhost:localhost")
+    bob = await xmpp_user("bob")
+    await bob.join(room, "bob")
+    await eventually(lambda: "Jin" in bob.occupants(room))
+
+    # fullwidth: the gateway sees a free nick, Prosody's resourceprep makes it "bob"
+    await jin.set_displayname("\uff42\uff4f\uff42")
+    notice = await jin.wait_message(room_id, lambda e: e["content"]["msgtype"] == "m.notice")
+    assert jin.user_id in notice["content"]["body"] and "'bob (2)'" in notice["content"]["body"]
+    assert bob.occupants(room) == {"bob", "bob (2)", "Matrix"}
+
+    await jin.set_displayname("bob")  # a nick the gateway knows is taken: the same suffix
+    await jin.send(room_id, "still me")
+    got = await bob.wait_message(lambda m: m["body"] == "still me")
+    assert got["from"].resource == "bob (2)"
+    assert bob.occupants(room) == {"bob", "bob (2)", "Matrix"}
