@@ -75,17 +75,23 @@ class InboundRelay:
                        "origin_id": origin_id, "stanza_id": stanza_id})
 
     def xmpp_direct(self: Bridge, msg: Any) -> None:
-        """A 1:1 message from an XMPP user to a Matrix user's address."""
+        """A 1:1 message from an XMPP user to a Matrix user's address, or a private
+        message (XEP-0045 §7.5) from an occupant of a bridged MUC to a Matrix
+        user's puppet there: the occupant's address is then ``muc/nick``."""
         if msg["type"] not in ("chat", "normal") or not msg["body"]:
             return
         sender: JID = msg["from"]
         user_id = names.user_of_puppet(str(msg["to"].bare), self.server_name,
                                        self.config.component_jid)
-        if (user_id is None or sender.domain == self.config.component_jid
-                or sender.bare in self.rooms):
+        if user_id is None or sender.domain == self.config.component_jid:
             return
+        address, name = sender.bare, sender.bare
+        if sender.bare in self.rooms:
+            if not sender.resource or self._ours_in_muc(sender.bare, sender.resource, JID()):
+                return
+            address, name = str(sender), sender.resource
         origin_id, stanza_id = msgids.sid_ids(msg, None)
-        self.queue_in({"op": "dm", "address": sender.bare, "user": user_id,
+        self.queue_in({"op": "dm", "address": address, "name": name, "user": user_id,
                        "body": msg["body"], "html": _html_of(msg), "id": msg["id"] or "",
                        "origin_id": origin_id, "stanza_id": stanza_id})
 
@@ -118,7 +124,7 @@ class InboundRelay:
 
     async def _dm_in(self: Bridge, op: dict[str, Any]) -> None:
         address, target = op["address"], op["user"]
-        user = await self.virtual(address, address)
+        user = await self.virtual(address, op.get("name", address))
         room_id = await self.store.get(f"dmroom/{address}/{target}")
         if room_id is None:
             room_id = await self.hs.as_user(user).create_room(

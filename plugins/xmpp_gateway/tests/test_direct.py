@@ -54,3 +54,26 @@ async def test_matrix_user_invites_an_xmpp_users_virtual_user(gateway, matrix_us
 
 async def _joined(user, room_id: str, member: str) -> bool:
     return member in await user.members(room_id)
+
+
+async def test_private_messages_between_muc_occupants(gateway, matrix_user, xmpp_user) -> None:
+    """human's private message to Gale's nick in a MUC opens a Matrix DM with the
+    occupant ``muc/human``; Gale's reply goes back as a private message in the MUC."""
+    room = "whispers@conference.localhost"
+    gale = await matrix_user("Gale")
+    await gale.join("#_xmpp_whispers_conference.localhost:localhost")
+    human = await xmpp_user("human")
+    await human.join(room, "human")
+    await eventually(lambda: "Gale" in human.occupants(room))
+
+    human.tell(f"{room}/Gale", "just between us")
+    room_id = (await eventually(gale.invites))[0]
+    await gale.join(room_id)
+    event = await gale.wait_message(room_id, lambda e: e["content"]["body"] == "just between us")
+    assert event["sender"] == "@_xmpp_whispers=40conference.localhost=2fhuman:localhost"
+    assert (await gale.members(room_id))[event["sender"]] == "human"
+
+    await gale.send(room_id, "agreed")
+    got = await human.wait_message(lambda m: m["body"] == "agreed")
+    assert got["type"] == "chat" and got["from"] == f"{room}/Gale"
+    assert not human.messages(lambda m: m["type"] == "groupchat" and m["body"] == "agreed")
