@@ -14,26 +14,26 @@ from slixmpp import JID
 
 from servletkit.wires.appservice.homeserver import MatrixRequestError
 from servletkit_xmpp_gateway import msgids, names
+from servletkit_xmpp_gateway.core import BridgeCore
 from servletkit_xmpp_gateway.formatting import matrix_content, xhtml_to_html
 
 if TYPE_CHECKING:
     from servletkit import Event
-    from servletkit_xmpp_gateway.bridge import Bridge
 
 STATUS_SELF = 110
 STATUS_NICK_CHANGED = 303
 
 
-class InboundRelay:
+class InboundRelay(BridgeCore):
     """What the gateway does on the Matrix side for XMPP users."""
 
     # -- callbacks from slixmpp (sync; they only queue) ---------------------------
 
-    def _ours_in_muc(self: Bridge, muc: str, nick: str, real: JID) -> bool:
+    def _ours_in_muc(self, muc: str, nick: str, real: JID) -> bool:
         return (nick == self.config.bot_nick or nick in self.our_nicks.get(muc, set())
                 or real.domain == self.config.component_jid)
 
-    def xmpp_presence(self: Bridge, pres: Any) -> None:
+    def xmpp_presence(self, pres: Any) -> None:
         """An occupant came, went or changed nick in a bridged MUC."""
         sender: JID = pres["from"]
         muc, nick = sender.bare, sender.resource
@@ -60,7 +60,7 @@ class InboundRelay:
             room[nick] = address
             self.queue_in({"op": "join", "muc": muc, "address": address, "nick": nick})
 
-    def xmpp_groupchat(self: Bridge, msg: Any) -> None:
+    def xmpp_groupchat(self, msg: Any) -> None:
         """A message in a bridged MUC (one copy per occupant we have: take the bot's)."""
         sender: JID = msg["from"]
         muc, nick = sender.bare, sender.resource
@@ -74,7 +74,7 @@ class InboundRelay:
                        "body": msg["body"], "html": _html_of(msg), "id": msg["id"] or "",
                        "origin_id": origin_id, "stanza_id": stanza_id})
 
-    def xmpp_direct(self: Bridge, msg: Any) -> None:
+    def xmpp_direct(self, msg: Any) -> None:
         """A 1:1 message from an XMPP user to a Matrix user's address, or a private
         message (XEP-0045 §7.5) from an occupant of a bridged MUC to a Matrix
         user's puppet there: the occupant's address is then ``muc/nick``."""
@@ -97,7 +97,7 @@ class InboundRelay:
 
     # -- applying to Matrix ----------------------------------------------------------
 
-    async def apply_in(self: Bridge, op: dict[str, Any]) -> None:
+    async def apply_in(self, op: dict[str, Any]) -> None:
         """Carry out one queued XMPP → Matrix operation."""
         kind = op["op"]
         if kind == "dm":
@@ -122,7 +122,7 @@ class InboundRelay:
                 room_id, _content(op), txn_id=_txn_id(op["muc"], op))
             await _remember(self, event_id, op["muc"], op)
 
-    async def _dm_in(self: Bridge, op: dict[str, Any]) -> None:
+    async def _dm_in(self, op: dict[str, Any]) -> None:
         address, target = op["address"], op["user"]
         user = await self.virtual(address, op.get("name", address))
         room_id = await self.store.get(f"dmroom/{address}/{target}")
@@ -136,12 +136,12 @@ class InboundRelay:
                                                             txn_id=_txn_id(address, op))
         await _remember(self, event_id, address, op)
 
-    async def map_dm(self: Bridge, room_id: str, address: str, user_id: str) -> None:
+    async def map_dm(self, room_id: str, address: str, user_id: str) -> None:
         """Remember that ``room_id`` is the DM of XMPP ``address`` and Matrix ``user_id``."""
         await self.store.put(f"dm/{room_id}", {"xmpp": address, "matrix": user_id})
         await self.store.put(f"dmroom/{address}/{user_id}", room_id)
 
-    def refuse_in(self: Bridge, op: dict[str, Any], exc: Exception) -> None:
+    def refuse_in(self, op: dict[str, Any], exc: Exception) -> None:
         """Tell an XMPP sender that their message did not reach Matrix."""
         if self.xmpp is None or op["op"] not in ("msg", "dm"):
             return
@@ -156,7 +156,7 @@ class InboundRelay:
 
     # -- virtual users -----------------------------------------------------------------
 
-    async def virtual(self: Bridge, address: str, displayname: str) -> str:
+    async def virtual(self, address: str, displayname: str) -> str:
         """The virtual user standing for XMPP ``address``, registered, named ``displayname``."""
         localpart = names.virtual_localpart(self.config.user_prefix, address)
         user_id = f"@{localpart}:{self.server_name}"
@@ -167,7 +167,7 @@ class InboundRelay:
             self._profiles[user_id] = displayname
         return user_id
 
-    async def join_matrix(self: Bridge, room_id: str, user_id: str) -> None:
+    async def join_matrix(self, room_id: str, user_id: str) -> None:
         """Join virtual ``user_id`` to ``room_id`` (the bot invites it if it must)."""
         if (room_id, user_id) in self._joined_matrix:
             return
@@ -180,7 +180,7 @@ class InboundRelay:
             await self.hs.as_user(user_id).join(room_id)
         self._joined_matrix.add((room_id, user_id))
 
-    async def leave_matrix(self: Bridge, room_id: str, address: str) -> None:
+    async def leave_matrix(self, room_id: str, address: str) -> None:
         """Take the virtual user of ``address`` out of ``room_id``."""
         localpart = names.virtual_localpart(self.config.user_prefix, address)
         user_id = f"@{localpart}:{self.server_name}"
@@ -190,7 +190,7 @@ class InboundRelay:
         except MatrixRequestError as exc:
             self.log.info("%s could not leave %s: %s", user_id, room_id, exc)
 
-    async def query_user(self: Bridge, user_id: str) -> bool | None:
+    async def query_user(self, user_id: str) -> bool | None:
         """``on_query_user``: a virtual user exists if its localpart names an XMPP address."""
         localpart, _, server = user_id[1:].partition(":")
         address = names.xmpp_address_of(self.config.user_prefix, localpart)
@@ -199,7 +199,7 @@ class InboundRelay:
         await self.virtual(address, address)
         return True
 
-    async def virtual_membership(self: Bridge, event: Event) -> None:
+    async def virtual_membership(self, event: Event) -> None:
         """A Matrix user invited an XMPP user's virtual user: that room becomes their DM."""
         if (event.content.get("membership") != "invite" or self.is_ours(event.sender)
                 or event.state_key is None or event.state_key == self.hs.user_id):
@@ -229,7 +229,7 @@ def _content(op: dict[str, Any]) -> dict[str, str]:
     return matrix_content(body, op.get("html"))
 
 
-async def _remember(bridge: Bridge, event_id: str, scope: str, op: dict[str, Any]) -> None:
+async def _remember(bridge: BridgeCore, event_id: str, scope: str, op: dict[str, Any]) -> None:
     """Map the Matrix event of an XMPP message to that message's ids."""
     await msgids.remember(bridge.store, event_id, scope, id=op.get("id") or None,
                           origin_id=op.get("origin_id"), stanza_id=op.get("stanza_id"))

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import xml.etree.ElementTree as ET
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any, Literal
 
 from slixmpp import JID
 from slixmpp.exceptions import PresenceError
@@ -13,27 +13,25 @@ from slixmpp.xmlstream.handler import Callback
 from slixmpp.xmlstream.matcher import StanzaPath
 
 from servletkit_xmpp_gateway import msgids, names
+from servletkit_xmpp_gateway.core import BridgeCore
 from servletkit_xmpp_gateway.formatting import html_to_xhtml_body
-
-if TYPE_CHECKING:
-    from servletkit_xmpp_gateway.bridge import Bridge
 
 JOIN_TIMEOUT = 10.0
 NICK_ATTEMPTS = 5
 STANZAS_NS = "urn:ietf:params:xml:ns:xmpp-stanzas"
 
 
-class OutboundRelay:
+class OutboundRelay(BridgeCore):
     """What the gateway does on the XMPP side for Matrix users."""
 
-    async def join_bot(self: Bridge, muc: str) -> None:
+    async def join_bot(self, muc: str) -> None:
         """Make the gateway's own occupant join ``muc`` (it hears the room for Matrix)."""
         assert self.xmpp is not None
         await self.xmpp.plugin["xep_0045"].join_muc_wait(
             JID(muc), self.config.bot_nick, presence_options={"pfrom": JID(self.bot_jid)},
             maxstanzas=0, timeout=JOIN_TIMEOUT)
 
-    async def join_puppet(self: Bridge, muc: str, room_id: str, user_id: str,
+    async def join_puppet(self, muc: str, room_id: str, user_id: str,
                           wanted: str) -> str:
         """Join ``user_id``'s puppet to ``muc`` with ``wanted`` or a free variant of it.
 
@@ -52,7 +50,7 @@ class OutboundRelay:
 
         return await self._take_nick(muc, room_id, user_id, wanted, join)
 
-    async def change_nick(self: Bridge, muc: str, room_id: str, user_id: str,
+    async def change_nick(self, muc: str, room_id: str, user_id: str,
                           wanted: str) -> str:
         """Change the nick of ``user_id``'s puppet in ``muc`` to ``wanted`` (or a free variant).
 
@@ -65,12 +63,12 @@ class OutboundRelay:
         return await self._take_nick(muc, room_id, user_id, wanted,
                                      lambda nick: self._rename(muc, pfrom, nick))
 
-    def puppet_full_jid(self: Bridge, user_id: str) -> JID:
+    def puppet_full_jid(self, user_id: str) -> JID:
         """The full JID ``user_id``'s puppet speaks from."""
         bare = names.puppet_jid(user_id, self.server_name, self.config.component_jid)
         return JID(f"{bare}/matrix")
 
-    async def _take_nick(self: Bridge, muc: str, room_id: str, user_id: str, wanted: str,
+    async def _take_nick(self, muc: str, room_id: str, user_id: str, wanted: str,
                          attempt: Callable[[str], Awaitable[str]]) -> str:
         """Claim ``wanted`` (or the first free variant the MUC accepts) for ``user_id``'s
         puppet with ``attempt`` (a join or a nick change, returning the nick the MUC
@@ -94,9 +92,10 @@ class OutboundRelay:
         else:
             raise RuntimeError(f"no free nick for {user_id} in {muc}")
         ours.add(got)
-        for old in {nick, current} - {got, None}:
-            ours.discard(old)
-            occupants.pop(old, None)
+        for old in (nick, current):
+            if old is not None and old != got:
+                ours.discard(old)
+                occupants.pop(old, None)
         self.puppets[(muc, user_id)] = got
         occupants[got] = names.puppet_jid(user_id, self.server_name, self.config.component_jid)
         if await self.store.get(f"member/{room_id}/{user_id}") != got:
@@ -106,7 +105,7 @@ class OutboundRelay:
                                   f"XMPP users see you as {got!r}.")
         return got
 
-    async def _rename(self: Bridge, muc: str, pfrom: JID, nick: str) -> str:
+    async def _rename(self, muc: str, pfrom: JID, nick: str) -> str:
         """Ask ``muc`` to call occupant ``pfrom`` ``nick``; the nick it gave, or
         :class:`PresenceError` if it refused (XEP-0045 §7.6)."""
         assert self.xmpp is not None
@@ -116,7 +115,7 @@ class OutboundRelay:
             if (pres["to"] == pfrom and pres["from"].bare == muc
                     and pres["type"] != "unavailable" and not answer.done()):
                 if pres["type"] == "error":
-                    answer.set_exception(PresenceError(pres))
+                    answer.set_exception(PresenceError(pres))  # type: ignore[no-untyped-call]
                 else:
                     answer.set_result(str(pres["from"].resource))
 
@@ -130,7 +129,7 @@ class OutboundRelay:
         finally:
             self.xmpp.remove_handler(refusal)
 
-    async def leave_puppet(self: Bridge, muc: str, room_id: str, user_id: str) -> None:
+    async def leave_puppet(self, muc: str, room_id: str, user_id: str) -> None:
         """Take ``user_id``'s puppet out of ``muc`` and forget it."""
         assert self.xmpp is not None
         nick = self.puppets.pop((muc, user_id), None)
@@ -141,7 +140,7 @@ class OutboundRelay:
             self.our_nicks.get(muc, set()).discard(nick)
         await self.store.delete(f"member/{room_id}/{user_id}")
 
-    async def apply_out(self: Bridge, op: dict[str, Any]) -> None:
+    async def apply_out(self, op: dict[str, Any]) -> None:
         """Carry out one queued Matrix → XMPP operation."""
         assert self.xmpp is not None
         kind = op["op"]
@@ -164,7 +163,7 @@ class OutboundRelay:
             return
         await self._say(muc, user_id, op)
 
-    async def _wanted_nick(self: Bridge, room_id: str, user_id: str,
+    async def _wanted_nick(self, room_id: str, user_id: str,
                            displayname: str | None) -> str:
         if displayname is None:
             try:
@@ -174,7 +173,7 @@ class OutboundRelay:
                 displayname = None
         return names.sanitise_nick(displayname, user_id[1:].split(":", 1)[0])
 
-    async def _say(self: Bridge, muc: str, user_id: str, op: dict[str, Any]) -> None:
+    async def _say(self, muc: str, user_id: str, op: dict[str, Any]) -> None:
         assert self.xmpp is not None
         msg = self._message(op["content"], JID(muc), self.puppet_full_jid(user_id), "groupchat",
                             op["event_id"])
@@ -186,7 +185,7 @@ class OutboundRelay:
         await msgids.remember(self.store, op["event_id"], muc, id=msg["id"],
                               origin_id=msg["id"])
 
-    async def send_direct(self: Bridge, op: dict[str, Any]) -> None:
+    async def send_direct(self, op: dict[str, Any]) -> None:
         """Send a Matrix user's DM message to the XMPP address it is for."""
         msg = self._message(op["content"], JID(op["to"]), self.puppet_full_jid(op["user"]), "chat",
                             op["event_id"])
@@ -197,7 +196,8 @@ class OutboundRelay:
         await msgids.remember(self.store, op["event_id"], op["to"], id=msg["id"],
                               origin_id=msg["id"])
 
-    def _message(self: Bridge, content: dict[str, Any], to: JID, sender: JID, mtype: str,
+    def _message(self, content: dict[str, Any], to: JID, sender: JID,
+                 mtype: Literal["chat", "groupchat"],
                  event_id: str) -> Any:
         """The XMPP message for Matrix ``content``, or ``None`` if it has no text form."""
         assert self.xmpp is not None
@@ -220,7 +220,7 @@ class OutboundRelay:
             msg["html"]["body"] = xhtml
         return msg
 
-    async def notice(self: Bridge, room_id: str, text: str) -> None:
+    async def notice(self, room_id: str, text: str) -> None:
         """Tell a Matrix room something, as the gateway's bot (``m.notice``)."""
         try:
             await self.hs.send_message(room_id, {"msgtype": "m.notice", "body": text})

@@ -18,7 +18,7 @@ from typing import Any
 from urllib.parse import quote
 
 import httpx
-import nio
+import nio  # type: ignore[import-untyped]  # matrix-nio ships no py.typed
 from slixmpp import JID, ClientXMPP
 
 from servletkit.testing.waiting import eventually
@@ -147,7 +147,8 @@ class MatrixUser:
         """The first message event in the room for which ``check`` is true (waits for it)."""
         async def found() -> list[dict[str, Any]]:
             return [e for e in await self.messages(room_id) if check(e)]
-        return (await eventually(found, within))[0]
+        first: dict[str, Any] = (await eventually(found, within))[0]
+        return first
 
     async def invites(self) -> list[str]:
         """Room IDs this user has been invited to since the last call (incremental
@@ -228,4 +229,5 @@ class NioUser:
         """The first synced message event in the room for which ``check`` is true."""
         found = await eventually(lambda: [e for e in self.messages(room_id) if check(e)],
                                  within)
-        return found[0]
+        first: dict[str, Any] = found[0]
+        return first

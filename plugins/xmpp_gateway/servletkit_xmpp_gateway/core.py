@@ -1,0 +1,50 @@
+"""What the gateway's relays share: the state and the calls one mixin makes on another.
+
+:class:`~servletkit_xmpp_gateway.bridge.Bridge` sets these attributes and
+combines the relay mixins (:class:`~servletkit_xmpp_gateway.outbound.OutboundRelay`,
+:class:`~servletkit_xmpp_gateway.inbound.InboundRelay`); each mixin derives from
+:class:`BridgeCore`, so the type checker knows what ``self`` holds without the
+mixins naming ``Bridge``.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import logging
+
+    from slixmpp.componentxmpp import ComponentXMPP
+
+    from servletkit import PluginContext
+    from servletkit.store.plugin import PluginStore
+    from servletkit.wires.appservice.homeserver import HomeserverClient
+    from servletkit_xmpp_gateway.config import GatewayConfig
+
+
+class BridgeCore:
+    """The state of one running gateway (set by ``Bridge.__init__``) and the
+    operations every relay may use (implemented by ``Bridge`` or a mixin)."""
+
+    config: GatewayConfig
+    context: PluginContext
+    hs: HomeserverClient
+    store: PluginStore
+    log: logging.Logger
+    server_name: str
+    bot_jid: str  # the gateway's own occupant JID
+    xmpp: ComponentXMPP | None  # the live component session, while online
+    occupants: dict[str, dict[str, str]]  # muc → nick → XMPP address
+    puppets: dict[tuple[str, str], str]  # (muc, user_id) → nick in the MUC
+    our_nicks: dict[str, set[str]]  # muc → nicks our puppets have or are taking
+    rooms: dict[str, str]  # muc → room ID
+    _joined_matrix: set[tuple[str, str]]  # (room_id, virtual user)
+    _profiles: dict[str, str]  # virtual user → display name set
+
+    def is_ours(self, user_id: str) -> bool:
+        """Whether ``user_id`` is the appservice's bot or one of its virtual users."""
+        raise NotImplementedError
+
+    def queue_in(self, op: dict[str, Any]) -> None:
+        """Queue an operation for Matrix."""
+        raise NotImplementedError
