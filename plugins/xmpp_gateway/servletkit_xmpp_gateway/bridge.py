@@ -7,10 +7,13 @@ A worker applies the committed operations in order while the component is
 online and deletes each once applied: a message sent while Prosody restarts
 waits in the store and goes out once, after the reconnect.
 
-XMPP → Matrix: the component's callbacks write ``in/<seq>`` operations at once,
-and a second worker applies them to Matrix (retrying while the homeserver is
-unreachable), with a transaction id derived from the XMPP stanza, so a retry
-never doubles a message.
+XMPP → Matrix: the component's callbacks hand each operation to a worker that
+writes it to ``in/<seq>`` at once, and to a second worker that applies it to
+Matrix meanwhile (retrying while the homeserver is unreachable) and deletes it
+once both are done: the write is not on the message's path, and whatever was
+written but not applied when the gateway stopped is applied at the next start.
+The Matrix transaction id is derived from the XMPP stanza, so a retry (or that
+replay) never doubles a message.
 
 Store keys: ``room/<muc>`` → room ID and ``mroom/<room_id>`` → MUC (the room
 mapping), ``member/<room_id>/<user_id>`` → nick (Matrix users puppeted into a
@@ -71,10 +74,13 @@ class Bridge(OutboundRelay, InboundRelay):
         self.our_nicks: dict[str, set[str]] = {}  # muc → nicks our puppets have or are taking
         self.rooms: dict[str, str] = {}  # muc → room ID (mirrors the store's room/ keys)
         self._out_wake = asyncio.Event()
-        self._in_wake = asyncio.Event()
         self._expected_out: dict[str, float] = {}  # queued keys → deadline to see them
         self._in_seq = itertools.count()
-        self._pending_in: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+        # operations for Matrix, each with the future of its write to the store
+        self._pending_in: asyncio.Queue[tuple[dict[str, Any], asyncio.Future[None]]] = (
+            asyncio.Queue())
+        self._inbox: asyncio.Queue[tuple[dict[str, Any], asyncio.Future[None]]] = (
+            asyncio.Queue())
         self._tasks: list[asyncio.Task[None]] = []
         self._joined_matrix: set[tuple[str, str]] = set()  # (room_id, virtual user)
         self._profiles: dict[str, str] = {}  # virtual user → display name set
@@ -87,7 +93,6 @@ class Bridge(OutboundRelay, InboundRelay):
         self._tasks = [loop.create_task(self._out_worker(), name="xmpp-out"),
                        loop.create_task(self._persist_worker(), name="xmpp-persist"),
                        loop.create_task(self._in_worker(), name="xmpp-in")]
-        self._in_wake.set()  # deliver what a previous run left in the store
         self.link.start()
 
     async def close(self) -> None:
@@ -277,36 +282,52 @@ class Bridge(OutboundRelay, InboundRelay):
     def queue_in(self, op: dict[str, Any]) -> None:
         """Queue an operation for Matrix (called from the component's callbacks)."""
         op["key"] = f"in/{time.time_ns():020d}-{next(self._in_seq):06d}"
-        self._pending_in.put_nowait(op)
+        written: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._pending_in.put_nowait((op, written))
+        self._inbox.put_nowait((op, written))
 
     async def _persist_worker(self) -> None:
+        """Write each queued operation to the store (in order), then settle its future."""
         while True:
-            op = await self._pending_in.get()
-            await self.store.put(op["key"], op)
-            self._in_wake.set()
+            op, written = await self._pending_in.get()
+            try:
+                await self.store.put(op["key"], op)
+                written.set_result(None)
+            except Exception as exc:  # applied anyway; only a crash right now would lose it
+                self.log.exception("could not store %s for Matrix", op.get("op"))
+                written.set_exception(exc)
 
     async def _in_worker(self) -> None:
-        """Apply stored inbound operations to Matrix in order, retrying with backoff."""
+        """Apply what a previous run left in the store, then each operation as it is
+        queued, in order; an operation leaves the store once applied and written."""
+        now = f"in/{time.time_ns():020d}"  # keys from before this run (queue_in's form)
+        for key, op in await self.store.items("in/"):
+            if key >= now:
+                break
+            await self._apply_in_retrying(op)
+            await self.store.delete(key)
         while True:
-            await self._in_wake.wait()
-            self._in_wake.clear()
-            for key, op in await self.store.items("in/"):
-                delay = self.config.reconnect_min
-                while True:
-                    try:
-                        await self.apply_in(op)
-                        break
-                    except Exception as exc:
-                        if not _transient(exc):
-                            self.log.exception("could not relay %s to Matrix; dropped",
-                                               op.get("op"))
-                            self.refuse_in(op, exc)
-                            break
-                        self.log.warning("homeserver unreachable (%s); retrying in %.1f s",
-                                         exc, delay)
-                        await asyncio.sleep(delay)
-                        delay = min(delay * 2, self.config.reconnect_max)
-                await self.store.delete(key)
+            op, written = await self._inbox.get()
+            await self._apply_in_retrying(op)
+            with contextlib.suppress(Exception):
+                await written
+                await self.store.delete(op["key"])
+
+    async def _apply_in_retrying(self, op: dict[str, Any]) -> None:
+        """Apply ``op`` to Matrix, retrying with backoff while the homeserver is unreachable."""
+        delay = self.config.reconnect_min
+        while True:
+            try:
+                await self.apply_in(op)
+                return
+            except Exception as exc:
+                if not _transient(exc):
+                    self.log.exception("could not relay %s to Matrix; dropped", op.get("op"))
+                    self.refuse_in(op, exc)
+                    return
+                self.log.warning("homeserver unreachable (%s); retrying in %.1f s", exc, delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, self.config.reconnect_max)
 
 
 def _transient(exc: Exception) -> bool:
