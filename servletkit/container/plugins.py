@@ -61,7 +61,7 @@ class PluginError:
     """
 
     plugin: str
-    stage: Literal["config", "import", "register", "init", "destroy"]
+    stage: Literal["config", "import", "register", "init", "routes", "destroy"]
     message: str
     traceback: str = ""
 

@@ -60,6 +60,8 @@ class PluginVersion:
     past_calls: int = 0
     past_errors: int = 0
     destroyed: bool = False
+    http: Any = None
+    requests: int = 0
 
     @property
     def registered_as(self) -> str:
