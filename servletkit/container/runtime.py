@@ -26,6 +26,7 @@ from servletkit.container.plugins import (
     sources_for,
 )
 from servletkit.container.versions import (
+    PluginStatus,
     PluginVersion,
     ReloadResult,
     UnloadResult,
@@ -56,34 +57,6 @@ DRAIN_TIMEOUT_S: Final = 30.0
 
 INIT_TIMEOUT_S: Final = 30.0
 """How long a reloaded version's ``servlet_init`` may take before the reload fails."""
-
-
-@attrs.frozen
-class PluginStatus:
-    """What the container knows about one plugin (a row of ``servletkit plugins``)."""
-
-    name: str
-    distribution: str | None
-    version: str | None
-    hooks: tuple[str, ...]
-    enabled: bool
-    order: int
-    loaded: bool
-    live: bool
-    error: PluginError | None = None
-    loaded_version: str | None = None
-    since: float | None = None
-    calls: int = 0
-    errors: int = 0
-    draining: int = 0
-
-    def as_json(self) -> dict[str, Any]:
-        """The row as the admin API sends it (``servletkit plugins`` of a running container)."""
-        row = attrs.asdict(self, recurse=False)
-        row["hooks"] = list(self.hooks)
-        row["error"] = None if self.error is None else {
-            "stage": self.error.stage, "message": self.error.message}
-        return row
 
 
 def homeserver_client(config: Config) -> HomeserverClient | None:
@@ -443,6 +416,10 @@ class Container:
         """Wait until every version replaced by a reload has been destroyed."""
         while self._drains:
             await asyncio.gather(*self._drains, return_exceptions=True)
+
+    def source(self, name: str) -> PluginSource | None:
+        """Where plugin ``name``'s code comes from, whether it loaded or failed."""
+        return self._sources.get(name)
 
     def version(self, name: str) -> PluginVersion | None:
         """The version of plugin ``name`` that serves (or would, once started)."""

@@ -112,6 +112,34 @@ class PluginVersion:
 
 
 @attrs.frozen
+class PluginStatus:
+    """What the container knows about one plugin (a row of ``servletkit plugins``)."""
+
+    name: str
+    distribution: str | None
+    version: str | None
+    hooks: tuple[str, ...]
+    enabled: bool
+    order: int
+    loaded: bool
+    live: bool
+    error: PluginError | None = None
+    loaded_version: str | None = None
+    since: float | None = None
+    calls: int = 0
+    errors: int = 0
+    draining: int = 0
+
+    def as_json(self) -> dict[str, Any]:
+        """The row as the admin API sends it (``servletkit plugins`` of a running container)."""
+        row = attrs.asdict(self, recurse=False)
+        row["hooks"] = list(self.hooks)
+        row["error"] = None if self.error is None else {
+            "stage": self.error.stage, "message": self.error.message}
+        return row
+
+
+@attrs.frozen
 class ReloadResult:
     """What a reload did: the versions before and after, how long it took, or why it failed.
 

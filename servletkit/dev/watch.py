@@ -1,8 +1,9 @@
 """``servletkit dev``'s reloader: save a plugin's file, and the plugin is reloaded.
 
-Every live plugin installed in editable mode (``pip install -e``: its
+Every enabled plugin installed in editable mode (``pip install -e``: its
 distribution's ``direct_url.json`` says ``"editable": true``) has its source
-watched with watchfiles: the folder of its top-level package. A burst of saves
+watched with watchfiles: the folder of its top-level package. That includes a
+plugin that failed to import or init at start: saving the fix loads it. A burst of saves
 is debounced into one change; each plugin the change touches is reloaded
 (:meth:`~servletkit.container.runtime.Container.reload`) and one line says what
 happened: the plugin, its old and new version and the time it took, or the error
@@ -15,8 +16,8 @@ otherwise (a helper module changed) every plugin whose package holds it.
 from __future__ import annotations
 
 import asyncio
+import importlib.util
 import json
-import sys
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Final
@@ -58,22 +59,40 @@ def is_editable(source: PluginSource) -> bool:
 
 
 def watched_plugins(container: Container) -> list[WatchedPlugin]:
-    """The live plugins installed in editable mode, with what to watch of each."""
+    """The enabled plugins installed in editable mode, with what to watch of each.
+
+    Those that failed to import or init are watched too, so that saving the fix
+    loads them: their files are found without importing them.
+    """
     found = []
-    for name in container.live_plugins:
-        version = container.version(name)
-        module = module_of(version.source) if version is not None else None
-        if version is None or module is None or not is_editable(version.source):
+    for row in container.statuses():
+        version = container.version(row.name)
+        source = version.source if version is not None else container.source(row.name)
+        module = module_of(source) if source is not None else None
+        if not row.enabled or source is None or module is None or not is_editable(source):
             continue
-        entry = sys.modules.get(module)
-        top = sys.modules.get(module.partition(".")[0])
-        entry_file = getattr(entry, "__file__", None)
-        if entry_file is None or top is None:
-            continue
-        paths = getattr(top, "__path__", None)
-        root = Path(next(iter(paths))) if paths else Path(entry_file)
-        found.append(WatchedPlugin(name, Path(entry_file).resolve(), root.resolve()))
+        if located := _locate(module):
+            found.append(WatchedPlugin(row.name, *located))
     return found
+
+
+def _locate(module: str) -> tuple[Path, Path] | None:
+    """The file of ``module`` and the folder of its top-level package, resolved; found
+    without importing anything of a plugin that may be broken (``None``: not found)."""
+    top, _, rest = module.partition(".")
+    try:
+        spec = importlib.util.find_spec(top)
+    except (ImportError, ValueError):
+        return None
+    if spec is None or spec.origin is None:
+        return None
+    if not spec.submodule_search_locations:  # a single-module plugin
+        return Path(spec.origin).resolve(), Path(spec.origin).resolve()
+    root = Path(next(iter(spec.submodule_search_locations))).resolve()
+    if not rest:
+        return Path(spec.origin).resolve(), root
+    inner = root.joinpath(*rest.split("."))
+    return (inner / "__init__.py" if inner.is_dir() else inner.with_suffix(".py")), root
 
 
 def touched(plugins: Iterable[WatchedPlugin], changed: Iterable[Path]) -> list[str]:

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from servletkit import Modify, Veto
+from servletkit.container.config import parse_config
 from servletkit.container.runtime import Container
 from servletkit.dev.watch import PluginWatcher, WatchedPlugin, touched, watched_plugins
 from servletkit.testing import make_event, only_plugins, running_container
@@ -120,3 +121,41 @@ def test_a_change_touches_its_own_plugin_or_every_one_sharing_the_package(
     assert touched(plugins, [tmp_path / "other" / "x.py", package / "formatter.py"]) == [
         "formatter", "other"]
     assert touched(plugins, [tmp_path / "elsewhere.py"]) == []
+
+
+@pytest.mark.parametrize("broken", [
+    "def broken(:\n",  # fails to import
+    "@hookimpl\ndef servlet_init(context):\n    raise RuntimeError('not yet')\n",  # to init
+])
+async def test_a_plugin_that_failed_at_start_is_watched_and_loads_when_fixed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, broken: str
+) -> None:
+    """A plugin broken at start is still watched; saving the fix loads it, one line."""
+    site = tmp_path / "site"
+    site.mkdir()
+    monkeypatch.syspath_prepend(str(site))
+    plugin = PluginOnDisk(site, "fixy", editable=True)
+    plugin.write("0.1", broken)
+    config = parse_config({"plugins": only_plugins({plugin.name: {}})},
+                          tmp_path / "servletkit.toml")
+    container = Container(config)  # its store: a file beside the config
+    container.load()
+    await container.start()
+    try:
+        assert container.live_plugins == [] and container.errors
+        [watched] = watched_plugins(container)
+        assert (watched.name, watched.root) == (plugin.name, (site / plugin.name).resolve())
+        lines = Lines()
+        task = asyncio.create_task(PluginWatcher(container, lines).run())
+        await asyncio.sleep(0.3)  # the watcher has started watching
+        plugin.write("0.1", VETO_X)
+        assert re.fullmatch(r"fixy: reloaded not loaded -> 0\.1#\d in \d+ ms",
+                            await lines.next())
+        assert container.live_plugins == [plugin.name]
+        assert await decision(container, "x") == Veto("no x (version 0.1)")
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+    finally:
+        await container.stop()
+        plugin.forget()
