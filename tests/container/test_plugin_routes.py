@@ -28,6 +28,7 @@ from servletkit.testing import (
     running_container,
 )
 from servletkit.testing.container import start_container
+from servletkit.testing.waiting import eventually
 from tests.container.reload_support import PluginOnDisk
 
 
@@ -162,8 +163,8 @@ async def test_a_reload_swaps_the_routes_and_waits_for_requests_in_flight(
     old_module = sys.modules[plugin.name]
     async with plugin_client(container, plugin.name) as http:
         held = asyncio.create_task(http.get("/version", params={"wait": "1"}))
-        while not container.version(plugin.name).requests:  # type: ignore[union-attr]
-            await asyncio.sleep(0.005)
+        await eventually(lambda: container.version(plugin.name).requests,  # type: ignore[union-attr]
+                         interval=0.005)
         plugin.write("2.0", ROUTES)
         assert (await container.reload(plugin.name)).ok
         assert (await http.get("/version")).json() == {"version": "2.0"}
