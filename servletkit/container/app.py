@@ -93,7 +93,7 @@ def build_app(
             yield
 
     routes = [*health_routes(container), *metrics_routes(container), *admin_routes(container),
-              *(route for wire in wires for route in wire.routes())]
+              container.http.mount(), *(route for wire in wires for route in wire.routes())]
     app = Starlette(routes=routes, exception_handlers=EXCEPTION_HANDLERS, lifespan=lifespan)
     # no 307 from '/thirdparty/user/' to '/thirdparty/user': a homeserver does not follow
     # it to another endpoint; an unknown path is a Matrix 404 instead

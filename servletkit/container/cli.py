@@ -20,7 +20,7 @@ from servletkit.container.config import Config, load_config
 from servletkit.container.config_tables import ConfigError
 from servletkit.container.logs import TEXT_FORMAT
 from servletkit.container.ports import port_unavailable
-from servletkit.container.runtime import Container, PluginStatus
+from servletkit.container.runtime import Container
 from servletkit.container.scaffold import ScaffoldError, cmd_new
 from servletkit.container.scaffold import add_arguments as new_arguments
 from servletkit.container.snippets import (
@@ -29,6 +29,7 @@ from servletkit.container.snippets import (
     registration,
     synapse_config,
 )
+from servletkit.container.versions import PluginStatus
 
 DEFAULT_CONFIG = "servletkit.toml"
 

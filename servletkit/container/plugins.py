@@ -11,9 +11,14 @@ checks its hook implementations against the specs.
 from __future__ import annotations
 
 import difflib
+import json
+import logging
+import tomllib
 import traceback
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
+from pathlib import Path
 from typing import Any, Final, Literal
+from urllib.parse import unquote, urlparse
 
 import attrs
 import importlib_metadata
@@ -25,15 +30,22 @@ from servletkit.hooks.table import HookTable
 
 ENTRY_POINT_GROUP: Final = "servletkit.plugins"
 
+log = logging.getLogger("servletkit.container")
+
 @attrs.frozen
 class PluginSource:
-    """Where a plugin comes from: its entry point, or an object handed in directly."""
+    """Where a plugin comes from: its entry point, or an object handed in directly.
+
+    ``project`` is the project folder of a distribution installed in editable mode
+    (``pip install -e``), whose files are the plugin's code.
+    """
 
     name: str
     distribution: str | None = None
     version: str | None = None
     entry_point: importlib_metadata.EntryPoint | None = None
     obj: Any = None
+    project: Path | None = None
 
     @classmethod
     def from_entry_point(cls, entry_point: importlib_metadata.EntryPoint) -> PluginSource:
@@ -43,6 +55,7 @@ class PluginSource:
             distribution=dist.name if dist else None,
             version=dist.version if dist else None,
             entry_point=entry_point,
+            project=editable_project(dist) if dist else None,
         )
 
     def load(self) -> Any:
@@ -61,7 +74,7 @@ class PluginError:
     """
 
     plugin: str
-    stage: Literal["config", "import", "register", "init", "destroy"]
+    stage: Literal["config", "import", "register", "init", "routes", "destroy"]
     message: str
     traceback: str = ""
 
@@ -71,11 +84,58 @@ class PluginRejected(Exception):
 
 
 def installed_plugins() -> dict[str, PluginSource]:
-    """Every plugin installed in this environment, by name."""
+    """Every plugin installed in this environment, by name.
+
+    A distribution installed in editable mode whose ``pyproject.toml`` declares its
+    ``servletkit.plugins`` entry points (statically) has those, as the file says
+    now: an entry point added or changed there needs no reinstall.
+    """
     found: dict[str, PluginSource] = {}
     for entry_point in importlib_metadata.entry_points(group=ENTRY_POINT_GROUP):
-        found.setdefault(entry_point.name, PluginSource.from_entry_point(entry_point))
+        source = PluginSource.from_entry_point(entry_point)
+        declared = declared_entry_points(source.project) if source.project else None
+        if declared is None:
+            found.setdefault(source.name, source)
+            continue
+        for name, value in declared.items():
+            found.setdefault(name, attrs.evolve(source, name=name, entry_point=(
+                importlib_metadata.EntryPoint(name, value, ENTRY_POINT_GROUP))))
     return found
+
+
+def editable_project(dist: Any) -> Path | None:
+    """The project folder of distribution ``dist`` if it is installed in editable mode (its
+    ``direct_url.json`` says ``"editable": true``), else ``None``."""
+    text = dist.read_text("direct_url.json")
+    try:
+        facts = json.loads(text) if text else {}
+        editable = facts.get("dir_info", {}).get("editable") is True
+        url = urlparse(facts.get("url", ""))
+    except (ValueError, AttributeError):
+        return None
+    return Path(unquote(url.path)) if editable and url.scheme == "file" else None
+
+
+def declared_entry_points(project: Path) -> Mapping[str, str] | None:
+    """The ``servletkit.plugins`` entry points ``project/pyproject.toml`` declares now;
+    ``None`` if it declares none statically (no file or ``[project]`` table, entry
+    points ``dynamic``, not valid TOML: the installed ones count, and a warning says
+    why for the last)."""
+    path = project / "pyproject.toml"
+    try:
+        table = tomllib.loads(path.read_text(encoding="utf-8")).get("project")
+    except OSError:
+        return None
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        log.warning("%s is not valid TOML (%s): the entry points installed from it count "
+                    "until it is fixed", path, exc)
+        return None
+    if not isinstance(table, dict) or "entry-points" in table.get("dynamic", ()):
+        return None
+    declared = table.get("entry-points", {}).get(ENTRY_POINT_GROUP)
+    if not isinstance(declared, dict):
+        return None
+    return {name: value for name, value in declared.items() if isinstance(value, str)}
 
 
 def new_plugin_manager(hooks: HookTable = HOOKS) -> pluggy.PluginManager:

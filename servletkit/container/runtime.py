@@ -13,6 +13,7 @@ import attrs
 
 from servletkit.container.config import Config, PluginSettings, load_config
 from servletkit.container.config_tables import ConfigError
+from servletkit.container.plugin_routes import PluginRoutes, routes_app
 from servletkit.container.plugins import (
     PluginError,
     PluginRejected,
@@ -25,6 +26,7 @@ from servletkit.container.plugins import (
     sources_for,
 )
 from servletkit.container.versions import (
+    PluginStatus,
     PluginVersion,
     ReloadResult,
     UnloadResult,
@@ -55,34 +57,6 @@ DRAIN_TIMEOUT_S: Final = 30.0
 
 INIT_TIMEOUT_S: Final = 30.0
 """How long a reloaded version's ``servlet_init`` may take before the reload fails."""
-
-
-@attrs.frozen
-class PluginStatus:
-    """What the container knows about one plugin (a row of ``servletkit plugins``)."""
-
-    name: str
-    distribution: str | None
-    version: str | None
-    hooks: tuple[str, ...]
-    enabled: bool
-    order: int
-    loaded: bool
-    live: bool
-    error: PluginError | None = None
-    loaded_version: str | None = None
-    since: float | None = None
-    calls: int = 0
-    errors: int = 0
-    draining: int = 0
-
-    def as_json(self) -> dict[str, Any]:
-        """The row as the admin API sends it (``servletkit plugins`` of a running container)."""
-        row = attrs.asdict(self, recurse=False)
-        row["hooks"] = list(self.hooks)
-        row["error"] = None if self.error is None else {
-            "stage": self.error.stage, "message": self.error.message}
-        return row
 
 
 def homeserver_client(config: Config) -> HomeserverClient | None:
@@ -136,6 +110,8 @@ class Container:
         self.ready = asyncio.Event()
         """Set once :meth:`start` has run every ``servlet_init``: the wires listen before
         that, and hold what needs the plugins until it is set."""
+        self.http = PluginRoutes(self.ready)
+        """The live plugins' own HTTP routes (``servlet_routes``), mounted by the app."""
 
     # -- loading -------------------------------------------------------------
 
@@ -222,11 +198,9 @@ class Container:
         await self.store.open()
         self.dispatcher.start_guard()
         for name, version in list(self._versions.items()):
-            try:
-                await self._lifecycle(version, "servlet_init")
-            except Exception as exc:
-                self._fail(describe_failure(name, "init", exc))
-                self.pm.unregister(self._versions.pop(name).obj)
+            if error := await self._bring_up(version):
+                self._fail(error)
+                del self._versions[name]
                 continue
             self._live.add(name)
         self._rebuild()
@@ -252,6 +226,25 @@ class Container:
         for call in iter_plugin_impls(self.pm, hook, version.registered_as):
             await await_me_maybe(call(version.context))
 
+    async def _bring_up(self, version: PluginVersion,
+                        init_budget_s: float | None = None) -> PluginError | None:
+        """Run ``servlet_init`` (within ``init_budget_s``) then ``servlet_routes`` of ``version``;
+        on failure undo what ran (destroy it if its init did) and return the error."""
+        stage = "init"
+        try:
+            await asyncio.wait_for(self._lifecycle(version, "servlet_init"), init_budget_s)
+            stage = "routes"
+            for call in iter_plugin_impls(self.pm, "servlet_routes", version.registered_as):
+                answer = await await_me_maybe(call(version.context))
+                version.http = routes_app(version.name, answer)
+        except Exception as exc:
+            if stage == "routes":
+                await self._destroy(version)
+            else:
+                self.pm.unregister(version.obj)
+            return describe_failure(version.name, stage, exc)
+        return None
+
     async def _destroy(self, version: PluginVersion) -> None:
         """Run ``servlet_destroy`` of ``version`` (once) and unregister it."""
         if version.destroyed:
@@ -271,6 +264,7 @@ class Container:
             {v.registered_as: (self.policy(v.name), v.context) for v in live},
             {v.registered_as: v.name for v in live},
         )
+        self.http.update({v.name: v for v in live})
 
     def _track_chains(self, chains: list[Chain]) -> None:
         """Fold the figures of chains just replaced into each version's totals."""
@@ -305,8 +299,9 @@ class Container:
         old = self._versions.get(name)
         label = old.label if old else None
 
-        def failed(stage: str, exc: BaseException | str) -> ReloadResult:
-            error = (describe_failure(name, stage, exc) if isinstance(exc, BaseException)
+        def failed(stage: str, exc: BaseException | str | PluginError) -> ReloadResult:
+            error = (exc if isinstance(exc, PluginError)
+                     else describe_failure(name, stage, exc) if isinstance(exc, BaseException)
                      else PluginError(name, stage, exc))  # type: ignore[arg-type]
             self._fail(error)
             return ReloadResult(name, label, None, time.perf_counter() - started, error)
@@ -334,13 +329,10 @@ class Container:
         except Exception as exc:
             self._put_back(module, saved, source)
             return failed("import", exc)
-        try:
-            await asyncio.wait_for(self._lifecycle(version, "servlet_init"), INIT_TIMEOUT_S)
-        except Exception as exc:
-            self.pm.unregister(version.obj)
+        if error := await self._bring_up(version, INIT_TIMEOUT_S):
             self._loads[name] = version.number - 1  # a version that never served has no number
             self._put_back(module, saved, source)
-            return failed("init", exc)
+            return failed(error.stage, error)
         self._sources[name] = source
         self._versions[name] = version
         self._live.add(name)
@@ -407,11 +399,14 @@ class Container:
         try:
             # polled: the dispatcher's hot path counts nothing and signals nothing
             in_flight = self.dispatcher.in_flight
-            while in_flight(version.registered_as) and time.monotonic() < deadline:  # noqa: ASYNC110
+            def left() -> int:  # hook calls and HTTP requests
+                return in_flight(version.registered_as) + version.requests
+
+            while left() and time.monotonic() < deadline:  # noqa: ASYNC110
                 await asyncio.sleep(0.005)
-            if left := in_flight(version.registered_as):
+            if left():
                 log.warning("plugin %r: version %s still had %d calls in flight after %g s; "
-                            "destroying it anyway", version.name, version.label, left,
+                            "destroying it anyway", version.name, version.label, left(),
                             self.drain_timeout_s)
         finally:
             await self._destroy(version)
@@ -421,6 +416,10 @@ class Container:
         """Wait until every version replaced by a reload has been destroyed."""
         while self._drains:
             await asyncio.gather(*self._drains, return_exceptions=True)
+
+    def source(self, name: str) -> PluginSource | None:
+        """Where plugin ``name``'s code comes from, whether it loaded or failed."""
+        return self._sources.get(name)
 
     def version(self, name: str) -> PluginVersion | None:
         """The version of plugin ``name`` that serves (or would, once started)."""

@@ -100,7 +100,7 @@ def _imports(hooks: Sequence[str]) -> str:
         names.append("Veto")
     lines = ['"""{doc}\n"""', "", "from __future__ import annotations", ""]
     typing = [name for name in ("Any",) if re.search(rf"\b{name}\b", text)]
-    abc = [name for name in ("Mapping",) if re.search(rf"\b{name}\b", text)]
+    abc = [name for name in ("Mapping", "Sequence") if re.search(rf"\b{name}\b", text)]
     if abc:
         lines.append(f"from collections.abc import {', '.join(abc)}")
     if typing:
@@ -108,6 +108,11 @@ def _imports(hooks: Sequence[str]) -> str:
     if abc or typing:
         lines.append("")
     lines.append(f"from servletkit import {', '.join(sorted([*names, 'hookimpl']))}")
+    if "servlet_routes" in hooks:
+        lines += ["from starlette.requests import Request",
+                  "from starlette.responses import JSONResponse",
+                  "from starlette.routing import BaseRoute, Route",
+                  "from starlette.types import ASGIApp"]
     return "\n".join(lines) + "\n"
 
 

@@ -106,6 +106,14 @@ BODIES: Final = {
     # Release what servlet_init acquired (stop tasks, close connections).
     context.log.info("%s stopping", context.name)
 ''',
+    "servlet_routes": '''\
+    # HTTP routes under /_servletkit/plugins/<plugin name>/ on the [server] listener
+    # (provisioning APIs, webhooks); None for none. No token is checked: guard them yourself.
+    async def greeting(request: Request) -> JSONResponse:
+        return JSONResponse({"greeting": context.config.get("greeting", "hello")})
+
+    return [Route("/greeting", greeting, methods=["GET"])]
+''',
     "on_send_event": '''\
     # Answer Veto(reason) to refuse the event, Modify(content={...}) to change its
     # content (before it is stored), Allow() to approve it, or None for no opinion.
@@ -201,6 +209,7 @@ CONFIG = {
     "virtual_users": ["@_example_bob:localhost"],
     "aliases": ["#_example_lobby:localhost"],
     "protocol": "example",
+    "greeting": "good morning",
 }
 '''
 
@@ -215,6 +224,13 @@ START    assert run.context.config == CONFIG  # plugin_runner raises if servlet_
 HOOK_TESTS: Final = {hook: text.replace("START", _START) for hook, text in {
     "servlet_init": _LIFECYCLE,
     "servlet_destroy": _LIFECYCLE,
+    "servlet_routes": '''
+
+async def test_servlet_routes_serves_a_greeting(plugin_runner: RunnerFactory) -> None:
+START    async with run.http() as http:  # an HTTP client of its routes, in process
+        answer = await http.get("/greeting")
+    assert answer.json() == {"greeting": CONFIG["greeting"]}
+''',
     "on_send_event": '''
 
 async def test_on_send_event_vetoes_a_blocked_word(plugin_runner: RunnerFactory) -> None:

@@ -60,6 +60,8 @@ class PluginVersion:
     past_calls: int = 0
     past_errors: int = 0
     destroyed: bool = False
+    http: Any = None
+    requests: int = 0
 
     @property
     def registered_as(self) -> str:
@@ -107,6 +109,34 @@ class PluginVersion:
         key = self.registered_as
         slots = [slot for slot in chain.slots if slot.registered_as == key]
         return sum(slot.calls for slot in slots), sum(slot.failures for slot in slots)
+
+
+@attrs.frozen
+class PluginStatus:
+    """What the container knows about one plugin (a row of ``servletkit plugins``)."""
+
+    name: str
+    distribution: str | None
+    version: str | None
+    hooks: tuple[str, ...]
+    enabled: bool
+    order: int
+    loaded: bool
+    live: bool
+    error: PluginError | None = None
+    loaded_version: str | None = None
+    since: float | None = None
+    calls: int = 0
+    errors: int = 0
+    draining: int = 0
+
+    def as_json(self) -> dict[str, Any]:
+        """The row as the admin API sends it (``servletkit plugins`` of a running container)."""
+        row = attrs.asdict(self, recurse=False)
+        row["hooks"] = list(self.hooks)
+        row["error"] = None if self.error is None else {
+            "stage": self.error.stage, "message": self.error.message}
+        return row
 
 
 @attrs.frozen

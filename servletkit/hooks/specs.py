@@ -32,7 +32,7 @@ Two kinds of hooks:
 from __future__ import annotations
 
 import sys
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Final
 
 from servletkit.hooks.table import (
@@ -46,6 +46,9 @@ from servletkit.hooks.table import (
 )
 
 if TYPE_CHECKING:
+    from starlette.routing import BaseRoute
+    from starlette.types import ASGIApp
+
     from servletkit.hooks.context import PluginContext
     from servletkit.hooks.decisions import Decision
     from servletkit.hooks.events import Ephemeral, Event
@@ -78,6 +81,33 @@ def servlet_destroy(context: PluginContext) -> None:
     ``context.homeserver`` are closed right after.
 
     :param context: the plugin's context.
+    """
+
+
+@lifecycle
+def servlet_routes(context: PluginContext) -> Sequence[BaseRoute] | ASGIApp | None:
+    """Give the HTTP routes the plugin serves under ``/_servletkit/plugins/NAME/``.
+
+    Called once per loaded version, right after its :func:`servlet_init`
+    (so the routes may use what init prepared). The routes are served on the
+    container's ``[server]`` listener, their paths relative to the plugin's
+    prefix: ``Route("/hook", ...)`` of plugin ``github`` answers
+    ``/_servletkit/plugins/github/hook``. Provisioning APIs and webhooks go
+    here. A reload swaps the new version's routes in at the same moment as its
+    hooks (requests in flight finish on the old version, which is destroyed
+    once they have); an undeploy takes them away. Requests that arrive while
+    the container starts wait for the plugins' init. The container checks no
+    token: a route guards itself. A path no route matches is answered 404
+    ``M_UNRECOGNIZED``, a wrong method 405, an exception 500 ``M_UNKNOWN``
+    (Matrix JSON errors). Raising, or answering anything else, fails the
+    plugin's start (or reload) at the stage ``routes``, after its
+    :func:`servlet_destroy` has run.
+
+    :param context: the plugin's context.
+    :returns: a list of Starlette routes (``Route``, ``Mount``,
+        ``WebSocketRoute``), or any ASGI application (its own Starlette app,
+        mounted as it is: its own error handlers answer, its lifespan is not
+        run); ``None`` for no routes.
     """
 
 

@@ -43,7 +43,8 @@ from servletkit.hooks.events import Event, WireName
 
 __all__ = ["HookResult", "PluginRunner", "RunnerFactory", "assert_allowed", "assert_modified",
            "assert_vetoed",
-           "invite", "join", "make_event", "message", "only_plugins", "plugin_site",
+           "invite", "join", "make_event", "message", "only_plugins", "plugin_client",
+           "plugin_site",
            "plugins_toml", "python_path_env", "running_container", "state"]
 
 _event_ids = itertools.count(1)
@@ -171,5 +172,6 @@ from servletkit.testing.kit import (  # noqa: E402
     invite,
     join,
     message,
+    plugin_client,
     state,
 )

@@ -21,7 +21,10 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from typing import Any
 
 import attrs
+import httpx
 
+from servletkit.container.app import build_app
+from servletkit.container.plugin_routes import PREFIX
 from servletkit.container.runtime import Container
 from servletkit.hooks._chain import Outcome
 from servletkit.hooks.context import PluginContext
@@ -32,7 +35,7 @@ from servletkit.testing.factories import invite, join, message, state
 
 __all__ = ["HookResult", "PluginRunner", "RunnerFactory", "assert_allowed", "assert_modified",
            "assert_vetoed",
-           "invite", "join", "message", "state"]
+           "invite", "join", "message", "plugin_client", "state"]
 
 
 @attrs.frozen
@@ -119,6 +122,23 @@ def assert_modified(result: HookResult, content: Mapping[str, Any] | None = None
     return decision.content
 
 
+def plugin_client(container: Container, name: str, *,
+                  client: tuple[str, int] = ("127.0.0.1", 40000)) -> httpx.AsyncClient:
+    """An HTTP client of plugin ``name``'s routes (``servlet_routes``) in ``container``.
+
+    No server: requests go to the container's app in process, from ``client``
+    (host, port), and answer as ``servletkit run`` would (Matrix JSON errors, a
+    500 for an exception). Relative URLs are under the plugin's prefix::
+
+        async with plugin_client(container, "github") as http:
+            assert (await http.get("/status")).status_code == 200
+    """
+    transport = httpx.ASGITransport(app=build_app(container, []), client=client,
+                                    raise_app_exceptions=False)
+    return httpx.AsyncClient(transport=transport,
+                             base_url=f"http://servletkit{PREFIX}/{name}/")
+
+
 @attrs.define
 class PluginRunner:
     """One plugin in a started container of its own, with helpers to call its hooks."""
@@ -157,6 +177,14 @@ class PluginRunner:
     def _options(self) -> Mapping[str, Any]:
         table = self.container.config.plugin(self.name)
         return table.options if table else {}
+
+    def http(self) -> httpx.AsyncClient:
+        """An HTTP client of the plugin's routes (see :func:`plugin_client`)::
+
+            async with run.http() as http:
+                response = await http.get("status")
+        """
+        return plugin_client(self.container, self.name)
 
     async def intercept(self, hook: str, *args: Any) -> HookResult:
         """Run interception ``hook`` with ``args`` (``context`` aside)."""

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from servletkit import Modify, Veto
+from servletkit.container.config import parse_config
 from servletkit.container.runtime import Container
 from servletkit.dev.watch import PluginWatcher, WatchedPlugin, touched, watched_plugins
 from servletkit.testing import make_event, only_plugins, running_container
@@ -120,3 +121,97 @@ def test_a_change_touches_its_own_plugin_or_every_one_sharing_the_package(
     assert touched(plugins, [tmp_path / "other" / "x.py", package / "formatter.py"]) == [
         "formatter", "other"]
     assert touched(plugins, [tmp_path / "elsewhere.py"]) == []
+
+
+@pytest.mark.parametrize("broken", [
+    "def broken(:\n",  # fails to import
+    "@hookimpl\ndef servlet_init(context):\n    raise RuntimeError('not yet')\n",  # to init
+])
+async def test_a_plugin_that_failed_at_start_is_watched_and_loads_when_fixed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, broken: str
+) -> None:
+    """A plugin broken at start is still watched; saving the fix loads it, one line."""
+    site = tmp_path / "site"
+    site.mkdir()
+    monkeypatch.syspath_prepend(str(site))
+    plugin = PluginOnDisk(site, "fixy", editable=True)
+    plugin.write("0.1", broken)
+    config = parse_config({"plugins": only_plugins({plugin.name: {}})},
+                          tmp_path / "servletkit.toml")
+    container = Container(config)  # its store: a file beside the config
+    container.load()
+    await container.start()
+    try:
+        assert container.live_plugins == [] and container.errors
+        [watched] = watched_plugins(container)
+        assert (watched.name, watched.root) == (plugin.name, (site / plugin.name).resolve())
+        lines = Lines()
+        task = asyncio.create_task(PluginWatcher(container, lines).run())
+        await asyncio.sleep(0.3)  # the watcher has started watching
+        plugin.write("0.1", VETO_X)
+        assert re.fullmatch(r"fixy: reloaded not loaded -> 0\.1#\d in \d+ ms",
+                            await lines.next())
+        assert container.live_plugins == [plugin.name]
+        assert await decision(container, "x") == Veto("no x (version 0.1)")
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+    finally:
+        await container.stop()
+        plugin.forget()
+
+
+PYPROJECT = """
+[project]
+name = "pyprojy"
+version = "0.1"
+{dynamic}
+[project.entry-points."servletkit.plugins"]
+pyprojy = "pyprojy"
+{extra}
+"""
+
+EXTRA = """
+from servletkit import Veto, hookimpl
+
+@hookimpl
+def on_join_room(user_id, room_id, context):
+    return Veto("extra")
+"""
+
+
+async def test_a_new_entry_point_in_pyproject_loads_without_a_reinstall(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An editable plugin's pyproject.toml gains an entry point: the watcher reloads the
+    distribution with it and the new plugin serves, nothing reinstalled; entry points the
+    file cannot declare statically get one line saying to deploy."""
+    site = tmp_path / "site"
+    site.mkdir()
+    monkeypatch.syspath_prepend(str(site))
+    plugin = PluginOnDisk(site, "pyprojy", editable=True)  # its project folder: the package
+    plugin.write("0.1", VETO_X, files={"extra.py": EXTRA})
+    pyproject = site / plugin.name / "pyproject.toml"
+    pyproject.write_text(PYPROJECT.format(dynamic="", extra=""))
+    config = {"plugins": only_plugins({plugin.name: {}})}
+    try:
+        async with running_container({}, config, include_installed=True) as container:
+            lines = Lines()
+            task = asyncio.create_task(PluginWatcher(container, lines).run())
+            await asyncio.sleep(0.3)
+            pyproject.write_text(PYPROJECT.format(dynamic="",
+                                                  extra='pyprojy_extra = "pyprojy.extra"'))
+            reported = {(await lines.next()).split(":")[0] for _ in range(2)}
+            assert reported == {"pyprojy", "pyprojy_extra"}
+            assert container.live_plugins == ["pyprojy", "pyprojy_extra"]
+            refused = await container.dispatcher.intercept("on_join_room", "@a:x", "!r:x")
+            assert refused.decision == Veto("extra")
+            pyproject.write_text(PYPROJECT.format(dynamic='dynamic = ["entry-points"]',
+                                                  extra=""))
+            line = await lines.next()
+            assert line.endswith(f"run `servletkit deploy {pyproject.parent}` to apply them")
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+    finally:
+        plugin.forget()

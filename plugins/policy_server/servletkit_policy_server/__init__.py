@@ -5,15 +5,15 @@ See this distribution's README for the config and what each rule refuses.
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Callable
 from typing import Any
 
 import attrs
+from starlette.routing import BaseRoute
 
 from servletkit import Event, PluginContext, Veto, hookimpl
 from servletkit.store import PluginStore
-from servletkit_policy_server.admin import admin_app, serving
+from servletkit_policy_server.admin import admin_routes
 from servletkit_policy_server.audit import AuditLog, Decision, Outcome
 from servletkit_policy_server.commands import PREFIX as COMMAND_PREFIX
 from servletkit_policy_server.commands import run_command
@@ -85,12 +85,11 @@ class PolicyServer:
         self.management_room: str | None = None
         """The management room's id, once joined."""
         self.audit = AuditLog(1000)
-        self._admin = contextlib.AsyncExitStack()
 
     @hookimpl
     async def servlet_init(self, context: PluginContext) -> None:
         """Check the config, read the ban rules of every followed list room, join the
-        management room, start the admin route."""
+        management room."""
         self.settings = parse_settings(context.config, self._clock)
         self.audit = AuditLog(self.settings.audit_kept)
         homeserver: Any = self._homeserver_override or context.homeserver
@@ -105,19 +104,19 @@ class PolicyServer:
             await self._load_list(homeserver, room_id)
         if self.settings.management_room:
             self.management_room = await homeserver.join(self.settings.management_room)
-        if self.settings.admin_port is not None:
-            assert context.store is not None  # the container gives every plugin one
-            await self._admin.enter_async_context(
-                serving(admin_app(self, context.store), self.settings.admin_port))
         context.log.info("policy_server: %d rules, %d policy-list bans from %d lists%s",
                          len(self.settings.rules) + len(self.settings.stored),
                          len(self.index), len(self.list_rooms),
                          " (dry run)" if self.settings.dry_run else "")
 
     @hookimpl
-    async def servlet_destroy(self, context: PluginContext) -> None:
-        """Stop the admin route."""
-        await self._admin.aclose()
+    def servlet_routes(self, context: PluginContext) -> list[BaseRoute] | None:
+        """The admin routes (``/_servletkit/plugins/policy_server/...``) when
+        ``admin_token`` is set."""
+        if not self.settings.admin_token:
+            return None
+        assert context.store is not None  # the container gives every plugin one
+        return admin_routes(self, context.store)
 
     async def describe(self, store: PluginStore) -> dict[str, Any]:
         """The rules, dry run and lists, as the admin route and ``!policy rules`` show them."""

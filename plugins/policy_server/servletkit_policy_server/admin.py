@@ -1,39 +1,33 @@
-"""The plugin's admin HTTP route, on ``127.0.0.1:<admin_port>`` (the container offers
-plugins no HTTP routes of their own, so the plugin serves these itself).
+"""The plugin's admin routes, served by the container on its ``[server]`` listener under
+``/_servletkit/plugins/policy_server/`` (hook ``servlet_routes``) when ``admin_token`` is set.
 
-Every request needs ``Authorization: Bearer <admin_token>``::
+Every request needs ``Authorization: Bearer <admin_token>`` (compared in constant time)::
 
-    GET  /_policy_server/audit?limit=N   {"decisions": [...newest N, oldest first]}
-    GET  /_policy_server/rules           {"rules": [...], "dry_run": ..., "policy_lists": ...}
-    PUT  /_policy_server/dry_run         body {"dry_run": true|false} → {"dry_run": ...}
+    GET  /_servletkit/plugins/policy_server/audit?limit=N  {"decisions": [...newest N]}
+    GET  /_servletkit/plugins/policy_server/rules          {"rules": [...], "dry_run": ...}
+    PUT  /_servletkit/plugins/policy_server/dry_run        {"dry_run": true|false}
 
 Errors are Matrix-style: 401 ``M_MISSING_TOKEN``/``M_UNKNOWN_TOKEN``, 400
-``M_BAD_JSON``/``M_INVALID_PARAM``.
+``M_BAD_JSON``/``M_INVALID_PARAM`` (and the container's 404/405 for other paths).
 """
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import hmac
 import json
-import socket
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
-import uvicorn
-from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse
-from starlette.routing import Route
+from starlette.routing import BaseRoute, Route
 
-from servletkit.wires.errors import EXCEPTION_HANDLERS, MatrixError
+from servletkit.wires.errors import MatrixError
 
 if TYPE_CHECKING:
     from servletkit.store import PluginStore
     from servletkit_policy_server import PolicyServer
 
-PREFIX = "/_policy_server"
 MAX_AUDIT_LIMIT = 1000
 
 
@@ -46,8 +40,8 @@ def _authorize(request: Request, token: str) -> None:
         raise MatrixError(401, "M_UNKNOWN_TOKEN", "wrong admin_token")
 
 
-def admin_app(plugin: PolicyServer, store: PluginStore) -> Starlette:
-    """The admin routes over ``plugin`` and its store."""
+def admin_routes(plugin: PolicyServer, store: PluginStore) -> list[BaseRoute]:
+    """The admin routes over ``plugin`` and its store (paths relative to the plugin's)."""
     token = plugin.settings.admin_token
 
     def guarded(handler: Callable[[Request], Awaitable[Any]]
@@ -77,33 +71,8 @@ def admin_app(plugin: PolicyServer, store: PluginStore) -> Starlette:
         await plugin.set_dry_run(store, body["dry_run"])
         return {"dry_run": body["dry_run"]}
 
-    return Starlette(routes=[
-        Route(f"{PREFIX}/audit", guarded(audit), methods=["GET"]),
-        Route(f"{PREFIX}/rules", guarded(rules), methods=["GET"]),
-        Route(f"{PREFIX}/dry_run", guarded(dry_run), methods=["PUT"]),
-    ], exception_handlers=EXCEPTION_HANDLERS)
-
-
-@contextlib.asynccontextmanager
-async def serving(app: Starlette, port: int) -> AsyncIterator[None]:
-    """Serve ``app`` on 127.0.0.1:``port`` while the context lasts."""
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    try:
-        sock.bind(("127.0.0.1", port))
-    except OSError as exc:
-        sock.close()
-        raise OSError(exc.errno, f"[plugins.policy_server] admin_port: cannot listen on "
-                                 f"127.0.0.1:{port}: {exc.strerror}") from None
-    config = uvicorn.Config(app, lifespan="off", log_level="warning", access_log=False)
-    config.load()
-    server = uvicorn.Server(config)
-    server.lifespan = config.lifespan_class(config)  # serve() would add signal handlers
-    await server.startup(sockets=[sock])
-    ticking = asyncio.create_task(server.main_loop())
-    try:
-        yield
-    finally:
-        server.should_exit = True
-        await ticking
-        await server.shutdown(sockets=[sock])
+    return [
+        Route("/audit", guarded(audit), methods=["GET"]),
+        Route("/rules", guarded(rules), methods=["GET"]),
+        Route("/dry_run", guarded(dry_run), methods=["PUT"]),
+    ]

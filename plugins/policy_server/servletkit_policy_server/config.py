@@ -19,8 +19,8 @@ Keys (all optional)::
     policy_lists = []          # list rooms (ids or aliases) whose m.ban rules apply
     audit_kept = 1000          # newest decisions kept in the audit log
     management_room = "#mod:example.org"  # room whose members give !policy commands
-    admin_port = 8091          # the admin HTTP route on 127.0.0.1 (unset: off) ...
-    admin_token = "..."        # ... and the bearer token it requires (16+ characters)
+    admin_token = "..."        # the admin routes' bearer token (16+ characters; unset: no
+                               # routes), at /_servletkit/plugins/policy_server/ on [server]
 
 A mistake raises :class:`PolicyConfigError` naming the key, which fails
 ``servlet_init``.
@@ -42,7 +42,7 @@ RULE_NAMES = ("blocked_words", "max_mentions", "links", "event_size", "flood", "
 KNOWN_KEYS = frozenset({"dry_run", "dry_run_rules", "blocked_words", "blocked_patterns",
                         "max_mentions", "flood_messages", "flood_seconds",
                         "flood_room_messages", "max_event_bytes", "policy_lists",
-                        "audit_kept", "management_room", "admin_port", "admin_token",
+                        "audit_kept", "management_room", "admin_token",
                         "blocked_link_domains", "max_links", "join_wave_joins",
                         "join_wave_seconds", "media_first_message"})
 
@@ -67,7 +67,6 @@ class Settings:
     stored: tuple[StoredRule, ...] = ()
     audit_kept: int = 1000
     management_room: str | None = None
-    admin_port: int | None = None
     admin_token: str = attrs.field(default="", repr=False)
 
 
@@ -92,6 +91,10 @@ def _positive(config: Mapping[str, Any], key: str, kind: type = int) -> Any:
 def parse_settings(config: Mapping[str, Any],
                    clock: Callable[[], float] | None = None) -> Settings:
     """Check ``config`` and build its rules; raise :class:`PolicyConfigError` on a mistake."""
+    if "admin_port" in config:
+        raise PolicyConfigError("admin_port", "no longer used: the admin route is served by "
+                                "the container at /_servletkit/plugins/policy_server/ on its "
+                                "[server] listener; remove admin_port, keep admin_token")
     unknown = sorted(set(config) - KNOWN_KEYS)
     if unknown:
         raise PolicyConfigError(unknown[0], f"unknown key (known: {', '.join(sorted(KNOWN_KEYS))})")
@@ -150,12 +153,11 @@ def parse_settings(config: Mapping[str, Any],
                                         or management_room[:1] not in ("!", "#")):
         raise PolicyConfigError("management_room",
                                 f"must be a room id or alias, not {management_room!r}")
-    admin_port = _positive(config, "admin_port")
     admin_token = config.get("admin_token", "")
-    if admin_port is not None and (not isinstance(admin_token, str) or len(admin_token) < 16):
+    if not isinstance(admin_token, str) or (admin_token and len(admin_token) < 16):
         raise PolicyConfigError("admin_token", "the admin route needs a token of at least 16 "
                                                "characters")
     return Settings(tuple(rules), tuple(_strings(config, "policy_lists")), dry_run,
                     "policy_list" in dry_rules, tuple(stored),
                     _positive(config, "audit_kept") or 1000, management_room or None,
-                    admin_port, admin_token)
+                    admin_token)

@@ -190,7 +190,9 @@ async def test_dry_run_per_rule_lets_other_rules_refuse(caplog: pytest.LogCaptur
     ({"join_wave_joins": 3}, r"join_wave_seconds: join_wave_joins and join_wave_seconds go"),
     ({"media_first_message": 1}, r"media_first_message: must be true or false"),
     ({"blocked_link_domains": [""]}, r"blocked_link_domains: must be a list of non-empty"),
-    ({"admin_port": 8091}, r"admin_token: the admin route needs a token of at least 16"),
+    ({"admin_token": "short"}, r"admin_token: the admin route needs a token of at least 16"),
+    ({"admin_port": 8091}, r"admin_port: no longer used: the admin route is served by the "
+                           r"container at /_servletkit/plugins/policy_server/"),
     ({"management_room": "mods"}, r"management_room: must be a room id or alias"),
     ({"dry_run": "yes"}, r"dry_run: must be true or false"),
     ({"dry_run_rules": ["nope"]}, r"dry_run_rules: unknown rule 'nope'"),
