@@ -18,7 +18,9 @@ implementing ``on_stored_event`` and ``on_send_event``, the appservice and modul
 Load, from this process (asyncio): **ingest**: ``--connections`` HTTP clients (default 1:
 Synapse sends an appservice one transaction at a time) PUT 20-event transactions with
 fresh ids, spread round robin over the instances (what nginx
-does in docs/deploy.md), each waiting for its answer; **decisions**: one module-wire
+does in docs/deploy.md), each waiting for its answer, over raw keep-alive connections
+(``raw_http.py``; with httpx the client itself collapsed under 8 connections);
+**decisions**: one module-wire
 connection per instance (as Synapse's module keeps), ``--in-flight`` requests outstanding
 on each, ``event`` ops answered by the no-op chain. Every round measures every setup, in
 rotating order; ratios against ``sqlite-1`` are taken per round and their median printed.
@@ -38,7 +40,8 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-import httpx
+import orjson
+import raw_http
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
@@ -58,6 +61,7 @@ from tests.store.postgres_server import PostgresServer, postgres_bin  # noqa: E4
 HS_TOKEN = "bench-hs-token"
 SECRET = "bench-module-secret-0123456789"
 EVENTS_PER_TXN = 20
+HEADERS = {"Authorization": f"Bearer {HS_TOKEN}", "Content-Type": "application/json"}
 NOOP = '''
 from servletkit import hookimpl
 
@@ -108,20 +112,31 @@ class Setup:
 
 
 async def ingest(setup: Setup, connections: int, duration: float) -> float:
-    """Events per second the instances acknowledged."""
-    urls = itertools.cycle(f"http://127.0.0.1:{port}" for port, _ in setup.instances)
+    """Events per second the instances acknowledged.
+
+    Each client keeps one connection to every instance and sends its transactions round
+    robin over them (raw HTTP/1.1, :mod:`raw_http`: httpx was the bottleneck here).
+    """
     done = 0
     deadline = time.monotonic() + duration
 
     async def client() -> None:
         nonlocal done
-        async with httpx.AsyncClient(timeout=30) as http:
+        streams = [await asyncio.open_connection("127.0.0.1", port)
+                   for port, _ in setup.instances]
+        turns = itertools.cycle(streams)
+        try:
             while time.monotonic() < deadline:
-                response = await http.put(
-                    f"{next(urls)}/_matrix/app/v1/transactions/{uuid.uuid4().hex}",
-                    json=transaction(), headers={"Authorization": f"Bearer {HS_TOKEN}"})
-                response.raise_for_status()
+                reader, writer = next(turns)
+                writer.write(raw_http.request(
+                    "PUT", f"/_matrix/app/v1/transactions/{uuid.uuid4().hex}",
+                    orjson.dumps(transaction()), HEADERS))
+                status, body = await raw_http.read_response(reader)
+                assert status == 200, (status, body)
                 done += EVENTS_PER_TXN
+        finally:
+            for _, writer in streams:
+                writer.close()
 
     start = time.monotonic()
     await asyncio.gather(*(client() for _ in range(connections)))

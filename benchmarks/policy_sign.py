@@ -45,6 +45,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import orjson
+from raw_http import read_response
 from signedjson.sign import sign_json
 
 from servletkit.testing import only_plugins, plugins_toml
@@ -110,16 +111,6 @@ def requests_for(remote: RemoteServer, destination: str, count: int) -> list[byt
     return prepared
 
 
-async def _read_response(reader: asyncio.StreamReader) -> tuple[int, bytes]:
-    head = await reader.readuntil(b"\r\n\r\n")
-    status = int(head.split(b" ", 2)[1])
-    length = 0
-    for line in head.split(b"\r\n"):
-        if line.lower().startswith(b"content-length:"):
-            length = int(line.split(b":", 1)[1])
-    return status, await reader.readexactly(length)
-
-
 async def offered_load(port: int, prepared: list[bytes], rate: float,
                        connections: int) -> tuple[list[float], float, list[int]]:
     """Send ``prepared`` at ``rate`` per second; latencies (s) from each request's due time."""
@@ -139,7 +130,7 @@ async def offered_load(port: int, prepared: list[bytes], rate: float,
         await asyncio.sleep(max(0.0, due - loop.time()))
         reader, writer = await pool.get()
         writer.write(request)
-        status, _ = await _read_response(reader)
+        status, _ = await read_response(reader)
         latencies.append(loop.time() - due)
         statuses.append(status)
         pool.put_nowait((reader, writer))

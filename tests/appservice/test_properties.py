@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import os
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,7 +19,7 @@ from urllib.parse import quote
 
 import httpx
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 
 from servletkit import Veto, hookimpl
@@ -28,11 +27,8 @@ from servletkit.container.app import build_app
 from servletkit.container.plugins import PluginSource
 from servletkit.container.runtime import Container
 from tests.appservice.support import AUTH, HS_TOKEN, container_config
+from tests.fuzzing import BUDGET, json_values
 
-EXAMPLES = int(os.environ.get("SERVLETKIT_FUZZ_EXAMPLES", "100"))
-BUDGET = settings(max_examples=EXAMPLES, deadline=None, derandomize=True,
-                  suppress_health_check=[HealthCheck.function_scoped_fixture,
-                                         HealthCheck.too_slow])
 ANSWER_WITHIN_S = 10.0
 CASES: collections.Counter[str] = collections.Counter()
 
@@ -99,13 +95,6 @@ def check(kind: str, send: Any) -> None:
         assert isinstance(answer.json().get("errcode"), str), answer.text
 
 
-json_values = st.recursive(
-    st.none() | st.booleans() | st.integers() | st.text(max_size=20)
-    | st.floats(allow_nan=False, allow_infinity=False),
-    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=10), inner,
-                                                                  max_size=4),
-    max_leaves=20,
-)
 events = st.fixed_dictionaries(
     {"event_id": st.text(max_size=20), "room_id": st.text(max_size=20),
      "type": st.sampled_from(["m.room.message", "m.room.member"]) | st.text(max_size=10),

@@ -8,13 +8,8 @@ Each test bounds its waits; each checks what the homeserver sees (a status it re
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import socket
-import subprocess
-import sys
 import time
-from collections.abc import Iterator
-from pathlib import Path
 
 import httpx
 
@@ -23,16 +18,7 @@ from servletkit.store import PluginStore
 from servletkit.testing.synapse import free_port
 from tests.appservice.serving import served
 from tests.appservice.support import AUTH, new_event
-
-LOCKER = """
-import sqlite3, sys
-db = sqlite3.connect(sys.argv[1], isolation_level=None)
-db.execute("BEGIN EXCLUSIVE")
-db.execute("INSERT INTO plugin_data VALUES ('locker', 'k', '1')")
-print("locked", flush=True)
-sys.stdin.read()
-db.execute("ROLLBACK")
-"""
+from tests.store.locking import locked
 
 
 class Counts:
@@ -59,28 +45,34 @@ class CallsHomeserver:
             raise
 
 
-@contextlib.contextmanager
-def locked(database: Path) -> Iterator[None]:
-    """Another process holds SQLite's write lock on ``database`` inside the block."""
-    with subprocess.Popen([sys.executable, "-c", LOCKER, str(database)],
-                          stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True) as locker:
-        assert locker.stdin is not None and locker.stdout is not None
-        assert locker.stdout.readline() == "locked\n"
-        try:
-            yield
-        finally:
-            locker.stdin.close()
-            locker.wait(10)
-
-
 async def counts(container, events: list[dict]) -> list[int]:
     plugin = PluginStore(container.store, "counts")
     return [await plugin.get(f"seen/{event['event_id']}", 0) for event in events]
 
 
+async def _health_while(client: httpx.AsyncClient, request: asyncio.Task[httpx.Response],
+                        seconds: float) -> float:
+    """Probe health every 50 ms for ``seconds`` while ``request`` waits; the longest the
+    loop kept a probe (or the pause after it) waiting beyond its 50 ms."""
+    slowest = 0.0
+    probes = 0
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        started = time.monotonic()
+        health = await client.get("/_servletkit/health")
+        assert health.status_code == 200
+        await asyncio.sleep(0.05)
+        slowest = max(slowest, time.monotonic() - started - 0.05)
+        probes += 1
+        assert not request.done(), "the request did not wait for the lock"
+    assert probes >= seconds / 0.5, probes
+    return slowest
+
+
 async def test_a_locked_store_is_a_5xx_then_the_retry_counts_once(make_wire, tmp_path):
-    """While another process holds the SQLite write lock, a transaction is answered 500
-    M_UNKNOWN (the homeserver retries it) and nothing of it is kept; the retry after the
+    """While another process holds the SQLite write lock for longer than the store's busy
+    timeout (5 s), a transaction is answered 500 M_UNKNOWN (the homeserver retries it) and
+    nothing of it is kept, while health is answered at once throughout; the retry after the
     lock is released is delivered, each event counted exactly once."""
     container, _ = await make_wire({"counts": Counts()})
     events = [new_event() for _ in range(3)]
@@ -89,16 +81,38 @@ async def test_a_locked_store_is_a_5xx_then_the_retry_counts_once(make_wire, tmp
         await client.put("/_matrix/app/v1/transactions/warm", json={"events": []}, headers=AUTH)
         with locked(tmp_path / "servletkit.db"):
             started = time.monotonic()
-            refused = await client.put("/_matrix/app/v1/transactions/t1", json=body,
-                                       headers=AUTH)
+            request = asyncio.create_task(client.put("/_matrix/app/v1/transactions/t1",
+                                                     json=body, headers=AUTH))
+            slowest = await _health_while(client, request, 3.0)
+            refused = await asyncio.wait_for(request, 15)
             took = time.monotonic() - started
         assert (refused.status_code, refused.json()["errcode"]) == (500, "M_UNKNOWN")
-        assert took < 15, took  # SQLite's busy timeout (5 s), not a hang
+        assert 4.5 < took < 15, took  # the whole busy timeout (5 s), not a hang
+        assert slowest < 1.0, slowest  # before: each probe waited out the busy timeout
         assert await counts(container, events) == [0, 0, 0]
         retried = await client.put("/_matrix/app/v1/transactions/t1", json=body, headers=AUTH)
         assert retried.status_code == 200
         again = await client.put("/_matrix/app/v1/transactions/t1", json=body, headers=AUTH)
         assert again.status_code == 200
+    assert await counts(container, events) == [1, 1, 1]
+
+
+async def test_a_transaction_waiting_for_the_lock_succeeds_once_it_is_released(make_wire,
+                                                                               tmp_path):
+    """A lock held for less than the busy timeout: the transaction waits without holding the
+    event loop (health answered meanwhile) and is answered 200 once the lock goes, each
+    event counted once."""
+    container, _ = await make_wire({"counts": Counts()})
+    events = [new_event() for _ in range(3)]
+    async with served(container) as client:
+        await client.put("/_matrix/app/v1/transactions/warm", json={"events": []}, headers=AUTH)
+        with locked(tmp_path / "servletkit.db"):
+            request = asyncio.create_task(client.put("/_matrix/app/v1/transactions/t1",
+                                                     json={"events": events}, headers=AUTH))
+            slowest = await _health_while(client, request, 1.5)
+        answer = await asyncio.wait_for(request, 10)
+        assert answer.status_code == 200, answer.text
+        assert slowest < 1.0, slowest
     assert await counts(container, events) == [1, 1, 1]
 
 

@@ -4,14 +4,17 @@ What every backend does is in test_contract.py."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import sqlite3
 import stat
+import time
 
 import pytest
 
 from servletkit.store import Batch, ProcessedTransaction, SqliteStore
-from servletkit.store.sqlite import MIGRATIONS
+from servletkit.store.sqlite import MIGRATIONS, StoreBusyError
+from tests.store.locking import locked
 
 
 def processed(n: int | str, digest: str = "d") -> ProcessedTransaction:
@@ -69,3 +72,34 @@ async def test_a_newer_schema_is_refused(tmp_path):
     db.close()
     with pytest.raises(RuntimeError, match="version 99, newer"):
         await SqliteStore(tmp_path / "new.db").open()
+
+
+async def test_a_locked_file_is_waited_for_off_the_event_loop(tmp_path):
+    """While another process holds the write lock, a commit waits in the event loop's
+    sleeps, not in SQLite's busy handler: other tasks run meanwhile; after
+    ``busy_timeout_s`` it raises StoreBusyError and nothing of it is kept."""
+    store = SqliteStore(tmp_path / "s.db", busy_timeout_s=0.5)
+    await store.open()
+    ticks = 0
+
+    async def ticker() -> None:
+        nonlocal ticks
+        while True:
+            await asyncio.sleep(0.01)
+            ticks += 1
+
+    running = asyncio.create_task(ticker())
+    try:
+        with locked(tmp_path / "s.db"):
+            started = time.monotonic()
+            with pytest.raises(StoreBusyError, match="stayed locked by another process"):
+                await store.commit(Batch(writes={("p", "k"): "1"}), processed(1))
+            took = time.monotonic() - started
+            assert await store.get("p", "k") is None  # reads go on while it is locked
+        assert 0.5 <= took < 5, took
+        assert ticks >= 10, ticks  # the loop turned while the commit waited
+        await store.commit(Batch(writes={("p", "k"): "1"}), processed(1))
+        assert await store.get("p", "k") == "1"
+    finally:
+        running.cancel()
+        await store.close()
