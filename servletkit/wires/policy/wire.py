@@ -10,7 +10,9 @@ the sender verbatim. A ``Modify`` cannot apply here (a signed event cannot
 change): the dispatcher reports it as the plugin's error.
 
 It is a small federation peer with a listener of its own (HTTPS on
-``[policy] host``:``port``), entered as the wire's lifespan.
+``[policy] host``:``port``), entered as the wire's lifespan, hardened as the
+container's own (:func:`servletkit.wires.http.hardened_config`: ``[server]
+header_timeout_s`` and ``keep_alive_s``, no query strings in the access log).
 """
 
 from __future__ import annotations
@@ -29,9 +31,11 @@ import uvicorn
 from starlette.applications import Starlette
 from starlette.routing import BaseRoute
 
+from servletkit.container.config import ServerConfig
 from servletkit.files import FolderBusy, claim_lock
 from servletkit.hooks.dispatcher import Dispatcher
 from servletkit.wires.errors import EXCEPTION_HANDLERS
+from servletkit.wires.http import hardened_config
 from servletkit.wires.policy import endpoints
 from servletkit.wires.policy.federation import FederationClient
 from servletkit.wires.policy.join import PolicyPeer
@@ -73,12 +77,15 @@ class PolicyWire:
         server_urls: Mapping[str, str] | None = None,
         ready: asyncio.Event | None = None,
         http: httpx.AsyncClient | None = None,
+        server: ServerConfig | None = None,
     ) -> None:
         self.server_name = server_name
         self.keys = keys
         self.rooms = rooms
         self.host, self.port = host, port
         self.tls = tls
+        self.limits = server or ServerConfig()
+        """``[server] header_timeout_s`` and ``keep_alive_s``, for this listener too."""
         self.judge = Judge(dispatcher, server_name, keys.policy, ready)
         self._http = http or httpx.AsyncClient(verify=True)
         self.federation = FederationClient(server_name, keys.federation, self._http,
@@ -157,9 +164,11 @@ class PolicyWire:
     async def _serving(self) -> AsyncIterator[None]:
         sock = self._listening_socket()
         self.port = sock.getsockname()[1]
-        config = uvicorn.Config(self.app, lifespan="off", log_level="warning", access_log=False,
-                                timeout_graceful_shutdown=SHUTDOWN_TIMEOUT_S,
-                                **_ssl_options(self.tls))
+        # logging left as the container set it up: uvicorn's loggers are shared by the
+        # listeners of one process (a log_level here would silence the container's access log)
+        config = hardened_config(self.app, self.limits, lifespan="off", log_config=None,
+                                 log_level=None, timeout_graceful_shutdown=SHUTDOWN_TIMEOUT_S,
+                                 **_ssl_options(self.tls))
         config.load()
         server = uvicorn.Server(config)
         # Server.serve() without its signal handlers (the container's own server has them)
@@ -203,4 +212,5 @@ def policy_wire(container: Container) -> PolicyWire | None:
                                else settings.server_name)
     return PolicyWire(container.dispatcher, settings.server_name, load_keys(state_dir),
                       Rooms(state_dir), host=settings.host, port=settings.port, tls=tls,
-                      server_urls=settings.server_urls, ready=container.ready)
+                      server_urls=settings.server_urls, ready=container.ready,
+                      server=container.config.server)
