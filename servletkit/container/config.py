@@ -258,7 +258,7 @@ class PolicyConfig:
     once in ``state_dir`` (for local use only; the log says so loudly).
     ``state_dir`` also holds its two ed25519 keys, generated once and kept
     (mode 0600): the federation key and the policy key
-    (``ed25519:policy_server``), and the list of rooms it serves.
+    (``ed25519:policy_server``); the rooms it serves are in the store.
     ``server_urls`` maps server names to base URLs, overriding server discovery
     for those servers (loopback tests, private federations).
     """

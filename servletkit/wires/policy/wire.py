@@ -102,12 +102,12 @@ class PolicyWire:
     async def settled(self, timeout_s: float) -> None:
         """At once: homeservers call the wire, nothing connects to it first."""
 
-    def received(self, origin: str, pdus: list[Any]) -> dict[str, dict[str, Any]]:
+    async def received(self, origin: str, pdus: list[Any]) -> dict[str, dict[str, Any]]:
         """The answer to a ``/send`` transaction's PDUs; notes when we leave a room."""
         results: dict[str, dict[str, Any]] = {}
         for pdu in pdus:
             try:
-                event_id, room = self.peer.note_pdu(pdu)
+                event_id, room = await self.peer.note_pdu(pdu)
             except PduError as exc:
                 log.info("policy wire: a PDU from %s is malformed: %s", origin, exc)
                 continue
@@ -115,9 +115,10 @@ class PolicyWire:
                 results[event_id] = {} if room else {"error": "not a room this server is in"}
         return results
 
-    def accept_invite(self, origin: str, event: dict[str, Any], version: RoomVersion) -> Any:
+    async def accept_invite(self, origin: str, event: dict[str, Any], version: RoomVersion
+                            ) -> Any:
         """Sign an invite of our policy user (the wire then joins the room in the background)."""
-        signed = self.peer.accept_invite(origin, event, version)
+        signed = await self.peer.accept_invite(origin, event, version)
         task = asyncio.create_task(self.peer.join_after_invite(event["room_id"], origin))
         self._background.add(task)
         task.add_done_callback(self._background.discard)
@@ -140,16 +141,18 @@ class PolicyWire:
     @contextlib.asynccontextmanager
     async def lifespan(self) -> AsyncIterator[None]:
         """Serve federation (HTTPS) on ``host``:``port`` while the app lives, owning
-        ``state_dir`` (:class:`StateDirBusy` if another container does)."""
+        ``state_dir`` (:class:`StateDirBusy` if another container does); a ``rooms.json``
+        of an earlier version is imported into the store first."""
         lock = self._claim_state_dir()
         try:
+            await self.rooms.open()
             async with self._serving():
                 yield
         finally:
             lock.close()
 
     def _claim_state_dir(self) -> TextIO:
-        state_dir = self.rooms.path.parent
+        state_dir = self.rooms.state_dir
         try:
             return claim_lock(state_dir / LOCK_FILE)
         except FolderBusy as busy:
@@ -211,6 +214,7 @@ def policy_wire(container: Container) -> PolicyWire | None:
                                if settings.server_name.rpartition(":")[2].isdigit()
                                else settings.server_name)
     return PolicyWire(container.dispatcher, settings.server_name, load_keys(state_dir),
-                      Rooms(state_dir), host=settings.host, port=settings.port, tls=tls,
+                      Rooms(container.store, state_dir), host=settings.host,
+                      port=settings.port, tls=tls,
                       server_urls=settings.server_urls, ready=container.ready,
                       server=container.config.server)
