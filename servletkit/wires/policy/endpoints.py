@@ -268,7 +268,8 @@ def routes(wire: PolicyWire) -> list[BaseRoute]:
               methods=["GET"]),
         Route("/_matrix/policy/v1/sign", sign, methods=["POST"]),
         Route("/_matrix/policy/unstable/org.matrix.msc4284/sign", sign, methods=["POST"]),
-        Route("/_matrix/federation/v1/send/{txn_id}", send, methods=["PUT"]),
+        # a transaction ID is opaque: a "/" in it (sent as %2F) must reach the endpoint
+        Route("/_matrix/federation/v1/send/{txn_id:path}", send, methods=["PUT"]),
         Route("/_matrix/federation/v2/invite/{room_id}/{event_id}", invite, methods=["PUT"]),
         Route("/_matrix/federation/v1/invite/{room_id}/{event_id}", invite_v1, methods=["PUT"]),
         Route("/_matrix/federation/v1/version", version, methods=["GET"]),

@@ -37,6 +37,7 @@ from servletkit.hooks.dispatcher import Dispatcher
 from servletkit.wires.errors import EXCEPTION_HANDLERS
 from servletkit.wires.http import hardened_config
 from servletkit.wires.policy import endpoints
+from servletkit.wires.policy.discovery import SrvLookup, dns_srv
 from servletkit.wires.policy.federation import FederationClient
 from servletkit.wires.policy.join import PolicyPeer
 from servletkit.wires.policy.keys import PolicyKeys, load_keys, self_signed_pair
@@ -78,6 +79,7 @@ class PolicyWire:
         ready: asyncio.Event | None = None,
         http: httpx.AsyncClient | None = None,
         server: ServerConfig | None = None,
+        srv: SrvLookup = dns_srv,
     ) -> None:
         self.server_name = server_name
         self.keys = keys
@@ -89,10 +91,11 @@ class PolicyWire:
         self.judge = Judge(dispatcher, server_name, keys.policy, ready)
         self._http = http or httpx.AsyncClient(verify=True)
         self.federation = FederationClient(server_name, keys.federation, self._http,
-                                           server_urls)
+                                           server_urls, srv)
         self.peer = PolicyPeer(self.federation, keys, rooms)
-        self.app = endpoints.with_fast_sign(self, Starlette(
-            routes=endpoints.routes(self), exception_handlers=EXCEPTION_HANDLERS))
+        app = Starlette(routes=endpoints.routes(self), exception_handlers=EXCEPTION_HANDLERS)
+        app.router.redirect_slashes = False  # federation is answered, never redirected
+        self.app = endpoints.with_fast_sign(self, app)
         self._background: set[asyncio.Task[Any]] = set()
 
     def routes(self) -> list[BaseRoute]:
