@@ -39,10 +39,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from servletkit import Veto, hookimpl
 from servletkit.container.app import build_app
 from servletkit.container.config import parse_config
-from servletkit.container.http_server import with_header_timeout
 from servletkit.container.plugins import PluginSource
 from servletkit.container.runtime import Container
 from servletkit.testing import only_plugins
+from servletkit.wires.http import with_header_timeout
 from servletkit.wires.module.protocol import HEADER, PROTOCOL_VERSION, decode, encode
 
 HS_TOKEN = "probe-hs-token"

@@ -206,8 +206,9 @@ async def in_process_us(remote: RemoteServer, workdir: Path, count: int = 4000
     name = "inprocess.test"
     http = httpx.AsyncClient(transport=remote.transport())
     wire = PolicyWire(container.dispatcher, name, load_keys(workdir / "policy"),
-                      Rooms(workdir / "policy"), server_urls={REMOTE: f"http://{REMOTE}"},
-                      http=http)
+                      Rooms(container.store, workdir / "policy"),
+                      server_urls={REMOTE: f"http://{REMOTE}"}, http=http)
+    await wire.rooms.open()  # the rooms.json written above, if no run imported it yet
     bodies = []
     for i in range(count):
         pdu = remote.pdu(f"benchmark message {i} with a little text in it", room_id=ROOM)

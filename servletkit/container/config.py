@@ -195,6 +195,16 @@ ModuleCallbacks.__doc__ = """``[module.callbacks]``: a :class:`CallbackPolicy` p
 callback the module uses (fields derived from the hook table, :data:`specs.HOOKS`)."""
 
 
+def _addresses(instance: Any, attribute: attrs.Attribute[Any], value: tuple[str, ...]) -> None:
+    for index, address in enumerate(value):
+        host, colon, port = address.rpartition(":")
+        if not colon or not host or not port.isdigit() or not 1 <= int(port) <= 65535:
+            raise InvalidValue(f"{attribute.name}[{index}]", "must be \"host:port\" of an "
+                               f"instance's module wire, e.g. \"10.0.0.11:8091\", got {address!r}")
+    if len(set(value)) != len(value):
+        raise InvalidValue(attribute.name, f"an address is listed twice: {list(value)}")
+
+
 @attrs.frozen
 class ModuleConfig:
     """``[module]``: the module wire (``servletkit.synapse.ServletkitModule`` in Synapse).
@@ -206,6 +216,10 @@ class ModuleConfig:
     unauthenticated peer can make the container buffer no more).
     ``max_connections``: connections open at once, authenticated or not (Synapse
     opens one per process: the main one and each worker's).
+    ``containers``: with several instances, every instance's module-wire address
+    (``"host:port"``, this one's included), for ``servletkit synapse-config`` to
+    print as the module's ``containers`` instead of this instance's ``host`` and
+    ``port``; the container itself listens on ``host``:``port`` only.
     """
 
     enabled: bool = False
@@ -216,6 +230,7 @@ class ModuleConfig:
     max_connections: int = attrs.field(default=64, validator=_positive)
     callbacks: ModuleCallbacks = attrs.field(  # type: ignore[valid-type]
         factory=ModuleCallbacks)
+    containers: tuple[str, ...] = attrs.field(default=(), validator=_addresses)
 
 
 @attrs.frozen
@@ -258,7 +273,7 @@ class PolicyConfig:
     once in ``state_dir`` (for local use only; the log says so loudly).
     ``state_dir`` also holds its two ed25519 keys, generated once and kept
     (mode 0600): the federation key and the policy key
-    (``ed25519:policy_server``), and the list of rooms it serves.
+    (``ed25519:policy_server``); the rooms it serves are in the store.
     ``server_urls`` maps server names to base URLs, overriding server discovery
     for those servers (loopback tests, private federations).
     """

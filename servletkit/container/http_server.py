@@ -9,37 +9,23 @@ importable, uvicorn falls back to asyncio's loop and h11, and so does
 :func:`loop_factory`. :func:`serving_stack` says which the running process uses
 (``/_servletkit/health``).
 
-Header deadline.
-
-uvicorn closes a connection idle *between* requests after its keep-alive
-timeout, but one that never sends a request, or sends its headers a byte at a
-time, stays open for ever: a few hundred such connections (slowloris) use up the
-container's file descriptors. :func:`with_header_timeout` wraps uvicorn's HTTP
-protocol so that a connection whose next request's headers have not all
-arrived within ``[server] header_timeout_s`` is closed. The body has its own
-budget where a wire reads it (``[appservice] body_timeout_s``).
+The header deadline and the access log filter are the wires' too (the policy wire's
+listener): they live in :mod:`servletkit.wires.http`.
 """
 
 from __future__ import annotations
 
 import asyncio
-import logging
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Any
+
+from servletkit.wires.http import hardened_config
 
 if TYPE_CHECKING:
     import uvicorn
     from starlette.types import ASGIApp
 
     from servletkit.container.config import ServerConfig
-
-log = logging.getLogger("servletkit.http")
-
-ACCESS_LOGGER: Final = "uvicorn.access"
-
-_BUSY: Final = object()
-"""A request was being handled at the last check."""
-
 
 def loop_factory() -> Callable[[], asyncio.AbstractEventLoop]:
     """A new event loop as uvicorn's ``loop="auto"`` picks it: uvloop's where importable, else
@@ -61,60 +47,6 @@ def serving_stack() -> dict[str, str]:
     return {"loop": loop_package, "http": http}
 
 
-def with_header_timeout(base: type[asyncio.Protocol], timeout_s: float) -> type[asyncio.Protocol]:
-    """uvicorn's HTTP protocol class ``base``, closing connections without a request's headers
-    within ``timeout_s`` (``[server] header_timeout_s``).
-
-    Checked every ``timeout_s``: a connection with no request handled or in progress
-    since the previous check (``base``'s ``cycle``, the request being answered, is
-    ``None`` or answered and the same) is closed, so a connection gets between one
-    and two ``timeout_s`` for its next request's headers.
-    """
-
-    class HeaderTimeout(base):  # type: ignore[valid-type, misc]
-        _header_timer: asyncio.TimerHandle | None = None
-        _idle_cycle: object = None  # the answered request at the last check (None: none yet)
-
-        def connection_made(self, transport: Any) -> None:
-            super().connection_made(transport)
-            self._arm()
-
-        def connection_lost(self, exc: Exception | None) -> None:
-            if self._header_timer is not None:
-                self._header_timer.cancel()
-            super().connection_lost(exc)
-
-        def _arm(self) -> None:
-            loop = asyncio.get_running_loop()
-            self._header_timer = loop.call_later(timeout_s, self._check_headers)
-
-        def _check_headers(self) -> None:
-            cycle = getattr(self, "cycle", None)
-            idle = cycle is None or getattr(cycle, "response_complete", False)
-            if idle and cycle is self._idle_cycle:
-                log.debug("closing a connection without a request's headers in %g s",
-                          timeout_s)
-                self.transport.close()
-                return
-            self._idle_cycle = cycle if idle else _BUSY
-            self._arm()
-
-    HeaderTimeout.__qualname__ = HeaderTimeout.__name__ = f"HeaderTimeout{base.__name__}"
-    return HeaderTimeout
-
-
-class WithoutQueryString(logging.Filter):
-    """Drops the query string from uvicorn's access log lines: a homeserver may send its
-    hs_token as ``?access_token=``, and tokens are never logged."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        args = record.args
-        if isinstance(args, tuple) and len(args) == 5 and isinstance(args[2], str):
-            path, _, _ = args[2].partition("?")
-            record.args = (*args[:2], path, *args[3:])
-        return True
-
-
 def uvicorn_config(app: ASGIApp, server: ServerConfig, *, host: str, port: int,
                    log_config: dict[str, Any] | None) -> uvicorn.Config:
     """uvicorn's config for the container's ``app`` on ``host:port``, hardened by ``server``.
@@ -124,15 +56,6 @@ def uvicorn_config(app: ASGIApp, server: ServerConfig, *, host: str, port: int,
     lines lose their query strings: the filter sits on the access logger itself,
     after uvicorn has configured logging.
     """
-    import uvicorn
-    from uvicorn.protocols.http.auto import AutoHTTPProtocol
-
-    config = uvicorn.Config(
-        app, host=host, port=port, lifespan="on", log_config=log_config,
-        log_level="info" if log_config is not None else None,
-        timeout_keep_alive=server.keep_alive_s,
-        http=with_header_timeout(AutoHTTPProtocol, server.header_timeout_s))
-    access = logging.getLogger(ACCESS_LOGGER)
-    if not any(isinstance(each, WithoutQueryString) for each in access.filters):
-        access.addFilter(WithoutQueryString())
-    return config
+    return hardened_config(app, server, host=host, port=port, lifespan="on",
+                           log_config=log_config,
+                           log_level="info" if log_config is not None else None)

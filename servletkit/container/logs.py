@@ -11,7 +11,7 @@ with whichever of the fields :data:`FIELDS` the record has: a plugin failure
 (the dispatcher's), a plugin's own ``context.log`` (``plugin``), a decision
 (``[logging] decisions``: :data:`servletkit.store.units.DECISIONS_LOGGER`). Tokens
 are never in them: no log line of the container names one, and the access
-log's query strings are dropped (:class:`~servletkit.container.http_server.WithoutQueryString`).
+log's query strings are dropped (:class:`~servletkit.wires.http.WithoutQueryString`).
 """
 
 from __future__ import annotations

@@ -4,18 +4,21 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import sys
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Mapping
+from pathlib import Path
 from typing import Any
 
 import httpx
 
 from servletkit.container.config import Config, PolicyConfig, load_config
+from servletkit.store.factory import store_from_config
 from servletkit.wires.policy.federation import FederationClient, FederationError
 from servletkit.wires.policy.join import PolicyPeer, policy_user
 from servletkit.wires.policy.keys import KeyFileError, PolicyKeys, load_keys
-from servletkit.wires.policy.rooms import Rooms
+from servletkit.wires.policy.rooms import Room, Rooms
 
 
 class PolicyCommandError(Exception):
@@ -57,10 +60,9 @@ def run(args: argparse.Namespace) -> int:
     if args.policy_command == "key":
         print(json.dumps(policy_state(settings, keys), indent=2))
     elif args.policy_command == "rooms":
-        print(rooms_table(Rooms(state_dir)))
+        print(rooms_table(asyncio.run(_all_rooms(config, state_dir))))
     else:
-        room, policy = asyncio.run(_join(settings, keys, Rooms(state_dir), args.room_id,
-                                         args.via))
+        room, policy = asyncio.run(_join(config, settings, keys, args.room_id, args.via))
         print(json.dumps({"room_id": room.room_id, "room_version": room.room_version,
                           "joined_as": policy_user(settings.server_name), "via": room.via,
                           "policy_state": policy}, indent=2))
@@ -84,7 +86,25 @@ def policy_state(settings: PolicyConfig, keys: PolicyKeys) -> dict[str, Any]:
     return {"via": settings.server_name, "public_keys": {"ed25519": keys.policy_public_key}}
 
 
-def rooms_table(rooms: Rooms) -> str:
+@contextlib.asynccontextmanager
+async def _rooms(config: Config, state_dir: Path) -> AsyncIterator[Rooms]:
+    """The rooms in the store ``config`` names (opened, a ``rooms.json`` imported)."""
+    store = store_from_config(config)
+    await store.open()
+    try:
+        rooms = Rooms(store, state_dir)
+        await rooms.open()
+        yield rooms
+    finally:
+        await store.close()
+
+
+async def _all_rooms(config: Config, state_dir: Path) -> list[Room]:
+    async with _rooms(config, state_dir) as rooms:
+        return await rooms.all()
+
+
+def rooms_table(rooms: list[Room]) -> str:
     """The text of ``servletkit policy rooms``."""
     rows = [("ROOM", "VERSION", "MEMBERSHIP", "VIA")]
     rows += [(r.room_id, r.room_version, r.membership, r.via) for r in rooms]
@@ -95,9 +115,10 @@ def rooms_table(rooms: Rooms) -> str:
                      + "  " + row[3] for row in rows)
 
 
-async def _join(settings: PolicyConfig, keys: PolicyKeys, rooms: Rooms, room_id: str,
+async def _join(config: Config, settings: PolicyConfig, keys: PolicyKeys, room_id: str,
                 via: str) -> tuple[Any, Mapping[str, Any] | None]:
-    async with httpx.AsyncClient() as http:
+    state_dir = config.resolve(settings.state_dir)
+    async with httpx.AsyncClient() as http, _rooms(config, state_dir) as rooms:
         client = FederationClient(settings.server_name, keys.federation, http,
                                   settings.server_urls)
         base_url = via.rstrip("/") if via.startswith(("http://", "https://")) else None

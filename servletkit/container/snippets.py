@@ -88,9 +88,10 @@ def module_entry(config: Config) -> dict[str, Any]:
         raise ConfigError(config.path, "module.enabled",
                           "the module wire is off; set [module] enabled = true and a "
                           "secret to print its Synapse config")
-    module_config: dict[str, Any] = {
-        "host": settings.host, "port": settings.port, "secret": settings.secret,
-    }
+    module_config: dict[str, Any] = (
+        {"containers": list(settings.containers)} if settings.containers
+        else {"host": settings.host, "port": settings.port})
+    module_config["secret"] = settings.secret
     callbacks = {}
     for field in attrs.fields(ModuleCallbacks):
         policy = getattr(settings.callbacks, field.name)

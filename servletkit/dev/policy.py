@@ -24,7 +24,6 @@ from servletkit.dev.errors import DevError
 from servletkit.dev.state import DevPaths
 from servletkit.wires.policy.join import policy_user
 from servletkit.wires.policy.keys import load_keys
-from servletkit.wires.policy.rooms import Rooms
 
 JOIN_TIMEOUT_S: Final = 30.0
 
@@ -80,11 +79,13 @@ async def _protect(facts: dict[str, Any], policy: dict[str, Any], room_id: str
                     raise DevError(f"{user_id} did not join {room_id} within "
                                    f"{JOIN_TIMEOUT_S:g} s (see the container's log)")
                 await asyncio.sleep(0.1)
+            create = await http.get(f"{room}/state/m.room.create/", headers=auth)
+            version = (create.json().get("room_version", "1") if create.status_code == 200
+                       else None)
         finally:
             await http.post("/_matrix/client/v3/logout", headers=auth)
-    joined = Rooms(state_dir).get(room_id)
-    return {"room_id": room_id, "policy_user": user_id,
-            "room_version": joined.room_version if joined else None, "m.room.policy": content}
+    return {"room_id": room_id, "policy_user": user_id, "room_version": version,
+            "m.room.policy": content}
 
 
 async def _joined(http: httpx.AsyncClient, room: str, auth: dict[str, str], user_id: str

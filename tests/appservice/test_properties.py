@@ -2,16 +2,14 @@
 answer is never a 5xx, never a redirect, comes within a bound, and every error carries a
 Matrix errcode.
 
-The budget is fixed per endpoint: ``SERVLETKIT_FUZZ_EXAMPLES`` (100 by default, as CI
-runs it); a longer run is ``SERVLETKIT_FUZZ_EXAMPLES=5000 .venv/bin/pytest -s
-tests/appservice/test_properties.py``. The case counts are printed at the end (``-s``).
+The budget is :data:`tests.fuzz.BUDGET` per endpoint (``SERVLETKIT_FUZZ_EXAMPLES``, 100
+by default). The case counts are printed at the end (``-s``).
 """
 
 from __future__ import annotations
 
 import asyncio
 import collections
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -27,9 +25,8 @@ from servletkit.container.app import build_app
 from servletkit.container.plugins import PluginSource
 from servletkit.container.runtime import Container
 from tests.appservice.support import AUTH, HS_TOKEN, container_config
-from tests.fuzzing import BUDGET, json_values
+from tests.fuzz import BUDGET, Client, check, json_values
 
-ANSWER_WITHIN_S = 10.0
 CASES: collections.Counter[str] = collections.Counter()
 
 
@@ -53,17 +50,6 @@ class Answers:
         return None
 
 
-class Client:
-    """A started container's app, called from synchronous hypothesis tests on one loop."""
-
-    def __init__(self, runner: asyncio.Runner, http: httpx.AsyncClient) -> None:
-        self.runner, self.http = runner, http
-
-    def __getattr__(self, method: str) -> Any:
-        call = getattr(self.http, method)
-        return lambda *args, **kwargs: self.runner.run(call(*args, **kwargs))
-
-
 @pytest.fixture(scope="module")
 def client(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Client]:
     tmp_path: Path = tmp_path_factory.mktemp("properties")
@@ -81,18 +67,6 @@ def client(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Client]:
             runner.run(container.stop())
     print("\nhypothesis cases per endpoint:", dict(sorted(CASES.items())),
           f"({sum(CASES.values())} in all)")
-
-
-def check(kind: str, send: Any) -> None:
-    """Send one request (``send()``); its answer must be a Matrix answer, in time."""
-    CASES[kind] += 1
-    started = time.monotonic()
-    answer = send()
-    assert time.monotonic() - started < ANSWER_WITHIN_S
-    assert answer.status_code < 500 and not 300 <= answer.status_code < 400, answer.text
-    if answer.status_code >= 400:
-        assert answer.headers["content-type"].startswith("application/json"), answer.text
-        assert isinstance(answer.json().get("errcode"), str), answer.text
 
 
 events = st.fixed_dictionaries(
@@ -113,14 +87,14 @@ tokens = st.sampled_from([HS_TOKEN, "", "wrong", HS_TOKEN + "x"]) | st.text(
     st.sampled_from(["events", "ephemeral", "de.sorunome.msc2409.ephemeral", "to_device"]),
     st.lists(events, max_size=5) | json_values, max_size=3) | json_values)
 def test_transactions(client: Client, txn_id: str, body: Any) -> None:
-    check("PUT transactions", lambda: client.put(
+    check(CASES, "PUT transactions", lambda: client.put(
         f"/_matrix/app/v1/transactions/{quote(txn_id, safe='')}", json=body, headers=AUTH))
 
 
 @BUDGET
 @given(body=st.binary(max_size=200))
 def test_transaction_bodies_that_are_not_json(client: Client, body: bytes) -> None:
-    check("PUT transactions (bytes)", lambda: client.put(
+    check(CASES, "PUT transactions (bytes)", lambda: client.put(
         "/_matrix/app/v1/transactions/b", content=body, headers=AUTH))
 
 
@@ -131,14 +105,14 @@ def test_queries(client: Client, kind: str, identifier: str, token: str,
                  in_query: bool) -> None:
     headers = {} if in_query else {"Authorization": f"Bearer {token}"}
     params = {"access_token": token} if in_query else {}
-    check(f"GET {kind}", lambda: client.get(f"/_matrix/app/v1/{kind}/{quote(identifier, safe='')}",
-                                            headers=headers, params=params))
+    check(CASES, f"GET {kind}", lambda: client.get(
+        f"/_matrix/app/v1/{kind}/{quote(identifier, safe='')}", headers=headers, params=params))
 
 
 @BUDGET
 @given(body=json_values, token=tokens)
 def test_ping(client: Client, body: Any, token: str) -> None:
-    check("POST ping", lambda: client.post("/_matrix/app/v1/ping", json=body,
+    check(CASES, "POST ping", lambda: client.post("/_matrix/app/v1/ping", json=body,
                                            headers={"Authorization": f"Bearer {token}"}))
 
 
@@ -148,6 +122,6 @@ def test_ping(client: Client, body: Any, token: str) -> None:
                                                     st.text(max_size=20), max_size=3))
 def test_thirdparty(client: Client, path: str, protocol: str,
                     params: dict[str, str]) -> None:
-    check("GET thirdparty", lambda: client.get(
+    check(CASES, "GET thirdparty", lambda: client.get(
         f"/_matrix/app/v1/thirdparty/{path.format(p=quote(protocol, safe=''))}", params=params,
         headers=AUTH))

@@ -66,6 +66,35 @@ class TestSynapseConfigCommand:
         assert settings.policies["check_login_for_spam"].fail_open is True
         assert settings.policies["check_event_allowed"] == DEFAULT_POLICIES["check_event_allowed"]
 
+    def test_several_instances_print_containers(
+        self, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        """With [module] containers (every instance's address), the entry lists them as the
+        module's ``containers`` (no host and port) and the module's parser accepts it."""
+        path = tmp_path / "servletkit.toml"
+        path.write_text('[module]\nenabled = true\nhost = "10.0.0.11"\nsecret = "s"\n'
+                        'containers = ["10.0.0.11:8091", "10.0.0.12:8091", "mod3.internal:9000"]\n')
+        assert main(["synapse-config", "--config", str(path)]) == 0
+        [entry] = yaml.safe_load(capsys.readouterr().out)["modules"]
+        assert list(entry["config"])[:2] == ["containers", "secret"]
+        assert "host" not in entry["config"] and "port" not in entry["config"]
+        settings = ServletkitModule.parse_config(entry["config"])
+        assert settings.addresses == (("10.0.0.11", 8091), ("10.0.0.12", 8091),
+                                      ("mod3.internal", 9000))
+
+    @pytest.mark.parametrize(("containers", "key", "problem"), [
+        (["10.0.0.11"], "module.containers[0]", "host:port"),
+        (["10.0.0.11:70000"], "module.containers[0]", "host:port"),
+        (["a:1", "a:1"], "module.containers", "listed twice"),
+    ])
+    def test_containers_errors(self, tmp_path: Path, containers: list[str], key: str,
+                               problem: str) -> None:
+        """A wrong [module] containers names the key and what is expected."""
+        with pytest.raises(ConfigError, match=problem) as info:
+            parse_config({"module": {"enabled": True, "secret": "s", "containers": containers}},
+                         tmp_path / "servletkit.toml")
+        assert info.value.key == key
+
     def test_module_off(self, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
         """With the module wire off it says how to turn it on, and exits 1."""
         path = tmp_path / "servletkit.toml"

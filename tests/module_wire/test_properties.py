@@ -29,7 +29,7 @@ from servletkit.container.runtime import Container
 from servletkit.testing.synapse import free_port
 from servletkit.wires.module.listener import module_wire
 from servletkit.wires.module.protocol import HEADER, MAX_FRAME, PROTOCOL_VERSION, encode, frame
-from tests.fuzzing import BUDGET, json_values
+from tests.fuzz import BUDGET, json_values
 from tests.module_wire import wire_plugin
 from tests.module_wire.conftest import SECRET, container_config
 

@@ -41,8 +41,8 @@ async def make_policy(tmp_path: Path) -> AsyncIterator[Callable[..., Any]]:
         remote = RemoteServer()
         http = httpx.AsyncClient(transport=remote.transport(*others))
         state = tmp_path / "policy"
-        rooms = Rooms(state)
-        rooms.add(ROOM, "12", "joined", REMOTE)
+        rooms = Rooms(container.store, state)
+        await rooms.add(ROOM, "12", "joined", REMOTE)
         wire = PolicyWire(container.dispatcher, POLICY, load_keys(state), rooms,
                           server_urls={server.name: f"http://{server.name}"
                                        for server in (remote, *others)},

@@ -32,7 +32,7 @@ async def test_send_notes_that_we_were_removed(make_policy: Any) -> None:
     kick = remote.pdu(type="m.room.member", state_key=f"@policy:{POLICY}",
                       content={"membership": "leave"})
     await remote.put(client, SEND, {"origin": REMOTE, "pdus": [kick], "edus": []})
-    assert wire.rooms.get(ROOM) is None
+    assert await wire.rooms.get(ROOM) is None
     refused = await remote.post(client, "/_matrix/policy/v1/sign", remote.pdu())
     assert refused.status_code == 404
 
@@ -72,7 +72,7 @@ async def test_invite_of_the_policy_user_is_signed(make_policy: Any) -> None:
     redacted = redact(signed, ROOM_VERSIONS["12"])
     verify_signed_json(redacted, POLICY, key)
     assert REMOTE in signed["signatures"]  # the inviter's signature is kept
-    assert wire.rooms.get("!new:remote.test").membership == "invited"
+    assert (await wire.rooms.get("!new:remote.test")).membership == "invited"
 
 
 async def test_v1_invite_is_signed(make_policy: Any) -> None:
@@ -89,7 +89,7 @@ async def test_v1_invite_is_signed(make_policy: Any) -> None:
     key_id = wire.keys.federation_key_id
     key = decode_verify_key_base64("ed25519", key_id[8:], wire.keys.federation_public_key)
     verify_signed_json(redact(answer["event"], ROOM_VERSIONS["1"]), POLICY, key)
-    assert code == 200 and wire.rooms.get("!old:remote.test").room_version == "1"
+    assert code == 200 and (await wire.rooms.get("!old:remote.test")).room_version == "1"
     response = await remote.put(client, "/_matrix/federation/v1/invite/!r:x/$e", "other")
     assert (response.status_code, response.json()["errcode"]) == (400, "M_BAD_JSON")
 

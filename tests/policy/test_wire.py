@@ -122,3 +122,44 @@ async def test_one_container_per_state_dir(tmp_path: Path) -> None:
                 pass
     async with wire2.lifespan():
         pass
+
+
+async def test_listener_closes_silent_connections_and_keeps_logging_as_set_up(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The federation listener has the container's header deadline (``[server]
+    header_timeout_s``): a connection that completes TLS and then says nothing is closed
+    within two of it. Its requests go to the access log without their query strings, and
+    starting it leaves uvicorn's shared loggers as the container set them up."""
+    import asyncio
+    import logging
+    import ssl
+    import time
+
+    container = Container(parse_config({
+        "server": {"header_timeout_s": 0.5, "keep_alive_s": 60},
+        "policy": {"server_name": "127.0.0.1:1", "port": 1},
+        "plugins": only_plugins({})}, tmp_path / "servletkit.toml"), [])
+    [wire] = [w for w in container_wires(container) if w.name == "policy"]
+    assert isinstance(wire, PolicyWire)
+    wire.port = 0
+    access = logging.getLogger("uvicorn.access")
+    monkeypatch.setattr(access, "propagate", True)
+    monkeypatch.setattr(access, "level", logging.NOTSET)
+    caplog.set_level(logging.INFO)
+    async with wire.lifespan():
+        assert (access.propagate, access.level) == (True, logging.NOTSET)
+        async with httpx.AsyncClient(verify=False) as client:
+            keys = await client.get(
+                f"https://127.0.0.1:{wire.port}/_matrix/key/v2/server?secret=SECRET-9f3")
+        assert keys.status_code == 200
+        context = ssl.create_default_context()
+        context.check_hostname, context.verify_mode = False, ssl.CERT_NONE
+        reader, writer = await asyncio.open_connection("127.0.0.1", wire.port, ssl=context)
+        started = time.monotonic()
+        assert await asyncio.wait_for(reader.read(), 5) == b""  # closed, nothing said
+        assert time.monotonic() - started < 1.5
+        writer.close()
+    lines = [r.getMessage() for r in caplog.records if r.name == "uvicorn.access"]
+    assert any('"GET /_matrix/key/v2/server HTTP/1.1" 200' in line for line in lines), lines
+    assert not [r for r in caplog.records if "SECRET" in r.getMessage() and r.name != "httpx"]

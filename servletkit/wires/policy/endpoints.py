@@ -114,7 +114,7 @@ async def _authenticated(wire: PolicyWire, request: Request, content: Any) -> st
 async def sign_answer(wire: PolicyWire, body: Any, caller: str) -> Any:
     """The answer body to a ``/sign`` authenticated as ``caller``, or the
     :class:`MatrixError`."""
-    pdu, version, identity = _pdu_in_room(wire, body)
+    pdu, version, identity = await _pdu_in_room(wire, body)
     await check_sender_signature(wire.federation, caller, pdu, identity)
     verdict = await wire.judge.verdict(pdu, version, identity)
     if verdict.signatures is None:
@@ -241,14 +241,14 @@ def routes(wire: PolicyWire) -> list[BaseRoute]:
         pdus = body.get("pdus") if isinstance(body, Mapping) else None
         if not isinstance(pdus, list):
             raise MatrixError(400, "M_BAD_JSON", "pdus: must be an array")
-        return _JsonResponse({"pdus": wire.received(origin, pdus)})
+        return _JsonResponse({"pdus": await wire.received(origin, pdus)})
 
     async def invite(request: Request) -> Response:
         body = await read_json(request, MAX_TRANSACTION_BYTES)
         origin = await _authenticated(wire, request, body)
         if not isinstance(body, Mapping):
             raise MatrixError(400, "M_BAD_JSON", "the body must be an object")
-        return _JsonResponse({"event": _accept_invite(wire, origin, body.get("event"),
+        return _JsonResponse({"event": await _accept_invite(wire, origin, body.get("event"),
                                                       body.get("room_version"))})
 
     async def invite_v1(request: Request) -> Response:
@@ -256,7 +256,7 @@ def routes(wire: PolicyWire) -> list[BaseRoute]:
         carries none), the answer ``[200, {"event": ...}]``."""
         body = await read_json(request, MAX_TRANSACTION_BYTES)
         origin = await _authenticated(wire, request, body)
-        return _JsonResponse([200, {"event": _accept_invite(wire, origin, body, "1")}])
+        return _JsonResponse([200, {"event": await _accept_invite(wire, origin, body, "1")}])
 
     async def version(request: Request) -> Response:
         return _JsonResponse({"server": {"name": "servletkit policy wire", "version": "0.1"}})
@@ -268,14 +268,15 @@ def routes(wire: PolicyWire) -> list[BaseRoute]:
               methods=["GET"]),
         Route("/_matrix/policy/v1/sign", sign, methods=["POST"]),
         Route("/_matrix/policy/unstable/org.matrix.msc4284/sign", sign, methods=["POST"]),
-        Route("/_matrix/federation/v1/send/{txn_id}", send, methods=["PUT"]),
+        # a transaction ID is opaque: a "/" in it (sent as %2F) must reach the endpoint
+        Route("/_matrix/federation/v1/send/{txn_id:path}", send, methods=["PUT"]),
         Route("/_matrix/federation/v2/invite/{room_id}/{event_id}", invite, methods=["PUT"]),
         Route("/_matrix/federation/v1/invite/{room_id}/{event_id}", invite_v1, methods=["PUT"]),
         Route("/_matrix/federation/v1/version", version, methods=["GET"]),
     ]
 
 
-def _accept_invite(wire: PolicyWire, origin: str, event: Any, room_version: Any) -> Any:
+async def _accept_invite(wire: PolicyWire, origin: str, event: Any, room_version: Any) -> Any:
     """The invite ``event`` signed by us (we then join), or the Matrix error."""
     version = ROOM_VERSIONS.get(str(room_version))
     if version is None:
@@ -288,18 +289,18 @@ def _accept_invite(wire: PolicyWire, origin: str, event: Any, room_version: Any)
     except PduError as exc:
         raise MatrixError(400, "M_BAD_JSON", f"event: {exc}") from None
     try:
-        return wire.accept_invite(origin, event, version)
+        return await wire.accept_invite(origin, event, version)
     except PduError as exc:
         raise MatrixError(403, "M_FORBIDDEN", str(exc)) from None
 
 
-def _pdu_in_room(wire: PolicyWire, body: Any) -> tuple[dict[str, Any], RoomVersion, Identity]:
+async def _pdu_in_room(wire: PolicyWire, body: Any) -> tuple[dict[str, Any], RoomVersion, Identity]:
     """The PDU of a ``/sign`` request and its room's version, or the Matrix error."""
     try:
         pdu = check_shape(body)
     except PduError as exc:
         raise MatrixError(400, "M_BAD_JSON", str(exc)) from None
-    room = wire.rooms.get(pdu["room_id"])
+    room = await wire.rooms.get(pdu["room_id"])
     if room is None:
         raise MatrixError(404, "M_NOT_FOUND", f"{pdu['room_id']} is not a room this policy "
                           "server serves")

@@ -1,9 +1,8 @@
 """Talking to other homeservers: where a server is, its keys, signed requests.
 
-:class:`FederationClient` resolves a server name to a base URL (``[policy]
-server_urls`` first, then the spec's discovery: an IP literal or an explicit
-port as is, else ``/.well-known/matrix/server``, else port 8448; SRV records
-are not looked up), signs its own requests with X-Matrix, and keeps the
+:class:`FederationClient` resolves a server name to where it serves federation
+(``[policy] server_urls`` first, then the spec's discovery:
+:mod:`servletkit.wires.policy.discovery`), signs its own requests with X-Matrix, and keeps the
 verify keys of the servers that call it (:meth:`FederationClient.verify_key`),
 fetched from ``/_matrix/key/v2/server``, checked against their own signature,
 and cached until they expire.
@@ -12,7 +11,6 @@ and cached until they expire.
 from __future__ import annotations
 
 import asyncio
-import ipaddress
 import logging
 import time
 from collections.abc import Mapping
@@ -25,6 +23,7 @@ from signedjson.sign import SignatureVerifyException, verify_signed_json
 from signedjson.types import SigningKey, VerifyKey
 from unpaddedbase64 import decode_base64
 
+from servletkit.wires.policy.discovery import Destination, Discovery, SrvLookup, dns_srv
 from servletkit.wires.policy.xmatrix import AuthError, authorization
 
 log = logging.getLogger("servletkit.policy_wire")
@@ -42,19 +41,6 @@ class FederationError(Exception):
     """A request to another server failed: the message says which and why."""
 
 
-def _default_base_url(server_name: str) -> str | None:
-    """The base URL when the name alone says where the server is (IP literal or port)."""
-    host, _, port = server_name.rpartition(":") if not server_name.endswith("]") else (
-        server_name, "", "")
-    if host and port.isdigit():
-        return f"https://{server_name}"
-    try:
-        ipaddress.ip_address(server_name.strip("[]"))
-    except ValueError:
-        return None
-    return f"https://{server_name}:8448"
-
-
 class FederationClient:
     """Our side of federation: signed requests out, caller keys in."""
 
@@ -64,6 +50,7 @@ class FederationClient:
         signing_key: SigningKey,
         http: httpx.AsyncClient,
         server_urls: Mapping[str, str] | None = None,
+        srv: SrvLookup = dns_srv,
     ) -> None:
         self.server_name = server_name
         self._key = signing_key
@@ -71,34 +58,27 @@ class FederationClient:
         self._urls = {name: url.rstrip("/") for name, url in (server_urls or {}).items()}
         self._keys: dict[str, tuple[dict[str, VerifyKey], float, float]] = {}
         self._fetching: dict[str, asyncio.Future[None]] = {}
+        self._discovery = Discovery(http, srv)
 
-    async def base_url(self, server_name: str) -> str:
+    async def destination(self, server_name: str) -> Destination:
         """Where ``server_name`` serves federation (``server_urls`` first, then discovery)."""
         if url := self._urls.get(server_name):
-            return url
-        if url := _default_base_url(server_name):
-            return url
-        try:
-            response = await self._http.get(
-                f"https://{server_name}/.well-known/matrix/server", timeout=KEY_FETCH_TIMEOUT_S)
-            delegated = response.json().get("m.server") if response.status_code == 200 else None
-        except (httpx.HTTPError, ValueError, AttributeError):
-            delegated = None
-        if isinstance(delegated, str) and delegated:
-            return _default_base_url(delegated) or f"https://{delegated}:8448"
-        return f"https://{server_name}:8448"
+            return Destination(url)
+        return await self._discovery.destination(server_name)
 
     async def request(
         self, method: str, destination: str, path: str, content: Any = None,
         *, base_url: str | None = None,
     ) -> Any:
         """A signed federation request; the parsed JSON answer, or :class:`FederationError`."""
-        base = base_url.rstrip("/") if base_url else await self.base_url(destination)
+        where = (Destination(base_url.rstrip("/")) if base_url
+                 else await self.destination(destination))
+        base, options = where.base_url, where.options()
         header = authorization(method, path, self.server_name, destination, self._key, content)
+        options["headers"] = {**options.get("headers", {}), "Authorization": header}
         try:
             response = await self._http.request(
-                method, base + path, json=content, timeout=REQUEST_TIMEOUT_S,
-                headers={"Authorization": header})
+                method, base + path, json=content, timeout=REQUEST_TIMEOUT_S, **options)
         except httpx.HTTPError as exc:
             raise FederationError(f"{method} {base}{path}: {type(exc).__name__}: {exc}") from None
         if response.status_code != 200:
@@ -145,10 +125,10 @@ class FederationClient:
             future.set_result(None)
 
     async def _download_keys(self, server_name: str) -> tuple[dict[str, VerifyKey], float]:
-        base = await self.base_url(server_name)
-        url = f"{base}/_matrix/key/v2/server"
+        where = await self.destination(server_name)
+        url = f"{where.base_url}/_matrix/key/v2/server"
         try:
-            response = await self._http.get(url, timeout=KEY_FETCH_TIMEOUT_S)
+            response = await self._http.get(url, timeout=KEY_FETCH_TIMEOUT_S, **where.options())
             body = response.json()
         except (httpx.HTTPError, ValueError) as exc:
             raise FederationError(f"GET {url}: {type(exc).__name__}: {exc}") from None

@@ -87,18 +87,19 @@ class PolicyPeer:
             "PUT", via, path("/_matrix/federation/v2/send_join/{}/{}", room_id, join_id), event,
             base_url=base_url)
         log.info("policy wire: %s joined %s via %s", self.user_id, room_id, via)
-        room = self.rooms.add(room_id, version.identifier, "joined", via)
+        room = await self.rooms.add(room_id, version.identifier, "joined", via)
         state = answer.get("state") if isinstance(answer, Mapping) else None
         policy = next((e.get("content") for e in state or () if isinstance(e, Mapping)
                        and e.get("type") == "m.room.policy" and e.get("state_key") == ""), None)
         return room, policy if isinstance(policy, Mapping) else None
 
-    def accept_invite(self, origin: str, event: dict[str, Any], version: RoomVersion) -> Any:
+    async def accept_invite(self, origin: str, event: dict[str, Any], version: RoomVersion
+                            ) -> Any:
         """Our signature on an invite of the policy user; :class:`PduError` for another."""
         if event.get("type") != "m.room.member" or event.get("state_key") != self.user_id or (
                 event["content"].get("membership") != "invite"):
             raise PduError(f"this server accepts only invites of {self.user_id}")
-        self.rooms.add(event["room_id"], version.identifier, "invited", origin)
+        await self.rooms.add(event["room_id"], version.identifier, "invited", origin)
         log.info("policy wire: %s invited %s into %s", event.get("sender"), self.user_id,
                  event["room_id"])
         return sign_event(dict(event), self.server_name, self.keys, version)
@@ -123,12 +124,12 @@ class PolicyPeer:
                          "%g s", room_id, exc, delay)
                 await asyncio.sleep(delay)
 
-    def note_pdu(self, pdu: Any) -> tuple[str | None, Room | None]:
+    async def note_pdu(self, pdu: Any) -> tuple[str | None, Room | None]:
         """A received PDU's ID and room; forgets a room the policy user left or was
         removed from."""
         if not isinstance(pdu, dict) or not isinstance(pdu.get("room_id"), str):
             raise PduError("a PDU must be an object with a room_id")
-        room = self.rooms.get(pdu["room_id"])
+        room = await self.rooms.get(pdu["room_id"])
         if room is None or (version := ROOM_VERSIONS.get(room.room_version)) is None:
             claimed = pdu.get("event_id")
             return (claimed if isinstance(claimed, str) else None), None
@@ -138,5 +139,5 @@ class PolicyPeer:
                 and content.get("membership") in ("leave", "ban")):
             log.warning("policy wire: %s is no longer in %s (%s)", self.user_id, room.room_id,
                         content.get("membership"))
-            self.rooms.remove(room.room_id)
+            await self.rooms.remove(room.room_id)
         return event_id(pdu, version), room

@@ -208,4 +208,6 @@ def check_shape(pdu: Any) -> dict[str, Any]:
     state_key = pdu.get("state_key")
     if state_key is not None and not isinstance(state_key, str):
         raise PduError("state_key: not a string")
+    if "unsigned" in pdu and not isinstance(pdu["unsigned"], dict):
+        raise PduError("unsigned: not an object")
     return pdu

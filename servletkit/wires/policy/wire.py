@@ -10,7 +10,9 @@ the sender verbatim. A ``Modify`` cannot apply here (a signed event cannot
 change): the dispatcher reports it as the plugin's error.
 
 It is a small federation peer with a listener of its own (HTTPS on
-``[policy] host``:``port``), entered as the wire's lifespan.
+``[policy] host``:``port``), entered as the wire's lifespan, hardened as the
+container's own (:func:`servletkit.wires.http.hardened_config`: ``[server]
+header_timeout_s`` and ``keep_alive_s``, no query strings in the access log).
 """
 
 from __future__ import annotations
@@ -29,10 +31,13 @@ import uvicorn
 from starlette.applications import Starlette
 from starlette.routing import BaseRoute
 
+from servletkit.container.config import ServerConfig
 from servletkit.files import FolderBusy, claim_lock
 from servletkit.hooks.dispatcher import Dispatcher
 from servletkit.wires.errors import EXCEPTION_HANDLERS
+from servletkit.wires.http import hardened_config
 from servletkit.wires.policy import endpoints
+from servletkit.wires.policy.discovery import SrvLookup, dns_srv
 from servletkit.wires.policy.federation import FederationClient
 from servletkit.wires.policy.join import PolicyPeer
 from servletkit.wires.policy.keys import PolicyKeys, load_keys, self_signed_pair
@@ -73,19 +78,24 @@ class PolicyWire:
         server_urls: Mapping[str, str] | None = None,
         ready: asyncio.Event | None = None,
         http: httpx.AsyncClient | None = None,
+        server: ServerConfig | None = None,
+        srv: SrvLookup = dns_srv,
     ) -> None:
         self.server_name = server_name
         self.keys = keys
         self.rooms = rooms
         self.host, self.port = host, port
         self.tls = tls
+        self.limits = server or ServerConfig()
+        """``[server] header_timeout_s`` and ``keep_alive_s``, for this listener too."""
         self.judge = Judge(dispatcher, server_name, keys.policy, ready)
         self._http = http or httpx.AsyncClient(verify=True)
         self.federation = FederationClient(server_name, keys.federation, self._http,
-                                           server_urls)
+                                           server_urls, srv)
         self.peer = PolicyPeer(self.federation, keys, rooms)
-        self.app = endpoints.with_fast_sign(self, Starlette(
-            routes=endpoints.routes(self), exception_handlers=EXCEPTION_HANDLERS))
+        app = Starlette(routes=endpoints.routes(self), exception_handlers=EXCEPTION_HANDLERS)
+        app.router.redirect_slashes = False  # federation is answered, never redirected
+        self.app = endpoints.with_fast_sign(self, app)
         self._background: set[asyncio.Task[Any]] = set()
 
     def routes(self) -> list[BaseRoute]:
@@ -95,12 +105,12 @@ class PolicyWire:
     async def settled(self, timeout_s: float) -> None:
         """At once: homeservers call the wire, nothing connects to it first."""
 
-    def received(self, origin: str, pdus: list[Any]) -> dict[str, dict[str, Any]]:
+    async def received(self, origin: str, pdus: list[Any]) -> dict[str, dict[str, Any]]:
         """The answer to a ``/send`` transaction's PDUs; notes when we leave a room."""
         results: dict[str, dict[str, Any]] = {}
         for pdu in pdus:
             try:
-                event_id, room = self.peer.note_pdu(pdu)
+                event_id, room = await self.peer.note_pdu(pdu)
             except PduError as exc:
                 log.info("policy wire: a PDU from %s is malformed: %s", origin, exc)
                 continue
@@ -108,9 +118,10 @@ class PolicyWire:
                 results[event_id] = {} if room else {"error": "not a room this server is in"}
         return results
 
-    def accept_invite(self, origin: str, event: dict[str, Any], version: RoomVersion) -> Any:
+    async def accept_invite(self, origin: str, event: dict[str, Any], version: RoomVersion
+                            ) -> Any:
         """Sign an invite of our policy user (the wire then joins the room in the background)."""
-        signed = self.peer.accept_invite(origin, event, version)
+        signed = await self.peer.accept_invite(origin, event, version)
         task = asyncio.create_task(self.peer.join_after_invite(event["room_id"], origin))
         self._background.add(task)
         task.add_done_callback(self._background.discard)
@@ -133,16 +144,18 @@ class PolicyWire:
     @contextlib.asynccontextmanager
     async def lifespan(self) -> AsyncIterator[None]:
         """Serve federation (HTTPS) on ``host``:``port`` while the app lives, owning
-        ``state_dir`` (:class:`StateDirBusy` if another container does)."""
+        ``state_dir`` (:class:`StateDirBusy` if another container does); a ``rooms.json``
+        of an earlier version is imported into the store first."""
         lock = self._claim_state_dir()
         try:
+            await self.rooms.open()
             async with self._serving():
                 yield
         finally:
             lock.close()
 
     def _claim_state_dir(self) -> TextIO:
-        state_dir = self.rooms.path.parent
+        state_dir = self.rooms.state_dir
         try:
             return claim_lock(state_dir / LOCK_FILE)
         except FolderBusy as busy:
@@ -157,9 +170,11 @@ class PolicyWire:
     async def _serving(self) -> AsyncIterator[None]:
         sock = self._listening_socket()
         self.port = sock.getsockname()[1]
-        config = uvicorn.Config(self.app, lifespan="off", log_level="warning", access_log=False,
-                                timeout_graceful_shutdown=SHUTDOWN_TIMEOUT_S,
-                                **_ssl_options(self.tls))
+        # logging left as the container set it up: uvicorn's loggers are shared by the
+        # listeners of one process (a log_level here would silence the container's access log)
+        config = hardened_config(self.app, self.limits, lifespan="off", log_config=None,
+                                 log_level=None, timeout_graceful_shutdown=SHUTDOWN_TIMEOUT_S,
+                                 **_ssl_options(self.tls))
         config.load()
         server = uvicorn.Server(config)
         # Server.serve() without its signal handlers (the container's own server has them)
@@ -202,5 +217,7 @@ def policy_wire(container: Container) -> PolicyWire | None:
                                if settings.server_name.rpartition(":")[2].isdigit()
                                else settings.server_name)
     return PolicyWire(container.dispatcher, settings.server_name, load_keys(state_dir),
-                      Rooms(state_dir), host=settings.host, port=settings.port, tls=tls,
-                      server_urls=settings.server_urls, ready=container.ready)
+                      Rooms(container.store, state_dir), host=settings.host,
+                      port=settings.port, tls=tls,
+                      server_urls=settings.server_urls, ready=container.ready,
+                      server=container.config.server)

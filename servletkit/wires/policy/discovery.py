@@ -1,0 +1,148 @@
+"""Where a homeserver serves federation: the spec's server discovery ("Resolving server
+names" of the server-server API), for the servers ``[policy] server_urls`` does not name.
+
+In order, for a server name:
+
+1. an IP literal: that address, its port or 8448;
+2. a host name with a port: that host and port;
+3. ``GET https://<name>/.well-known/matrix/server``: its ``m.server`` (a delegated
+   name) is resolved by steps 1, 2 and 4 to 6 without looking for another well-known;
+4. SRV ``_matrix-fed._tcp.<name>``: the target and port of the record;
+5. SRV ``_matrix._tcp.<name>`` (deprecated, still in use);
+6. port 8448 of the name.
+
+When an SRV record (steps 4 and 5) says where to connect, the request still names
+the server in its ``Host`` header and TLS name (the certificate is the server's,
+not the target's): :class:`Destination` carries both. Answers are remembered for
+:data:`DISCOVERY_CACHE_S` (at most :data:`DISCOVERY_CACHE_SIZE` servers).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, Final
+
+import attrs
+import httpx
+
+log = logging.getLogger("servletkit.policy_wire")
+
+DEFAULT_PORT: Final = 8448
+WELL_KNOWN_TIMEOUT_S: Final = 10.0
+DNS_TIMEOUT_S: Final = 5.0
+DISCOVERY_CACHE_S: Final = 3600.0
+DISCOVERY_CACHE_SIZE: Final = 10_000
+SRV_SERVICES: Final = ("_matrix-fed._tcp", "_matrix._tcp")
+
+SrvRecord = tuple[int, int, str, int]
+"""``(priority, weight, target, port)`` of one SRV record."""
+SrvLookup = Callable[[str], Awaitable[Sequence[SrvRecord]]]
+"""The SRV records of a name (empty when there are none or DNS fails)."""
+
+
+@attrs.frozen
+class Destination:
+    """Where to send a server's federation requests: ``base_url``; and, when it connects to
+    another host than the server's name (an SRV target), the name for ``Host`` and TLS."""
+
+    base_url: str
+    host: str | None = None
+
+    def options(self) -> dict[str, Any]:
+        """httpx request options: the ``Host`` header and the TLS server name, if needed."""
+        if self.host is None:
+            return {}
+        return {"headers": {"Host": self.host},
+                "extensions": {"sni_hostname": _split(self.host)[0].strip("[]")}}
+
+
+def _split(name: str) -> tuple[str, str]:
+    """``(host, port)`` of a server name; ``port`` is ``""`` without one (IPv6 aware)."""
+    if name.startswith("["):
+        host, _, rest = name.partition("]")
+        return host + "]", rest.removeprefix(":")
+    host, colon, port = name.rpartition(":")
+    return (host, port) if colon else (name, "")
+
+
+def _is_ip(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host.strip("[]"))
+    except ValueError:
+        return False
+    return True
+
+
+def literal_destination(server_name: str) -> Destination | None:
+    """Steps 1 and 2: the destination when the name alone says it (an IP or a port)."""
+    host, port = _split(server_name)
+    if port.isdigit():
+        return Destination(f"https://{host}:{port}")
+    if _is_ip(host):
+        return Destination(f"https://{host}:{DEFAULT_PORT}")
+    return None
+
+
+async def dns_srv(name: str, resolver: Any = None) -> Sequence[SrvRecord]:
+    """The SRV records of ``name`` (none on a DNS error), from ``resolver`` (a dnspython
+    ``dns.asyncresolver.Resolver``), by default the system's."""
+    import dns.asyncresolver
+    import dns.exception
+
+    try:
+        answer = await (resolver or dns.asyncresolver.get_default_resolver()).resolve(
+            name, "SRV", lifetime=DNS_TIMEOUT_S)
+    except dns.exception.DNSException as exc:
+        log.debug("policy wire: no SRV record %s (%s)", name, type(exc).__name__)
+        return []
+    return [(record.priority, record.weight, record.target.to_text(omit_final_dot=True),
+             record.port) for record in answer]
+
+
+class Discovery:
+    """Server discovery with its answers remembered; ``srv``: the SRV lookup (injected in
+    tests), ``http``: the client of the well-known requests."""
+
+    def __init__(self, http: httpx.AsyncClient, srv: SrvLookup = dns_srv) -> None:
+        self._http = http
+        self._srv = srv
+        self._known: dict[str, tuple[Destination, float]] = {}
+
+    async def destination(self, server_name: str) -> Destination:
+        """Where ``server_name`` serves federation."""
+        known = self._known.get(server_name)
+        if known is not None and time.monotonic() < known[1]:
+            return known[0]
+        found = literal_destination(server_name)
+        if found is None:
+            delegated = await self._well_known(server_name)
+            found = (literal_destination(delegated) if delegated else None) or (
+                await self._by_srv(delegated or server_name))
+        log.debug("policy wire: %s is at %s", server_name, found)
+        if len(self._known) >= DISCOVERY_CACHE_SIZE:
+            self._known.clear()
+        self._known[server_name] = (found, time.monotonic() + DISCOVERY_CACHE_S)
+        return found
+
+    async def _well_known(self, server_name: str) -> str | None:
+        """Step 3: the delegated server name, or ``None`` (no well-known, or not usable)."""
+        try:
+            response = await self._http.get(f"https://{server_name}/.well-known/matrix/server",
+                                            timeout=WELL_KNOWN_TIMEOUT_S, follow_redirects=True)
+            delegated = response.json().get("m.server") if response.status_code == 200 else None
+        except (httpx.HTTPError, ValueError, AttributeError):
+            return None
+        return delegated if isinstance(delegated, str) and delegated else None
+
+    async def _by_srv(self, name: str) -> Destination:
+        """Steps 4 to 6 for a host name without a port."""
+        for service in SRV_SERVICES:
+            records = [r for r in await self._srv(f"{service}.{name}") if r[2] not in ("", ".")]
+            if records:
+                _, _, target, port = min(records, key=lambda r: (r[0], -r[1]))
+                host = f"[{target}]" if ":" in target else target
+                return Destination(f"https://{host}:{port}", host=name)
+        return Destination(f"https://{name}:{DEFAULT_PORT}")

@@ -1,0 +1,242 @@
+"""Server discovery as the spec says it, for servers ``[policy] server_urls`` does not name:
+the well-known (served by a real HTTP server on loopback), SRV ``_matrix-fed._tcp`` then
+``_matrix._tcp`` (an injected lookup; and dnspython asking a real DNS server on loopback),
+then port 8448."""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+from collections.abc import AsyncIterator, Callable, Sequence
+from typing import Any
+
+import dns.asyncresolver
+import dns.message
+import dns.rcode
+import dns.rrset
+import httpx
+import pytest
+import uvicorn
+from signedjson.key import generate_signing_key
+from starlette.applications import Starlette
+from starlette.responses import JSONResponse
+from starlette.routing import Route
+
+from servletkit.wires.policy.discovery import Destination, Discovery, SrvRecord, dns_srv
+from servletkit.wires.policy.federation import FederationClient
+
+WELL_KNOWN: dict[str, Any] = {}
+"""server name -> the JSON its well-known serves (absent: 404)."""
+
+
+class ToLoopback(httpx.AsyncBaseTransport):
+    """Sends every ``https://NAME/...`` request to the loopback server instead (what DNS
+    and TLS would do for NAME), saying which name was asked in ``X-Name``."""
+
+    def __init__(self, port: int | None) -> None:
+        self._port = port
+        self._inner = httpx.AsyncHTTPTransport()
+        self.asked: list[str] = []
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        self.asked.append(request.url.host)
+        if self._port is None:
+            raise httpx.ConnectError("connection refused", request=request)
+        request.headers["X-Name"] = request.url.host
+        request.url = request.url.copy_with(scheme="http", host="127.0.0.1", port=self._port)
+        return await self._inner.handle_async_request(request)
+
+    async def aclose(self) -> None:
+        await self._inner.aclose()
+
+
+@pytest.fixture(scope="module")
+async def well_known_port() -> AsyncIterator[int]:
+    """A real HTTP server on loopback serving :data:`WELL_KNOWN` by the asked name."""
+
+    async def well_known(request: Any) -> JSONResponse:
+        answer = WELL_KNOWN.get(request.headers["x-name"])
+        return JSONResponse(answer or {"errcode": "M_NOT_FOUND"},
+                            status_code=404 if answer is None else 200)
+
+    app = Starlette(routes=[Route("/.well-known/matrix/server", well_known)])
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning",
+                                           lifespan="off"))
+    task = asyncio.create_task(server.serve())
+    for _ in range(500):  # at most 5 s
+        if server.started:
+            break
+        await asyncio.sleep(0.01)
+    yield server.servers[0].sockets[0].getsockname()[1]
+    server.should_exit = True
+    await task
+
+
+class FakeSrv:
+    """An injected SRV lookup: the records of each name, and the names asked."""
+
+    def __init__(self, records: dict[str, Sequence[SrvRecord]]) -> None:
+        self.records = records
+        self.asked: list[str] = []
+
+    async def __call__(self, name: str) -> Sequence[SrvRecord]:
+        self.asked.append(name)
+        return self.records.get(name, [])
+
+
+@pytest.fixture
+def discover(well_known_port: int) -> Callable[..., Any]:
+    """``discover(name, srv={...}, well_known={...})`` → (destination, the names whose
+    well-known was asked, the SRV names asked)."""
+    async def run(name: str, srv: dict[str, Sequence[SrvRecord]] | None = None,
+                  well_known: dict[str, Any] | None = None, reachable: bool = True
+                  ) -> tuple[Destination, list[str], list[str]]:
+        WELL_KNOWN.clear()
+        WELL_KNOWN.update(well_known or {})
+        transport = ToLoopback(well_known_port if reachable else None)
+        lookup = FakeSrv(srv or {})
+        async with httpx.AsyncClient(transport=transport) as http:
+            found = await Discovery(http, lookup).destination(name)
+        return found, transport.asked, lookup.asked
+
+    return run
+
+
+@pytest.mark.parametrize(("name", "url"), [
+    ("127.0.0.1", "https://127.0.0.1:8448"),
+    ("127.0.0.1:9000", "https://127.0.0.1:9000"),
+    ("[::1]", "https://[::1]:8448"),
+    ("[::1]:9000", "https://[::1]:9000"),
+    ("example.test:9000", "https://example.test:9000"),
+])
+async def test_ip_literals_and_ports_are_used_as_they_are(discover: Any, name: str,
+                                                          url: str) -> None:
+    """Steps 1 and 2: no well-known, no SRV."""
+    assert await discover(name) == (Destination(url), [], [])
+
+
+async def test_well_known_delegation_with_a_port(discover: Any) -> None:
+    """Step 3 to a name with a port: that name and port, no SRV asked."""
+    found = await discover("example.test",
+                           well_known={"example.test": {"m.server": "matrix.example.test:443"}})
+    assert found == (Destination("https://matrix.example.test:443"), ["example.test"], [])
+
+
+async def test_well_known_delegation_then_srv(discover: Any) -> None:
+    """Step 3 to a name without a port: the delegated name's SRV record, the request still
+    naming the delegated server (Host and TLS); no second well-known."""
+    found, asked, srv_asked = await discover(
+        "example.test", well_known={"example.test": {"m.server": "deleg.test"}},
+        srv={"_matrix-fed._tcp.deleg.test": [(10, 0, "fed1.deleg.test", 8000)]})
+    assert found == Destination("https://fed1.deleg.test:8000", host="deleg.test")
+    assert (asked, srv_asked) == (["example.test"], ["_matrix-fed._tcp.deleg.test"])
+    assert found.options() == {"headers": {"Host": "deleg.test"},
+                               "extensions": {"sni_hostname": "deleg.test"}}
+
+
+async def test_well_known_delegation_without_srv_is_port_8448(discover: Any) -> None:
+    found, _, srv_asked = await discover(
+        "example.test", well_known={"example.test": {"m.server": "deleg.test"}})
+    assert found == Destination("https://deleg.test:8448")
+    assert srv_asked == ["_matrix-fed._tcp.deleg.test", "_matrix._tcp.deleg.test"]
+
+
+@pytest.mark.parametrize("reachable", [True, False])
+@pytest.mark.parametrize("well_known", [None, {"m.server": ""}, {"m.server": 5}, ["x"]])
+async def test_no_usable_well_known_goes_to_srv(discover: Any, reachable: bool,
+                                                well_known: Any) -> None:
+    """A 404, an unreachable server or an unusable answer: SRV records of the name itself,
+    ``_matrix-fed._tcp`` first, lowest priority then highest weight."""
+    found, asked, srv_asked = await discover(
+        "example.test", reachable=reachable,
+        well_known={} if well_known is None else {"example.test": well_known},
+        srv={"_matrix-fed._tcp.example.test": [(20, 0, "late.test", 1), (10, 1, "b.test", 2),
+                                               (10, 5, "a.test", 3)]})
+    assert found == Destination("https://a.test:3", host="example.test")
+    assert asked == ["example.test"] and srv_asked == ["_matrix-fed._tcp.example.test"]
+
+
+async def test_deprecated_srv_then_port_8448(discover: Any) -> None:
+    """Without ``_matrix-fed._tcp``: ``_matrix._tcp``; without either (or a "." target, no
+    service): port 8448 of the name."""
+    found, _, srv_asked = await discover(
+        "example.test", srv={"_matrix._tcp.example.test": [(0, 0, "old.test", 8443)]})
+    assert found == Destination("https://old.test:8443", host="example.test")
+    assert srv_asked == ["_matrix-fed._tcp.example.test", "_matrix._tcp.example.test"]
+    found, _, _ = await discover("example.test",
+                                 srv={"_matrix-fed._tcp.example.test": [(0, 0, ".", 0)]})
+    assert found == Destination("https://example.test:8448")
+
+
+async def test_answers_are_remembered(well_known_port: int) -> None:
+    """The second ask for a server looks nothing up again."""
+    transport, lookup = ToLoopback(well_known_port), FakeSrv({})
+    async with httpx.AsyncClient(transport=transport) as http:
+        discovery = Discovery(http, lookup)
+        first = await discovery.destination("example.test")
+        assert await discovery.destination("example.test") == first
+    assert (len(transport.asked), len(lookup.asked)) == (1, 2)
+
+
+async def test_federation_requests_go_where_srv_says_naming_the_server() -> None:
+    """A signed request and a key fetch to a server found by SRV connect to the target and
+    carry the server's name as Host and TLS name; ``server_urls`` still comes first."""
+    seen: list[tuple[str, str, Any]] = []
+
+    def handle(request: httpx.Request) -> httpx.Response:
+        if request.url.path == "/.well-known/matrix/server":
+            return httpx.Response(404)
+        seen.append((str(request.url), request.headers["host"],
+                     request.extensions.get("sni_hostname")))
+        return httpx.Response(200, json={})
+
+    lookup = FakeSrv({"_matrix-fed._tcp.remote.test": [(0, 0, "fed.remote.test", 8000)]})
+    async with httpx.AsyncClient(transport=httpx.MockTransport(handle)) as http:
+        client = FederationClient("policy.test", generate_signing_key("k"), http,
+                                  {"named.test": "http://127.0.0.1:1"}, srv=lookup)
+        await client.request("GET", "remote.test", "/_matrix/federation/v1/version")
+        await client.request("GET", "named.test", "/_matrix/federation/v1/version")
+    assert seen == [
+        ("https://fed.remote.test:8000/_matrix/federation/v1/version", "remote.test",
+         "remote.test"),
+        ("http://127.0.0.1:1/_matrix/federation/v1/version", "127.0.0.1:1", None)]
+
+
+class _Dns(asyncio.DatagramProtocol):
+    """A DNS server on loopback (UDP) answering SRV questions from ``records``."""
+
+    def __init__(self, records: dict[str, str]) -> None:
+        self.records = records
+
+    def connection_made(self, transport: Any) -> None:
+        self.transport = transport
+
+    def datagram_received(self, data: bytes, addr: Any) -> None:
+        query = dns.message.from_wire(data)
+        answer = dns.message.make_response(query)
+        name = query.question[0].name.to_text()
+        if name in self.records:
+            answer.answer.append(dns.rrset.from_text(name, 300, "IN", "SRV",
+                                                     self.records[name]))
+        else:
+            answer.set_rcode(dns.rcode.NXDOMAIN)
+        self.transport.sendto(answer.to_wire(), addr)
+
+
+async def test_dns_srv_asks_a_real_dns_server() -> None:
+    """The default lookup (dnspython) reads SRV records from DNS; none for an unknown name
+    or a server that does not answer."""
+    loop = asyncio.get_running_loop()
+    transport, _ = await loop.create_datagram_endpoint(
+        lambda: _Dns({"_matrix-fed._tcp.example.test.": "10 5 8000 fed.example.test."}),
+        local_addr=("127.0.0.1", 0))
+    resolver = dns.asyncresolver.Resolver(configure=False)
+    resolver.nameservers = ["127.0.0.1"]
+    resolver.port = transport.get_extra_info("sockname")[1]
+    lookup = functools.partial(dns_srv, resolver=resolver)
+    try:
+        assert await lookup("_matrix-fed._tcp.example.test") == [
+            (10, 5, "fed.example.test", 8000)]
+        assert await lookup("_matrix._tcp.example.test") == []
+    finally:
+        transport.close()
