@@ -14,8 +14,9 @@ from tests.appservice.support import AUTH, Counts, new_event
 
 async def test_a_large_transaction_lets_other_requests_through(make_wire, caplog):
     """While a 1 MiB transaction of 500,000 malformed items and 2,000 events is handled,
-    health requests are still answered, each within 0.5 s (the body is parsed and its
-    digest computed in one go: about 0.1 s)."""
+    health requests are still answered, each within 2 s (the body is parsed and its
+    digest computed in one go: about 0.1 s; the slowest is 0.1–0.6 s on the shared 2-core
+    machine, against 50 s before slicing)."""
     plugin = Counts()
     container, _ = await make_wire({"counts": plugin})
     body = orjson.dumps({"events": [0] * 500_000 + [new_event() for _ in range(2_000)]})
@@ -37,4 +38,4 @@ async def test_a_large_transaction_lets_other_requests_through(make_wire, caplog
           f"{max(waits, default=0) * 1000:.0f} ms")
     assert answer.status_code == 200
     assert (plugin.intercepted, plugin.stored) == (2_000, 2_000)
-    assert len(waits) >= 3 and max(waits) < 0.5
+    assert len(waits) >= 3 and max(waits) < 2.0
