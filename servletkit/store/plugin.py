@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from typing import Any
 
 from servletkit.store.interface import Store
@@ -41,11 +41,22 @@ class PluginStore:
         """Store ``value`` (JSON-serialisable) under ``key``, replacing what was there."""
         if not isinstance(key, str):
             raise TypeError(f"store keys must be str, got {type(key).__name__}")
-        await self._write(key, json.dumps(value))
+        await self._write({key: json.dumps(value)})
 
     async def delete(self, key: str) -> None:
         """Forget ``key`` (no error if it is not there)."""
-        await self._write(key, None)
+        await self._write({key: None})
+
+    async def put_many(self, values: Mapping[str, Any], delete: Iterable[str] = ()) -> None:
+        """Store each of ``values`` and forget each key of ``delete``, in one commit (one
+        write to the database for many keys: what a plugin that buffers its writes wants)."""
+        writes: dict[str, str | None] = dict.fromkeys(delete)
+        for key, value in values.items():
+            if not isinstance(key, str):
+                raise TypeError(f"store keys must be str, got {type(key).__name__}")
+            writes[key] = json.dumps(value)
+        if writes:
+            await self._write(writes)
 
     async def items(self, prefix: str = "") -> list[tuple[str, Any]]:
         """Every ``(key, value)`` whose key starts with ``prefix``, sorted by key."""
@@ -75,9 +86,10 @@ class PluginStore:
         """
         await run_singleton(self._store, f"singleton:{self._plugin}:{name}", work)
 
-    async def _write(self, key: str, text: str | None) -> None:
+    async def _write(self, texts: dict[str, str | None]) -> None:
+        writes = {(self._plugin, key): text for key, text in texts.items()}
         batch = current_batch()
         if batch is not None:
-            batch.writes[(self._plugin, key)] = text
+            batch.writes.update(writes)
         else:
-            await self._store.commit(Batch(writes={(self._plugin, key): text}))
+            await self._store.commit(Batch(writes=writes))

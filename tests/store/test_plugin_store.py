@@ -86,3 +86,26 @@ class TestInAUnit:
             assert current_batch() is None
             await plugin.put("late", True)
         assert await store.get("p", "late") == "true"
+
+
+class TestPutMany:
+    async def test_many_writes_and_deletes_in_one_commit(self, store):
+        """put_many stores and forgets many keys at once, scoped to the plugin."""
+        plugin = PluginStore(store, "p")
+        await plugin.put("old", 1)
+        await plugin.put_many({"a": [1], "b": {"x": None}}, delete=["old", "never-there"])
+        assert await plugin.items() == [("a", [1]), ("b", {"x": None})]
+        assert await PluginStore(store, "q").items() == []
+        with pytest.raises(TypeError, match="got int"):
+            await plugin.put_many({1: "x"})
+
+    async def test_inside_a_unit_they_wait_for_its_commit(self, store):
+        """In a unit of work put_many joins the unit's writes."""
+        plugin = PluginStore(store, "p")
+        batch = Batch()
+        with unit_of_work(batch):
+            await plugin.put_many({"a": 1})
+            assert await plugin.get("a") == 1
+        assert await store.get("p", "a") is None
+        await store.commit(batch)
+        assert await plugin.get("a") == 1

@@ -109,6 +109,8 @@ class PolicyServer:
             assert context.store is not None  # the container gives every plugin one
             await self._admin.enter_async_context(
                 serving(admin_app(self, context.store), self.settings.admin_port))
+        assert context.store is not None  # the container gives every plugin one
+        self.audit.start(context.store, context.log)  # last: servlet_destroy stops it
         context.log.info("policy_server: %d rules, %d policy-list bans from %d lists%s",
                          len(self.settings.rules) + len(self.settings.stored),
                          len(self.index), len(self.list_rooms),
@@ -116,8 +118,10 @@ class PolicyServer:
 
     @hookimpl
     async def servlet_destroy(self, context: PluginContext) -> None:
-        """Stop the admin route."""
+        """Stop the admin route; write the buffered audit records."""
         await self._admin.aclose()
+        assert context.store is not None  # the container gives every plugin one
+        await self.audit.stop(context.store)
 
     async def describe(self, store: PluginStore) -> dict[str, Any]:
         """The rules, dry run and lists, as the admin route and ``!policy rules`` show them."""
@@ -161,13 +165,13 @@ class PolicyServer:
         that refuses."""
         store = context.store
         assert store is not None  # the container gives every plugin one
-        for rule in stored:
+        for stored_rule in stored:
             if fired and not fired[-1].dry_run:
                 break
             assert isinstance(subject, _EventSubject)
-            detail = await rule.check(subject.event, store)
+            detail = await stored_rule.check(subject.event, store)
             if detail is not None:
-                fired.append(Fired(rule.name, rule.dry_run, detail))
+                fired.append(Fired(stored_rule.name, stored_rule.dry_run, detail))
         if not fired:
             return None
         dry_run = await self.dry_run(store)
