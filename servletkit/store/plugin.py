@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import json
 from collections.abc import Awaitable, Callable, Iterable, Mapping
-from typing import Any
+from typing import Any, TypeVar
 
 from servletkit.store.interface import Store
 from servletkit.store.singleton import run_singleton
 from servletkit.store.units import Batch, current_batch
+
+T = TypeVar("T")
 
 
 class PluginStore:
@@ -57,6 +59,33 @@ class PluginStore:
             writes[key] = json.dumps(value)
         if writes:
             await self._write(writes)
+
+    async def update(self, key: str, change: Callable[[Any], tuple[Any, T]]) -> T:
+        """Replace ``key``'s value by what ``change`` makes of it, atomically among every
+        container instance on this store, and return ``change``'s result.
+
+        ``change(value)`` gets the stored value (``None`` if absent) and returns ``(new
+        value, result)``; a new value of ``None`` deletes the key. It must be synchronous
+        and free of side effects (a store may call it again). Two updates of one key,
+        from any instances, never see the same value: a shared counter stays exact::
+
+            count = await context.store.update("joins", lambda n: ((n or 0) + 1, (n or 0) + 1))
+
+        Unlike :meth:`put`, an update is committed at once even inside a unit of work
+        (what it counts is shared as it happens); do not also ``put`` that key there.
+        """
+        if not isinstance(key, str):
+            raise TypeError(f"store keys must be str, got {type(key).__name__}")
+        batch = current_batch()
+        if batch is not None and (self._plugin, key) in batch.writes:
+            raise ValueError(f"store key {key!r} has a put pending in this unit of work; "
+                             "update a key only with update()")
+
+        def change_text(text: str | None) -> tuple[str | None, T]:
+            value, result = change(None if text is None else json.loads(text))
+            return (None if value is None else json.dumps(value)), result
+
+        return await self._store.update(self._plugin, key, change_text)
 
     async def items(self, prefix: str = "") -> list[tuple[str, Any]]:
         """Every ``(key, value)`` whose key starts with ``prefix``, sorted by key."""

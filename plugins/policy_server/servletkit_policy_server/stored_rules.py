@@ -6,15 +6,15 @@ A :class:`StoredRule` has ``counts(event)`` (cheap, synchronous: whether it look
 at the event) and ``await check(event, store)``. Counts are time windows, lists of
 ``[time, event_id]`` (:class:`Windows`): an event that reaches the plugin by
 several wires (the module wire, then the appservice wire once stored) counts once
-and keeps the verdict it had. Concurrent instances may both count a message as the
-n-th: a limit is then enforced one event late, never twice.
+and keeps the verdict it had. A window is counted in with one atomic store update,
+so instances sharing a store enforce a limit exactly.
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from typing import Protocol
+from typing import Any, Protocol
 
 from servletkit import Event
 from servletkit.store import PluginStore
@@ -51,21 +51,26 @@ class Windows:
         self._swept = clock()
 
     async def count(self, store: PluginStore, key: str, event_id: str) -> int:
-        """Add ``event_id`` to the window ``key`` (once); its place in the window."""
+        """Add ``event_id`` to the window ``key`` (once); its place in the window.
+
+        One atomic :meth:`~servletkit.store.PluginStore.update`, so instances counting
+        in one window at once each get a place of their own."""
         now = self.clock()
         if now - self._swept > max(self.seconds, 60.0):
             self._swept = now
-            for old_key, old in await store.items(self.prefix):
-                if not old or old[-1][0] <= now - self.seconds:
-                    await store.delete(old_key)
-        key = self.prefix + key
-        window = [entry for entry in await store.get(key, []) if entry[0] > now - self.seconds]
-        for place, (_, seen) in enumerate(window, 1):
-            if seen == event_id:
-                return place
-        window.append([now, event_id])
-        await store.put(key, window)
-        return len(window)
+            for old_key, _ in await store.items(self.prefix):
+                await store.update(old_key, lambda old: (
+                    None if not old or old[-1][0] <= now - self.seconds else old, None))
+
+        def add(old: list[list[Any]] | None) -> tuple[list[list[Any]], int]:
+            window = [entry for entry in old or () if entry[0] > now - self.seconds]
+            for place, (_, seen) in enumerate(window, 1):
+                if seen == event_id:
+                    return window, place
+            window.append([now, event_id])
+            return window, len(window)
+
+        return await store.update(self.prefix + key, add)
 
 
 class Flood:
