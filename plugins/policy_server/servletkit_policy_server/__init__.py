@@ -249,7 +249,8 @@ class PolicyServer:
                     and body.split(maxsplit=1)[:1] == [COMMAND_PREFIX]
                     and event.sender != homeserver.user_id):
                 assert context.store is not None  # the container gives every plugin one
-                reply = await run_command(self, homeserver, context.store, body)
+                reply = await run_command(self, homeserver, context.store, context.policy,
+                                          body)
                 await homeserver.send_message(event.room_id, reply)
             return
         if event.room_id not in self.list_rooms:
