@@ -6,6 +6,7 @@ See this distribution's README for the config and what each rule refuses.
 from __future__ import annotations
 
 import contextlib
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -21,11 +22,14 @@ from servletkit_policy_server.config import PolicyConfigError, Settings, parse_s
 from servletkit_policy_server.policy_lists import PolicyIndex, PolicyRule, rule_kind
 from servletkit_policy_server.stored_rules import StoredRule
 
-__all__ = ["PolicyConfigError", "PolicyIndex", "PolicyServer"]
+__all__ = ["DRY_RUN_SECONDS", "PolicyConfigError", "PolicyIndex", "PolicyServer"]
 
 
 DRY_RUN_KEY = "dry_run"
 """The store key of the dry-run toggle (absent: as configured)."""
+DRY_RUN_SECONDS = 1.0
+"""How long an instance trusts the toggle it read: a toggle made on another instance
+sharing the store applies here within this, and a refusal seldom reads the store."""
 
 
 @attrs.frozen
@@ -85,6 +89,8 @@ class PolicyServer:
         self.management_room: str | None = None
         """The management room's id, once joined."""
         self.audit = AuditLog(1000)
+        self._dry_run: tuple[float, bool] | None = None
+        """When the toggle was last read (monotonic), and its value."""
         self._admin = contextlib.AsyncExitStack()
 
     @hookimpl
@@ -138,6 +144,7 @@ class PolicyServer:
     async def set_dry_run(self, store: PluginStore, on: bool) -> None:
         """Toggle dry run for the whole plugin, durably (it outlives the config's value)."""
         await store.put(DRY_RUN_KEY, on)
+        self._dry_run = (time.monotonic(), on)
 
     async def _load_list(self, homeserver: Any, room_id: str) -> None:
         """Replace the rules of list room ``room_id`` by those of its current state."""
@@ -154,9 +161,12 @@ class PolicyServer:
 
     async def dry_run(self, store: PluginStore) -> bool:
         """Whether the whole plugin is in dry run: as last toggled (admin route, management
-        room), else as configured."""
-        toggled = await store.get(DRY_RUN_KEY)
-        return self.settings.dry_run if toggled is None else bool(toggled)
+        room) on any instance, else as configured."""
+        now = time.monotonic()
+        if self._dry_run is None or now - self._dry_run[0] > DRY_RUN_SECONDS:
+            toggled = await store.get(DRY_RUN_KEY)
+            self._dry_run = (now, self.settings.dry_run if toggled is None else bool(toggled))
+        return self._dry_run[1]
 
     async def _conclude(self, context: PluginContext, fired: list[Fired], subject: Subject,
                         stored: tuple[StoredRule, ...] = ()) -> Veto | None:
