@@ -153,11 +153,11 @@ class PolicyServer:
         for state_event in await homeserver.get_room_state(room_id):
             self.index.apply_state(room_id, state_event)
 
-    def _ban(self, rule: PolicyRule, who: str) -> Fired:
+    def _ban(self, rule: PolicyRule, who: str, room_id: str) -> Fired:
         listed = self.list_rooms.get(rule.source[0], rule.source[0])
         detail = f"{who} is banned by policy list {listed}"
         detail += f" ({rule.kind} rule {rule.entity!r}{': ' + rule.reason if rule.reason else ''})"
-        return Fired("policy_list", self.settings.policy_list_dry_run, detail)
+        return Fired("policy_list", self.settings.of_room(room_id).policy_list_dry_run, detail)
 
     async def dry_run(self, store: PluginStore) -> bool:
         """Whether the whole plugin is in dry run: as last toggled (admin route, management
@@ -212,14 +212,15 @@ class PolicyServer:
         fired: list[Fired] = []
         ban = self.index.banned_user(event.sender)
         if ban is not None:
-            fired.append(self._ban(ban, event.sender))
-        for rule in self.settings.rules:
+            fired.append(self._ban(ban, event.sender, event.room_id))
+        settings = self.settings.of_room(event.room_id)
+        for rule in settings.rules:
             if fired and not fired[-1].dry_run:
                 break
             detail = rule.check(event)
             if detail is not None:
                 fired.append(Fired(rule.name, rule.dry_run, detail))
-        stored = tuple(rule for rule in self.settings.stored if rule.counts(event))
+        stored = tuple(rule for rule in settings.stored if rule.counts(event))
         if stored and not (fired and not fired[-1].dry_run):
             return await self._conclude(context, fired, _EventSubject(event), stored)
         return await self._conclude(context, fired, _EventSubject(event)) if fired else None
@@ -234,7 +235,7 @@ class PolicyServer:
             ban, who = self.index.match("room", room_id), room_id
         if ban is None:
             return None
-        return await self._conclude(context, [self._ban(ban, who)],
+        return await self._conclude(context, [self._ban(ban, who, room_id)],
                               _Subject(f"the join of {user_id} to {room_id}", room_id))
 
     @hookimpl
@@ -244,7 +245,7 @@ class PolicyServer:
         for user_id in (inviter_id, invitee_id):
             ban = self.index.banned_user(user_id)
             if ban is not None:
-                return await self._conclude(context, [self._ban(ban, user_id)], _Subject(
+                return await self._conclude(context, [self._ban(ban, user_id, room_id)], _Subject(
                     f"the invite of {invitee_id} by {inviter_id} to {room_id}", room_id))
         return None
 

@@ -76,17 +76,18 @@ class Windows:
 class Flood:
     """Refuse the messages past ``messages`` per ``seconds`` of one sender in a room,
     and (when ``room_messages`` is set) past ``room_messages`` per ``seconds`` in a room.
-    Windows: ``flood/sender/ROOM SENDER`` and ``flood/room/ROOM``."""
+    Windows: ``flood/sender/ROOM SENDER`` and ``flood/room/ROOM``, after ``scope`` (a
+    community's windows are its own: each sweeps its windows by its own ``seconds``)."""
 
     name = "flood"
 
     def __init__(self, messages: int, seconds: float, room_messages: int | None,
-                 dry_run: bool, clock: Callable[[], float] = time.time) -> None:
+                 dry_run: bool, clock: Callable[[], float] = time.time, scope: str = "") -> None:
         self.messages = messages
         self.seconds = seconds
         self.room_messages = room_messages
         self.dry_run = dry_run
-        self.windows = Windows("flood/", seconds, clock)
+        self.windows = Windows(f"{scope}flood/", seconds, clock)
 
     def counts(self, event: Event) -> bool:
         """Messages only."""
@@ -109,16 +110,16 @@ class Flood:
 
 class JoinWave:
     """Refuse the joins past ``joins`` per ``seconds`` in a room (a raid), whichever wire
-    brings the join event. Window: ``join_wave/ROOM``."""
+    brings the join event. Window: ``join_wave/ROOM`` after ``scope`` (as :class:`Flood`)."""
 
     name = "join_wave"
 
     def __init__(self, joins: int, seconds: float, dry_run: bool,
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.time, scope: str = "") -> None:
         self.joins = joins
         self.seconds = seconds
         self.dry_run = dry_run
-        self.windows = Windows("join_wave/", seconds, clock)
+        self.windows = Windows(f"{scope}join_wave/", seconds, clock)
 
     def counts(self, event: Event) -> bool:
         """Join events of the sender itself."""
