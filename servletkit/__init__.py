@@ -5,7 +5,7 @@ The public plugin API. Everything a plugin author imports comes from here::
     from servletkit import hookimpl, Allow, Modify, Veto, Event, PluginContext
 """
 
-from servletkit.hooks.context import PluginContext
+from servletkit.hooks.context import PluginContext, PolicyServerInfo
 from servletkit.hooks.decisions import Allow, Decision, Modify, Veto
 from servletkit.hooks.events import Ephemeral, Event
 from servletkit.hooks.markers import hookimpl, hookspec
@@ -19,6 +19,7 @@ __all__ = [
     "Event",
     "Modify",
     "PluginContext",
+    "PolicyServerInfo",
     "Veto",
     "__version__",
     "hookimpl",

@@ -16,7 +16,7 @@ import httpx
 from servletkit.container.config import Config, PolicyConfig, load_config
 from servletkit.store.factory import store_from_config
 from servletkit.wires.policy.federation import FederationClient, FederationError
-from servletkit.wires.policy.join import PolicyPeer, policy_user
+from servletkit.wires.policy.join import PolicyPeer, policy_user, server_info
 from servletkit.wires.policy.keys import KeyFileError, PolicyKeys, load_keys
 from servletkit.wires.policy.rooms import Room, Rooms
 
@@ -83,7 +83,7 @@ def _settings(config: Config) -> PolicyConfig:
 
 def policy_state(settings: PolicyConfig, keys: PolicyKeys) -> dict[str, Any]:
     """The ``m.room.policy`` state content that names this policy server."""
-    return {"via": settings.server_name, "public_keys": {"ed25519": keys.policy_public_key}}
+    return server_info(settings.server_name, keys).state_content()
 
 
 @contextlib.asynccontextmanager

@@ -49,6 +49,8 @@ from servletkit.hooks.specs import HOOKS
 from servletkit.hooks.table import HookTable
 from servletkit.store import PluginStore, Store, store_from_config
 from servletkit.wires.appservice.homeserver import HomeserverClient
+from servletkit.wires.policy.join import server_info
+from servletkit.wires.policy.keys import load_keys
 
 log = logging.getLogger("servletkit.container")
 
@@ -107,6 +109,9 @@ class Container:
         self._reloading: asyncio.Lock | None = None
         self.drain_timeout_s = drain_timeout_s
         self.homeserver = homeserver_client(config)
+        self.policy_server = None if config.policy is None else server_info(
+            config.policy.server_name, load_keys(config.resolve(config.policy.state_dir)))
+        """What plugins see as ``context.policy`` (the policy wire's name and key)."""
         self.ready = asyncio.Event()
         """Set once :meth:`start` has run every ``servlet_init``: the wires listen before
         that, and hold what needs the plugins until it is set."""
@@ -157,7 +162,8 @@ class Container:
     def make_context(self, name: str, options: Any) -> PluginContext:
         """The context handed to plugin ``name``'s hooks (wires extend what it carries)."""
         return PluginContext.create(name, options, self.homeserver,
-                                    store=PluginStore(self.store, name))
+                                    store=PluginStore(self.store, name),
+                                    policy=self.policy_server)
 
     def settings(self, name: str) -> PluginSettings:
         """The container's settings for plugin ``name`` (defaults when it has no table)."""

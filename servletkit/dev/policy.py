@@ -22,7 +22,7 @@ import httpx
 from servletkit.container.config import Config
 from servletkit.dev.errors import DevError
 from servletkit.dev.state import DevPaths
-from servletkit.wires.policy.join import policy_user
+from servletkit.wires.policy.join import server_info
 from servletkit.wires.policy.keys import load_keys
 
 JOIN_TIMEOUT_S: Final = 30.0
@@ -46,7 +46,8 @@ async def _protect(facts: dict[str, Any], policy: dict[str, Any], room_id: str
                    ) -> dict[str, Any]:
     state_dir = Path(policy["state_dir"])
     keys = load_keys(state_dir)
-    content = {"via": policy["server_name"], "public_keys": {"ed25519": keys.policy_public_key}}
+    info = server_info(policy["server_name"], keys)
+    content = info.state_content()
     homeserver = facts["homeserver_url"]
     async with httpx.AsyncClient(base_url=homeserver, timeout=60) as http:
         user = facts["test_user"]
@@ -58,7 +59,7 @@ async def _protect(facts: dict[str, Any], policy: dict[str, Any], room_id: str
                            f"{login.text}")
         auth = {"Authorization": f"Bearer {login.json()['access_token']}"}
         room = f"/_matrix/client/v3/rooms/{quote(room_id, safe='')}"
-        user_id = policy_user(policy["server_name"])
+        user_id = info.user_id
         try:
             response = await http.put(f"{room}/state/m.room.policy/", json=content,
                                       headers=auth)

@@ -27,6 +27,29 @@ PLUGIN_LOGGER_PREFIX: Final = "servletkit.plugins."
 
 
 @attrs.frozen
+class PolicyServerInfo:
+    """This container as a policy server (MSC4284), as ``context.policy`` tells plugins:
+    what a room's ``m.room.policy`` state must hold to name it.
+
+    ``server_name``
+        the policy wire's server name (``[policy] server_name``).
+    ``public_key``
+        its policy key, unpadded base64 ed25519.
+    ``user_id``
+        the user that joins the rooms it serves (``@policy:SERVER_NAME``); invite it,
+        and the policy wire joins by itself.
+    """
+
+    server_name: str
+    public_key: str
+    user_id: str
+
+    def state_content(self) -> dict[str, Any]:
+        """The ``m.room.policy`` content (state key ``""``) that names this policy server."""
+        return {"via": self.server_name, "public_keys": {"ed25519": self.public_key}}
+
+
+@attrs.frozen
 class PluginContext:
     """One plugin's view of the container, passed to every hook as ``context``.
 
@@ -53,6 +76,10 @@ class PluginContext:
         container instance only when several share a database (docs/plugins.md).
         Writes made while the appservice wire handles a transaction become
         durable with it (see :func:`~servletkit.hooks.specs.on_stored_event`).
+    ``policy``
+        this container as a policy server (:class:`PolicyServerInfo`: what to put in
+        a room's ``m.room.policy``); ``None`` when the config has no ``[policy]``
+        section.
     """
 
     name: str
@@ -60,6 +87,7 @@ class PluginContext:
     log: logging.Logger
     homeserver: HomeserverClient | None = None
     store: PluginStore | None = None
+    policy: PolicyServerInfo | None = None
 
     @classmethod
     def create(
@@ -69,7 +97,8 @@ class PluginContext:
         homeserver: HomeserverClient | None = None,
         *,
         store: PluginStore | None = None,
+        policy: PolicyServerInfo | None = None,
     ) -> PluginContext:
         """The context of plugin ``name`` with its own config table."""
         return cls(name=name, config=config, log=logging.getLogger(PLUGIN_LOGGER_PREFIX + name),
-                   homeserver=homeserver, store=store)
+                   homeserver=homeserver, store=store, policy=policy)

@@ -8,13 +8,20 @@ SQLite file; callers always ``await`` them.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from contextlib import AbstractAsyncContextManager
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Protocol, TypeVar
 
 import attrs
 
 if TYPE_CHECKING:
     from servletkit.store.units import Batch
+
+T = TypeVar("T")
+
+Change = Callable[[str | None], tuple[str | None, T]]
+"""What :meth:`Store.update` applies: the committed text (``None``: absent) → the text to
+write (``None``: delete) and a result for the caller."""
 
 
 @attrs.frozen
@@ -104,6 +111,14 @@ class Store(Protocol):
 
     async def get(self, plugin: str, key: str) -> str | None:
         """The committed JSON text stored by ``plugin`` under ``key``, or ``None``."""
+
+    async def update(self, plugin: str, key: str, change: Change[T]) -> T:
+        """Read ``plugin``'s ``key``, write what ``change`` makes of it and return
+        ``change``'s result, atomically among every instance on this store: two updates of
+        one key never both see the same value (counters shared by instances stay exact).
+        ``change`` is synchronous and may be called again if the store retries; it is
+        committed at once, outside any unit of work."""
+        ...
 
     async def items(self, plugin: str, prefix: str = "") -> list[tuple[str, str]]:
         """The committed ``(key, JSON text)`` pairs of ``plugin`` whose key starts with

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Awaitable, Callable
-from typing import Any
+from collections.abc import Awaitable, Callable, Iterable, Mapping
+from typing import Any, TypeVar
 
 from servletkit.store.interface import Store
 from servletkit.store.singleton import run_singleton
 from servletkit.store.units import Batch, current_batch
+
+T = TypeVar("T")
 
 
 class PluginStore:
@@ -41,11 +43,49 @@ class PluginStore:
         """Store ``value`` (JSON-serialisable) under ``key``, replacing what was there."""
         if not isinstance(key, str):
             raise TypeError(f"store keys must be str, got {type(key).__name__}")
-        await self._write(key, json.dumps(value))
+        await self._write({key: json.dumps(value)})
 
     async def delete(self, key: str) -> None:
         """Forget ``key`` (no error if it is not there)."""
-        await self._write(key, None)
+        await self._write({key: None})
+
+    async def put_many(self, values: Mapping[str, Any], delete: Iterable[str] = ()) -> None:
+        """Store each of ``values`` and forget each key of ``delete``, in one commit (one
+        write to the database for many keys: what a plugin that buffers its writes wants)."""
+        writes: dict[str, str | None] = dict.fromkeys(delete)
+        for key, value in values.items():
+            if not isinstance(key, str):
+                raise TypeError(f"store keys must be str, got {type(key).__name__}")
+            writes[key] = json.dumps(value)
+        if writes:
+            await self._write(writes)
+
+    async def update(self, key: str, change: Callable[[Any], tuple[Any, T]]) -> T:
+        """Replace ``key``'s value by what ``change`` makes of it, atomically among every
+        container instance on this store, and return ``change``'s result.
+
+        ``change(value)`` gets the stored value (``None`` if absent) and returns ``(new
+        value, result)``; a new value of ``None`` deletes the key. It must be synchronous
+        and free of side effects (a store may call it again). Two updates of one key,
+        from any instances, never see the same value: a shared counter stays exact::
+
+            count = await context.store.update("joins", lambda n: ((n or 0) + 1, (n or 0) + 1))
+
+        Unlike :meth:`put`, an update is committed at once even inside a unit of work
+        (what it counts is shared as it happens); do not also ``put`` that key there.
+        """
+        if not isinstance(key, str):
+            raise TypeError(f"store keys must be str, got {type(key).__name__}")
+        batch = current_batch()
+        if batch is not None and (self._plugin, key) in batch.writes:
+            raise ValueError(f"store key {key!r} has a put pending in this unit of work; "
+                             "update a key only with update()")
+
+        def change_text(text: str | None) -> tuple[str | None, T]:
+            value, result = change(None if text is None else json.loads(text))
+            return (None if value is None else json.dumps(value)), result
+
+        return await self._store.update(self._plugin, key, change_text)
 
     async def items(self, prefix: str = "") -> list[tuple[str, Any]]:
         """Every ``(key, value)`` whose key starts with ``prefix``, sorted by key."""
@@ -75,9 +115,10 @@ class PluginStore:
         """
         await run_singleton(self._store, f"singleton:{self._plugin}:{name}", work)
 
-    async def _write(self, key: str, text: str | None) -> None:
+    async def _write(self, texts: dict[str, str | None]) -> None:
+        writes = {(self._plugin, key): text for key, text in texts.items()}
         batch = current_batch()
         if batch is not None:
-            batch.writes[(self._plugin, key)] = text
+            batch.writes.update(writes)
         else:
-            await self._store.commit(Batch(writes={(self._plugin, key): text}))
+            await self._store.commit(Batch(writes=writes))

@@ -38,10 +38,12 @@ from psycopg_pool import AsyncConnectionPool
 
 from servletkit.store.interface import (
     AuditRecord,
+    Change,
     NotEmptyError,
     ProcessedTransaction,
     StoreClosedError,
     StoreContents,
+    T,
 )
 from servletkit.store.singleton import CHECK_S
 from servletkit.store.units import Batch
@@ -290,6 +292,26 @@ class PostgresStore:
                 "SELECT value FROM plugin_data WHERE plugin = %s AND key = %s", (plugin, key))
             row = await cursor.fetchone()
         return None if row is None else str(row[0])
+
+    async def update(self, plugin: str, key: str, change: Change[T]) -> T:
+        """Read and write ``key`` in one database transaction under a transaction-level
+        advisory lock on the key (a row lock cannot cover a key not yet stored)."""
+        async with (await self._get_pool()).connection() as conn, conn.transaction():
+            await conn.execute("SELECT pg_advisory_xact_lock(hashtextextended(%s, 1))",
+                               (f"{plugin}:{key}",))
+            cursor = await conn.execute(
+                "SELECT value FROM plugin_data WHERE plugin = %s AND key = %s", (plugin, key))
+            row = await cursor.fetchone()
+            text, result = change(None if row is None else str(row[0]))
+            if text is None:
+                await conn.execute(
+                    "DELETE FROM plugin_data WHERE plugin = %s AND key = %s", (plugin, key))
+            else:
+                await conn.execute(
+                    "INSERT INTO plugin_data (plugin, key, value) VALUES (%s, %s, %s) "
+                    "ON CONFLICT (plugin, key) DO UPDATE SET value = EXCLUDED.value",
+                    (plugin, key, text))
+        return result
 
     async def items(self, plugin: str, prefix: str = "") -> list[tuple[str, str]]:
         """The committed ``(key, JSON text)`` pairs of ``plugin`` whose key starts with

@@ -38,10 +38,12 @@ from typing import Final, TypeVar
 
 from servletkit.store.interface import (
     AuditRecord,
+    Change,
     NotEmptyError,
     ProcessedTransaction,
     StoreClosedError,
     StoreContents,
+    T,
 )
 from servletkit.store.singleton import LocalHold
 from servletkit.store.units import Batch
@@ -305,6 +307,27 @@ class SqliteStore:
             "SELECT value FROM plugin_data WHERE plugin = ? AND key = ?", (plugin, key)
         ).fetchone())
         return str(row[0]) if row else None
+
+    async def update(self, plugin: str, key: str, change: Change[T]) -> T:
+        """Read and write ``key`` in one ``BEGIN IMMEDIATE`` transaction (it takes the
+        file's write lock first, so another process's update waits for it)."""
+        db = self._conn
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            row = db.execute("SELECT value FROM plugin_data WHERE plugin = ? AND key = ?",
+                             (plugin, key)).fetchone()
+            text, result = change(row[0] if row else None)
+            if text is None:
+                db.execute("DELETE FROM plugin_data WHERE plugin = ? AND key = ?", (plugin, key))
+            else:
+                db.execute("INSERT OR REPLACE INTO plugin_data VALUES (?, ?, ?)",
+                           (plugin, key, text))
+            db.execute("COMMIT")
+        except BaseException:
+            if db.in_transaction:
+                db.execute("ROLLBACK")
+            raise
+        return result
 
     async def items(self, plugin: str, prefix: str = "") -> list[tuple[str, str]]:
         """The committed ``(key, JSON text)`` pairs of ``plugin`` whose key starts with

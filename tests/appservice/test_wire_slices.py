@@ -15,7 +15,7 @@ from tests.appservice.support import AUTH, Counts, new_event
 async def test_a_large_transaction_lets_other_requests_through(make_wire, caplog):
     """While a 1 MiB transaction of 500,000 malformed items and 2,000 events is handled,
     health requests are still answered, each within 2 s (the body is parsed and its
-    digest computed in one go: about 0.1 s; the slowest is 0.1–0.6 s on the shared 2-core
+    digest computed in one go: about 0.1 s; the slowest is 0.1 to 0.6 s on the shared 2-core
     machine, against 50 s before slicing)."""
     plugin = Counts()
     container, _ = await make_wire({"counts": plugin})

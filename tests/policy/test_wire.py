@@ -60,10 +60,23 @@ def test_keys_generated_once_and_private(tmp_path: Path) -> None:
 
 
 def test_off_without_section(tmp_path: Path) -> None:
-    """No [policy] section: no policy wire."""
+    """No [policy] section: no policy wire, and no ``context.policy``."""
     container = Container(parse_config({"plugins": only_plugins({})},
                                        tmp_path / "servletkit.toml"), [])
     assert not [w for w in container_wires(container) if w.name == "policy"]
+    assert container.make_context("p", {}).policy is None
+
+
+def test_plugins_learn_the_policy_server_from_their_context(tmp_path: Path) -> None:
+    """``context.policy`` names the wire's server, user and policy key: the
+    ``m.room.policy`` content that protects a room."""
+    config = {"plugins": only_plugins({}), "policy": {"server_name": "policy.example.org"}}
+    container = Container(parse_config(config, tmp_path / "servletkit.toml"), [])
+    policy = container.make_context("p", {}).policy
+    assert policy is not None
+    assert policy.user_id == "@policy:policy.example.org"
+    assert policy.state_content() == {"via": "policy.example.org", "public_keys": {
+        "ed25519": load_keys(tmp_path / ".servletkit" / "policy").policy_public_key}}
 
 
 async def test_listener_serves_https_with_a_self_signed_pair(

@@ -86,3 +86,84 @@ class TestInAUnit:
             assert current_batch() is None
             await plugin.put("late", True)
         assert await store.get("p", "late") == "true"
+
+
+class TestPutMany:
+    async def test_many_writes_and_deletes_in_one_commit(self, store):
+        """put_many stores and forgets many keys at once, scoped to the plugin."""
+        plugin = PluginStore(store, "p")
+        await plugin.put("old", 1)
+        await plugin.put_many({"a": [1], "b": {"x": None}}, delete=["old", "never-there"])
+        assert await plugin.items() == [("a", [1]), ("b", {"x": None})]
+        assert await PluginStore(store, "q").items() == []
+        with pytest.raises(TypeError, match="got int"):
+            await plugin.put_many({1: "x"})
+
+    async def test_inside_a_unit_they_wait_for_its_commit(self, store):
+        """In a unit of work put_many joins the unit's writes."""
+        plugin = PluginStore(store, "p")
+        batch = Batch()
+        with unit_of_work(batch):
+            await plugin.put_many({"a": 1})
+            assert await plugin.get("a") == 1
+        assert await store.get("p", "a") is None
+        await store.commit(batch)
+        assert await plugin.get("a") == 1
+
+
+def _increment(value):
+    count = (value or 0) + 1
+    return count, count
+
+
+class TestUpdate:
+    async def test_read_change_write_and_delete(self, store):
+        """update stores what change makes of the value and returns its result; a new
+        value of None deletes the key."""
+        plugin = PluginStore(store, "p")
+        assert await plugin.update("n", _increment) == 1
+        assert await plugin.update("n", lambda n: ([n, "x"], "kept")) == "kept"
+        assert await plugin.get("n") == [1, "x"]
+        assert await plugin.update("n", lambda n: (None, n)) == [1, "x"]
+        assert await plugin.items() == []
+        with pytest.raises(TypeError, match="got int"):
+            await plugin.update(1, _increment)
+
+    async def test_a_failing_change_writes_nothing(self, store):
+        """An exception in change leaves the value as it was, and the store usable."""
+        plugin = PluginStore(store, "p")
+        await plugin.put("n", 5)
+
+        def broken(value):
+            raise RuntimeError("no")
+
+        with pytest.raises(RuntimeError, match="no"):
+            await plugin.update("n", broken)
+        assert await plugin.update("n", _increment) == 6
+
+    async def test_it_commits_at_once_inside_a_unit(self, store):
+        """Inside a unit of work an update is committed at once; one of a key with a put
+        pending in the unit is refused, saying why."""
+        plugin = PluginStore(store, "p")
+        with unit_of_work(Batch()):
+            assert await plugin.update("n", _increment) == 1
+            assert await store.get("p", "n") == "1"
+            await plugin.put("m", 1)
+            with pytest.raises(ValueError, match="'m' has a put pending"):
+                await plugin.update("m", _increment)
+
+    async def test_two_instances_counting_at_once_stay_exact(self, make_store):
+        """Concurrent updates from two instances on one store lose no increment and never
+        hand out one count twice."""
+        stores = [make_store(), make_store()]
+        for store in stores:
+            await store.open()
+        try:
+            plugins = [PluginStore(store, "p") for store in stores]
+            counts = await asyncio.gather(*(plugins[i % 2].update("n", _increment)
+                                            for i in range(60)))
+            assert sorted(counts) == list(range(1, 61))
+            assert await plugins[0].get("n") == 60
+        finally:
+            for store in stores:
+                await store.close()

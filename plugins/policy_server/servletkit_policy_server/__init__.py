@@ -5,6 +5,7 @@ See this distribution's README for the config and what each rule refuses.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -21,11 +22,14 @@ from servletkit_policy_server.config import PolicyConfigError, Settings, parse_s
 from servletkit_policy_server.policy_lists import PolicyIndex, PolicyRule, rule_kind
 from servletkit_policy_server.stored_rules import StoredRule
 
-__all__ = ["PolicyConfigError", "PolicyIndex", "PolicyServer"]
+__all__ = ["DRY_RUN_SECONDS", "PolicyConfigError", "PolicyIndex", "PolicyServer"]
 
 
 DRY_RUN_KEY = "dry_run"
 """The store key of the dry-run toggle (absent: as configured)."""
+DRY_RUN_SECONDS = 1.0
+"""How long an instance trusts the toggle it read: a toggle made on another instance
+sharing the store applies here within this, and a refusal seldom reads the store."""
 
 
 @attrs.frozen
@@ -85,6 +89,8 @@ class PolicyServer:
         self.management_room: str | None = None
         """The management room's id, once joined."""
         self.audit = AuditLog(1000)
+        self._dry_run: tuple[float, bool] | None = None
+        """When the toggle was last read (monotonic), and its value."""
 
     @hookimpl
     async def servlet_init(self, context: PluginContext) -> None:
@@ -104,6 +110,8 @@ class PolicyServer:
             await self._load_list(homeserver, room_id)
         if self.settings.management_room:
             self.management_room = await homeserver.join(self.settings.management_room)
+        assert context.store is not None  # the container gives every plugin one
+        self.audit.start(context.store, context.log)  # last: servlet_destroy stops it
         context.log.info("policy_server: %d rules, %d policy-list bans from %d lists%s",
                          len(self.settings.rules) + len(self.settings.stored),
                          len(self.index), len(self.list_rooms),
@@ -117,6 +125,12 @@ class PolicyServer:
             return None
         assert context.store is not None  # the container gives every plugin one
         return admin_routes(self, context.store)
+
+    @hookimpl
+    async def servlet_destroy(self, context: PluginContext) -> None:
+        """Write the buffered audit records."""
+        assert context.store is not None  # the container gives every plugin one
+        await self.audit.stop(context.store)
 
     async def describe(self, store: PluginStore) -> dict[str, Any]:
         """The rules, dry run and lists, as the admin route and ``!policy rules`` show them."""
@@ -133,6 +147,7 @@ class PolicyServer:
     async def set_dry_run(self, store: PluginStore, on: bool) -> None:
         """Toggle dry run for the whole plugin, durably (it outlives the config's value)."""
         await store.put(DRY_RUN_KEY, on)
+        self._dry_run = (time.monotonic(), on)
 
     async def _load_list(self, homeserver: Any, room_id: str) -> None:
         """Replace the rules of list room ``room_id`` by those of its current state."""
@@ -141,17 +156,20 @@ class PolicyServer:
         for state_event in await homeserver.get_room_state(room_id):
             self.index.apply_state(room_id, state_event)
 
-    def _ban(self, rule: PolicyRule, who: str) -> Fired:
+    def _ban(self, rule: PolicyRule, who: str, room_id: str) -> Fired:
         listed = self.list_rooms.get(rule.source[0], rule.source[0])
         detail = f"{who} is banned by policy list {listed}"
         detail += f" ({rule.kind} rule {rule.entity!r}{': ' + rule.reason if rule.reason else ''})"
-        return Fired("policy_list", self.settings.policy_list_dry_run, detail)
+        return Fired("policy_list", self.settings.of_room(room_id).policy_list_dry_run, detail)
 
     async def dry_run(self, store: PluginStore) -> bool:
         """Whether the whole plugin is in dry run: as last toggled (admin route, management
-        room), else as configured."""
-        toggled = await store.get(DRY_RUN_KEY)
-        return self.settings.dry_run if toggled is None else bool(toggled)
+        room) on any instance, else as configured."""
+        now = time.monotonic()
+        if self._dry_run is None or now - self._dry_run[0] > DRY_RUN_SECONDS:
+            toggled = await store.get(DRY_RUN_KEY)
+            self._dry_run = (now, self.settings.dry_run if toggled is None else bool(toggled))
+        return self._dry_run[1]
 
     async def _conclude(self, context: PluginContext, fired: list[Fired], subject: Subject,
                         stored: tuple[StoredRule, ...] = ()) -> Veto | None:
@@ -160,13 +178,13 @@ class PolicyServer:
         that refuses."""
         store = context.store
         assert store is not None  # the container gives every plugin one
-        for rule in stored:
+        for stored_rule in stored:
             if fired and not fired[-1].dry_run:
                 break
             assert isinstance(subject, _EventSubject)
-            detail = await rule.check(subject.event, store)
+            detail = await stored_rule.check(subject.event, store)
             if detail is not None:
-                fired.append(Fired(rule.name, rule.dry_run, detail))
+                fired.append(Fired(stored_rule.name, stored_rule.dry_run, detail))
         if not fired:
             return None
         dry_run = await self.dry_run(store)
@@ -197,14 +215,15 @@ class PolicyServer:
         fired: list[Fired] = []
         ban = self.index.banned_user(event.sender)
         if ban is not None:
-            fired.append(self._ban(ban, event.sender))
-        for rule in self.settings.rules:
+            fired.append(self._ban(ban, event.sender, event.room_id))
+        settings = self.settings.of_room(event.room_id)
+        for rule in settings.rules:
             if fired and not fired[-1].dry_run:
                 break
             detail = rule.check(event)
             if detail is not None:
                 fired.append(Fired(rule.name, rule.dry_run, detail))
-        stored = tuple(rule for rule in self.settings.stored if rule.counts(event))
+        stored = tuple(rule for rule in settings.stored if rule.counts(event))
         if stored and not (fired and not fired[-1].dry_run):
             return await self._conclude(context, fired, _EventSubject(event), stored)
         return await self._conclude(context, fired, _EventSubject(event)) if fired else None
@@ -219,7 +238,7 @@ class PolicyServer:
             ban, who = self.index.match("room", room_id), room_id
         if ban is None:
             return None
-        return await self._conclude(context, [self._ban(ban, who)],
+        return await self._conclude(context, [self._ban(ban, who, room_id)],
                               _Subject(f"the join of {user_id} to {room_id}", room_id))
 
     @hookimpl
@@ -229,7 +248,7 @@ class PolicyServer:
         for user_id in (inviter_id, invitee_id):
             ban = self.index.banned_user(user_id)
             if ban is not None:
-                return await self._conclude(context, [self._ban(ban, user_id)], _Subject(
+                return await self._conclude(context, [self._ban(ban, user_id, room_id)], _Subject(
                     f"the invite of {invitee_id} by {inviter_id} to {room_id}", room_id))
         return None
 
@@ -244,7 +263,8 @@ class PolicyServer:
                     and body.split(maxsplit=1)[:1] == [COMMAND_PREFIX]
                     and event.sender != homeserver.user_id):
                 assert context.store is not None  # the container gives every plugin one
-                reply = await run_command(self, homeserver, context.store, body)
+                reply = await run_command(self, homeserver, context.store, context.policy,
+                                          body)
                 await homeserver.send_message(event.room_id, reply)
             return
         if event.room_id not in self.list_rooms:

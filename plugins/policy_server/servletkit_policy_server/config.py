@@ -22,6 +22,10 @@ Keys (all optional)::
     admin_token = "..."        # the admin routes' bearer token (16+ characters; unset: no
                                # routes), at /_servletkit/plugins/policy_server/ on [server]
 
+    [[plugins.policy_server.communities]]  # rules of some rooms, overriding the above
+    rooms = ["!room:example.org"]          # room ids (each in one community at most)
+    blocked_words = ["eggs"]               # any rule key above (dry_run_rules included)
+
 A mistake raises :class:`PolicyConfigError` naming the key, which fails
 ``servlet_init``.
 """
@@ -44,7 +48,10 @@ KNOWN_KEYS = frozenset({"dry_run", "dry_run_rules", "blocked_words", "blocked_pa
                         "flood_room_messages", "max_event_bytes", "policy_lists",
                         "audit_kept", "management_room", "admin_token",
                         "blocked_link_domains", "max_links", "join_wave_joins",
-                        "join_wave_seconds", "media_first_message"})
+                        "join_wave_seconds", "media_first_message", "communities"})
+RULE_KEYS = KNOWN_KEYS - {"dry_run", "policy_lists", "audit_kept", "management_room",
+                          "admin_token", "communities"}
+"""The keys a community may set for its rooms."""
 
 
 class PolicyConfigError(ValueError):
@@ -53,6 +60,7 @@ class PolicyConfigError(ValueError):
     def __init__(self, key: str, problem: str) -> None:
         super().__init__(f"[plugins.policy_server] {key}: {problem}")
         self.key = key
+        self.problem = problem
 
 
 @attrs.frozen
@@ -68,6 +76,44 @@ class Settings:
     audit_kept: int = 1000
     management_room: str | None = None
     admin_token: str = attrs.field(default="", repr=False)
+    communities: Mapping[str, Settings] = attrs.field(factory=dict)
+    """Room id → the rules of its community (``rules``, ``stored``, ``policy_list_dry_run``
+    of those rooms); other rooms have the rules above."""
+
+    def of_room(self, room_id: str) -> Settings:
+        """The settings whose rules apply in ``room_id``."""
+        return self.communities.get(room_id, self)
+
+
+def _communities(config: Mapping[str, Any], clock: Callable[[], float] | None,
+                 ) -> dict[str, Settings]:
+    tables = config.get("communities", [])
+    if not isinstance(tables, list) or not all(isinstance(t, Mapping) for t in tables):
+        raise PolicyConfigError("communities", "must be an array of tables "
+                                               "([[plugins.policy_server.communities]])")
+    found: dict[str, Settings] = {}
+    defaults = {key: value for key, value in config.items() if key in RULE_KEYS}
+    for number, table in enumerate(tables):
+        where = f"communities[{number}]"
+        rooms = table.get("rooms")
+        if not isinstance(rooms, list) or not rooms or not all(
+                isinstance(room, str) and room.startswith("!") for room in rooms):
+            raise PolicyConfigError(f"{where}.rooms", "must be a non-empty list of room ids "
+                                                      f"(!id:server), not {rooms!r}")
+        if unknown := sorted(set(table) - RULE_KEYS - {"rooms"}):
+            raise PolicyConfigError(f"{where}.{unknown[0]}", "not a rule key (a community may "
+                                    f"set: rooms, {', '.join(sorted(RULE_KEYS))})")
+        try:
+            settings = parse_settings(defaults | {k: v for k, v in table.items() if k != "rooms"},
+                                      clock, scope=f"community/{number}/")
+        except PolicyConfigError as error:
+            raise PolicyConfigError(f"{where}.{error.key}", error.problem) from None
+        for room in rooms:
+            if room in found:
+                raise PolicyConfigError(f"{where}.rooms", f"{room} is in an earlier community "
+                                                          "already")
+            found[room] = settings
+    return found
 
 
 def _strings(config: Mapping[str, Any], key: str) -> list[str]:
@@ -89,8 +135,9 @@ def _positive(config: Mapping[str, Any], key: str, kind: type = int) -> Any:
 
 
 def parse_settings(config: Mapping[str, Any],
-                   clock: Callable[[], float] | None = None) -> Settings:
-    """Check ``config`` and build its rules; raise :class:`PolicyConfigError` on a mistake."""
+                   clock: Callable[[], float] | None = None, scope: str = "") -> Settings:
+    """Check ``config`` and build its rules; raise :class:`PolicyConfigError` on a mistake.
+    ``scope`` goes before the store keys of the counting rules (a community's own)."""
     if "admin_port" in config:
         raise PolicyConfigError("admin_port", "no longer used: the admin route is served by "
                                 "the container at /_servletkit/plugins/policy_server/ on its "
@@ -124,7 +171,7 @@ def parse_settings(config: Mapping[str, Any],
     if (messages is None and room_messages is not None) or (seconds is None) != (messages is None):
         raise PolicyConfigError("flood_seconds" if seconds is None else "flood_messages",
                                 "flood_messages and flood_seconds go together")
-    extra = {"clock": clock} if clock is not None else {}
+    extra: dict[str, Any] = {"scope": scope} | ({"clock": clock} if clock is not None else {})
     stored: list[StoredRule] = []
     if messages is not None:
         stored.append(Flood(messages, float(seconds), room_messages, "flood" in dry_rules,
@@ -160,4 +207,4 @@ def parse_settings(config: Mapping[str, Any],
     return Settings(tuple(rules), tuple(_strings(config, "policy_lists")), dry_run,
                     "policy_list" in dry_rules, tuple(stored),
                     _positive(config, "audit_kept") or 1000, management_room or None,
-                    admin_token)
+                    admin_token, _communities(config, clock))

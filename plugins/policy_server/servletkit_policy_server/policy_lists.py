@@ -38,7 +38,7 @@ def rule_kind(event_type: str) -> Kind | None:
         if event_type.startswith(prefix):
             kind = event_type[len(prefix):]
             if kind in KINDS:
-                return kind  # type: ignore[return-value]
+                return kind
     return None
 
 

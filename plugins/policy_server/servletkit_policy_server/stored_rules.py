@@ -6,15 +6,15 @@ A :class:`StoredRule` has ``counts(event)`` (cheap, synchronous: whether it look
 at the event) and ``await check(event, store)``. Counts are time windows, lists of
 ``[time, event_id]`` (:class:`Windows`): an event that reaches the plugin by
 several wires (the module wire, then the appservice wire once stored) counts once
-and keeps the verdict it had. Concurrent instances may both count a message as the
-n-th: a limit is then enforced one event late, never twice.
+and keeps the verdict it had. A window is counted in with one atomic store update,
+so instances sharing a store enforce a limit exactly.
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from typing import Protocol
+from typing import Any, Protocol
 
 from servletkit import Event
 from servletkit.store import PluginStore
@@ -51,37 +51,43 @@ class Windows:
         self._swept = clock()
 
     async def count(self, store: PluginStore, key: str, event_id: str) -> int:
-        """Add ``event_id`` to the window ``key`` (once); its place in the window."""
+        """Add ``event_id`` to the window ``key`` (once); its place in the window.
+
+        One atomic :meth:`~servletkit.store.PluginStore.update`, so instances counting
+        in one window at once each get a place of their own."""
         now = self.clock()
         if now - self._swept > max(self.seconds, 60.0):
             self._swept = now
-            for old_key, old in await store.items(self.prefix):
-                if not old or old[-1][0] <= now - self.seconds:
-                    await store.delete(old_key)
-        key = self.prefix + key
-        window = [entry for entry in await store.get(key, []) if entry[0] > now - self.seconds]
-        for place, (_, seen) in enumerate(window, 1):
-            if seen == event_id:
-                return place
-        window.append([now, event_id])
-        await store.put(key, window)
-        return len(window)
+            for old_key, _ in await store.items(self.prefix):
+                await store.update(old_key, lambda old: (
+                    None if not old or old[-1][0] <= now - self.seconds else old, None))
+
+        def add(old: list[list[Any]] | None) -> tuple[list[list[Any]], int]:
+            window = [entry for entry in old or () if entry[0] > now - self.seconds]
+            for place, (_, seen) in enumerate(window, 1):
+                if seen == event_id:
+                    return window, place
+            window.append([now, event_id])
+            return window, len(window)
+
+        return await store.update(self.prefix + key, add)
 
 
 class Flood:
     """Refuse the messages past ``messages`` per ``seconds`` of one sender in a room,
     and (when ``room_messages`` is set) past ``room_messages`` per ``seconds`` in a room.
-    Windows: ``flood/sender/ROOM SENDER`` and ``flood/room/ROOM``."""
+    Windows: ``flood/sender/ROOM SENDER`` and ``flood/room/ROOM``, after ``scope`` (a
+    community's windows are its own: each sweeps its windows by its own ``seconds``)."""
 
     name = "flood"
 
     def __init__(self, messages: int, seconds: float, room_messages: int | None,
-                 dry_run: bool, clock: Callable[[], float] = time.time) -> None:
+                 dry_run: bool, clock: Callable[[], float] = time.time, scope: str = "") -> None:
         self.messages = messages
         self.seconds = seconds
         self.room_messages = room_messages
         self.dry_run = dry_run
-        self.windows = Windows("flood/", seconds, clock)
+        self.windows = Windows(f"{scope}flood/", seconds, clock)
 
     def counts(self, event: Event) -> bool:
         """Messages only."""
@@ -104,16 +110,16 @@ class Flood:
 
 class JoinWave:
     """Refuse the joins past ``joins`` per ``seconds`` in a room (a raid), whichever wire
-    brings the join event. Window: ``join_wave/ROOM``."""
+    brings the join event. Window: ``join_wave/ROOM`` after ``scope`` (as :class:`Flood`)."""
 
     name = "join_wave"
 
     def __init__(self, joins: int, seconds: float, dry_run: bool,
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.time, scope: str = "") -> None:
         self.joins = joins
         self.seconds = seconds
         self.dry_run = dry_run
-        self.windows = Windows("join_wave/", seconds, clock)
+        self.windows = Windows(f"{scope}join_wave/", seconds, clock)
 
     def counts(self, event: Event) -> bool:
         """Join events of the sender itself."""

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
 from servletkit_policy_server import PolicyServer
-from servletkit_policy_server.audit import TRIM_EVERY
+from servletkit_policy_server.audit import FLUSH_RECORDS, TRIM_EVERY
 
-from servletkit.store import PluginStore
+from servletkit.store import PluginStore, SqliteStore
 from servletkit.testing import make_event, plugin_client, running_container
 
 TOKEN = "admin-token-0123456789"
@@ -37,7 +38,8 @@ async def test_every_decision_and_would_be_decision_is_audited_and_kept(
 
 
 async def test_the_audit_log_is_bounded() -> None:
-    """audit_kept bounds the log (trimmed every TRIM_EVERY writes); the newest stay."""
+    """audit_kept bounds the log (trimmed every TRIM_EVERY records written); the newest
+    stay."""
     plugin = PolicyServer()
     table = {"blocked_words": ["spam"], "audit_kept": 3}
     async with running_container({"policy_server": plugin},
@@ -46,9 +48,35 @@ async def test_the_audit_log_is_bounded() -> None:
         for event in events:
             await c.dispatcher.intercept("on_send_event", event)
         store = PluginStore(c.store, "policy_server")
-        assert len(await store.items("audit/")) == 3 + 2
+        await plugin.audit.flush(store)
+        assert 3 <= len(await store.items("audit/")) < 3 + TRIM_EVERY
         assert [r["event_id"] for r in await plugin.audit.newest(store, 100)] == [
             e.event_id for e in events[-3:]]
+
+
+async def test_records_are_written_behind_the_decisions_and_survive_a_clean_stop(
+        tmp_path: Path) -> None:
+    """A refusal does not wait for its record's commit (it is readable at once from the
+    buffer); every record of a burst is in the store file after the container stops."""
+    path = tmp_path / "s.db"
+    config = {"plugins": {"policy_server": {"blocked_words": ["spam"]}},
+              "store": {"path": str(path)}}
+    plugin = PolicyServer()
+    events = [make_event("spam") for _ in range(FLUSH_RECORDS * 2 + 7)]
+    async with running_container({"policy_server": plugin}, config) as c:
+        store = PluginStore(c.store, "policy_server")
+        assert (await c.dispatcher.intercept("on_send_event", events[0])).vetoed
+        assert await store.items("audit/") == []
+        assert [r["event_id"] for r in await plugin.audit.newest(store, 1)] == [
+            events[0].event_id]
+        for event in events[1:]:
+            assert (await c.dispatcher.intercept("on_send_event", event)).vetoed
+    after = SqliteStore(path)
+    try:
+        records = [json.loads(text) for _, text in await after.items("policy_server", "audit/")]
+    finally:
+        await after.close()
+    assert [r["event_id"] for r in records] == [e.event_id for e in events]
 
 
 async def test_admin_route_audit_rules_and_dry_run_toggle() -> None:

@@ -221,5 +221,7 @@ async def test_management_room_commands() -> None:
             "unbanned @troll:evil.org (1 rules removed)")
         assert homeserver.states[-1] == (LIST, "m.policy.rule.user", "rule:@troll:evil.org", {})
         assert (await say("!policy dance")).startswith("commands: !policy status")
+        assert await say("!policy protect !room:localhost") == (
+            "no policy wire: add a [policy] section to the container's config to protect rooms")
         assert await say("!policy status", sender=homeserver.user_id) is None
         assert await say("!policy status", room_id="!elsewhere:localhost") is None

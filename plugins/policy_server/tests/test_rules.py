@@ -198,12 +198,48 @@ async def test_dry_run_per_rule_lets_other_rules_refuse(caplog: pytest.LogCaptur
     ({"dry_run_rules": ["nope"]}, r"dry_run_rules: unknown rule 'nope'"),
     ({"blocked_word": ["x"]}, r"blocked_word: unknown key"),
     ({"policy_lists": ["!list:x"]}, r"policy_lists: needs the container's \[appservice\] section"),
+    ({"communities": {"rooms": ["!a:x"]}}, r"communities: must be an array of tables"),
+    ({"communities": [{"rooms": ["#a:x"]}]},
+     r"communities\[0\]\.rooms: must be a non-empty list of room ids"),
+    ({"communities": [{"rooms": ["!a:x"], "admin_port": 1}]},
+     r"communities\[0\]\.admin_port: not a rule key"),
+    ({"communities": [{"rooms": ["!a:x"], "max_mentions": 0}]},
+     r"communities\[0\]\.max_mentions: must be a positive integer"),
+    ({"communities": [{"rooms": ["!a:x"]}, {"rooms": ["!a:x"]}]},
+     r"communities\[1\]\.rooms: !a:x is in an earlier community already"),
 ])
 async def test_config_errors_fail_init_naming_the_key(table: dict[str, Any], message: str) -> None:
     """servlet_init fails with a message naming the key."""
     with pytest.raises(RuntimeError, match=r"\[plugins\.policy_server\] " + message):
         async with policy(table):
             pass
+
+
+async def test_a_community_has_its_own_rules_in_its_rooms() -> None:
+    """In a community's rooms its keys override the global ones (the others are inherited);
+    other rooms keep the global rules; its counting windows are its own."""
+    quiet = "!quiet:localhost"
+    table = {"blocked_words": ["spam"], "max_mentions": 1, "flood_messages": 2,
+             "flood_seconds": 60, "communities": [
+                 {"rooms": [quiet, "!calm:localhost"], "blocked_words": ["eggs"],
+                  "flood_messages": 3}]}
+    async with policy(table) as c:
+        assert not (await send(c, "spam", room_id=quiet)).vetoed
+        assert reason(await send(c, "eggs", room_id=quiet)).startswith("blocked_words: ")
+        assert reason(await send(c, "@a:x @b:x", room_id=quiet)).startswith("max_mentions: ")
+        assert reason(await send(c, "spam")).startswith("blocked_words: ")
+        assert not (await send(c, "eggs")).vetoed
+        assert not (await send(c, "second")).vetoed
+        assert reason(await send(c, "third")).startswith("flood: ")  # 2 per 60 s
+        for _ in range(3):
+            assert not (await send(c, "hello", room_id="!calm:localhost")).vetoed
+        assert reason(await send(c, "fourth", room_id="!calm:localhost")) == (
+            "flood: @alice:localhost sent 4 messages in 60 s (at most 3)")
+        keys = [key for key, _ in await PluginStore(c.store, "policy_server").items()
+                if "flood/" in key]
+        assert keys == ["community/0/flood/sender/!calm:localhost @alice:localhost",
+                        "community/0/flood/sender/!quiet:localhost @alice:localhost",
+                        "flood/sender/!room:localhost @alice:localhost"]
 
 
 def test_the_readme_config_blocks_are_valid() -> None:

@@ -282,29 +282,58 @@ async def test_appservice_wire_redacts_word_and_banned_user(wires: Wires,
         troll.close()
 
 
+def replies(wires: Wires) -> list[str]:
+    """The bot's messages in the management room, newest first."""
+    chunk = wires.moderator.call(
+        "GET", f"/rooms/{quote(wires.management_room)}/messages?dir=b&limit=20").json()
+    return [e["content"]["body"] for e in chunk["chunk"]
+            if e["type"] == "m.room.message" and e["sender"] == BOT]
+
+
+async def command(wires: Wires, body: str, reply: str) -> None:
+    """Say ``body`` in the management room; wait for the bot's answer holding ``reply``."""
+    assert wires.moderator.send(wires.management_room, body).status_code == 200
+    await eventually(lambda: any(reply in answer for answer in replies(wires)))
+
+
 async def test_management_room_bans_and_toggles_dry_run(wires: Wires, protected: str) -> None:
     """A moderator bans a user and toggles dry run from the management room; the bot answers
     there, and the protected room follows at once."""
-    def replies() -> list[str]:
-        chunk = wires.moderator.call(
-            "GET", f"/rooms/{quote(wires.management_room)}/messages?dir=b&limit=20").json()
-        return [e["content"]["body"] for e in chunk["chunk"]
-                if e["type"] == "m.room.message" and e["sender"] == BOT]
-
-    async def command(body: str, reply: str) -> None:
-        assert wires.moderator.send(wires.management_room, body).status_code == 200
-        await eventually(lambda: any(reply in answer for answer in replies()))
-
     spammer = Client(wires.deployment, "spammer")
     try:
         assert joined(spammer, protected).status_code == 200
-        await command(f"!policy ban {spammer.user_id} spam",
+        await command(wires, f"!policy ban {spammer.user_id} spam",
                       f"banned {spammer.user_id} in #bans:localhost")
         await eventually(lambda: spammer.send(protected, "buy now").status_code == 400)
-        await command("!policy dry-run on", "dry run on")
+        await command(wires, "!policy dry-run on", "dry run on")
         assert wires.moderator.send(protected, f"{WORD} in dry run").status_code == 200
-        await command("!policy dry-run off", "dry run off")
+        await command(wires, "!policy dry-run off", "dry run off")
         policy_refused(wires.moderator.send(protected, WORD), "blocked_words")
-        await command("!policy audit 3", "would refuse (blocked_words): m.room.message")
+        await command(wires, "!policy audit 3", "would refuse (blocked_words): m.room.message")
     finally:
         spammer.close()
+
+
+async def test_management_room_protects_a_room(wires: Wires) -> None:
+    """``!policy protect ROOM``: the bot (invited, with power) sets ``m.room.policy`` naming
+    the policy wire and invites its user, who joins; the policy wire then judges the room."""
+    deployment = wires.deployment
+    created = wires.moderator.call("POST", "/createRoom", {
+        "preset": "public_chat", "invite": [BOT], "power_level_content_override": {
+            "users": {BOT: 100}}})
+    assert created.status_code == 200, created.text
+    room_id = created.json()["room_id"]
+    await command(wires, f"!policy protect {room_id}",
+                  f"protected {room_id}: its policy server is {deployment.server_name}")
+    state = wires.moderator.call("GET", f"/rooms/{quote(room_id)}/state/m.room.policy/")
+    key = deployment.cli("policy", "key")
+    assert state.json() == json.loads(key.stdout)
+
+    def policy_user_joined() -> bool:
+        member = wires.moderator.call(
+            "GET", f"/rooms/{quote(room_id)}/state/m.room.member/{quote(deployment.policy_user)}")
+        return member.status_code == 200 and member.json().get("membership") == "join"
+
+    await eventually(policy_user_joined)
+    policy_refused(wires.moderator.send(room_id, f"{WORD} here"), "blocked_words")
+    assert wires.moderator.send(room_id, "fine").status_code == 200

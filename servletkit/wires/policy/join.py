@@ -17,6 +17,7 @@ from typing import Any, Final
 
 from signedjson.sign import sign_json
 
+from servletkit.hooks.context import PolicyServerInfo
 from servletkit.wires.policy.federation import FederationClient, FederationError, path
 from servletkit.wires.policy.keys import PolicyKeys
 from servletkit.wires.policy.pdu import (
@@ -38,6 +39,12 @@ JOIN_RETRY_DELAYS_S: Final = (0.5, 1.0, 2.0, 4.0)
 def policy_user(server_name: str) -> str:
     """The user the policy server joins rooms as."""
     return f"@{POLICY_LOCALPART}:{server_name}"
+
+
+def server_info(server_name: str, keys: PolicyKeys) -> PolicyServerInfo:
+    """The policy server ``server_name`` with ``keys``, as plugins see it
+    (``context.policy``) and as a room's ``m.room.policy`` names it."""
+    return PolicyServerInfo(server_name, keys.policy_public_key, policy_user(server_name))
 
 
 def sign_event(pdu: dict[str, Any], server_name: str, keys: PolicyKeys,
