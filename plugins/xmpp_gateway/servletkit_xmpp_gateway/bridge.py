@@ -42,6 +42,7 @@ if TYPE_CHECKING:
 
     from servletkit import Event, PluginContext
 
+CARRIED = ("m.room.message", "m.reaction", "m.room.redaction")  # events relayed to XMPP
 COMMIT_WAIT = 10.0  # how long a worker waits for a queued operation's transaction to commit
 
 
@@ -221,10 +222,8 @@ class Bridge(OutboundRelay, InboundRelay):
         muc = await self.store.get(f"mroom/{event.room_id}")
         if muc is None:
             dm = await self.store.get(f"dm/{event.room_id}")
-            if dm is not None and event.type == "m.room.message":
-                await self.queue_out({"op": "dm", "to": dm["xmpp"], "user": event.sender,
-                                      "event_id": event.event_id, "room_id": event.room_id,
-                                      "content": dict(event.content)})
+            if dm is not None and event.type in CARRIED:
+                await self.queue_out({"op": "dm", "to": dm["xmpp"], **_carried(event)})
             return
         if event.type == "m.room.member" and event.state_key == event.sender:
             membership = event.content.get("membership")
@@ -232,10 +231,8 @@ class Bridge(OutboundRelay, InboundRelay):
             await self.queue_out({"op": op, "muc": muc, "room_id": event.room_id,
                                   "user": event.sender,
                                   "displayname": event.content.get("displayname")})
-        elif event.type == "m.room.message":
-            await self.queue_out({"op": "msg", "muc": muc, "room_id": event.room_id,
-                                  "user": event.sender, "event_id": event.event_id,
-                                  "content": dict(event.content)})
+        elif event.type in CARRIED:
+            await self.queue_out({"op": "msg", "muc": muc, **_carried(event)})
 
     async def queue_out(self, op: dict[str, Any]) -> None:
         """Append ``op`` to the durable outbound queue (committed with the transaction)."""
@@ -307,6 +304,13 @@ class Bridge(OutboundRelay, InboundRelay):
                         await asyncio.sleep(delay)
                         delay = min(delay * 2, self.config.reconnect_max)
                 await self.store.delete(key)
+
+
+def _carried(event: Event) -> dict[str, Any]:
+    """The fields of an outbound operation that carries Matrix ``event``."""
+    redacts = event.content.get("redacts") or event.extra.get("redacts")
+    return {"room_id": event.room_id, "user": event.sender, "event_id": event.event_id,
+            "type": event.type, "content": dict(event.content), "redacts": redacts}
 
 
 def _transient(exc: Exception) -> bool:
