@@ -1,0 +1,56 @@
+"""Replies: XEP-0461 ↔ m.in_reply_to, fallbacks cut and added (real Synapse, Prosody)."""
+
+from __future__ import annotations
+
+import pytest
+from servletkit_xmpp_gateway.replies import without_fallback
+
+from servletkit.testing.waiting import eventually
+
+ROOM = "replies@conference.localhost"
+ALIAS = "#_xmpp_replies_conference.localhost:localhost"
+
+
+@pytest.mark.integration
+async def test_replies_both_ways(gateway, matrix_user, xmpp_user) -> None:
+    """A Matrix reply (with its legacy fallback) reaches XMPP as a XEP-0461 reply with a
+    marked quote; an XMPP reply reaches Matrix as m.in_reply_to without its quote."""
+    jana = await matrix_user("Jana")
+    room_id = await jana.join(ALIAS)
+    human = await xmpp_user("human")
+    await human.join(ROOM, "human")
+    await eventually(lambda: "Jana" in human.occupants(ROOM))
+
+    asked_id = human.say(ROOM, "lunch at noon?")
+    asked = await jana.wait_message(room_id, lambda e: e["content"]["body"] == "lunch at noon?")
+    await jana.send_event(room_id, "m.room.message", {
+        "msgtype": "m.text", "body": "> <@_xmpp_human=40localhost:localhost> lunch at noon?"
+                                     "\n\nyes, see you",
+        "format": "org.matrix.custom.html",
+        "formatted_body": "<mx-reply><blockquote>lunch at noon?</blockquote></mx-reply>"
+                          "yes, <b>see</b> you",
+        "m.relates_to": {"m.in_reply_to": {"event_id": asked["event_id"]}}})
+    reply = await human.wait_message(lambda m: m["reply"]["id"] == asked_id)
+    assert reply["reply"]["to"] == f"{ROOM}/human"
+    assert reply["body"] == "> human:\n> lunch at noon?\nyes, see you"
+    assert reply["reply"].strip_fallback_content() == "yes, see you"
+    assert reply["html"]["body"] == "yes, <strong>see</strong> you"
+
+    quoted = human.compose(ROOM, "great")
+    quoted["reply"]["id"] = reply["id"]
+    quoted["reply"]["to"] = f"{ROOM}/Jana"
+    quoted["reply"].add_quoted_fallback("yes, see you", "Jana")
+    quoted.send()
+    event = await jana.wait_message(room_id, lambda e: e["content"]["body"] == "great")
+    replied = await jana.messages(room_id)
+    mine = next(e for e in replied if e["content"].get("body", "").endswith("yes, see you"))
+    assert event["content"]["m.relates_to"] == {"m.in_reply_to": {"event_id": mine["event_id"]}}
+    assert "formatted_body" not in event["content"]
+
+
+def test_a_matrix_reply_fallback_is_cut() -> None:
+    """Only the leading quote and the blank line after it go; other quotes stay."""
+    reply = {"body": "> <@a:x> hi\n> there\n\nhello\n> not a fallback",
+             "m.relates_to": {"m.in_reply_to": {"event_id": "$e"}}}
+    assert without_fallback(reply)["body"] == "hello\n> not a fallback"
+    assert without_fallback({"body": "> quote\n\nhi"}) == {"body": "> quote\n\nhi"}
