@@ -64,6 +64,8 @@ class Bridge(OutboundRelay, InboundRelay):
             "groupchat_message": self.xmpp_groupchat,
             "message": self.xmpp_direct,
             "groupchat_presence": self.xmpp_presence,
+            "reactions": self.xmpp_bodiless,
+            "message_retract": self.xmpp_bodiless,
         }, self._online, self._offline, self.log)
         self.xmpp: ComponentXMPP | None = None
         # per connection (rebuilt after each reconnect): who is in each MUC

@@ -74,11 +74,18 @@ class InboundRelay:
         self.queue_in({"op": "msg", "muc": muc, "nick": nick, "address": address, **fields,
                        "id": msg["id"] or "", "origin_id": origin_id, "stanza_id": stanza_id})
 
+    def xmpp_bodiless(self: Bridge, msg: Any) -> None:
+        """Reactions, or a retraction without a fallback body (slixmpp's ``message`` and
+        ``groupchat_message`` events are only for messages with a body)."""
+        if msg["body"]:
+            return  # it came as a message with a body already
+        if msg["type"] == "groupchat":
+            self.xmpp_groupchat(msg)
+        else:
+            self.xmpp_direct(msg)
+
     def xmpp_direct(self: Bridge, msg: Any) -> None:
         """A 1:1 message from an XMPP user to a Matrix user's address."""
-        if msg["type"] == "groupchat" and not msg["body"]:
-            self.xmpp_groupchat(msg)  # reactions, retractions: slixmpp's MUC wants a body
-            return
         fields = _fields(msg)
         if msg["type"] not in ("chat", "normal") or fields is None:
             return

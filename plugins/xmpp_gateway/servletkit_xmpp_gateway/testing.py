@@ -44,8 +44,14 @@ class XmppUser(ClientXMPP):
         self._started = asyncio.Event()
         self.add_event_handler("session_start", self._on_start)
         self.add_event_handler("message", self.received.append)
+        for event in ("reactions", "message_retract"):  # ``message`` needs a body
+            self.add_event_handler(event, self._bodiless)
         for event in ("failed_all_auth", "no_auth"):
             self.add_event_handler(event, lambda _e, ev=event: self._fail(ev))
+
+    def _bodiless(self, msg: Any) -> None:
+        if not msg["body"]:
+            self.received.append(msg)
 
     def _fail(self, why: str) -> None:
         self.failure = why
