@@ -66,11 +66,15 @@ class InboundRelay:
         muc, nick = sender.bare, sender.resource
         fields = _fields(msg)
         if (str(msg["to"]) != self.bot_jid or muc not in self.rooms or not nick
-                or fields is None or msg.get_plugin("delay", check=True) is not None
-                or self._ours_in_muc(muc, nick, JID())):
+                or fields is None or msg.get_plugin("delay", check=True) is not None):
+            return
+        origin_id, stanza_id = msgids.sid_ids(msg, muc)
+        if self._ours_in_muc(muc, nick, JID()):
+            if stanza_id and msg["id"]:  # a puppet's message: learn the MUC's id of it
+                self.queue_in({"op": "stamp", "muc": muc, "id": msg["id"],
+                               "stanza_id": stanza_id})
             return
         address = self.occupants.get(muc, {}).get(nick, f"{muc}/{nick}")
-        origin_id, stanza_id = msgids.sid_ids(msg, muc)
         self.queue_in({"op": "msg", "muc": muc, "nick": nick, "address": address, **fields,
                        "id": msg["id"] or "", "origin_id": origin_id, "stanza_id": stanza_id})
 
@@ -106,6 +110,9 @@ class InboundRelay:
         kind = op["op"]
         if kind == "dm":
             await self._dm_in(op)
+            return
+        if kind == "stamp":
+            await msgids.add_stanza_id(self.store, op["muc"], op["id"], op["stanza_id"])
             return
         room_id = self.rooms.get(op["muc"]) or await self.store.get(f"room/{op['muc']}")
         if room_id is None:

@@ -32,6 +32,17 @@ async def remember(store: PluginStore, event_id: str, scope: str, *, id: str | N
         await store.put(f"msg/x/{scope}/{value}", event_id)
 
 
+async def add_stanza_id(store: PluginStore, scope: str, xmpp_id: str, stanza_id: str) -> None:
+    """Record the ``stanza-id`` a MUC gave the message ``xmpp_id`` the gateway sent (its
+    reflection says it), so that references to it by that id are understood."""
+    event_id = await event_for(store, scope, xmpp_id)
+    ids = None if event_id is None else await xmpp_ids_for(store, event_id)
+    if event_id is None or ids is None or ids.get("stanza_id") == stanza_id:
+        return
+    await remember(store, event_id, scope, id=ids.get("id"), origin_id=ids.get("origin_id"),
+                   stanza_id=stanza_id)
+
+
 async def event_for(store: PluginStore, scope: str, xmpp_id: str) -> str | None:
     """The Matrix event of the XMPP message ``xmpp_id`` (any of its ids) in ``scope``."""
     event_id: str | None = await store.get(f"msg/x/{scope}/{xmpp_id}")

@@ -23,6 +23,7 @@ from slixmpp import JID, ClientXMPP
 
 from servletkit.testing.waiting import eventually
 from servletkit_xmpp_gateway.component import XEPS
+from servletkit_xmpp_gateway.msgids import sid_ids
 
 WAIT = 15.0
 
@@ -107,6 +108,14 @@ class XmppUser(ClientXMPP):
         """The first received message for which ``check`` is true (waits for it)."""
         found = await eventually(lambda: self.messages(check), within)
         return found[0]
+
+    async def muc_id(self, room: str, msg_id: str) -> str:
+        """The XEP-0359 stanza-id MUC ``room`` gave the message ``msg_id`` (from the copy
+        this user got): the id group chat replies, reactions and retractions use."""
+        got = await self.wait_message(lambda m: m["id"] == msg_id and m["from"].bare == room)
+        stanza_id = sid_ids(got, room)[1]
+        assert stanza_id, f"{room} gave {msg_id} no stanza-id"
+        return stanza_id
 
     def occupants(self, room: str) -> set[str]:
         """The nicks slixmpp has seen in ``room`` right now."""

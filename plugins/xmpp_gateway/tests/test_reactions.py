@@ -25,7 +25,7 @@ async def test_matrix_reactions_arrive_as_the_whole_set(gateway, matrix_user,
     human = await xmpp_user("human")
     await human.join(ROOM, "human")
     await eventually(lambda: "Kim" in human.occupants(ROOM))
-    said = human.say(ROOM, "react to this")
+    said = await human.muc_id(ROOM, human.say(ROOM, "react to this"))
     target = await kim.wait_message(room_id, lambda e: e["content"]["body"] == "react to this")
 
     def sets() -> list[set[str]]:
@@ -54,10 +54,11 @@ async def test_xmpp_sets_become_reactions_and_dropped_ones_are_redacted(
     await eventually(lambda: "Lena" in human.occupants(ROOM))
     sent = await lena.send(room_id, "party tonight")
     got = await human.wait_message(lambda m: m["body"] == "party tonight")
+    got_id = await human.muc_id(ROOM, got["id"])  # learnt by the gateway from its echo
 
     def react(*keys: str) -> None:
         msg = human.compose(ROOM)
-        msg["reactions"]["id"] = got["id"]
+        msg["reactions"]["id"] = got_id
         msg["reactions"].set_values(keys, all_chars=True)
         msg.send()
 

@@ -42,11 +42,12 @@ async def test_redactions_and_retractions_in_a_group_chat(gateway, matrix_user,
     oops = await mo.send(room_id, "oops, wrong room")
     got = await human.wait_message(lambda m: m["body"] == "oops, wrong room")
     await mo.redact(room_id, oops)
-    retraction = await human.wait_message(lambda m: m["retract"]["id"] == got["id"])
+    got_id = await human.muc_id(ROOM, got["id"])
+    retraction = await human.wait_message(lambda m: m["retract"]["id"] == got_id)
     assert retraction["from"].resource == "Mo" and retraction["body"] == FALLBACK
     assert retraction.xml.find("{urn:xmpp:fallback:0}fallback").get("for") == RETRACT_NS
 
-    said = human.say(ROOM, "I regret this")
+    said = await human.muc_id(ROOM, human.say(ROOM, "I regret this"))
     event = await mo.wait_message(room_id, lambda e: e["content"].get("body") == "I regret this")
     _retract(bob, ROOM, said)  # not bob's to take back
     _retract(human, ROOM, said)

@@ -30,14 +30,15 @@ async def test_replies_both_ways(gateway, matrix_user, xmpp_user) -> None:
         "formatted_body": "<mx-reply><blockquote>lunch at noon?</blockquote></mx-reply>"
                           "yes, <b>see</b> you",
         "m.relates_to": {"m.in_reply_to": {"event_id": asked["event_id"]}}})
-    reply = await human.wait_message(lambda m: m["reply"]["id"] == asked_id)
+    asked_ref = await human.muc_id(ROOM, asked_id)
+    reply = await human.wait_message(lambda m: m["reply"]["id"] == asked_ref)
     assert reply["reply"]["to"] == f"{ROOM}/human"
     assert reply["body"] == "> human:\n> lunch at noon?\nyes, see you"
     assert reply["reply"].strip_fallback_content() == "yes, see you"
     assert reply["html"]["body"] == "yes, <strong>see</strong> you"
 
     quoted = human.compose(ROOM, "great")
-    quoted["reply"]["id"] = reply["id"]
+    quoted["reply"]["id"] = await human.muc_id(ROOM, reply["id"])
     quoted["reply"]["to"] = f"{ROOM}/Jana"
     quoted["reply"].add_quoted_fallback("yes, see you", "Jana")
     quoted.send()
