@@ -16,8 +16,10 @@ Store keys: ``room/<muc>`` → room ID and ``mroom/<room_id>`` → MUC (the room
 mapping), ``member/<room_id>/<user_id>`` → nick (Matrix users puppeted into a
 MUC), ``dm/<room_id>`` → ``{"xmpp": address, "matrix": user_id}`` and
 ``dmroom/<address>/<user_id>`` → room ID (direct chats), ``msg/`` (the
-message-id map, :mod:`servletkit_xmpp_gateway.msgids`), ``out/``, ``in/`` (the
-queues) and ``seq/out``.
+message-id map, :mod:`servletkit_xmpp_gateway.msgids`), ``edit/`` (edits → their
+original, :mod:`~servletkit_xmpp_gateway.edits`), ``react/`` and ``reaction/``
+(reaction sets, :mod:`~servletkit_xmpp_gateway.reactions`), ``out/``, ``in/``
+(the queues) and ``seq/out``.
 """
 
 from __future__ import annotations
