@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import xml.etree.ElementTree as ET
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 from slixmpp import JID
 from slixmpp.exceptions import PresenceError
@@ -17,6 +17,7 @@ if TYPE_CHECKING:
     from servletkit_xmpp_gateway.bridge import Bridge
 
 JOIN_TIMEOUT = 10.0
+Kind = Literal["chat", "groupchat"]  # the XMPP message types the gateway sends
 NICK_ATTEMPTS = 5
 
 
@@ -144,7 +145,7 @@ class OutboundRelay:
         if not await self._carry(op, JID(op["to"]), JID(f"{jid}/matrix"), "chat", op["to"]):
             await self.notice(op["room_id"], "this message cannot be carried to XMPP.")
 
-    async def _carry(self: Bridge, op: dict[str, Any], to: JID, sender: JID, mtype: str,
+    async def _carry(self: Bridge, op: dict[str, Any], to: JID, sender: JID, mtype: Kind,
                      scope: str) -> bool:
         """Send what Matrix event ``op`` says to ``to`` in ``scope``; ``False`` if it has
         no XMPP form."""
@@ -176,7 +177,7 @@ class OutboundRelay:
             return self.hs.as_user(f"@{localpart}:{self.server_name}")
         return self.hs
 
-    def _message(self: Bridge, content: dict[str, Any], to: JID, sender: JID, mtype: str,
+    def _message(self: Bridge, content: dict[str, Any], to: JID, sender: JID, mtype: Kind,
                  event_id: str) -> Any:
         """The XMPP message for Matrix ``content``, or ``None`` if it has no text form."""
         assert self.xmpp is not None

@@ -22,6 +22,7 @@ from servletkit_xmpp_gateway import edits, msgids, names
 
 if TYPE_CHECKING:
     from servletkit_xmpp_gateway.bridge import Bridge
+    from servletkit_xmpp_gateway.outbound import Kind
 
 REACTIONS_NS = "urn:xmpp:reactions:0"
 HINTS_NS = "urn:xmpp:hints"
@@ -56,7 +57,7 @@ async def apply_in(bridge: Bridge, room_id: str, user: str, scope: str,
     await _keep(bridge, key, have)
 
 
-async def out(bridge: Bridge, op: dict[str, Any], to: JID, sender: JID, mtype: str) -> None:
+async def out(bridge: Bridge, op: dict[str, Any], to: JID, sender: JID, mtype: Kind) -> None:
     """A Matrix user reacted: send their new set of reactions to that message."""
     relation = op["content"].get("m.relates_to") or {}
     if relation.get("rel_type") != "m.annotation" or not isinstance(relation.get("key"), str):
@@ -71,7 +72,7 @@ async def out(bridge: Bridge, op: dict[str, Any], to: JID, sender: JID, mtype: s
     await _send_set(bridge, target, set(have), to, sender, mtype)
 
 
-async def withdraw(bridge: Bridge, redacted: str, to: JID, mtype: str) -> bool:
+async def withdraw(bridge: Bridge, redacted: str, to: JID, mtype: Kind) -> bool:
     """If ``redacted`` is a Matrix user's reaction, send their set without it; whether
     it was one."""
     info = await bridge.store.get(f"reaction/{redacted}")
@@ -96,7 +97,7 @@ async def _keep(bridge: Bridge, key: str, have: dict[str, str]) -> None:
 
 
 async def _send_set(bridge: Bridge, target: str, keys: set[str], to: JID, sender: JID,
-                    mtype: str) -> None:
+                    mtype: Kind) -> None:
     assert bridge.xmpp is not None
     ref = await msgids.reference(bridge.store, target, mtype == "groupchat")
     if ref is None:

@@ -20,6 +20,7 @@ from servletkit_xmpp_gateway import msgids, reactions
 
 if TYPE_CHECKING:
     from servletkit_xmpp_gateway.bridge import Bridge
+    from servletkit_xmpp_gateway.outbound import Kind
 
 RETRACT_NS = "urn:xmpp:message-retract:1"
 FALLBACK_NS = "urn:xmpp:fallback:0"
@@ -46,7 +47,7 @@ async def apply_in(bridge: Bridge, room_id: str, user: str, scope: str,
     await client.redact(room_id, target, txn_id=txn)
 
 
-async def out(bridge: Bridge, op: dict[str, Any], to: JID, sender: JID, mtype: str) -> None:
+async def out(bridge: Bridge, op: dict[str, Any], to: JID, sender: JID, mtype: Kind) -> None:
     """A Matrix user redacted an event: retract the XMPP message if it is their own."""
     assert bridge.xmpp is not None
     redacted = op.get("redacts")

@@ -19,6 +19,7 @@ from servletkit_xmpp_gateway import edits, msgids, names
 if TYPE_CHECKING:
     from servletkit.store.plugin import PluginStore
     from servletkit_xmpp_gateway.bridge import Bridge
+    from servletkit_xmpp_gateway.outbound import Kind
 
 REPLY_NS = "urn:xmpp:reply:0"
 _MX_REPLY = re.compile(r"^\s*<mx-reply>.*?</mx-reply>", re.DOTALL)
@@ -72,7 +73,7 @@ def without_fallback(content: dict[str, Any]) -> dict[str, Any]:
     return stripped
 
 
-async def out(bridge: Bridge, msg: Any, op: dict[str, Any], mtype: str) -> None:
+async def out(bridge: Bridge, msg: Any, op: dict[str, Any], mtype: Kind) -> None:
     """Make ``msg`` (carrying Matrix event ``op``) a XEP-0461 reply if the event is a
     reply to a message that crossed the gateway, with a marked quote of that message."""
     target = in_reply_to(op["content"])
