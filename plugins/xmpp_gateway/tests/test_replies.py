@@ -55,3 +55,30 @@ def test_a_matrix_reply_fallback_is_cut() -> None:
              "m.relates_to": {"m.in_reply_to": {"event_id": "$e"}}}
     assert without_fallback(reply)["body"] == "hello\n> not a fallback"
     assert without_fallback({"body": "> quote\n\nhi"}) == {"body": "> quote\n\nhi"}
+
+
+@pytest.mark.integration
+async def test_replies_and_edits_in_a_direct_chat(gateway, matrix_user, xmpp_user) -> None:
+    """In a DM a reply names the message's own id and the XMPP user's bare JID."""
+    olga = await matrix_user("Olga")
+    human = await xmpp_user("human")
+    address = f"{olga.user_id[1:].split(':')[0]}@matrix.localhost"
+    asked = human.compose(address, "coffee?", "chat")
+    asked.send()
+    room_id = (await eventually(olga.invites))[0]
+    await olga.join(room_id)
+    event = await olga.wait_message(room_id, lambda e: e["content"]["body"] == "coffee?")
+
+    first = await olga.send_event(room_id, "m.room.message", {
+        "msgtype": "m.text", "body": "> <@_xmpp_human=40localhost:localhost> coffee?\n\nsure",
+        "m.relates_to": {"m.in_reply_to": {"event_id": event["event_id"]}}})
+    reply = await human.wait_message(lambda m: m["reply"]["id"] == asked["id"])
+    assert reply["type"] == "chat" and reply["reply"]["to"] == "human@localhost"
+    assert reply["reply"].strip_fallback_content() == "sure"
+
+    await olga.send_event(room_id, "m.room.message", {
+        "msgtype": "m.text", "body": "* sure, at ten",
+        "m.new_content": {"msgtype": "m.text", "body": "sure, at ten"},
+        "m.relates_to": {"rel_type": "m.replace", "event_id": first}})
+    edit = await human.wait_message(lambda m: m["body"] == "sure, at ten")
+    assert edit["replace"]["id"] == reply["id"]
