@@ -86,3 +86,34 @@ async def test_redactions_and_retractions_in_a_direct_chat(gateway, matrix_user,
     await nell.redact(room_id, event["event_id"])
     await eventually(lambda: "moderation is not carried" in gateway.log())
     assert len(human.messages(lambda m: m["retract"]["id"])) == 1
+
+
+async def test_retractions_and_reactions_in_a_muc_private_chat(gateway, matrix_user,
+                                                               xmpp_user) -> None:
+    """A private message inside a MUC (occupant ``muc/human``) is taken back and reacted
+    to like any direct chat: by its 1:1 id, between the occupant and the puppet."""
+    room, occupant = "whisper-retract@conference.localhost", "human"
+    hal = await matrix_user("Hal")
+    await hal.join("#_xmpp_whisper-retract_conference.localhost:localhost")
+    human = await xmpp_user("human")
+    await human.join(room, occupant)
+    await eventually(lambda: "Hal" in human.occupants(room))
+
+    puppet = f"{room}/Hal"
+    msg = human.compose(puppet, "between us", "chat")
+    msg.send()
+    room_id = (await eventually(hal.invites))[0]
+    await hal.join(room_id)
+    event = await hal.wait_message(room_id, lambda e: e["content"].get("body") == "between us")
+    virtual = "@_xmpp_whisper-retract=40conference.localhost=2fhuman:localhost"
+    assert event["sender"] == virtual
+
+    await hal.send_event(room_id, "m.reaction", {"m.relates_to": {
+        "rel_type": "m.annotation", "event_id": event["event_id"], "key": "🤫"}})
+    reacted = await human.wait_message(lambda m: m["reactions"]["id"] == msg["id"])
+    assert reacted["type"] == "chat" and reacted["from"] == puppet
+    assert reacted["reactions"].get_values(all_chars=True) == {"🤫"}
+
+    _retract(human, puppet, msg["id"], "chat")
+    because = await eventually(lambda: _redacted(hal, room_id, event["event_id"]))
+    assert because["sender"] == virtual
