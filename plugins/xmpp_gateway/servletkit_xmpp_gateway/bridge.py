@@ -36,7 +36,7 @@ from urllib.parse import quote
 
 import httpx
 
-from servletkit_xmpp_gateway import names
+from servletkit_xmpp_gateway import msgids, names
 from servletkit_xmpp_gateway.component import ComponentLink
 from servletkit_xmpp_gateway.config import GatewayConfig
 from servletkit_xmpp_gateway.inbound import InboundRelay
@@ -288,11 +288,20 @@ class Bridge(OutboundRelay, InboundRelay):
         self._inbox.put_nowait((op, written))
 
     async def _persist_worker(self) -> None:
-        """Write each queued operation to the store (in order), then settle its future."""
+        """Write each queued operation to the store (in order), then settle its future.
+
+        A ``stamp`` (the MUC's stanza-id of a puppet's message) only writes the
+        message-id map: it is done here instead, ahead of the Matrix requests queued
+        before it, so that a Matrix reaction, reply or redaction right after the
+        message already refers to it by that id; ``_in_worker`` waits for it in order.
+        """
         while True:
             op, written = await self._pending_in.get()
             try:
-                await self.store.put(op["key"], op)
+                if op["op"] == "stamp":
+                    await msgids.add_stanza_id(self.store, op["muc"], op["id"], op["stanza_id"])
+                else:
+                    await self.store.put(op["key"], op)
                 written.set_result(None)
             except Exception as exc:  # applied anyway; only a crash right now would lose it
                 self.log.exception("could not store %s for Matrix", op.get("op"))
@@ -309,6 +318,10 @@ class Bridge(OutboundRelay, InboundRelay):
             await self.store.delete(key)
         while True:
             op, written = await self._inbox.get()
+            if op["op"] == "stamp":  # applied by _persist_worker; the next ops wait for it
+                with contextlib.suppress(Exception):
+                    await written
+                continue
             await self._apply_in_retrying(op)
             with contextlib.suppress(Exception):
                 await written

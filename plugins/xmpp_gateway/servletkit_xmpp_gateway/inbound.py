@@ -118,9 +118,6 @@ class InboundRelay(BridgeCore):
         if kind == "dm":
             await self._dm_in(op)
             return
-        if kind == "stamp":
-            await msgids.add_stanza_id(self.store, op["muc"], op["id"], op["stanza_id"])
-            return
         room_id = self.rooms.get(op["muc"]) or await self.store.get(f"room/{op['muc']}")
         if room_id is None:
             return
