@@ -19,8 +19,10 @@ Store keys: ``room/<muc>`` → room ID and ``mroom/<room_id>`` → MUC (the room
 mapping), ``member/<room_id>/<user_id>`` → nick (Matrix users puppeted into a
 MUC), ``dm/<room_id>`` → ``{"xmpp": address, "matrix": user_id}`` and
 ``dmroom/<address>/<user_id>`` → room ID (direct chats), ``msg/`` (the
-message-id map, :mod:`servletkit_xmpp_gateway.msgids`), ``out/``, ``in/`` (the
-queues) and ``seq/out``.
+message-id map, :mod:`servletkit_xmpp_gateway.msgids`), ``edit/`` (edits → their
+original, :mod:`~servletkit_xmpp_gateway.edits`), ``react/`` and ``reaction/``
+(reaction sets, :mod:`~servletkit_xmpp_gateway.reactions`), ``out/``, ``in/``
+(the queues) and ``seq/out``.
 """
 
 from __future__ import annotations
@@ -34,7 +36,7 @@ from urllib.parse import quote
 
 import httpx
 
-from servletkit_xmpp_gateway import names
+from servletkit_xmpp_gateway import msgids, names
 from servletkit_xmpp_gateway.component import ComponentLink
 from servletkit_xmpp_gateway.config import GatewayConfig
 from servletkit_xmpp_gateway.inbound import InboundRelay
@@ -45,6 +47,7 @@ if TYPE_CHECKING:
 
     from servletkit import Event, PluginContext
 
+CARRIED = ("m.room.message", "m.reaction", "m.room.redaction")  # events relayed to XMPP
 COMMIT_WAIT = 10.0  # how long a worker waits for a queued operation's transaction to commit
 
 
@@ -66,6 +69,8 @@ class Bridge(OutboundRelay, InboundRelay):
             "groupchat_message": self.xmpp_groupchat,
             "message": self.xmpp_direct,
             "groupchat_presence": self.xmpp_presence,
+            "reactions": self.xmpp_bodiless,
+            "message_retract": self.xmpp_bodiless,
         }, self._online, self._offline, self.log)
         self.xmpp: ComponentXMPP | None = None
         # per connection (rebuilt after each reconnect): who is in each MUC
@@ -226,10 +231,8 @@ class Bridge(OutboundRelay, InboundRelay):
         muc = await self.store.get(f"mroom/{event.room_id}")
         if muc is None:
             dm = await self.store.get(f"dm/{event.room_id}")
-            if dm is not None and event.type == "m.room.message":
-                await self.queue_out({"op": "dm", "to": dm["xmpp"], "user": event.sender,
-                                      "event_id": event.event_id, "room_id": event.room_id,
-                                      "content": dict(event.content)})
+            if dm is not None and event.type in CARRIED:
+                await self.queue_out({"op": "dm", "to": dm["xmpp"], **_carried(event)})
             return
         if event.type == "m.room.member" and event.state_key == event.sender:
             membership = event.content.get("membership")
@@ -237,10 +240,8 @@ class Bridge(OutboundRelay, InboundRelay):
             await self.queue_out({"op": op, "muc": muc, "room_id": event.room_id,
                                   "user": event.sender,
                                   "displayname": event.content.get("displayname")})
-        elif event.type == "m.room.message":
-            await self.queue_out({"op": "msg", "muc": muc, "room_id": event.room_id,
-                                  "user": event.sender, "event_id": event.event_id,
-                                  "content": dict(event.content)})
+        elif event.type in CARRIED:
+            await self.queue_out({"op": "msg", "muc": muc, **_carried(event)})
 
     async def queue_out(self, op: dict[str, Any]) -> None:
         """Append ``op`` to the durable outbound queue (committed with the transaction)."""
@@ -287,11 +288,20 @@ class Bridge(OutboundRelay, InboundRelay):
         self._inbox.put_nowait((op, written))
 
     async def _persist_worker(self) -> None:
-        """Write each queued operation to the store (in order), then settle its future."""
+        """Write each queued operation to the store (in order), then settle its future.
+
+        A ``stamp`` (the MUC's stanza-id of a puppet's message) only writes the
+        message-id map: it is done here instead, ahead of the Matrix requests queued
+        before it, so that a Matrix reaction, reply or redaction right after the
+        message already refers to it by that id; ``_in_worker`` waits for it in order.
+        """
         while True:
             op, written = await self._pending_in.get()
             try:
-                await self.store.put(op["key"], op)
+                if op["op"] == "stamp":
+                    await msgids.add_stanza_id(self.store, op["muc"], op["id"], op["stanza_id"])
+                else:
+                    await self.store.put(op["key"], op)
                 written.set_result(None)
             except Exception as exc:  # applied anyway; only a crash right now would lose it
                 self.log.exception("could not store %s for Matrix", op.get("op"))
@@ -308,6 +318,10 @@ class Bridge(OutboundRelay, InboundRelay):
             await self.store.delete(key)
         while True:
             op, written = await self._inbox.get()
+            if op["op"] == "stamp":  # applied by _persist_worker; the next ops wait for it
+                with contextlib.suppress(Exception):
+                    await written
+                continue
             await self._apply_in_retrying(op)
             with contextlib.suppress(Exception):
                 await written
@@ -328,6 +342,13 @@ class Bridge(OutboundRelay, InboundRelay):
                 self.log.warning("homeserver unreachable (%s); retrying in %.1f s", exc, delay)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, self.config.reconnect_max)
+
+
+def _carried(event: Event) -> dict[str, Any]:
+    """The fields of an outbound operation that carries Matrix ``event``."""
+    redacts = event.content.get("redacts") or event.extra.get("redacts")
+    return {"room_id": event.room_id, "user": event.sender, "event_id": event.event_id,
+            "type": event.type, "content": dict(event.content), "redacts": redacts}
 
 
 def _transient(exc: Exception) -> bool:

@@ -22,6 +22,8 @@ from servletkit_xmpp_gateway.config import GatewayConfig
 
 Handler = Callable[[Any], None]
 HANDSHAKE_TIMEOUT = 10.0
+# corrections, fallbacks, replies, reactions, retractions (stanza plugins both sides use)
+XEPS = ("xep_0308", "xep_0428", "xep_0461", "xep_0444", "xep_0424")
 
 
 class ComponentLink:
@@ -73,6 +75,8 @@ class ComponentLink:
         xmpp.register_plugin("xep_0045", {"multi_from": True})
         xmpp.register_plugin("xep_0071")
         xmpp.register_plugin("xep_0199")
+        for plugin in XEPS:
+            xmpp.register_plugin(plugin)
         for event, handler in self.handlers.items():
             xmpp.add_event_handler(event, handler)
         return xmpp

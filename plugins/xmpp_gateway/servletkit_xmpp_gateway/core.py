@@ -9,17 +9,20 @@ mixins naming ``Bridge``.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 if TYPE_CHECKING:
     import logging
 
+    from slixmpp import JID
     from slixmpp.componentxmpp import ComponentXMPP
 
     from servletkit import PluginContext
     from servletkit.store.plugin import PluginStore
     from servletkit.wires.appservice.homeserver import HomeserverClient
     from servletkit_xmpp_gateway.config import GatewayConfig
+
+Kind = Literal["chat", "groupchat"]  # the XMPP message types the gateway sends
 
 
 class BridgeCore:
@@ -47,4 +50,12 @@ class BridgeCore:
 
     def queue_in(self, op: dict[str, Any]) -> None:
         """Queue an operation for Matrix."""
+        raise NotImplementedError
+
+    def puppet_full_jid(self, user_id: str) -> JID:
+        """The full JID a Matrix user's puppet sends from."""
+        raise NotImplementedError
+
+    def reader(self, op: dict[str, Any]) -> HomeserverClient:
+        """A Matrix client that can read the room of outbound operation ``op``."""
         raise NotImplementedError

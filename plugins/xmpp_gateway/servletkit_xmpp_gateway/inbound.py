@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 from slixmpp import JID
 
 from servletkit.wires.appservice.homeserver import MatrixRequestError
-from servletkit_xmpp_gateway import msgids, names
+from servletkit_xmpp_gateway import edits, msgids, names, reactions, redactions, replies
 from servletkit_xmpp_gateway.core import BridgeCore
 from servletkit_xmpp_gateway.formatting import matrix_content, xhtml_to_html
 
@@ -64,21 +64,36 @@ class InboundRelay(BridgeCore):
         """A message in a bridged MUC (one copy per occupant we have: take the bot's)."""
         sender: JID = msg["from"]
         muc, nick = sender.bare, sender.resource
+        fields = _fields(msg)
         if (str(msg["to"]) != self.bot_jid or muc not in self.rooms or not nick
-                or not msg["body"] or msg.get_plugin("delay", check=True) is not None
-                or self._ours_in_muc(muc, nick, JID())):
+                or fields is None or msg.get_plugin("delay", check=True) is not None):
+            return
+        origin_id, stanza_id = msgids.sid_ids(msg, muc)
+        if self._ours_in_muc(muc, nick, JID()):
+            if stanza_id and msg["id"]:  # a puppet's message: learn the MUC's id of it
+                self.queue_in({"op": "stamp", "muc": muc, "id": msg["id"],
+                               "stanza_id": stanza_id})
             return
         address = self.occupants.get(muc, {}).get(nick, f"{muc}/{nick}")
-        origin_id, stanza_id = msgids.sid_ids(msg, muc)
-        self.queue_in({"op": "msg", "muc": muc, "nick": nick, "address": address,
-                       "body": msg["body"], "html": _html_of(msg), "id": msg["id"] or "",
-                       "origin_id": origin_id, "stanza_id": stanza_id})
+        self.queue_in({"op": "msg", "muc": muc, "nick": nick, "address": address, **fields,
+                       "id": msg["id"] or "", "origin_id": origin_id, "stanza_id": stanza_id})
+
+    def xmpp_bodiless(self, msg: Any) -> None:
+        """Reactions, or a retraction without a fallback body (slixmpp's ``message`` and
+        ``groupchat_message`` events are only for messages with a body)."""
+        if msg["body"]:
+            return  # it came as a message with a body already
+        if msg["type"] == "groupchat":
+            self.xmpp_groupchat(msg)
+        else:
+            self.xmpp_direct(msg)
 
     def xmpp_direct(self, msg: Any) -> None:
         """A 1:1 message from an XMPP user to a Matrix user's address, or a private
         message (XEP-0045 §7.5) from an occupant of a bridged MUC to a Matrix
         user's puppet there: the occupant's address is then ``muc/nick``."""
-        if msg["type"] not in ("chat", "normal") or not msg["body"]:
+        fields = _fields(msg)
+        if msg["type"] not in ("chat", "normal") or fields is None:
             return
         sender: JID = msg["from"]
         user_id = names.user_of_puppet(str(msg["to"].bare), self.server_name,
@@ -92,8 +107,8 @@ class InboundRelay(BridgeCore):
             address, name = str(sender), sender.resource
         origin_id, stanza_id = msgids.sid_ids(msg, None)
         self.queue_in({"op": "dm", "address": address, "name": name, "user": user_id,
-                       "body": msg["body"], "html": _html_of(msg), "id": msg["id"] or "",
-                       "origin_id": origin_id, "stanza_id": stanza_id})
+                       **fields, "id": msg["id"] or "", "origin_id": origin_id,
+                       "stanza_id": stanza_id})
 
     # -- applying to Matrix ----------------------------------------------------------
 
@@ -118,9 +133,7 @@ class InboundRelay(BridgeCore):
         elif kind == "msg":
             user = await self.virtual(op["address"], op["nick"])
             await self.join_matrix(room_id, user)
-            event_id = await self.hs.as_user(user).send_message(
-                room_id, _content(op), txn_id=_txn_id(op["muc"], op))
-            await _remember(self, event_id, op["muc"], op)
+            await self._carry_in(room_id, user, op["muc"], op)
 
     async def _dm_in(self, op: dict[str, Any]) -> None:
         address, target = op["address"], op["user"]
@@ -132,9 +145,27 @@ class InboundRelay(BridgeCore):
                 name=address)
             await self.map_dm(room_id, address, target)
             self._joined_matrix.add((room_id, user))
-        event_id = await self.hs.as_user(user).send_message(room_id, _content(op),
-                                                            txn_id=_txn_id(address, op))
-        await _remember(self, event_id, address, op)
+        await self._carry_in(room_id, user, address, op)
+
+    async def _carry_in(self, room_id: str, user: str, scope: str,
+                        op: dict[str, Any]) -> None:
+        """Do in ``room_id``, as virtual ``user``, what XMPP message ``op`` in ``scope``
+        does: react, retract, or say something (perhaps an edit or a reply)."""
+        txn = _txn_id(scope, op)
+        if "react" in op:
+            await reactions.apply_in(self, room_id, user, scope, op, txn)
+            return
+        if "retract" in op:
+            await redactions.apply_in(self, room_id, user, scope, op, txn)
+            return
+        content: dict[str, Any] = dict(_content(op))
+        if op.get("replace"):
+            content = await edits.content_in(self.store, scope, op["replace"], content)
+        else:
+            content = await replies.content_in(self.store, scope, op.get("reply"), content)
+        event_id = await self.hs.as_user(user).send_message(room_id, content, txn_id=txn)
+        await _remember(self, event_id, scope, op)
+        await edits.note(self.store, event_id, content)
 
     async def map_dm(self, room_id: str, address: str, user_id: str) -> None:
         """Remember that ``room_id`` is the DM of XMPP ``address`` and Matrix ``user_id``."""
@@ -218,6 +249,23 @@ def _html_of(msg: Any) -> str | None:
     if msg.xml.find("{http://jabber.org/protocol/xhtml-im}html") is None:
         return None
     return xhtml_to_html(msg["html"]["body"]) or None
+
+
+def _fields(msg: Any) -> dict[str, Any] | None:
+    """What an XMPP message carries to Matrix: a set of reactions, a retraction, or a
+    body (with the message it corrects or replies to); ``None`` if nothing."""
+    found = reactions.read(msg)
+    if found is not None:
+        return found
+    retracted = redactions.read(msg)
+    if retracted is not None:
+        return {"retract": retracted}
+    reply, body = replies.read(msg)
+    if not body:
+        return None
+    # a marked quote was cut from the body; the XHTML-IM body would repeat it
+    html = _html_of(msg) if body == msg["body"] else None
+    return {"body": body, "html": html, "replace": edits.read(msg), "reply": reply}
 
 
 def _content(op: dict[str, Any]) -> dict[str, str]:

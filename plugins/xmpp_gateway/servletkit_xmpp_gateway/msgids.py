@@ -1,7 +1,7 @@
 """The message-id map: a Matrix event ↔ the ids of the same message on XMPP.
 
 Kept in the plugin's store for what refers to an earlier message (edits,
-replies, redactions: part 2). ``scope`` is where the message was said: the
+replies, reactions, redactions). ``scope`` is where the message was said: the
 MUC's bare JID, or the XMPP address of a DM. Keys:
 
 ``msg/m/<event_id>``
@@ -32,6 +32,17 @@ async def remember(store: PluginStore, event_id: str, scope: str, *, id: str | N
         await store.put(f"msg/x/{scope}/{value}", event_id)
 
 
+async def add_stanza_id(store: PluginStore, scope: str, xmpp_id: str, stanza_id: str) -> None:
+    """Record the ``stanza-id`` a MUC gave the message ``xmpp_id`` the gateway sent (its
+    reflection says it), so that references to it by that id are understood."""
+    event_id = await event_for(store, scope, xmpp_id)
+    ids = None if event_id is None else await xmpp_ids_for(store, event_id)
+    if event_id is None or ids is None or ids.get("stanza_id") == stanza_id:
+        return
+    await remember(store, event_id, scope, id=ids.get("id"), origin_id=ids.get("origin_id"),
+                   stanza_id=stanza_id)
+
+
 async def event_for(store: PluginStore, scope: str, xmpp_id: str) -> str | None:
     """The Matrix event of the XMPP message ``xmpp_id`` (any of its ids) in ``scope``."""
     event_id: str | None = await store.get(f"msg/x/{scope}/{xmpp_id}")
@@ -41,6 +52,18 @@ async def event_for(store: PluginStore, scope: str, xmpp_id: str) -> str | None:
 async def xmpp_ids_for(store: PluginStore, event_id: str) -> dict[str, Any] | None:
     """The scope and XMPP ids of Matrix event ``event_id``, or ``None`` if unknown."""
     found: dict[str, Any] | None = await store.get(f"msg/m/{event_id}")
+    return found
+
+
+async def reference(store: PluginStore, event_id: str, groupchat: bool) -> str | None:
+    """The id by which an XMPP message refers to Matrix ``event_id`` (a reply, reaction or
+    retraction): the MUC's ``stanza-id`` in a group chat when known, else the message's
+    own ``id``; ``None`` if the event never crossed the gateway."""
+    ids = await xmpp_ids_for(store, event_id)
+    if ids is None:
+        return None
+    found: str | None = (groupchat and ids.get("stanza_id")) or ids.get("id") \
+        or ids.get("origin_id")
     return found
 
 

@@ -5,16 +5,19 @@ from __future__ import annotations
 import asyncio
 import xml.etree.ElementTree as ET
 from collections.abc import Awaitable, Callable
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any
 
 from slixmpp import JID
 from slixmpp.exceptions import PresenceError
 from slixmpp.xmlstream.handler import Callback
 from slixmpp.xmlstream.matcher import StanzaPath
 
-from servletkit_xmpp_gateway import msgids, names
-from servletkit_xmpp_gateway.core import BridgeCore
+from servletkit_xmpp_gateway import edits, msgids, names, reactions, redactions, replies
+from servletkit_xmpp_gateway.core import BridgeCore, Kind
 from servletkit_xmpp_gateway.formatting import html_to_xhtml_body
+
+if TYPE_CHECKING:
+    from servletkit.wires.appservice.homeserver import HomeserverClient
 
 JOIN_TIMEOUT = 10.0
 NICK_ATTEMPTS = 5
@@ -174,30 +177,51 @@ class OutboundRelay(BridgeCore):
         return names.sanitise_nick(displayname, user_id[1:].split(":", 1)[0])
 
     async def _say(self, muc: str, user_id: str, op: dict[str, Any]) -> None:
-        assert self.xmpp is not None
-        msg = self._message(op["content"], JID(muc), self.puppet_full_jid(user_id), "groupchat",
-                            op["event_id"])
-        if msg is None:
+        if not await self._carry(op, JID(muc), self.puppet_full_jid(user_id), "groupchat", muc):
             await self.notice(op["room_id"], f"{user_id}: this message cannot be carried to "
                               f"{muc} ({op['content'].get('msgtype')!r}).")
-            return
-        msg.send()
-        await msgids.remember(self.store, op["event_id"], muc, id=msg["id"],
-                              origin_id=msg["id"])
 
     async def send_direct(self, op: dict[str, Any]) -> None:
         """Send a Matrix user's DM message to the XMPP address it is for."""
-        msg = self._message(op["content"], JID(op["to"]), self.puppet_full_jid(op["user"]), "chat",
+        if not await self._carry(op, JID(op["to"]), self.puppet_full_jid(op["user"]), "chat",
+                                 op["to"]):
+            await self.notice(op["room_id"], "this message cannot be carried to XMPP.")
+
+    async def _carry(self, op: dict[str, Any], to: JID, sender: JID, mtype: Kind,
+                     scope: str) -> bool:
+        """Send what Matrix event ``op`` says to ``to`` in ``scope``; ``False`` if it has
+        no XMPP form."""
+        if op.get("type") == "m.reaction":
+            await reactions.out(self, op, to, sender, mtype)
+            return True
+        if op.get("type") == "m.room.redaction":
+            await redactions.out(self, op, to, sender, mtype)
+            return True
+        content, replace = await edits.content_out(self.store, op["content"])
+        msg = self._message(replies.without_fallback(content), to, sender, mtype,
                             op["event_id"])
         if msg is None:
-            await self.notice(op["room_id"], "this message cannot be carried to XMPP.")
-            return
-        msg.send()
-        await msgids.remember(self.store, op["event_id"], op["to"], id=msg["id"],
+            return False
+        if replace is not None:
+            msg["replace"]["id"] = replace
+        await replies.out(self, msg, op, mtype)
+        # remembered first: the MUC's reflection (its stanza-id) may come back before a
+        # store write after the send would be done
+        await msgids.remember(self.store, op["event_id"], scope, id=msg["id"],
                               origin_id=msg["id"])
+        msg.send()
+        await edits.note(self.store, op["event_id"], op["content"])
+        return True
 
-    def _message(self, content: dict[str, Any], to: JID, sender: JID,
-                 mtype: Literal["chat", "groupchat"],
+    def reader(self, op: dict[str, Any]) -> HomeserverClient:
+        """Who can read the room of Matrix event ``op``: the gateway's bot in a bridged
+        room, the XMPP user's virtual user in a DM."""
+        if op["op"] == "dm":
+            localpart = names.virtual_localpart(self.config.user_prefix, op["to"])
+            return self.hs.as_user(f"@{localpart}:{self.server_name}")
+        return self.hs
+
+    def _message(self, content: dict[str, Any], to: JID, sender: JID, mtype: Kind,
                  event_id: str) -> Any:
         """The XMPP message for Matrix ``content``, or ``None`` if it has no text form."""
         assert self.xmpp is not None

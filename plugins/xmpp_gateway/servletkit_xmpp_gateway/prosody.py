@@ -51,6 +51,8 @@ Component "{muc_domain}" "muc"
     muc_room_locking = false -- rooms are usable at once (no config form)
     muc_room_default_persistent = false
     muc_tombstones = false
+    modules_enabled = {{ "muc_mam" }} -- archives stamp XEP-0359 stanza-ids, as most MUCs do
+    muc_log_all_rooms = true
 
 Component "{component_jid}"
     component_secret = "{secret}"

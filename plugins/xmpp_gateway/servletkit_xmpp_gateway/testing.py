@@ -22,6 +22,8 @@ import nio  # type: ignore[import-untyped]  # matrix-nio ships no py.typed
 from slixmpp import JID, ClientXMPP
 
 from servletkit.testing.waiting import eventually
+from servletkit_xmpp_gateway.component import XEPS
+from servletkit_xmpp_gateway.msgids import sid_ids
 
 WAIT = 15.0
 
@@ -36,15 +38,21 @@ class XmppUser(ClientXMPP):
         self.enable_plaintext = True
         self.enable_starttls = False
         self.enable_direct_tls = False
-        for plugin in ("xep_0030", "xep_0045", "xep_0071", "xep_0199"):
+        for plugin in ("xep_0030", "xep_0045", "xep_0071", "xep_0199", *XEPS):
             self.register_plugin(plugin)
         self.received: list[Any] = []
         self.failure: str | None = None
         self._started = asyncio.Event()
         self.add_event_handler("session_start", self._on_start)
         self.add_event_handler("message", self.received.append)
+        for event in ("reactions", "message_retract"):  # ``message`` needs a body
+            self.add_event_handler(event, self._bodiless)
         for event in ("failed_all_auth", "no_auth"):
             self.add_event_handler(event, lambda _e, ev=event: self._fail(ev))
+
+    def _bodiless(self, msg: Any) -> None:
+        if not msg["body"]:
+            self.received.append(msg)
 
     def _fail(self, why: str) -> None:
         self.failure = why
@@ -81,6 +89,13 @@ class XmppUser(ClientXMPP):
         msg.send()
         return str(msg["id"])
 
+    def compose(self, to: str, body: str | None = None, mtype: str = "groupchat") -> Any:
+        """An unsent message to ``to`` with a fresh id, for the test to complete and send
+        (a correction, a reply, reactions, a retraction)."""
+        msg = self.make_message(mto=JID(to), mbody=body, mtype=mtype)  # type: ignore[arg-type]
+        msg["id"] = uuid.uuid4().hex
+        return msg
+
     def tell(self, to: str, body: str) -> None:
         """Send a 1:1 chat message."""
         self.send_message(mto=JID(to), mbody=body, mtype="chat")
@@ -93,6 +108,14 @@ class XmppUser(ClientXMPP):
         """The first received message for which ``check`` is true (waits for it)."""
         found = await eventually(lambda: self.messages(check), within)
         return found[0]
+
+    async def muc_id(self, room: str, msg_id: str) -> str:
+        """The XEP-0359 stanza-id MUC ``room`` gave the message ``msg_id`` (from the copy
+        this user got): the id group chat replies, reactions and retractions use."""
+        got = await self.wait_message(lambda m: m["id"] == msg_id and m["from"].bare == room)
+        stanza_id = sid_ids(got, room)[1]
+        assert stanza_id, f"{room} gave {msg_id} no stanza-id"
+        return stanza_id
 
     def occupants(self, room: str) -> set[str]:
         """The nicks slixmpp has seen in ``room`` right now."""
@@ -131,11 +154,33 @@ class MatrixUser:
         await self.call("PUT", f"/profile/{quote(self.user_id)}/displayname",
                         {"displayname": name})
 
-    async def messages(self, room_id: str) -> list[dict[str, Any]]:
-        """The room's ``m.room.message`` events, oldest first (the last 200)."""
+    async def events(self, room_id: str) -> list[dict[str, Any]]:
+        """The room's events, oldest first (the last 200)."""
         chunk = (await self.call("GET", f"/rooms/{quote(room_id)}/messages", dir="b",
                                  limit=200))["chunk"]
-        return [e for e in reversed(chunk) if e["type"] == "m.room.message"]
+        return list(reversed(chunk))
+
+    async def messages(self, room_id: str) -> list[dict[str, Any]]:
+        """The room's ``m.room.message`` events, oldest first (the last 200)."""
+        return [e for e in await self.events(room_id) if e["type"] == "m.room.message"]
+
+    async def send_event(self, room_id: str, event_type: str, content: dict[str, Any]) -> str:
+        """Send any message event; its event ID."""
+        path = f"/rooms/{quote(room_id)}/send/{quote(event_type)}/{uuid.uuid4().hex}"
+        return str((await self.call("PUT", path, content))["event_id"])
+
+    async def redact(self, room_id: str, event_id: str) -> str:
+        """Redact ``event_id``; the redaction's event ID."""
+        path = f"/rooms/{quote(room_id)}/redact/{quote(event_id)}/{uuid.uuid4().hex}"
+        return str((await self.call("PUT", path, {}))["event_id"])
+
+    async def wait_event(self, room_id: str, check: Callable[[dict[str, Any]], bool],
+                         within: float = WAIT) -> dict[str, Any]:
+        """The first event of any type in the room for which ``check`` is true."""
+        async def found() -> list[dict[str, Any]]:
+            return [e for e in await self.events(room_id) if check(e)]
+        first: dict[str, Any] = (await eventually(found, within))[0]
+        return first
 
     async def members(self, room_id: str) -> dict[str, Any]:
         """Joined members of the room → their display names."""
@@ -145,10 +190,8 @@ class MatrixUser:
     async def wait_message(self, room_id: str, check: Callable[[dict[str, Any]], bool],
                            within: float = WAIT) -> dict[str, Any]:
         """The first message event in the room for which ``check`` is true (waits for it)."""
-        async def found() -> list[dict[str, Any]]:
-            return [e for e in await self.messages(room_id) if check(e)]
-        first: dict[str, Any] = (await eventually(found, within))[0]
-        return first
+        return await self.wait_event(
+            room_id, lambda e: e["type"] == "m.room.message" and check(e), within)
 
     async def invites(self) -> list[str]:
         """Room IDs this user has been invited to since the last call (incremental

@@ -34,8 +34,10 @@ async def test_room_on_demand_and_messages_both_ways(gateway, nio_user, xmpp_use
 
     # the message-id map, both ways (origin-id: XEP-0359, set by the gateway)
     assert got.xml.find("{urn:xmpp:sid:0}origin-id").get("id") == got["id"]
+    got_id = await human.muc_id(ROOM, got["id"])  # the MUC's; the gateway learns it
+    assert await eventually(lambda: gateway.plugin_data(f"msg/x/{ROOM}/{got_id}")) == sent
     assert await gateway.plugin_data(f"msg/m/{sent}") == {
-        "scope": ROOM, "id": got["id"], "origin_id": got["id"], "stanza_id": None}
+        "scope": ROOM, "id": got["id"], "origin_id": got["id"], "stanza_id": got_id}
     assert await gateway.plugin_data(f"msg/x/{ROOM}/{got['id']}") == sent
     assert await gateway.plugin_data(f"msg/x/{ROOM}/{said}") == event["event_id"]
     assert (await gateway.plugin_data(f"msg/m/{event['event_id']}"))["id"] == said
