@@ -179,3 +179,37 @@ async def test_appservice_queue_depth_and_transaction_lag(tmp_path: Path) -> Non
     assert sample(done, "servletkit_transaction_lag_seconds_count", **wire) == 3
     assert sample(done, "servletkit_transaction_lag_seconds_bucket", le="30.0", **wire) == 0
     assert sample(done, "servletkit_transaction_lag_seconds_bucket", le="300.0", **wire) == 3
+
+
+class Slow:
+    @hookimpl
+    def on_send_event(self, event):
+        if event.content.get("body") == "slow":
+            time.sleep(0.03)
+
+
+async def test_each_plugin_has_a_latency_histogram(tmp_path: Path) -> None:
+    """Per plugin and hook, calls are counted in buckets: the one 30 ms call is beyond
+    the 25 ms bound; the quick calls are within every bound."""
+    config = appservice_config(tmp_path, {"slow": None})
+    config = attrs.evolve(config, server=attrs.evolve(config.server, metrics=True))
+    container = await started(config, slow=Slow())
+    try:
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=build_app(container)),
+                                     base_url="http://container") as client:
+            body = {"events": [new_event(), new_event(body="slow"), new_event(), new_event()]}
+            answer = await client.put("/_matrix/app/v1/transactions/h1", json=body,
+                                      headers=AUTH)
+            assert answer.status_code == 200
+            scraped = await client.get("/metrics")
+    finally:
+        await container.stop()
+    found = samples(scraped.text)
+    labels = {"plugin": "slow", "hook": "on_send_event"}
+    bucket = "servletkit_plugin_call_seconds_bucket"
+    assert sample(found, bucket, le="0.0005", **labels) <= 3
+    assert sample(found, bucket, le="0.025", **labels) == 3
+    assert sample(found, bucket, le="10", **labels) == 4
+    assert sample(found, bucket, le="+Inf", **labels) == 4
+    assert sample(found, "servletkit_plugin_call_seconds_count", **labels) == 4
+    assert sample(found, "servletkit_plugin_call_seconds_sum", **labels) >= 0.03
