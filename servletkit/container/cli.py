@@ -65,7 +65,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from servletkit.container.http_server import uvicorn_config
     from servletkit.container.logs import apply_decisions, run_log_config
 
-    served = uvicorn.Server(uvicorn_config(build_app(container), config.server, host=host,
+    served = uvicorn.Server(uvicorn_config(container, build_app(container), host=host,
                                            port=port, log_config=run_log_config(config.logging)))
     apply_decisions(config.logging)
     served.run()

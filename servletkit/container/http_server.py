@@ -19,13 +19,15 @@ import asyncio
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from servletkit.wires.http import hardened_config
+from servletkit.wires.http import OpenConnections, hardened_config
+from servletkit.wires.metrics import metrics_for
 
 if TYPE_CHECKING:
     import uvicorn
     from starlette.types import ASGIApp
 
-    from servletkit.container.config import ServerConfig
+    from servletkit.container.runtime import Container
+
 
 def loop_factory() -> Callable[[], asyncio.AbstractEventLoop]:
     """A new event loop as uvicorn's ``loop="auto"`` picks it: uvloop's where importable, else
@@ -47,15 +49,21 @@ def serving_stack() -> dict[str, str]:
     return {"loop": loop_package, "http": http}
 
 
-def uvicorn_config(app: ASGIApp, server: ServerConfig, *, host: str, port: int,
+def uvicorn_config(container: Container, app: ASGIApp, *, host: str, port: int,
                    log_config: dict[str, Any] | None) -> uvicorn.Config:
-    """uvicorn's config for the container's ``app`` on ``host:port``, hardened by ``server``.
+    """uvicorn's config for ``container``'s ``app`` on ``host:port``, hardened by its
+    ``[server]``; its open connections are reported as ``servletkit_wire_connections``
+    of the ``server`` wire when ``[server] metrics`` is on.
 
     ``log_config``: uvicorn's logging set-up (``servletkit run``), or ``None`` to leave
     logging as the caller set it up (``servletkit dev``). Either way the access log's
     lines lose their query strings: the filter sits on the access logger itself,
     after uvicorn has configured logging.
     """
-    return hardened_config(app, server, host=host, port=port, lifespan="on",
-                           log_config=log_config,
+    connections = OpenConnections()
+    metrics = metrics_for(container)
+    if metrics is not None:
+        metrics.count_connections("server", connections)
+    return hardened_config(app, container.config.server, connections, host=host, port=port,
+                           lifespan="on", log_config=log_config,
                            log_level="info" if log_config is not None else None)

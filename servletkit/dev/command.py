@@ -334,7 +334,7 @@ class DevSession:
         self._container = container
         app = build_app(container, homeserver_started=self._synapse_answers)
         self._server = _Server(uvicorn_config(
-            app, config.server, host=config.server.host, port=config.server.port,
+            container, app, host=config.server.host, port=config.server.port,
             log_config=None))
         self._serving = asyncio.create_task(self._server.serve())
         await self._until(lambda: self._server is not None and self._server.started)

@@ -8,10 +8,11 @@ Chains are built once per plugin change by :func:`build_chains`.
 
 from __future__ import annotations
 
+import bisect
 import inspect
 import operator
 from collections.abc import Callable, Iterable, Mapping
-from typing import Any, Literal
+from typing import Any, Final, Literal
 
 import attrs
 import pluggy
@@ -21,6 +22,12 @@ from servletkit.hooks.decisions import Allow, Decision, Veto
 
 OnError = Literal["allow", "deny"]
 """A plugin's failure policy in an interception chain: carry on, or refuse."""
+
+LATENCY_BUCKETS: Final = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
+                          1.0, 2.5, 5.0, 10.0)
+"""Upper bounds (seconds) of the per-plugin latency histogram: plugins answer in well
+under a millisecond, up to their budget (1 s by default). A call within the first bound
+costs the dispatcher nothing extra: only slower calls are counted per bucket."""
 
 FailureKind = Literal["raised", "timed_out", "bad_answer"]
 """How a plugin failed: it raised, overran its budget, or answered something else."""
@@ -102,11 +109,26 @@ class Slot:
     skipped: int = 0  # chain runs that ended before reaching this slot
     total_s: float = 0.0
     failures: int = 0
+    slow: list[int] = attrs.field(factory=lambda: [0] * (len(LATENCY_BUCKETS) + 1))
+    """Calls slower than ``LATENCY_BUCKETS[0]``, by the index of the first bound they are
+    within (``len(LATENCY_BUCKETS)``: beyond the last); index 0 stays 0."""
 
     @property
     def calls(self) -> int:
         """How often this implementation was called (counted without touching the hot path)."""
         return self.runs[0] - self.skipped
+
+    def count_slow(self, elapsed_s: float) -> None:
+        """Count a call slower than the first latency bound (off the hot path)."""
+        self.slow[bisect.bisect_left(LATENCY_BUCKETS, elapsed_s)] += 1
+
+    def histogram(self) -> tuple[int, ...]:
+        """Calls within each bound of ``LATENCY_BUCKETS``, cumulative, then all calls."""
+        counts, within = [], self.calls - sum(self.slow)
+        for index in range(len(LATENCY_BUCKETS)):
+            within += self.slow[index]
+            counts.append(within)
+        return (*counts, self.calls)
 
 
 @attrs.frozen
@@ -118,6 +140,8 @@ class SlotTimings:
     calls: int
     total_s: float
     failures: int
+    histogram: tuple[int, ...] = ()
+    """Calls within each bound of :data:`LATENCY_BUCKETS`, cumulative, then all calls."""
 
 
 SlotCall = tuple[Callable[[Any, Any], Any], Any, bool, float, Slot]

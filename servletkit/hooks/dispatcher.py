@@ -37,6 +37,7 @@ import pluggy
 
 from servletkit.hooks import _eventloop, _rules, _worker_threads
 from servletkit.hooks._chain import (
+    LATENCY_BUCKETS,
     Chain,
     FailureKind,
     OnError,
@@ -71,6 +72,7 @@ from servletkit.hooks.table import HookTable
 
 __all__ = [
     "FAILURE_RECORD_ATTRIBUTE",
+    "LATENCY_BUCKETS",
     "Chain",
     "Dispatcher",
     "FailureKind",
@@ -90,6 +92,7 @@ log = logging.getLogger("servletkit.dispatcher")
 T = TypeVar("T")
 
 _clock: Final = time.perf_counter
+_FAST_S: Final = LATENCY_BUCKETS[0]  # calls within it are not counted per bucket
 _NO_FAILURES: Final[tuple[PluginFailure, ...]] = ()
 
 
@@ -227,7 +230,8 @@ class Dispatcher:
     def timings(self) -> list[SlotTimings]:
         """What each plugin's implementations have cost so far."""
         return [
-            SlotTimings(slot.plugin, hook, slot.calls, slot.total_s, slot.failures)
+            SlotTimings(slot.plugin, hook, slot.calls, slot.total_s, slot.failures,
+                        slot.histogram())
             for hook, chain in sorted(self._chains.items())
             for slot in chain.slots
         ]
@@ -324,6 +328,7 @@ class Dispatcher:
         calls, runs = chain.calls, chain.runs
         rule: Rule[T] | None = None
         clock = _clock
+        fast_s = _FAST_S
         watch = None
         if chain.async_count:  # the task's watch (Watchdog.watch's fast path, inlined)
             watchdog = self._watchdog
@@ -358,6 +363,8 @@ class Dispatcher:
                 elapsed = end - start
                 start = end
                 slot.total_s += elapsed
+                if elapsed > fast_s:
+                    slot.count_slow(elapsed)
                 if answer is None and elapsed <= budget_s:
                     continue
                 if rule is None:

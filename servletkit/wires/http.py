@@ -36,9 +36,21 @@ _BUSY: Final = object()
 """A request was being handled at the last check."""
 
 
-def with_header_timeout(base: type[asyncio.Protocol], timeout_s: float) -> type[asyncio.Protocol]:
+class OpenConnections:
+    """How many connections a listener has open (``servletkit_wire_connections``)."""
+
+    def __init__(self) -> None:
+        self.count = 0
+
+    def __call__(self) -> int:
+        return self.count
+
+
+def with_header_timeout(base: type[asyncio.Protocol], timeout_s: float,
+                        connections: OpenConnections | None = None) -> type[asyncio.Protocol]:
     """uvicorn's HTTP protocol class ``base``, closing connections without a request's headers
-    within ``timeout_s`` (``[server] header_timeout_s``).
+    within ``timeout_s`` (``[server] header_timeout_s``), and counting its open ones in
+    ``connections`` if given.
 
     Checked every ``timeout_s``: a connection with no request handled or in progress
     since the previous check (``base``'s ``cycle``, the request being answered, is
@@ -52,9 +64,13 @@ def with_header_timeout(base: type[asyncio.Protocol], timeout_s: float) -> type[
 
         def connection_made(self, transport: Any) -> None:
             super().connection_made(transport)
+            if connections is not None:
+                connections.count += 1
             self._arm()
 
         def connection_lost(self, exc: Exception | None) -> None:
+            if connections is not None:
+                connections.count -= 1
             if self._header_timer is not None:
                 self._header_timer.cancel()
             super().connection_lost(exc)
@@ -90,9 +106,12 @@ class WithoutQueryString(logging.Filter):
         return True
 
 
-def hardened_config(app: ASGIApp, server: ServerConfig, **options: Any) -> uvicorn.Config:
+def hardened_config(app: ASGIApp, server: ServerConfig,
+                    connections: OpenConnections | None = None,
+                    **options: Any) -> uvicorn.Config:
     """uvicorn's config for ``app`` with ``options``, hardened by ``server``: its
     ``header_timeout_s`` and ``keep_alive_s``, and an access log without query strings.
+    ``connections``, if given, counts the listener's open connections.
 
     The filter sits on the access logger itself, after uvicorn has configured
     logging (``options``' ``log_config``, if any), so every listener's lines lose
@@ -102,7 +121,8 @@ def hardened_config(app: ASGIApp, server: ServerConfig, **options: Any) -> uvico
     from uvicorn.protocols.http.auto import AutoHTTPProtocol
 
     config = uvicorn.Config(app, timeout_keep_alive=server.keep_alive_s,
-                            http=with_header_timeout(AutoHTTPProtocol, server.header_timeout_s),
+                            http=with_header_timeout(AutoHTTPProtocol, server.header_timeout_s,
+                                                     connections),
                             **options)
     access = logging.getLogger(ACCESS_LOGGER)
     if not any(isinstance(each, WithoutQueryString) for each in access.filters):

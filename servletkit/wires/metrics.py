@@ -3,8 +3,9 @@
 Two sources, neither in the dispatcher's hot path:
 
 * **At each scrape**, the dispatcher's own figures (:meth:`Dispatcher.timings`):
-  per plugin and hook, its calls, the time they took (a summary: count and
-  sum) and its failures.
+  per plugin and hook, its calls, the time they took (a histogram: the
+  dispatcher counts only calls slower than the first bound per bucket) and its
+  failures.
 * **From the wires**, where they turn an interception outcome into an answer and
   an audit record: per plugin and hook, the decisions by kind
   (``allow``, ``modify``, ``veto``) and the failures by kind (``raised``,
@@ -25,20 +26,16 @@ from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Final
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
-from prometheus_client.core import CounterMetricFamily, Metric, SummaryMetricFamily
+from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
-from servletkit.hooks.dispatcher import Outcome
+from servletkit.hooks.dispatcher import LATENCY_BUCKETS, Outcome
 
 if TYPE_CHECKING:
     from servletkit.container.runtime import Container
-
-LATENCY_BUCKETS: Final = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
-                          1.0, 2.5, 5.0, 10.0)
-"""Seconds: plugins answer in well under a millisecond to their budget (1 s by default)."""
 
 LAG_BUCKETS: Final = (0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 3600.0)
 """Seconds: a healthy homeserver pushes within a second; a container that was down, hours."""
@@ -54,15 +51,17 @@ class _Timings:
         labels = ["plugin", "hook"]
         calls = CounterMetricFamily("servletkit_plugin_calls", "Calls of a plugin's hook "
                                     "implementation", labels=labels)
-        seconds = SummaryMetricFamily("servletkit_plugin_call_seconds", "Time a plugin's hook "
-                                      "implementation took", labels=labels)
+        seconds = HistogramMetricFamily("servletkit_plugin_call_seconds", "Time a plugin's "
+                                        "hook implementation took", labels=labels)
         failures = CounterMetricFamily("servletkit_plugin_failures", "Calls that raised, "
                                        "overran the budget or answered nonsense", labels=labels)
         container = self._container()
         for timing in container.dispatcher.timings() if container is not None else ():
             key = [timing.plugin, timing.hook]
             calls.add_metric(key, timing.calls)
-            seconds.add_metric(key, timing.calls, timing.total_s)
+            bounds = [*(f"{bound:g}" for bound in LATENCY_BUCKETS), "+Inf"]
+            seconds.add_metric(key, list(zip(bounds, timing.histogram, strict=True)),
+                               timing.total_s)
             failures.add_metric(key, timing.failures)
         yield from (calls, seconds, failures)
 

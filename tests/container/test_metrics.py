@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import socket
 import time
 from pathlib import Path
 
@@ -15,7 +16,8 @@ from servletkit.container.app import build_app
 from servletkit.container.config import parse_config
 from servletkit.container.plugins import PluginSource
 from servletkit.container.runtime import Container
-from servletkit.testing import only_plugins
+from servletkit.testing import only_plugins, plugins_toml
+from servletkit.testing.container import start_container
 from servletkit.testing.synapse import free_port
 from servletkit.wires.module.listener import module_wire
 from servletkit.wires.module.protocol import PROTOCOL_VERSION
@@ -179,3 +181,67 @@ async def test_appservice_queue_depth_and_transaction_lag(tmp_path: Path) -> Non
     assert sample(done, "servletkit_transaction_lag_seconds_count", **wire) == 3
     assert sample(done, "servletkit_transaction_lag_seconds_bucket", le="30.0", **wire) == 0
     assert sample(done, "servletkit_transaction_lag_seconds_bucket", le="300.0", **wire) == 3
+
+
+class Slow:
+    @hookimpl
+    def on_send_event(self, event):
+        if event.content.get("body") == "slow":
+            time.sleep(0.03)
+
+
+async def test_each_plugin_has_a_latency_histogram(tmp_path: Path) -> None:
+    """Per plugin and hook, calls are counted in buckets: the one 30 ms call is beyond
+    the 25 ms bound; the quick calls are within every bound."""
+    config = appservice_config(tmp_path, {"slow": None})
+    config = attrs.evolve(config, server=attrs.evolve(config.server, metrics=True))
+    container = await started(config, slow=Slow())
+    try:
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=build_app(container)),
+                                     base_url="http://container") as client:
+            body = {"events": [new_event(), new_event(body="slow"), new_event(), new_event()]}
+            answer = await client.put("/_matrix/app/v1/transactions/h1", json=body,
+                                      headers=AUTH)
+            assert answer.status_code == 200
+            scraped = await client.get("/metrics")
+    finally:
+        await container.stop()
+    found = samples(scraped.text)
+    labels = {"plugin": "slow", "hook": "on_send_event"}
+    bucket = "servletkit_plugin_call_seconds_bucket"
+    assert sample(found, bucket, le="0.0005", **labels) <= 3
+    assert sample(found, bucket, le="0.025", **labels) == 3
+    assert sample(found, bucket, le="10", **labels) == 4
+    assert sample(found, bucket, le="+Inf", **labels) == 4
+    assert sample(found, "servletkit_plugin_call_seconds_count", **labels) == 4
+    assert sample(found, "servletkit_plugin_call_seconds_sum", **labels) >= 0.03
+
+
+def test_the_server_listener_counts_its_open_connections(tmp_path: Path) -> None:
+    """Through ``servletkit run``: two idle keep-alive connections and the scraping one are
+    three open connections of the ``server`` wire; closed, they are no longer counted."""
+    port = free_port()
+    config = tmp_path / "servletkit.toml"
+    config.write_text(f'[server]\nhost = "127.0.0.1"\nport = {port}\nmetrics = true\n'
+                      + plugins_toml(only_plugins({})))
+    url = f"http://127.0.0.1:{port}"
+    process = start_container(config, url, workdir=tmp_path)
+
+    def open_connections() -> float | None:
+        with httpx.Client() as client:
+            found = samples(client.get(f"{url}/metrics").text)
+        return sample(found, "servletkit_wire_connections", wire="server")
+
+    try:
+        idle = [socket.create_connection(("127.0.0.1", port)) for _ in range(2)]
+        time.sleep(0.2)
+        assert open_connections() == 3
+        for connection in idle:
+            connection.close()
+        deadline = time.monotonic() + 5
+        while open_connections() != 1 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert open_connections() == 1
+    finally:
+        process.terminate()
+        process.wait(timeout=15)
