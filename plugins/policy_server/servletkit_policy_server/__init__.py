@@ -72,6 +72,14 @@ class _EventSubject:
 Subject = _Subject | _EventSubject
 
 
+def _described_rules(settings: Settings) -> list[dict[str, Any]]:
+    """The rules of ``settings`` (global or a community's) in order, each with its dry run."""
+    rules = [(rule.name, rule.dry_run) for rule in settings.rules]
+    rules += [(rule.name, rule.dry_run) for rule in settings.stored]
+    rules.append(("policy_list", settings.policy_list_dry_run))
+    return [{"name": name, "dry_run": dry_run} for name, dry_run in rules]
+
+
 class PolicyServer:
     """The plugin: the container instantiates it with no arguments.
 
@@ -133,15 +141,17 @@ class PolicyServer:
         await self.audit.stop(context.store)
 
     async def describe(self, store: PluginStore) -> dict[str, Any]:
-        """The rules, dry run and lists, as the admin route and ``!policy rules`` show them."""
-        rules = [(rule.name, rule.dry_run) for rule in self.settings.rules]
-        rules += [(rule.name, rule.dry_run) for rule in self.settings.stored]
-        rules += [("policy_list", self.settings.policy_list_dry_run)]
+        """The rules, dry run, lists and communities, as the admin route and ``!policy
+        rules`` show them: each community with its rooms, the keys it sets and its rules."""
         return {
-            "rules": [{"name": name, "dry_run": dry_run} for name, dry_run in rules],
+            "rules": _described_rules(self.settings),
             "dry_run": await self.dry_run(store),
             "policy_lists": self.list_rooms,
             "bans": len(self.index),
+            "communities": [{"rooms": list(community.rooms),
+                             "settings": dict(community.overrides),
+                             "rules": _described_rules(community)}
+                            for community in self.settings.each_community()],
         }
 
     async def set_dry_run(self, store: PluginStore, on: bool) -> None:

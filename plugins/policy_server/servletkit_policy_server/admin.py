@@ -4,7 +4,8 @@
 Every request needs ``Authorization: Bearer <admin_token>`` (compared in constant time)::
 
     GET  /_servletkit/plugins/policy_server/audit?limit=N  {"decisions": [...newest N]}
-    GET  /_servletkit/plugins/policy_server/rules          {"rules": [...], "dry_run": ...}
+    GET  /_servletkit/plugins/policy_server/rules          {"rules": [...], "dry_run": ...,
+                                                            "communities": [...]}
     PUT  /_servletkit/plugins/policy_server/dry_run        {"dry_run": true|false}
 
 Errors are Matrix-style: 401 ``M_MISSING_TOKEN``/``M_UNKNOWN_TOKEN``, 400

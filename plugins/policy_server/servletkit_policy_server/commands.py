@@ -2,7 +2,8 @@
 (make it a private room), answered in the room by the plugin's bot (the appservice user).
 
     !policy status                  rules, list bans, dry run, decisions kept
-    !policy rules                   the rules and which are in dry run
+    !policy rules                   the rules and which are in dry run, then each
+                                    community's rooms, the keys it sets and its rules
     !policy dry-run on|off          the whole plugin (kept in the store, every instance)
     !policy ban ENTITY [REASON]     an m.ban rule in the first policy list (user, server
                                     or room; globs allowed); the bot needs power there
@@ -62,6 +63,12 @@ async def protect(homeserver: Any, policy: PolicyServerInfo | None, room: str) -
             f"({policy.user_id} invited, it joins by itself)")
 
 
+def _rule_names(rules: list[dict[str, Any]]) -> str:
+    """``describe()``'s rules as ``name, name (dry run), ...``."""
+    return ", ".join(f"{rule['name']}{' (dry run)' if rule['dry_run'] else ''}"
+                     for rule in rules)
+
+
 async def run_command(plugin: PolicyServer, homeserver: Any, store: PluginStore,
                       policy: PolicyServerInfo | None, body: str) -> str:
     """Carry out one ``!policy`` command (``policy``: the container's policy wire, for
@@ -76,9 +83,11 @@ async def run_command(plugin: PolicyServer, homeserver: Any, store: PluginStore,
                 f"{len(await plugin.audit.newest(store, plugin.audit.kept))} decisions kept")
     if command == "rules":
         described = await plugin.describe(store)
-        return "rules: " + ", ".join(
-            f"{rule['name']}{' (dry run)' if rule['dry_run'] else ''}"
-            for rule in described["rules"]) + ("; dry run on" if described["dry_run"] else "")
+        return "rules: " + _rule_names(described["rules"]) + (
+            "; dry run on" if described["dry_run"] else "") + "".join(
+            f"; community {', '.join(community['rooms'])} (sets "
+            f"{', '.join(community['settings']) or 'nothing'}): "
+            + _rule_names(community["rules"]) for community in described["communities"])
     if command == "dry-run" and args and args[0].lower() in ("on", "off"):
         await plugin.set_dry_run(store, args[0].lower() == "on")
         return f"dry run {args[0].lower()}"

@@ -79,10 +79,18 @@ class Settings:
     communities: Mapping[str, Settings] = attrs.field(factory=dict)
     """Room id → the rules of its community (``rules``, ``stored``, ``policy_list_dry_run``
     of those rooms); other rooms have the rules above."""
+    rooms: tuple[str, ...] = ()
+    """A community's rooms (empty in the global settings)."""
+    overrides: Mapping[str, Any] = attrs.field(factory=dict)
+    """A community's own keys, those that replace the global ones in its rooms."""
 
     def of_room(self, room_id: str) -> Settings:
         """The settings whose rules apply in ``room_id``."""
         return self.communities.get(room_id, self)
+
+    def each_community(self) -> list[Settings]:
+        """Every community's settings once, in the config's order."""
+        return list({settings.rooms: settings for settings in self.communities.values()}.values())
 
 
 def _communities(config: Mapping[str, Any], clock: Callable[[], float] | None,
@@ -103,11 +111,12 @@ def _communities(config: Mapping[str, Any], clock: Callable[[], float] | None,
         if unknown := sorted(set(table) - RULE_KEYS - {"rooms"}):
             raise PolicyConfigError(f"{where}.{unknown[0]}", "not a rule key (a community may "
                                     f"set: rooms, {', '.join(sorted(RULE_KEYS))})")
+        own = {key: value for key, value in table.items() if key != "rooms"}
         try:
-            settings = parse_settings(defaults | {k: v for k, v in table.items() if k != "rooms"},
-                                      clock, scope=f"community/{number}/")
+            settings = parse_settings(defaults | own, clock, scope=f"community/{number}/")
         except PolicyConfigError as error:
             raise PolicyConfigError(f"{where}.{error.key}", error.problem) from None
+        settings = attrs.evolve(settings, rooms=tuple(rooms), overrides=own)
         for room in rooms:
             if room in found:
                 raise PolicyConfigError(f"{where}.rooms", f"{room} is in an earlier community "

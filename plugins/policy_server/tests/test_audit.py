@@ -100,7 +100,7 @@ async def test_admin_route_audit_rules_and_dry_run_toggle() -> None:
         assert await answer("GET", "/rules", headers=auth) == (200, {
             "rules": [{"name": "blocked_words", "dry_run": False},
                       {"name": "policy_list", "dry_run": False}],
-            "dry_run": False, "policy_lists": {}, "bans": 0})
+            "dry_run": False, "policy_lists": {}, "bans": 0, "communities": []})
         assert (await c.dispatcher.intercept("on_send_event", make_event("spam"))).vetoed
         assert await answer("PUT", "/dry_run", headers=auth, json={"dry_run": True}) == (
             200, {"dry_run": True})
@@ -117,6 +117,28 @@ async def test_admin_route_audit_rules_and_dry_run_toggle() -> None:
         assert (await answer("GET", "/dry_run", headers=auth))[0] == 405
     async with plugin_client(c, "policy_server") as after:  # the routes stop with the plugin
         assert (await after.get("/rules", headers=auth)).status_code == 404
+
+
+async def test_admin_route_rules_show_each_community() -> None:
+    """GET rules lists every community once, in config order: its rooms, the keys it sets
+    and its rules (the global ones it inherits included)."""
+    table = {"blocked_words": ["spam"], "admin_token": TOKEN, "communities": [
+        {"rooms": ["!a:localhost", "!b:localhost"], "flood_messages": 3, "flood_seconds": 5,
+         "dry_run_rules": ["flood"]},
+        {"rooms": ["!c:localhost"], "blocked_words": []}]}
+    async with running_container({"policy_server": PolicyServer()},
+                                 {"plugins": {"policy_server": table}}) as c, \
+            plugin_client(c, "policy_server") as http:
+        answer = await http.get("/rules", headers={"Authorization": f"Bearer {TOKEN}"})
+        assert answer.status_code == 200
+        assert answer.json()["communities"] == [
+            {"rooms": ["!a:localhost", "!b:localhost"],
+             "settings": {"flood_messages": 3, "flood_seconds": 5, "dry_run_rules": ["flood"]},
+             "rules": [{"name": "blocked_words", "dry_run": False},
+                       {"name": "flood", "dry_run": True},
+                       {"name": "policy_list", "dry_run": False}]},
+            {"rooms": ["!c:localhost"], "settings": {"blocked_words": []},
+             "rules": [{"name": "policy_list", "dry_run": False}]}]
 
 
 async def test_no_admin_token_no_admin_route() -> None:

@@ -225,3 +225,21 @@ async def test_management_room_commands() -> None:
             "no policy wire: add a [policy] section to the container's config to protect rooms")
         assert await say("!policy status", sender=homeserver.user_id) is None
         assert await say("!policy status", room_id="!elsewhere:localhost") is None
+
+
+async def test_policy_rules_shows_each_community() -> None:
+    """!policy rules: the global rules, then each community's rooms, keys and rules."""
+    homeserver = CommandHomeserver([])
+    table = {"management_room": "!mgmt:localhost", "blocked_words": ["spam"],
+             "dry_run_rules": ["policy_list"], "communities": [
+                 {"rooms": ["!a:localhost", "!b:localhost"], "max_mentions": 2},
+                 {"rooms": ["!c:localhost"]}]}
+    async with running_container({"policy_server": PolicyServer(homeserver=homeserver)},
+                                 {"plugins": {"policy_server": table}}) as container:
+        await container.dispatcher.observe("on_stored_event", make_event(
+            "!policy rules", sender="@mod:localhost", room_id="!mgmt:localhost"))
+    assert homeserver.said == [
+        "rules: blocked_words, policy_list (dry run)"
+        "; community !a:localhost, !b:localhost (sets max_mentions): "
+        "blocked_words, max_mentions, policy_list (dry run)"
+        "; community !c:localhost (sets nothing): blocked_words, policy_list (dry run)"]
