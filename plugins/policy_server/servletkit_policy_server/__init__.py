@@ -148,7 +148,7 @@ class PolicyServer:
             "dry_run": await self.dry_run(store),
             "policy_lists": self.list_rooms,
             "bans": len(self.index),
-            "communities": [{"rooms": list(community.rooms),
+            "communities": [{"rooms": list(community.rooms), "dry_run": community.dry_run,
                              "settings": dict(community.overrides),
                              "rules": _described_rules(community)}
                             for community in self.settings.each_community()],

@@ -25,6 +25,7 @@ Keys (all optional)::
     [[plugins.policy_server.communities]]  # rules of some rooms, overriding the above
     rooms = ["!room:example.org"]          # room ids (each in one community at most)
     blocked_words = ["eggs"]               # any rule key above (dry_run_rules included)
+    dry_run = true                         # its rooms only log (the rest stays enforced)
 
 A mistake raises :class:`PolicyConfigError` naming the key, which fails
 ``servlet_init``.
@@ -71,6 +72,8 @@ class Settings:
     rules: tuple[Rule, ...]
     policy_lists: tuple[str, ...]
     dry_run: bool
+    """Refuse nothing: the whole plugin's as configured (the toggle in the store overrides
+    it), or a community's in its rooms (every rule of the community is in dry run then)."""
     policy_list_dry_run: bool
     stored: tuple[StoredRule, ...] = ()
     audit_kept: int = 1000
@@ -108,12 +111,15 @@ def _communities(config: Mapping[str, Any], clock: Callable[[], float] | None,
                 isinstance(room, str) and room.startswith("!") for room in rooms):
             raise PolicyConfigError(f"{where}.rooms", "must be a non-empty list of room ids "
                                                       f"(!id:server), not {rooms!r}")
-        if unknown := sorted(set(table) - RULE_KEYS - {"rooms"}):
+        if unknown := sorted(set(table) - RULE_KEYS - {"rooms", "dry_run"}):
             raise PolicyConfigError(f"{where}.{unknown[0]}", "not a rule key (a community may "
-                                    f"set: rooms, {', '.join(sorted(RULE_KEYS))})")
+                                    f"set: rooms, dry_run, {', '.join(sorted(RULE_KEYS))})")
         own = {key: value for key, value in table.items() if key != "rooms"}
+        # a community in dry run: each of its rules is (there is no toggle of its own)
+        every_rule = {"dry_run_rules": list(RULE_NAMES)} if own.get("dry_run") is True else {}
         try:
-            settings = parse_settings(defaults | own, clock, scope=f"community/{number}/")
+            settings = parse_settings(defaults | own | every_rule, clock,
+                                      scope=f"community/{number}/")
         except PolicyConfigError as error:
             raise PolicyConfigError(f"{where}.{error.key}", error.problem) from None
         settings = attrs.evolve(settings, rooms=tuple(rooms), overrides=own)

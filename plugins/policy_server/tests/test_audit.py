@@ -132,12 +132,12 @@ async def test_admin_route_rules_show_each_community() -> None:
         answer = await http.get("/rules", headers={"Authorization": f"Bearer {TOKEN}"})
         assert answer.status_code == 200
         assert answer.json()["communities"] == [
-            {"rooms": ["!a:localhost", "!b:localhost"],
+            {"rooms": ["!a:localhost", "!b:localhost"], "dry_run": False,
              "settings": {"flood_messages": 3, "flood_seconds": 5, "dry_run_rules": ["flood"]},
              "rules": [{"name": "blocked_words", "dry_run": False},
                        {"name": "flood", "dry_run": True},
                        {"name": "policy_list", "dry_run": False}]},
-            {"rooms": ["!c:localhost"], "settings": {"blocked_words": []},
+            {"rooms": ["!c:localhost"], "dry_run": False, "settings": {"blocked_words": []},
              "rules": [{"name": "policy_list", "dry_run": False}]}]
 
 

@@ -205,6 +205,8 @@ async def test_dry_run_per_rule_lets_other_rules_refuse(caplog: pytest.LogCaptur
      r"communities\[0\]\.admin_port: not a rule key"),
     ({"communities": [{"rooms": ["!a:x"], "max_mentions": 0}]},
      r"communities\[0\]\.max_mentions: must be a positive integer"),
+    ({"communities": [{"rooms": ["!a:x"], "dry_run": "yes"}]},
+     r"communities\[0\]\.dry_run: must be true or false"),
     ({"communities": [{"rooms": ["!a:x"]}, {"rooms": ["!a:x"]}]},
      r"communities\[1\]\.rooms: !a:x is in an earlier community already"),
 ])
@@ -240,6 +242,31 @@ async def test_a_community_has_its_own_rules_in_its_rooms() -> None:
         assert keys == ["community/0/flood/sender/!calm:localhost @alice:localhost",
                         "community/0/flood/sender/!quiet:localhost @alice:localhost",
                         "flood/sender/!room:localhost @alice:localhost"]
+
+
+async def test_a_community_in_dry_run_only_logs_while_the_rest_is_enforced() -> None:
+    """A community's dry_run = true: its rooms refuse nothing (content and counting rules
+    alike) and audit what would have been refused; other rooms are enforced."""
+    trial = "!trial:localhost"
+    table = {"blocked_words": ["spam"], "flood_messages": 1, "flood_seconds": 60,
+             "communities": [{"rooms": [trial], "dry_run": True}]}
+    plugin = PolicyServer()
+    async with policy(table, plugin) as c:
+        assert not (await send(c, "spam", room_id=trial)).vetoed
+        assert not (await send(c, "again", room_id=trial)).vetoed  # past the flood limit
+        assert reason(await send(c, "spam")).startswith("blocked_words: ")  # not counted
+        assert not (await send(c, "hello")).vetoed
+        assert reason(await send(c, "again")).startswith("flood: ")
+        store = PluginStore(c.store, "policy_server")
+        decisions = await plugin.audit.newest(store, 10)
+        assert [(d["rule"], d["outcome"], d["room_id"]) for d in decisions] == [
+            ("blocked_words", "would refuse", trial), ("flood", "would refuse", trial),
+            ("blocked_words", "refused", "!room:localhost"),
+            ("flood", "refused", "!room:localhost")]
+        community = (await plugin.describe(store))["communities"][0]
+        assert community["dry_run"] is True
+        assert {rule["name"]: rule["dry_run"] for rule in community["rules"]} == {
+            "blocked_words": True, "flood": True, "policy_list": True}
 
 
 def test_the_readme_config_blocks_are_valid() -> None:
