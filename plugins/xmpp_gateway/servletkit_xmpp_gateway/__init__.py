@@ -7,7 +7,7 @@ on it or in ``context.store``. Configuration and namespaces: the README.
 
 from __future__ import annotations
 
-from servletkit import Event, PluginContext, hookimpl
+from servletkit import Ephemeral, Event, PluginContext, hookimpl
 from servletkit_xmpp_gateway.bridge import Bridge
 from servletkit_xmpp_gateway.config import GatewayConfig, GatewayConfigError
 
@@ -42,6 +42,12 @@ class XmppGateway:
         """Relay what Matrix users do in bridged rooms and DMs to XMPP."""
         if self.bridge is not None:
             await self.bridge.matrix_event(event)
+
+    @hookimpl
+    async def on_ephemeral(self, data: Ephemeral, context: PluginContext) -> None:
+        """Relay Matrix users' typing in bridged rooms and DMs as XMPP chat states."""
+        if self.bridge is not None:
+            await self.bridge.matrix_typing(data)
 
     @hookimpl
     async def on_query_alias(self, alias: str, context: PluginContext) -> bool | None:

@@ -86,7 +86,8 @@ def dev_extension(config: Config, folder: Path) -> StartedExtension:
 
 
 def wire_gateway(config: Config, prosody: ProsodyServer) -> Config:
-    """``config`` with the gateway enabled against ``prosody`` and its namespaces added.
+    """``config`` with the gateway enabled against ``prosody``, its namespaces added and
+    ``receive_ephemeral`` on (typing notices).
 
     Keys of an existing ``[plugins.xmpp_gateway]`` table that do not say where
     the XMPP server is (``rooms``, ``bot_nick``, the prefixes) are kept.
@@ -108,7 +109,8 @@ def wire_gateway(config: Config, prosody: ProsodyServer) -> Config:
     wanted = attrs.evolve(have, users=_add(have.users, ours.users),
                           aliases=_add(have.aliases, ours.aliases))
     return attrs.evolve(config, plugins=plugins,
-                        appservice=attrs.evolve(appservice, namespaces=wanted))
+                        appservice=attrs.evolve(appservice, namespaces=wanted,
+                                                receive_ephemeral=True))
 
 
 def _add(have: tuple[Namespace, ...], more: tuple[Namespace, ...]) -> tuple[Namespace, ...]:

@@ -52,7 +52,7 @@ class Gateway:
             f'[server]\nhost = "127.0.0.1"\nport = {self.port}',
             f'[homeserver]\nurl = "http://127.0.0.1:{self.hs_port}"\nserver_name = "localhost"',
             '[appservice]\nid = "xmpp"\nas_token = "xmpp-as-token"\nhs_token = "xmpp-hs-token"',
-            'sender_localpart = "xmppbot"',
+            'sender_localpart = "xmppbot"\nreceive_ephemeral = true',
             *(f"[[appservice.namespaces.{kind}]]\nregex = {json.dumps(n.regex)}\nexclusive = true"
               for kind in ("users", "aliases") for n in getattr(owned, kind)),
             plugins_toml(only_plugins({"xmpp_gateway": table})),
