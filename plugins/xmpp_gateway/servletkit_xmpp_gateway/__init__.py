@@ -7,7 +7,10 @@ on it or in ``context.store``. Configuration and namespaces: the README.
 
 from __future__ import annotations
 
+from starlette.routing import BaseRoute
+
 from servletkit import Ephemeral, Event, PluginContext, hookimpl
+from servletkit_xmpp_gateway import media
 from servletkit_xmpp_gateway.bridge import Bridge
 from servletkit_xmpp_gateway.config import GatewayConfig, GatewayConfigError
 
@@ -29,6 +32,11 @@ class XmppGateway:
             return
         self.bridge = Bridge(GatewayConfig.from_table(context.config), context)
         await self.bridge.start()
+
+    @hookimpl
+    def servlet_routes(self, context: PluginContext) -> list[BaseRoute] | None:
+        """``media/{token}/{filename}``: the files Matrix users sent to XMPP (``media_url``)."""
+        return None if self.bridge is None else media.routes(self.bridge)
 
     @hookimpl
     async def servlet_destroy(self, context: PluginContext) -> None:

@@ -21,7 +21,8 @@ MUC), ``dm/<room_id>`` → ``{"xmpp": address, "matrix": user_id}`` and
 ``dmroom/<address>/<user_id>`` → room ID (direct chats), ``msg/`` (the
 message-id map, :mod:`servletkit_xmpp_gateway.msgids`), ``edit/`` (edits → their
 original, :mod:`~servletkit_xmpp_gateway.edits`), ``react/`` and ``reaction/``
-(reaction sets, :mod:`~servletkit_xmpp_gateway.reactions`), ``out/``, ``in/``
+(reaction sets, :mod:`~servletkit_xmpp_gateway.reactions`), ``media/`` (files
+served to XMPP, :mod:`~servletkit_xmpp_gateway.media`), ``out/``, ``in/``
 (the queues) and ``seq/out``.
 """
 

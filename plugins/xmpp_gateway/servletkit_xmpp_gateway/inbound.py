@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 from slixmpp import JID
 
 from servletkit.wires.appservice.homeserver import MatrixRequestError
-from servletkit_xmpp_gateway import edits, msgids, names, reactions, redactions, replies
+from servletkit_xmpp_gateway import edits, media, msgids, names, reactions, redactions, replies
 from servletkit_xmpp_gateway.core import BridgeCore
 from servletkit_xmpp_gateway.formatting import matrix_content, xhtml_to_html
 
@@ -169,6 +169,8 @@ class InboundRelay(BridgeCore):
             await redactions.apply_in(self, room_id, user, scope, op, txn)
             return
         content: dict[str, Any] = dict(_content(op))
+        if op.get("file") and not op.get("replace"):
+            content = await media.content_in(self, user, op["file"]) or content
         if op.get("replace"):
             content = await edits.content_in(self.store, scope, op["replace"], content)
         else:
@@ -275,7 +277,8 @@ def _fields(msg: Any) -> dict[str, Any] | None:
         return None
     # a marked quote was cut from the body; the XHTML-IM body would repeat it
     html = _html_of(msg) if body == msg["body"] else None
-    return {"body": body, "html": html, "replace": edits.read(msg), "reply": reply}
+    return {"body": body, "html": html, "replace": edits.read(msg), "reply": reply,
+            "file": media.read(msg, body)}
 
 
 def _content(op: dict[str, Any]) -> dict[str, str]:

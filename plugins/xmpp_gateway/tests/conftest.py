@@ -45,8 +45,10 @@ class Gateway:
 
     def write_config(self) -> None:
         """The container's config: appservice namespaces and the gateway's table."""
-        table = gateway_table(self.prosody) | {"reconnect_max": 1.0, "timeout_ms": 10000,
-                                               "rooms": [CONFIGURED_ROOM]}
+        table = gateway_table(self.prosody) | {
+            "reconnect_max": 1.0, "timeout_ms": 10000, "rooms": [CONFIGURED_ROOM],
+            "media_url": f"{self.url}/_servletkit/plugins/xmpp_gateway",
+            "fetch_private_media": True}  # the tests' file server is on loopback
         owned = namespaces("localhost")
         self.config_path.write_text("\n".join([
             f'[server]\nhost = "127.0.0.1"\nport = {self.port}',
