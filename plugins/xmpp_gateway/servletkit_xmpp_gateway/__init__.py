@@ -7,7 +7,10 @@ on it or in ``context.store``. Configuration and namespaces: the README.
 
 from __future__ import annotations
 
-from servletkit import Event, PluginContext, hookimpl
+from starlette.routing import BaseRoute
+
+from servletkit import Ephemeral, Event, PluginContext, hookimpl
+from servletkit_xmpp_gateway import media
 from servletkit_xmpp_gateway.bridge import Bridge
 from servletkit_xmpp_gateway.config import GatewayConfig, GatewayConfigError
 
@@ -31,6 +34,11 @@ class XmppGateway:
         await self.bridge.start()
 
     @hookimpl
+    def servlet_routes(self, context: PluginContext) -> list[BaseRoute] | None:
+        """``media/{token}/{filename}``: the files Matrix users sent to XMPP (``media_url``)."""
+        return None if self.bridge is None else media.routes(self.bridge)
+
+    @hookimpl
     async def servlet_destroy(self, context: PluginContext) -> None:
         """Close the XMPP stream; queued messages stay in the store for the next start."""
         if self.bridge is not None:
@@ -42,6 +50,12 @@ class XmppGateway:
         """Relay what Matrix users do in bridged rooms and DMs to XMPP."""
         if self.bridge is not None:
             await self.bridge.matrix_event(event)
+
+    @hookimpl
+    async def on_ephemeral(self, data: Ephemeral, context: PluginContext) -> None:
+        """Relay Matrix users' typing in bridged rooms and DMs as XMPP chat states."""
+        if self.bridge is not None:
+            await self.bridge.matrix_typing(data)
 
     @hookimpl
     async def on_query_alias(self, alias: str, context: PluginContext) -> bool | None:

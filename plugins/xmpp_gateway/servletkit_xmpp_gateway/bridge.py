@@ -21,7 +21,8 @@ MUC), ``dm/<room_id>`` → ``{"xmpp": address, "matrix": user_id}`` and
 ``dmroom/<address>/<user_id>`` → room ID (direct chats), ``msg/`` (the
 message-id map, :mod:`servletkit_xmpp_gateway.msgids`), ``edit/`` (edits → their
 original, :mod:`~servletkit_xmpp_gateway.edits`), ``react/`` and ``reaction/``
-(reaction sets, :mod:`~servletkit_xmpp_gateway.reactions`), ``out/``, ``in/``
+(reaction sets, :mod:`~servletkit_xmpp_gateway.reactions`), ``media/`` (files
+served to XMPP, :mod:`~servletkit_xmpp_gateway.media`), ``out/``, ``in/``
 (the queues) and ``seq/out``.
 """
 
@@ -41,6 +42,7 @@ from servletkit_xmpp_gateway.component import ComponentLink
 from servletkit_xmpp_gateway.config import GatewayConfig
 from servletkit_xmpp_gateway.inbound import InboundRelay
 from servletkit_xmpp_gateway.outbound import OutboundRelay
+from servletkit_xmpp_gateway.typing import TypingRelay
 
 if TYPE_CHECKING:
     from slixmpp.componentxmpp import ComponentXMPP
@@ -48,10 +50,11 @@ if TYPE_CHECKING:
     from servletkit import Event, PluginContext
 
 CARRIED = ("m.room.message", "m.reaction", "m.room.redaction")  # events relayed to XMPP
+UNSTORED = ("typing",)  # inbound operations not worth keeping over a restart
 COMMIT_WAIT = 10.0  # how long a worker waits for a queued operation's transaction to commit
 
 
-class Bridge(OutboundRelay, InboundRelay):
+class Bridge(OutboundRelay, InboundRelay, TypingRelay):
     """One running gateway: the component link, the mapping, the two workers."""
 
     def __init__(self, config: GatewayConfig, context: PluginContext) -> None:
@@ -71,6 +74,7 @@ class Bridge(OutboundRelay, InboundRelay):
             "groupchat_presence": self.xmpp_presence,
             "reactions": self.xmpp_bodiless,
             "message_retract": self.xmpp_bodiless,
+            "chatstate": self.xmpp_chat_state,
         }, self._online, self._offline, self.log)
         self.xmpp: ComponentXMPP | None = None
         # per connection (rebuilt after each reconnect): who is in each MUC
@@ -89,6 +93,8 @@ class Bridge(OutboundRelay, InboundRelay):
         self._tasks: list[asyncio.Task[None]] = []
         self._joined_matrix: set[tuple[str, str]] = set()  # (room_id, virtual user)
         self._profiles: dict[str, str] = {}  # virtual user → display name set
+        self.typing: dict[str, frozenset[str]] = {}  # room ID → Matrix users typing
+        self.xmpp_typing: set[tuple[str, str]] = set()  # (room ID, virtual user) typing
 
     # -- lifecycle --------------------------------------------------------------
 
@@ -300,7 +306,7 @@ class Bridge(OutboundRelay, InboundRelay):
             try:
                 if op["op"] == "stamp":
                     await msgids.add_stanza_id(self.store, op["muc"], op["id"], op["stanza_id"])
-                else:
+                elif op["op"] not in UNSTORED:
                     await self.store.put(op["key"], op)
                 written.set_result(None)
             except Exception as exc:  # applied anyway; only a crash right now would lose it
@@ -325,7 +331,8 @@ class Bridge(OutboundRelay, InboundRelay):
             await self._apply_in_retrying(op)
             with contextlib.suppress(Exception):
                 await written
-                await self.store.delete(op["key"])
+                if op["op"] not in UNSTORED:
+                    await self.store.delete(op["key"])
 
     async def _apply_in_retrying(self, op: dict[str, Any]) -> None:
         """Apply ``op`` to Matrix, retrying with backoff while the homeserver is unreachable."""

@@ -25,6 +25,11 @@ class GatewayConfig:
     ``@{user_prefix}…:server``). ``bot_nick``: the gateway's own occupant in
     each bridged MUC. ``rooms``: MUC room JIDs bridged from the start.
     ``reconnect_min``/``reconnect_max``: the backoff bounds (seconds).
+    ``media_url``: the public URL of the plugin's routes
+    (``https://host/_servletkit/plugins/xmpp_gateway``), where XMPP users fetch
+    Matrix files; empty: links to the homeserver's legacy media API instead.
+    ``fetch_private_media``: let XMPP links to loopback and private addresses be
+    fetched (off: an XMPP user could otherwise make the gateway read internal URLs).
     """
 
     component_jid: str
@@ -38,6 +43,8 @@ class GatewayConfig:
     rooms: tuple[str, ...] = ()
     reconnect_min: float = 0.2
     reconnect_max: float = 30.0
+    media_url: str = ""
+    fetch_private_media: bool = False
 
     @classmethod
     def from_table(cls, table: Mapping[str, Any]) -> GatewayConfig:
@@ -69,7 +76,7 @@ def _checked(key: str, value: Any, default: Any) -> Any:
         return tuple(value)
     if expected is float and isinstance(value, int | float) and not isinstance(value, bool):
         return float(value)
-    if not isinstance(value, expected) or isinstance(value, bool):
+    if not isinstance(value, expected) or (isinstance(value, bool) and expected is not bool):
         raise GatewayConfigError(f"{TABLE} {key}: must be {expected.__name__}, "
                                  f"got {value!r} ({type(value).__name__})")
     return value

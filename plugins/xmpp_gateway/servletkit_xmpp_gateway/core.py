@@ -56,6 +56,27 @@ class BridgeCore:
         """The full JID a Matrix user's puppet sends from."""
         raise NotImplementedError
 
+    def ours_in_muc(self, muc: str, nick: str, real: JID) -> bool:
+        """Whether occupant ``nick`` of ``muc`` (real JID ``real`` if known) is the
+        gateway's bot or one of its puppets."""
+        raise NotImplementedError
+
+    def dm_sender(self, msg: Any) -> tuple[str, str, str] | None:
+        """The XMPP address, name and Matrix user of a 1:1 message to a puppet."""
+        raise NotImplementedError
+
+    async def virtual(self, address: str, displayname: str) -> str:
+        """The virtual user standing for XMPP ``address``, registered and named."""
+        raise NotImplementedError
+
+    async def join_matrix(self, room_id: str, user_id: str) -> None:
+        """Join virtual ``user_id`` to ``room_id``."""
+        raise NotImplementedError
+
+    async def apply_typing(self, op: dict[str, Any]) -> None:
+        """Carry out a queued XMPP chat state in Matrix."""
+        raise NotImplementedError
+
     def reader(self, op: dict[str, Any]) -> HomeserverClient:
         """A Matrix client that can read the room of outbound operation ``op``."""
         raise NotImplementedError

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 from slixmpp import JID
 
 from servletkit.wires.appservice.homeserver import MatrixRequestError
-from servletkit_xmpp_gateway import edits, msgids, names, reactions, redactions, replies
+from servletkit_xmpp_gateway import edits, media, msgids, names, reactions, redactions, replies
 from servletkit_xmpp_gateway.core import BridgeCore
 from servletkit_xmpp_gateway.formatting import matrix_content, xhtml_to_html
 
@@ -29,7 +29,7 @@ class InboundRelay(BridgeCore):
 
     # -- callbacks from slixmpp (sync; they only queue) ---------------------------
 
-    def _ours_in_muc(self, muc: str, nick: str, real: JID) -> bool:
+    def ours_in_muc(self, muc: str, nick: str, real: JID) -> bool:
         return (nick == self.config.bot_nick or nick in self.our_nicks.get(muc, set())
                 or real.domain == self.config.component_jid)
 
@@ -43,7 +43,7 @@ class InboundRelay(BridgeCore):
         codes = pres["muc"]["status_codes"]
         real: JID = pres["muc"]["jid"]
         room = self.occupants.setdefault(muc, {})
-        if STATUS_SELF in codes or self._ours_in_muc(muc, nick, real):
+        if STATUS_SELF in codes or self.ours_in_muc(muc, nick, real):
             return
         address = room.get(nick) or (real.bare if real.bare else f"{muc}/{nick}")
         if pres["type"] == "unavailable":
@@ -69,7 +69,7 @@ class InboundRelay(BridgeCore):
                 or fields is None or msg.get_plugin("delay", check=True) is not None):
             return
         origin_id, stanza_id = msgids.sid_ids(msg, muc)
-        if self._ours_in_muc(muc, nick, JID()):
+        if self.ours_in_muc(muc, nick, JID()):
             if stanza_id and msg["id"]:  # a puppet's message: learn the MUC's id of it
                 self.queue_in({"op": "stamp", "muc": muc, "id": msg["id"],
                                "stanza_id": stanza_id})
@@ -93,22 +93,29 @@ class InboundRelay(BridgeCore):
         message (XEP-0045 §7.5) from an occupant of a bridged MUC to a Matrix
         user's puppet there: the occupant's address is then ``muc/nick``."""
         fields = _fields(msg)
-        if msg["type"] not in ("chat", "normal") or fields is None:
+        party = self.dm_sender(msg)
+        if msg["type"] not in ("chat", "normal") or fields is None or party is None:
             return
-        sender: JID = msg["from"]
-        user_id = names.user_of_puppet(str(msg["to"].bare), self.server_name,
-                                       self.config.component_jid)
-        if user_id is None or sender.domain == self.config.component_jid:
-            return
-        address, name = sender.bare, sender.bare
-        if sender.bare in self.rooms:
-            if not sender.resource or self._ours_in_muc(sender.bare, sender.resource, JID()):
-                return
-            address, name = str(sender), sender.resource
+        address, name, user_id = party
         origin_id, stanza_id = msgids.sid_ids(msg, None)
         self.queue_in({"op": "dm", "address": address, "name": name, "user": user_id,
                        **fields, "id": msg["id"] or "", "origin_id": origin_id,
                        "stanza_id": stanza_id})
+
+    def dm_sender(self, msg: Any) -> tuple[str, str, str] | None:
+        """Who writes to which Matrix user's puppet in 1:1 message ``msg``: the XMPP
+        address (an occupant's ``muc/nick`` in a MUC private chat), its name and the
+        Matrix user ID; ``None`` if it is not for a puppet or comes from the gateway."""
+        sender: JID = msg["from"]
+        user_id = names.user_of_puppet(str(msg["to"].bare), self.server_name,
+                                       self.config.component_jid)
+        if user_id is None or sender.domain == self.config.component_jid:
+            return None
+        if sender.bare in self.rooms:
+            if not sender.resource or self.ours_in_muc(sender.bare, sender.resource, JID()):
+                return None
+            return str(sender), sender.resource, user_id
+        return sender.bare, sender.bare, user_id
 
     # -- applying to Matrix ----------------------------------------------------------
 
@@ -117,6 +124,9 @@ class InboundRelay(BridgeCore):
         kind = op["op"]
         if kind == "dm":
             await self._dm_in(op)
+            return
+        if kind == "typing":
+            await self.apply_typing(op)
             return
         room_id = self.rooms.get(op["muc"]) or await self.store.get(f"room/{op['muc']}")
         if room_id is None:
@@ -159,6 +169,8 @@ class InboundRelay(BridgeCore):
             await redactions.apply_in(self, room_id, user, scope, op, txn)
             return
         content: dict[str, Any] = dict(_content(op))
+        if op.get("file") and not op.get("replace"):
+            content = await media.content_in(self, user, op["file"]) or content
         if op.get("replace"):
             content = await edits.content_in(self.store, scope, op["replace"], content)
         else:
@@ -265,7 +277,8 @@ def _fields(msg: Any) -> dict[str, Any] | None:
         return None
     # a marked quote was cut from the body; the XHTML-IM body would repeat it
     html = _html_of(msg) if body == msg["body"] else None
-    return {"body": body, "html": html, "replace": edits.read(msg), "reply": reply}
+    return {"body": body, "html": html, "replace": edits.read(msg), "reply": reply,
+            "file": media.read(msg, body)}
 
 
 def _content(op: dict[str, Any]) -> dict[str, str]:

@@ -19,6 +19,7 @@ from typing import Any
 import attrs
 
 from servletkit.container.config import Config, Namespace, Namespaces, PluginSettings, PluginTable
+from servletkit.container.snippets import appservice_url
 from servletkit.dev.errors import DevError
 from servletkit.dev.extensions import StartedExtension
 from servletkit.files import write_private
@@ -86,13 +87,17 @@ def dev_extension(config: Config, folder: Path) -> StartedExtension:
 
 
 def wire_gateway(config: Config, prosody: ProsodyServer) -> Config:
-    """``config`` with the gateway enabled against ``prosody`` and its namespaces added.
+    """``config`` with the gateway enabled against ``prosody``, its namespaces added and
+    ``receive_ephemeral`` on (typing notices); files Matrix users send are served on
+    the plugin's route of the local container (``media_url``) unless the table says
+    where.
 
     Keys of an existing ``[plugins.xmpp_gateway]`` table that do not say where
     the XMPP server is (``rooms``, ``bot_nick``, the prefixes) are kept.
     """
     table = config.plugin(PLUGIN)
-    options = {**(table.options if table is not None else {}), **gateway_table(prosody)}
+    options = {"media_url": f"{appservice_url(config)}/_servletkit/plugins/{PLUGIN}",
+               **(table.options if table is not None else {}), **gateway_table(prosody)}
     settings = table.settings if table is not None else PluginSettings()
     settings = attrs.evolve(settings, enabled=True,
                             timeout_ms=max(settings.timeout_ms, TIMEOUT_MS))
@@ -108,7 +113,8 @@ def wire_gateway(config: Config, prosody: ProsodyServer) -> Config:
     wanted = attrs.evolve(have, users=_add(have.users, ours.users),
                           aliases=_add(have.aliases, ours.aliases))
     return attrs.evolve(config, plugins=plugins,
-                        appservice=attrs.evolve(appservice, namespaces=wanted))
+                        appservice=attrs.evolve(appservice, namespaces=wanted,
+                                                receive_ephemeral=True))
 
 
 def _add(have: tuple[Namespace, ...], more: tuple[Namespace, ...]) -> tuple[Namespace, ...]:

@@ -12,7 +12,7 @@ from slixmpp.exceptions import PresenceError
 from slixmpp.xmlstream.handler import Callback
 from slixmpp.xmlstream.matcher import StanzaPath
 
-from servletkit_xmpp_gateway import edits, msgids, names, reactions, redactions, replies
+from servletkit_xmpp_gateway import edits, media, msgids, names, reactions, redactions, replies
 from servletkit_xmpp_gateway.core import BridgeCore, Kind
 from servletkit_xmpp_gateway.formatting import html_to_xhtml_body
 
@@ -198,10 +198,15 @@ class OutboundRelay(BridgeCore):
             await redactions.out(self, op, to, sender, mtype)
             return True
         content, replace = await edits.content_out(self.store, op["content"])
+        link = await media.link_out(self, op["event_id"], content)
+        if link is not None:
+            content = {"msgtype": "m.text", "body": link[0]}
         msg = self._message(replies.without_fallback(content), to, sender, mtype,
                             op["event_id"])
         if msg is None:
             return False
+        if link is not None:
+            msg["oob"]["url"], msg["oob"]["desc"] = link
         if replace is not None:
             msg["replace"]["id"] = replace
         await replies.out(self, msg, op, mtype)

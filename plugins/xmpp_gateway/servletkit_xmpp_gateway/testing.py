@@ -45,13 +45,13 @@ class XmppUser(ClientXMPP):
         self._started = asyncio.Event()
         self.add_event_handler("session_start", self._on_start)
         self.add_event_handler("message", self.received.append)
-        for event in ("reactions", "message_retract"):  # ``message`` needs a body
+        for event in ("reactions", "message_retract", "chatstate"):  # ``message`` needs a body
             self.add_event_handler(event, self._bodiless)
         for event in ("failed_all_auth", "no_auth"):
             self.add_event_handler(event, lambda _e, ev=event: self._fail(ev))
 
     def _bodiless(self, msg: Any) -> None:
-        if not msg["body"]:
+        if not msg["body"] and all(m is not msg for m in self.received[-5:]):
             self.received.append(msg)
 
     def _fail(self, why: str) -> None:
@@ -129,6 +129,8 @@ class MatrixUser:
         self.http = http
         self.user_id = user_id
         self._since: str | None = None
+        self._typing_since: str | None = None
+        self._typing: dict[str, set[str]] = {}  # room ID → typing users, as last synced
 
     async def call(self, method: str, path: str, body: Any = None, **params: Any) -> Any:
         """One request; fails the test on a non-2xx answer."""
@@ -187,11 +189,37 @@ class MatrixUser:
         joined = (await self.call("GET", f"/rooms/{quote(room_id)}/joined_members"))["joined"]
         return {user: info.get("display_name") for user, info in joined.items()}
 
+    async def direct_room(self, invitee: str) -> str:
+        """Create a DM with ``invitee`` (an XMPP user's virtual user) and wait until it
+        has joined; the room ID."""
+        room_id = str((await self.call("POST", "/createRoom", {
+            "preset": "trusted_private_chat", "is_direct": True,
+            "invite": [invitee]}))["room_id"])
+
+        async def joined() -> bool:
+            return invitee in await self.members(room_id)
+        await eventually(joined)
+        return room_id
+
     async def wait_message(self, room_id: str, check: Callable[[dict[str, Any]], bool],
                            within: float = WAIT) -> dict[str, Any]:
         """The first message event in the room for which ``check`` is true (waits for it)."""
         return await self.wait_event(
             room_id, lambda e: e["type"] == "m.room.message" and check(e), within)
+
+    async def typing(self, room_id: str) -> set[str]:
+        """Who the homeserver says is typing in ``room_id`` now (an incremental
+        ``/sync`` of its own; the last ``m.typing`` seen stands until another)."""
+        params: dict[str, Any] = {"timeout": 0}
+        if self._typing_since is not None:
+            params["since"] = self._typing_since
+        sync = await self.call("GET", "/sync", **params)
+        self._typing_since = sync["next_batch"]
+        room = sync.get("rooms", {}).get("join", {}).get(room_id, {})
+        for event in room.get("ephemeral", {}).get("events", []):
+            if event["type"] == "m.typing":
+                self._typing[room_id] = set(event["content"]["user_ids"])
+        return self._typing.get(room_id, set())
 
     async def invites(self) -> list[str]:
         """Room IDs this user has been invited to since the last call (incremental

@@ -45,14 +45,16 @@ class Gateway:
 
     def write_config(self) -> None:
         """The container's config: appservice namespaces and the gateway's table."""
-        table = gateway_table(self.prosody) | {"reconnect_max": 1.0, "timeout_ms": 10000,
-                                               "rooms": [CONFIGURED_ROOM]}
+        table = gateway_table(self.prosody) | {
+            "reconnect_max": 1.0, "timeout_ms": 10000, "rooms": [CONFIGURED_ROOM],
+            "media_url": f"{self.url}/_servletkit/plugins/xmpp_gateway",
+            "fetch_private_media": True}  # the tests' file server is on loopback
         owned = namespaces("localhost")
         self.config_path.write_text("\n".join([
             f'[server]\nhost = "127.0.0.1"\nport = {self.port}',
             f'[homeserver]\nurl = "http://127.0.0.1:{self.hs_port}"\nserver_name = "localhost"',
             '[appservice]\nid = "xmpp"\nas_token = "xmpp-as-token"\nhs_token = "xmpp-hs-token"',
-            'sender_localpart = "xmppbot"',
+            'sender_localpart = "xmppbot"\nreceive_ephemeral = true',
             *(f"[[appservice.namespaces.{kind}]]\nregex = {json.dumps(n.regex)}\nexclusive = true"
               for kind in ("users", "aliases") for n in getattr(owned, kind)),
             plugins_toml(only_plugins({"xmpp_gateway": table})),

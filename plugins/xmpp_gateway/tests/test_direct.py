@@ -37,9 +37,7 @@ async def test_matrix_user_invites_an_xmpp_users_virtual_user(gateway, matrix_us
     frank = await matrix_user("Frank")
     bob = await xmpp_user("bob")
     virtual = "@_xmpp_bob=40localhost:localhost"
-    room_id = (await frank.call("POST", "/createRoom", {
-        "preset": "trusted_private_chat", "is_direct": True, "invite": [virtual]}))["room_id"]
-    await eventually(lambda: _joined(frank, room_id, virtual))
+    room_id = await frank.direct_room(virtual)
 
     await frank.send(room_id, "hi bob, from Matrix")
     got = await bob.wait_message(lambda m: m["body"] == "hi bob, from Matrix")
@@ -50,10 +48,6 @@ async def test_matrix_user_invites_an_xmpp_users_virtual_user(gateway, matrix_us
     event = await frank.wait_message(room_id, lambda e: e["content"]["body"]
                                      == "hi Frank, from XMPP")
     assert event["sender"] == virtual
-
-
-async def _joined(user, room_id: str, member: str) -> bool:
-    return member in await user.members(room_id)
 
 
 async def test_private_messages_between_muc_occupants(gateway, matrix_user, xmpp_user) -> None:

@@ -68,9 +68,10 @@ async def test_formatted_messages_both_ways(gateway, matrix_user, xmpp_user) -> 
     assert event["content"]["format"] == "org.matrix.custom.html"
     assert event["content"]["formatted_body"] == "and this is <em>emphasised</em>"
 
-    # what has no text form is not carried, and its sender is told
+    # what has no XMPP form (an encrypted file has no plain link) is not carried, and its
+    # sender is told
     await dora.call("PUT", f"/rooms/{room_id}/send/m.room.message/img1", {
-        "msgtype": "m.image", "body": "cat.png", "url": "mxc://localhost/cat"})
+        "msgtype": "m.image", "body": "cat.png", "file": {"url": "mxc://localhost/cat"}})
     notice = await dora.wait_message(room_id, lambda e: e["content"]["msgtype"] == "m.notice")
     assert dora.user_id in notice["content"]["body"]
     assert "cannot be carried" in notice["content"]["body"]

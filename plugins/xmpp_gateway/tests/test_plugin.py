@@ -37,3 +37,11 @@ def test_defaults_and_lists() -> None:
                                        "reconnect_max": 5})
     assert (config.alias_prefix, config.user_prefix) == ("_xmpp_", "_xmpp_")
     assert config.rooms == ("a@c",) and config.reconnect_max == 5.0
+
+
+def test_booleans_are_booleans() -> None:
+    """fetch_private_media takes true/false, not a number."""
+    base = {"component_jid": "m", "component_secret": "s", "muc_domain": "c"}
+    assert GatewayConfig.from_table({**base, "fetch_private_media": True}).fetch_private_media
+    with pytest.raises(GatewayConfigError, match=r"fetch_private_media: must be bool"):
+        GatewayConfig.from_table({**base, "fetch_private_media": 1})
