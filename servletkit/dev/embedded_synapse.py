@@ -159,9 +159,7 @@ class SynapseServer:
 
     def register(self, localpart: str, password: str = "servletkit-pw-1") -> dict[str, Any]:
         """Register a user with open registration; return the response (user_id, access_token)."""
-        body = {"username": localpart, "password": password, "auth": {"type": "m.login.dummy"}}
-        answer: dict[str, Any] = _request("POST", f"{self.url}/_matrix/client/v3/register", body)
-        return answer
+        return register_user(self.url, localpart, password)
 
 
     def answers(self) -> bool:
@@ -195,6 +193,15 @@ class SynapseServer:
         self.stop()
         raise SynapseError(f"Synapse did not answer within {timeout:g} s; log {self.log_path}:\n"
                            + _tail(self.log_path))
+
+
+def register_user(url: str, localpart: str, password: str = "servletkit-pw-1") -> dict[str, Any]:
+    """Register a user on the homeserver at ``url`` (one of these, whose registration is
+    open: :class:`SynapseServer` or ``servletkit dev``'s); return the response
+    (user_id, access_token)."""
+    body = {"username": localpart, "password": password, "auth": {"type": "m.login.dummy"}}
+    answer: dict[str, Any] = _request("POST", f"{url}/_matrix/client/v3/register", body)
+    return answer
 
 
 def launch_synapse(

@@ -9,7 +9,9 @@ from servletkit.dev.embedded_synapse import (
     SynapseServer,
     free_port,
     homeserver_config,
+    register_user,
     start_synapse,
 )
 
-__all__ = ["SynapseError", "SynapseServer", "free_port", "homeserver_config", "start_synapse"]
+__all__ = ["SynapseError", "SynapseServer", "free_port", "homeserver_config", "register_user",
+           "start_synapse"]

@@ -1,6 +1,7 @@
 """The plugin against a real Synapse, on each wire.
 
-Module wire (``servletkit dev``: Synapse asks before storing): every content rule.
+Module wire (``servletkit dev``: Synapse asks before storing): every content rule, and
+join waves (users registered on its Synapse joining a public room).
 Policy wire and appservice wire (one Synapse, no module wire, so those wires alone
 decide): a ban list followed from a list room, and a word rule; the appservice wire
 redacts after the fact (``enforce_vetoes = "redact"``).
@@ -9,6 +10,7 @@ redacts after the fact (``enforce_vetoes = "redact"``).
 from __future__ import annotations
 
 import json
+import time
 import uuid
 from collections.abc import Iterator
 from typing import Any
@@ -21,6 +23,7 @@ import pytest
 from servletkit.dev.embedded_synapse import free_port
 from servletkit.testing import only_plugins, plugins_toml
 from servletkit.testing.dev import DevProcess
+from servletkit.testing.synapse import register_user
 from servletkit.testing.waiting import eventually
 from tests.policy.deployment import Client, PolicyDeployment
 
@@ -29,27 +32,43 @@ pytestmark = pytest.mark.integration
 WORD = "frobnicate"
 AS_TOKEN = "policy-plugin-as-token"
 BOT = "@servletkit:localhost"
+JOINS, JOIN_WAVE_SECONDS = 3, 4  # a short window, so that the test can wait it out
 RULES = {"blocked_words": [WORD], "max_mentions": 2, "flood_messages": 3,
          "flood_seconds": 60, "max_event_bytes": 4000, "blocked_link_domains": ["evil.example"],
-         "media_first_message": True}
+         "media_first_message": True, "join_wave_joins": JOINS,
+         "join_wave_seconds": JOIN_WAVE_SECONDS}
 
 
 class DevUser:
-    """The ``servletkit dev`` test user, over the client-server API."""
+    """A user of the ``servletkit dev`` Synapse, over the client-server API."""
 
-    def __init__(self, facts: dict[str, Any]) -> None:
-        self.http = httpx.Client(base_url=facts["homeserver_url"], timeout=30)
+    def __init__(self, homeserver_url: str, access_token: str) -> None:
+        self.homeserver_url = homeserver_url
+        self.http = httpx.Client(base_url=homeserver_url, timeout=30,
+                                 headers={"Authorization": f"Bearer {access_token}"})
+
+    @classmethod
+    def test_user(cls, facts: dict[str, Any]) -> DevUser:
+        """The ``servletkit dev`` test user, logged in."""
         user = facts["test_user"]
-        login = self.http.post("/_matrix/client/v3/login", json={
+        login = httpx.post(f"{facts['homeserver_url']}/_matrix/client/v3/login", json={
             "type": "m.login.password", "password": user["password"],
-            "identifier": {"type": "m.id.user", "user": user["localpart"]}})
+            "identifier": {"type": "m.id.user", "user": user["localpart"]}}, timeout=30)
         assert login.status_code == 200, login.text
-        self.http.headers["Authorization"] = f"Bearer {login.json()['access_token']}"
+        return cls(facts["homeserver_url"], login.json()["access_token"])
 
-    def room(self) -> str:
-        created = self.http.post("/_matrix/client/v3/createRoom", json={})
+    def another(self, prefix: str) -> DevUser:
+        """A new user of the same Synapse (localpart ``prefix`` and a random tail)."""
+        account = register_user(self.homeserver_url, f"{prefix}{uuid.uuid4().hex[:8]}")
+        return DevUser(self.homeserver_url, account["access_token"])
+
+    def room(self, preset: str = "private_chat") -> str:
+        created = self.http.post("/_matrix/client/v3/createRoom", json={"preset": preset})
         assert created.status_code == 200, created.text
         return str(created.json()["room_id"])
+
+    def join(self, room_id: str) -> httpx.Response:
+        return self.http.post(f"/_matrix/client/v3/join/{quote(room_id)}", json={})
 
     def send(self, room_id: str, content: dict[str, Any]) -> httpx.Response:
         return self.http.put(f"/_matrix/client/v3/rooms/{quote(room_id)}/send/m.room.message/"
@@ -65,7 +84,7 @@ def dev_user(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DevUser]:
                       '[dev]\nstate_dir = "state"\n'
                       + plugins_toml(only_plugins({"policy_server": RULES})))
     run = DevProcess.start(config, timeout=120.0)
-    user = DevUser(run.facts)
+    user = DevUser.test_user(run.facts)
     try:
         yield user
     finally:
@@ -116,6 +135,30 @@ def test_module_wire_event_size(dev_user: DevUser) -> None:
     """An event over max_event_bytes is refused."""
     room_id = dev_user.room()
     refused(dev_user.send(room_id, text("x" * 5000)), "event_size")
+
+
+def test_module_wire_join_wave(dev_user: DevUser) -> None:
+    """In a public room the joins past ``join_wave_joins`` within ``join_wave_seconds`` are
+    refused with the rule's reason (the creator's own join is the first of the wave, and a
+    refused join counts too, so a raid that keeps trying stays out); once the window has
+    passed, a join works again. Another room is not affected."""
+    raiders = [dev_user.another("raider") for _ in range(JOINS + 1)]
+    try:
+        room_id, other = dev_user.room("public_chat"), dev_user.room("public_chat")
+        for raider in raiders[:JOINS - 1]:
+            joined = raider.join(room_id)
+            assert joined.status_code == 200, joined.text
+        reason = refused(raiders[JOINS - 1].join(room_id), "join_wave")
+        assert reason == (f"join_wave: {JOINS + 1} joins in {JOIN_WAVE_SECONDS} s "
+                          f"(at most {JOINS}): a join wave")
+        refused(raiders[JOINS].join(room_id), "join_wave")
+        assert raiders[JOINS].join(other).status_code == 200
+        time.sleep(JOIN_WAVE_SECONDS)
+        joined = raiders[JOINS - 1].join(room_id)
+        assert joined.status_code == 200, joined.text
+    finally:
+        for raider in raiders:
+            raider.http.close()
 
 
 @attrs.frozen
