@@ -13,14 +13,20 @@ In order, for a server name:
 
 When an SRV record (steps 4 and 5) says where to connect, the request still names
 the server in its ``Host`` header and TLS name (the certificate is the server's,
-not the target's): :class:`Destination` carries both. Answers are remembered for
-:data:`DISCOVERY_CACHE_S` (at most :data:`DISCOVERY_CACHE_SIZE` servers).
+not the target's): :class:`Destination` carries both. An answer is remembered (for at
+most :data:`DISCOVERY_CACHE_SIZE` servers, the least recently asked forgotten first) as
+long as the well-known's ``Cache-Control`` says, between :data:`WELL_KNOWN_MIN_CACHE_S`
+and :data:`WELL_KNOWN_MAX_CACHE_S` (the spec recommends at most 48 h), for
+:data:`WELL_KNOWN_DEFAULT_CACHE_S` without one, and for :data:`WELL_KNOWN_INVALID_CACHE_S`
+when there is no usable well-known (the spec: errors cached up to an hour); the values
+are Synapse's.
 """
 
 from __future__ import annotations
 
 import ipaddress
 import logging
+import re
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, Final
@@ -28,12 +34,17 @@ from typing import Any, Final
 import attrs
 import httpx
 
+from servletkit.wires.policy.lru import Lru
+
 log = logging.getLogger("servletkit.policy_wire")
 
 DEFAULT_PORT: Final = 8448
 WELL_KNOWN_TIMEOUT_S: Final = 10.0
 DNS_TIMEOUT_S: Final = 5.0
-DISCOVERY_CACHE_S: Final = 3600.0
+WELL_KNOWN_DEFAULT_CACHE_S: Final = 24 * 3600.0
+WELL_KNOWN_MIN_CACHE_S: Final = 5 * 60.0
+WELL_KNOWN_MAX_CACHE_S: Final = 48 * 3600.0
+WELL_KNOWN_INVALID_CACHE_S: Final = 3600.0
 DISCOVERY_CACHE_SIZE: Final = 10_000
 SRV_SERVICES: Final = ("_matrix-fed._tcp", "_matrix._tcp")
 
@@ -102,6 +113,20 @@ async def dns_srv(name: str, resolver: Any = None) -> Sequence[SrvRecord]:
              record.port) for record in answer]
 
 
+def cache_lifetime(cache_control: str | None) -> float:
+    """How long to remember a well-known answered with this ``Cache-Control`` header:
+    its ``max-age`` (``no-store``/``no-cache``: as briefly as allowed), bounded between
+    :data:`WELL_KNOWN_MIN_CACHE_S` and :data:`WELL_KNOWN_MAX_CACHE_S`;
+    :data:`WELL_KNOWN_DEFAULT_CACHE_S` without a usable one."""
+    directives = (cache_control or "").lower()
+    if re.search(r"(?:^|[,\s])no-(?:store|cache)\b", directives):
+        return WELL_KNOWN_MIN_CACHE_S
+    max_age = re.search(r"(?:^|[,\s])max-age\s*=\s*\"?(\d+)", directives)
+    if max_age is None:
+        return WELL_KNOWN_DEFAULT_CACHE_S
+    return min(max(float(max_age.group(1)), WELL_KNOWN_MIN_CACHE_S), WELL_KNOWN_MAX_CACHE_S)
+
+
 class Discovery:
     """Server discovery with its answers remembered; ``srv``: the SRV lookup (injected in
     tests), ``http``: the client of the well-known requests."""
@@ -109,33 +134,34 @@ class Discovery:
     def __init__(self, http: httpx.AsyncClient, srv: SrvLookup = dns_srv) -> None:
         self._http = http
         self._srv = srv
-        self._known: dict[str, tuple[Destination, float]] = {}
+        self._known: Lru[str, tuple[Destination, float]] = Lru(DISCOVERY_CACHE_SIZE)
 
     async def destination(self, server_name: str) -> Destination:
         """Where ``server_name`` serves federation."""
         known = self._known.get(server_name)
         if known is not None and time.monotonic() < known[1]:
             return known[0]
-        found = literal_destination(server_name)
+        found, lifetime = literal_destination(server_name), WELL_KNOWN_INVALID_CACHE_S
         if found is None:
-            delegated = await self._well_known(server_name)
+            delegated, lifetime = await self._well_known(server_name)
             found = (literal_destination(delegated) if delegated else None) or (
                 await self._by_srv(delegated or server_name))
-        log.debug("policy wire: %s is at %s", server_name, found)
-        if len(self._known) >= DISCOVERY_CACHE_SIZE:
-            self._known.clear()
-        self._known[server_name] = (found, time.monotonic() + DISCOVERY_CACHE_S)
+        log.debug("policy wire: %s is at %s (for %.0f s)", server_name, found, lifetime)
+        self._known.put(server_name, (found, time.monotonic() + lifetime))
         return found
 
-    async def _well_known(self, server_name: str) -> str | None:
-        """Step 3: the delegated server name, or ``None`` (no well-known, or not usable)."""
+    async def _well_known(self, server_name: str) -> tuple[str | None, float]:
+        """Step 3: the delegated server name, or ``None`` (no well-known, or not usable),
+        and how long to remember the answer."""
         try:
             response = await self._http.get(f"https://{server_name}/.well-known/matrix/server",
                                             timeout=WELL_KNOWN_TIMEOUT_S, follow_redirects=True)
             delegated = response.json().get("m.server") if response.status_code == 200 else None
         except (httpx.HTTPError, ValueError, AttributeError):
-            return None
-        return delegated if isinstance(delegated, str) and delegated else None
+            return None, WELL_KNOWN_INVALID_CACHE_S
+        if not isinstance(delegated, str) or not delegated:
+            return None, WELL_KNOWN_INVALID_CACHE_S
+        return delegated, cache_lifetime(response.headers.get("cache-control"))
 
     async def _by_srv(self, name: str) -> Destination:
         """Steps 4 to 6 for a host name without a port."""
