@@ -129,17 +129,20 @@ def cache_lifetime(cache_control: str | None) -> float:
 
 class Discovery:
     """Server discovery with its answers remembered; ``srv``: the SRV lookup (injected in
-    tests), ``http``: the client of the well-known requests."""
+    tests), ``http``: the client of the well-known requests, ``clock``: the time in
+    seconds the answers expire by."""
 
-    def __init__(self, http: httpx.AsyncClient, srv: SrvLookup = dns_srv) -> None:
+    def __init__(self, http: httpx.AsyncClient, srv: SrvLookup = dns_srv,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self._http = http
         self._srv = srv
+        self._clock = clock
         self._known: Lru[str, tuple[Destination, float]] = Lru(DISCOVERY_CACHE_SIZE)
 
     async def destination(self, server_name: str) -> Destination:
         """Where ``server_name`` serves federation."""
         known = self._known.get(server_name)
-        if known is not None and time.monotonic() < known[1]:
+        if known is not None and self._clock() < known[1]:
             return known[0]
         found, lifetime = literal_destination(server_name), WELL_KNOWN_INVALID_CACHE_S
         if found is None:
@@ -147,7 +150,7 @@ class Discovery:
             found = (literal_destination(delegated) if delegated else None) or (
                 await self._by_srv(delegated or server_name))
         log.debug("policy wire: %s is at %s (for %.0f s)", server_name, found, lifetime)
-        self._known.put(server_name, (found, time.monotonic() + lifetime))
+        self._known.put(server_name, (found, self._clock() + lifetime))
         return found
 
     async def _well_known(self, server_name: str) -> tuple[str | None, float]:

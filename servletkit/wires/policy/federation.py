@@ -12,7 +12,7 @@ sender) before anything is verified, so that outbound work is bounded: at most
 ``max_key_fetches`` servers' keys (their discovery included) are fetched at once, each
 fetch within :data:`KEY_FETCH_DEADLINE_S`; a caller that needs one more is told to come
 back (:class:`FetchesBusy`). Servers whose keys are already known are not affected. The
-keys of at most :data:`KNOWN_SERVERS` servers, and the failures of as many, are kept
+keys of at most ``known_servers`` servers, and the failures of as many, are kept
 (least recently used forgotten first): invented names cannot grow memory, nor push
 out the keys of the servers that work.
 """
@@ -80,14 +80,15 @@ class FederationClient:
         server_urls: Mapping[str, str] | None = None,
         srv: SrvLookup = dns_srv,
         max_key_fetches: int = MAX_KEY_FETCHES,
+        known_servers: int = KNOWN_SERVERS,
     ) -> None:
         self.server_name = server_name
         self._key = signing_key
         self._http = http
         self._urls = {name: url.rstrip("/") for name, url in (server_urls or {}).items()}
-        self._keys: Lru[str, tuple[dict[str, VerifyKey], float, float]] = Lru(KNOWN_SERVERS)
+        self._keys: Lru[str, tuple[dict[str, VerifyKey], float, float]] = Lru(known_servers)
         """server name -> (its keys, when they expire, when they were last fetched)"""
-        self._failed: Lru[str, float] = Lru(KNOWN_SERVERS)
+        self._failed: Lru[str, float] = Lru(known_servers)
         """server name -> when a fetch of its keys last failed (for one it has no keys of)"""
         self._fetching: dict[str, asyncio.Future[None]] = {}
         self._max_fetches = max_key_fetches
