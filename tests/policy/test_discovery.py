@@ -23,6 +23,7 @@ from starlette.routing import Route
 
 from servletkit.wires.policy.discovery import Destination, Discovery, SrvRecord, dns_srv
 from servletkit.wires.policy.federation import FederationClient
+from servletkit.wires.policy.xmatrix import AuthError
 from tests.policy.support import FakeSrv, ToLoopback, serve_loopback
 
 WELL_KNOWN: dict[str, Any] = {}
@@ -231,3 +232,24 @@ async def test_well_known_answer_kept_as_long_as_cache_control_says(
         now[0] += 2
         await discovery.destination("example.test")
         assert asked == ["example.test"] * 2
+
+
+async def test_oversized_answers_are_not_read_whole(caplog: pytest.LogCaptureFixture) -> None:
+    """A well-known over 50 KiB is not usable (SRV is asked instead), keys over 256 KiB
+    cannot be fetched: a server a caller names cannot make the wire hold more."""
+    padding = "x" * 300 * 1024
+
+    def handle(request: httpx.Request) -> httpx.Response:
+        if request.url.path == "/.well-known/matrix/server":
+            return httpx.Response(200, json={"m.server": "deleg.test:443", "pad": padding[:51200]})
+        return httpx.Response(200, json={"server_name": "big.test", "pad": padding})
+
+    lookup = FakeSrv({})
+    async with httpx.AsyncClient(transport=httpx.MockTransport(handle)) as http:
+        assert await Discovery(http, lookup).destination("big.test") == Destination(
+            "https://big.test:8448")
+        assert lookup.asked == ["_matrix-fed._tcp.big.test", "_matrix._tcp.big.test"]
+        client = FederationClient("policy.test", generate_signing_key("k"), http, srv=lookup)
+        with pytest.raises(AuthError, match="cannot be fetched"):
+            await client.verify_key("big.test", "ed25519:k")
+    assert "the answer is larger than 262144 bytes" in caplog.text

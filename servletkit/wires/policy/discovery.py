@@ -25,6 +25,7 @@ are Synapse's.
 from __future__ import annotations
 
 import ipaddress
+import json
 import logging
 import re
 import time
@@ -46,6 +47,8 @@ WELL_KNOWN_MIN_CACHE_S: Final = 5 * 60.0
 WELL_KNOWN_MAX_CACHE_S: Final = 48 * 3600.0
 WELL_KNOWN_INVALID_CACHE_S: Final = 3600.0
 DISCOVERY_CACHE_SIZE: Final = 10_000
+WELL_KNOWN_MAX_BYTES: Final = 50 * 1024
+"""The largest well-known answer read (Synapse's limit): a larger one is not usable."""
 SRV_SERVICES: Final = ("_matrix-fed._tcp", "_matrix._tcp")
 
 SrvRecord = tuple[int, int, str, int]
@@ -127,6 +130,21 @@ def cache_lifetime(cache_control: str | None) -> float:
     return min(max(float(max_age.group(1)), WELL_KNOWN_MIN_CACHE_S), WELL_KNOWN_MAX_CACHE_S)
 
 
+async def get_json(http: httpx.AsyncClient, url: str, limit: int, **options: Any
+                   ) -> tuple[httpx.Response, Any]:
+    """``GET url``: the response (status, headers) and its JSON body, read up to
+    ``limit`` bytes (the server named is whoever a caller chose: it must not make us
+    hold more); ``ValueError`` if the body is larger or not JSON, ``httpx.HTTPError``
+    if the request fails."""
+    async with http.stream("GET", url, **options) as response:
+        body = bytearray()
+        async for chunk in response.aiter_bytes():
+            body += chunk
+            if len(body) > limit:
+                raise ValueError(f"GET {url}: the answer is larger than {limit} bytes")
+    return response, json.loads(body)
+
+
 class Discovery:
     """Server discovery with its answers remembered; ``srv``: the SRV lookup (injected in
     tests), ``http``: the client of the well-known requests, ``clock``: the time in
@@ -157,9 +175,10 @@ class Discovery:
         """Step 3: the delegated server name, or ``None`` (no well-known, or not usable),
         and how long to remember the answer."""
         try:
-            response = await self._http.get(f"https://{server_name}/.well-known/matrix/server",
-                                            timeout=WELL_KNOWN_TIMEOUT_S, follow_redirects=True)
-            delegated = response.json().get("m.server") if response.status_code == 200 else None
+            response, body = await get_json(
+                self._http, f"https://{server_name}/.well-known/matrix/server",
+                WELL_KNOWN_MAX_BYTES, timeout=WELL_KNOWN_TIMEOUT_S, follow_redirects=True)
+            delegated = body.get("m.server") if response.status_code == 200 else None
         except (httpx.HTTPError, ValueError, AttributeError):
             return None, WELL_KNOWN_INVALID_CACHE_S
         if not isinstance(delegated, str) or not delegated:

@@ -32,7 +32,13 @@ from signedjson.sign import SignatureVerifyException, verify_signed_json
 from signedjson.types import SigningKey, VerifyKey
 from unpaddedbase64 import decode_base64
 
-from servletkit.wires.policy.discovery import Destination, Discovery, SrvLookup, dns_srv
+from servletkit.wires.policy.discovery import (
+    Destination,
+    Discovery,
+    SrvLookup,
+    dns_srv,
+    get_json,
+)
 from servletkit.wires.policy.lru import Lru
 from servletkit.wires.policy.xmatrix import AuthError, authorization
 
@@ -43,6 +49,8 @@ KEY_CACHE_MIN_S: Final = 60.0
 KEY_CACHE_MAX_S: Final = 24 * 3600.0
 """... and at most this long, whatever ``valid_until_ts`` says."""
 KEY_FETCH_TIMEOUT_S: Final = 10.0
+KEYS_MAX_BYTES: Final = 256 * 1024
+"""The largest ``/_matrix/key/v2/server`` answer read (a few keys take a few hundred bytes)."""
 KEY_FETCH_DEADLINE_S: Final = 30.0
 """One server's discovery and key fetch, all told (a slow trickle cannot hold a slot)."""
 MAX_KEY_FETCHES: Final = 16
@@ -176,8 +184,8 @@ class FederationClient:
         where = await self.destination(server_name)
         url = f"{where.base_url}/_matrix/key/v2/server"
         try:
-            response = await self._http.get(url, timeout=KEY_FETCH_TIMEOUT_S, **where.options())
-            body = response.json()
+            response, body = await get_json(self._http, url, KEYS_MAX_BYTES,
+                                            timeout=KEY_FETCH_TIMEOUT_S, **where.options())
         except (httpx.HTTPError, ValueError) as exc:
             raise FederationError(f"GET {url}: {type(exc).__name__}: {exc}") from None
         if response.status_code != 200 or not isinstance(body, dict):
