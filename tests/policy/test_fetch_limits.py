@@ -123,3 +123,18 @@ async def test_failures_are_bounded_and_do_not_evict_working_servers() -> None:
         assert len(federation._failed) == 3
         await federation.verify_key(REMOTE, "ed25519:a_remote")
     assert remote.key_requests == 1
+
+
+async def test_unknown_sender_server_while_busy_is_429(
+        make_policy: Any, held: tuple[Held, ToLoopback]) -> None:
+    """A known server asking about an event whose sender's server is not known yet, while
+    every fetch slot is taken: 429 M_LIMIT_EXCEEDED too (not a refusal of the event)."""
+    server, transport = held
+    _wire, client, remote = await make_policy({}, fallback=transport, srv=FakeSrv({}),
+                                              max_key_fetches=1)
+    holding = asyncio.create_task(invented_sign(client, "invented.test", remote.pdu()))
+    await eventually(lambda: server.in_flight == 1, within=5, interval=0.01)
+    answer = await remote.post(client, SIGN, RemoteServer("other.test").pdu())
+    assert answer.status_code == 429 and answer.json()["errcode"] == "M_LIMIT_EXCEEDED"
+    server.release.set()
+    assert (await asyncio.wait_for(holding, 10)).status_code == 401
