@@ -15,11 +15,11 @@ When an SRV record (steps 4 and 5) says where to connect, the request still name
 the server in its ``Host`` header and TLS name (the certificate is the server's,
 not the target's): :class:`Destination` carries both. An answer is remembered (for at
 most :data:`DISCOVERY_CACHE_SIZE` servers, the least recently asked forgotten first) as
-long as the well-known's ``Cache-Control`` says, between :data:`WELL_KNOWN_MIN_CACHE_S`
-and :data:`WELL_KNOWN_MAX_CACHE_S` (the spec recommends at most 48 h), for
-:data:`WELL_KNOWN_DEFAULT_CACHE_S` without one, and for :data:`WELL_KNOWN_INVALID_CACHE_S`
-when there is no usable well-known (the spec: errors cached up to an hour); the values
-are Synapse's.
+long as the well-known's ``Cache-Control`` (or ``Expires``) says, between
+:data:`WELL_KNOWN_MIN_CACHE_S` and :data:`WELL_KNOWN_MAX_CACHE_S` (the spec recommends
+at most 48 h), for :data:`WELL_KNOWN_DEFAULT_CACHE_S` without either, and for
+:data:`WELL_KNOWN_INVALID_CACHE_S` when there is no usable well-known (the spec: errors
+cached up to an hour); the values are Synapse's.
 """
 
 from __future__ import annotations
@@ -29,7 +29,8 @@ import json
 import logging
 import re
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from email.utils import parsedate_to_datetime
 from typing import Any, Final
 
 import attrs
@@ -116,18 +117,23 @@ async def dns_srv(name: str, resolver: Any = None) -> Sequence[SrvRecord]:
              record.port) for record in answer]
 
 
-def cache_lifetime(cache_control: str | None) -> float:
-    """How long to remember a well-known answered with this ``Cache-Control`` header:
-    its ``max-age`` (``no-store``/``no-cache``: as briefly as allowed), bounded between
-    :data:`WELL_KNOWN_MIN_CACHE_S` and :data:`WELL_KNOWN_MAX_CACHE_S`;
-    :data:`WELL_KNOWN_DEFAULT_CACHE_S` without a usable one."""
-    directives = (cache_control or "").lower()
+def cache_lifetime(headers: Mapping[str, str]) -> float:
+    """How long to remember a well-known answered with these headers: its
+    ``Cache-Control`` ``max-age`` (``no-store``/``no-cache``: as briefly as allowed), else
+    its ``Expires``, bounded between :data:`WELL_KNOWN_MIN_CACHE_S` and
+    :data:`WELL_KNOWN_MAX_CACHE_S`; :data:`WELL_KNOWN_DEFAULT_CACHE_S` without either."""
+    directives = headers.get("cache-control", "").lower()
     if re.search(r"(?:^|[,\s])no-(?:store|cache)\b", directives):
         return WELL_KNOWN_MIN_CACHE_S
     max_age = re.search(r"(?:^|[,\s])max-age\s*=\s*\"?(\d+)", directives)
-    if max_age is None:
-        return WELL_KNOWN_DEFAULT_CACHE_S
-    return min(max(float(max_age.group(1)), WELL_KNOWN_MIN_CACHE_S), WELL_KNOWN_MAX_CACHE_S)
+    if max_age is not None:
+        lifetime = float(max_age.group(1))
+    else:
+        try:
+            lifetime = parsedate_to_datetime(headers["expires"]).timestamp() - time.time()
+        except (KeyError, TypeError, ValueError):
+            return WELL_KNOWN_DEFAULT_CACHE_S
+    return min(max(lifetime, WELL_KNOWN_MIN_CACHE_S), WELL_KNOWN_MAX_CACHE_S)
 
 
 async def get_json(http: httpx.AsyncClient, url: str, limit: int, **options: Any
@@ -183,7 +189,7 @@ class Discovery:
             return None, WELL_KNOWN_INVALID_CACHE_S
         if not isinstance(delegated, str) or not delegated:
             return None, WELL_KNOWN_INVALID_CACHE_S
-        return delegated, cache_lifetime(response.headers.get("cache-control"))
+        return delegated, cache_lifetime(response.headers)
 
     async def _by_srv(self, name: str) -> Destination:
         """Steps 4 to 6 for a host name without a port."""
