@@ -276,6 +276,10 @@ class PolicyConfig:
     (``ed25519:policy_server``); the rooms it serves are in the store.
     ``server_urls`` maps server names to base URLs, overriding server discovery
     for those servers (loopback tests, private federations).
+    ``max_key_fetches``: how many servers' keys (with their discovery) are fetched at
+    once; a caller whose keys are not known while that many are being fetched is
+    answered ``429 M_LIMIT_EXCEEDED`` (callers choose the server names, so this bounds
+    the outbound work they can cause).
     """
 
     server_name: str = attrs.field(validator=_not_empty)
@@ -285,6 +289,7 @@ class PolicyConfig:
     tls_private_key: str | None = attrs.field(default=None)
     state_dir: str = ".servletkit/policy"
     server_urls: dict[str, str] = attrs.field(factory=dict, validator=_base_urls)
+    max_key_fetches: int = attrs.field(default=16, validator=_positive)
 
     @tls_private_key.validator
     def _pair(self, attribute: attrs.Attribute[Any], value: str | None) -> None:

@@ -25,12 +25,13 @@ Setup = tuple[PolicyWire, httpx.AsyncClient, RemoteServer]
 @pytest.fixture
 async def make_policy(tmp_path: Path) -> AsyncIterator[Callable[..., Any]]:
     """Factory: ``await make_policy({"name": plugin})`` → (wire, client of its federation
-    app, the remote server); ``others``: more remote servers whose keys it can fetch. The
-    room :data:`ROOM` (version 12) is served."""
+    app, the remote server); ``others``: more remote servers whose keys it can fetch;
+    ``fallback``: where requests for any other server go (default: a 404); ``options``:
+    more :class:`PolicyWire` arguments. The room :data:`ROOM` (version 12) is served."""
     opened: list[tuple[Container, httpx.AsyncClient, httpx.AsyncClient, PolicyWire]] = []
 
-    async def make(plugins: Mapping[str, Any] = {}, others: Sequence[RemoteServer] = ()
-                   ) -> Setup:
+    async def make(plugins: Mapping[str, Any] = {}, others: Sequence[RemoteServer] = (),
+                   fallback: httpx.AsyncBaseTransport | None = None, **options: Any) -> Setup:
         config = parse_config({
             "policy": {"server_name": POLICY, "server_urls": {REMOTE: f"http://{REMOTE}"}},
             "plugins": only_plugins({name: {"timeout_ms": 2000} for name in plugins}),
@@ -39,7 +40,7 @@ async def make_policy(tmp_path: Path) -> AsyncIterator[Callable[..., Any]]:
         container.load()
         await container.start()
         remote = RemoteServer()
-        http = httpx.AsyncClient(transport=remote.transport(*others))
+        http = httpx.AsyncClient(transport=remote.transport(*others, fallback=fallback))
         state = tmp_path / "policy"
         rooms = Rooms(container.store, state)
         await rooms.add(ROOM, "12", "joined", REMOTE)
@@ -47,7 +48,7 @@ async def make_policy(tmp_path: Path) -> AsyncIterator[Callable[..., Any]]:
                           server_urls={server.name: f"http://{server.name}"
                                        for server in (remote, *others)},
                           ready=container.ready,
-                          http=http)
+                          http=http, **options)
         client = httpx.AsyncClient(transport=httpx.ASGITransport(app=wire.app),
                                    base_url=f"https://{POLICY}")
         opened.append((container, client, http, wire))

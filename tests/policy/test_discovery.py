@@ -6,7 +6,9 @@ then port 8448."""
 from __future__ import annotations
 
 import asyncio
+import email.utils
 import functools
+import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any
 
@@ -16,7 +18,6 @@ import dns.rcode
 import dns.rrset
 import httpx
 import pytest
-import uvicorn
 from signedjson.key import generate_signing_key
 from starlette.applications import Starlette
 from starlette.responses import JSONResponse
@@ -24,30 +25,11 @@ from starlette.routing import Route
 
 from servletkit.wires.policy.discovery import Destination, Discovery, SrvRecord, dns_srv
 from servletkit.wires.policy.federation import FederationClient
+from servletkit.wires.policy.xmatrix import AuthError
+from tests.policy.support import FakeSrv, ToLoopback, serve_loopback
 
 WELL_KNOWN: dict[str, Any] = {}
 """server name -> the JSON its well-known serves (absent: 404)."""
-
-
-class ToLoopback(httpx.AsyncBaseTransport):
-    """Sends every ``https://NAME/...`` request to the loopback server instead (what DNS
-    and TLS would do for NAME), saying which name was asked in ``X-Name``."""
-
-    def __init__(self, port: int | None) -> None:
-        self._port = port
-        self._inner = httpx.AsyncHTTPTransport()
-        self.asked: list[str] = []
-
-    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
-        self.asked.append(request.url.host)
-        if self._port is None:
-            raise httpx.ConnectError("connection refused", request=request)
-        request.headers["X-Name"] = request.url.host
-        request.url = request.url.copy_with(scheme="http", host="127.0.0.1", port=self._port)
-        return await self._inner.handle_async_request(request)
-
-    async def aclose(self) -> None:
-        await self._inner.aclose()
 
 
 @pytest.fixture(scope="module")
@@ -60,28 +42,8 @@ async def well_known_port() -> AsyncIterator[int]:
                             status_code=404 if answer is None else 200)
 
     app = Starlette(routes=[Route("/.well-known/matrix/server", well_known)])
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning",
-                                           lifespan="off"))
-    task = asyncio.create_task(server.serve())
-    for _ in range(500):  # at most 5 s
-        if server.started:
-            break
-        await asyncio.sleep(0.01)
-    yield server.servers[0].sockets[0].getsockname()[1]
-    server.should_exit = True
-    await task
-
-
-class FakeSrv:
-    """An injected SRV lookup: the records of each name, and the names asked."""
-
-    def __init__(self, records: dict[str, Sequence[SrvRecord]]) -> None:
-        self.records = records
-        self.asked: list[str] = []
-
-    async def __call__(self, name: str) -> Sequence[SrvRecord]:
-        self.asked.append(name)
-        return self.records.get(name, [])
+    async with serve_loopback(app) as port:
+        yield port
 
 
 @pytest.fixture
@@ -240,3 +202,62 @@ async def test_dns_srv_asks_a_real_dns_server() -> None:
         assert await lookup("_matrix._tcp.example.test") == []
     finally:
         transport.close()
+
+
+@pytest.mark.parametrize(("status", "headers", "lifetime_s"), [
+    (200, {"Cache-Control": "max-age=600"}, 600),
+    (200, {"Cache-Control": "public, max-age=7200, must-revalidate"}, 7200),
+    (200, {"Cache-Control": "max-age=10"}, 300),  # at least 5 minutes
+    (200, {"Cache-Control": "max-age=999999999"}, 48 * 3600),  # at most 48 h
+    (200, {"Cache-Control": "no-store"}, 300),
+    (200, {"Expires": 3 * 3600}, 3 * 3600),  # (a date that many seconds from now)
+    (200, {"Expires": "garbage"}, 24 * 3600),
+    (200, {}, 24 * 3600),  # no header: a day
+    (404, {"Cache-Control": "max-age=600"}, 3600),  # no well-known: an hour
+])
+async def test_well_known_answer_kept_as_long_as_cache_control_says(
+        status: int, headers: dict[str, Any], lifetime_s: int) -> None:
+    """A well-known answer is remembered for its max-age (else its Expires), bounded to
+    5 min..48 h; a day without either; an absent well-known an hour. Asked again just
+    before that (2 s: Expires has whole seconds): nothing is looked up; just after: the
+    well-known is asked again."""
+    if isinstance(headers.get("Expires"), int):
+        headers = {"Expires": email.utils.formatdate(time.time() + headers["Expires"],
+                                                     usegmt=True)}
+    now = [1000.0]
+    asked: list[str] = []
+
+    def handle(request: httpx.Request) -> httpx.Response:
+        asked.append(request.url.host)
+        return httpx.Response(status, json={"m.server": "deleg.test:443"}, headers=headers)
+
+    async with httpx.AsyncClient(transport=httpx.MockTransport(handle)) as http:
+        discovery = Discovery(http, FakeSrv({}), clock=lambda: now[0])
+        await discovery.destination("example.test")
+        now[0] += lifetime_s - 2
+        await discovery.destination("example.test")
+        assert asked == ["example.test"]
+        now[0] += 4
+        await discovery.destination("example.test")
+        assert asked == ["example.test"] * 2
+
+
+async def test_oversized_answers_are_not_read_whole(caplog: pytest.LogCaptureFixture) -> None:
+    """A well-known over 50 KiB is not usable (SRV is asked instead), keys over 256 KiB
+    cannot be fetched: a server a caller names cannot make the wire hold more."""
+    padding = "x" * 300 * 1024
+
+    def handle(request: httpx.Request) -> httpx.Response:
+        if request.url.path == "/.well-known/matrix/server":
+            return httpx.Response(200, json={"m.server": "deleg.test:443", "pad": padding[:51200]})
+        return httpx.Response(200, json={"server_name": "big.test", "pad": padding})
+
+    lookup = FakeSrv({})
+    async with httpx.AsyncClient(transport=httpx.MockTransport(handle)) as http:
+        assert await Discovery(http, lookup).destination("big.test") == Destination(
+            "https://big.test:8448")
+        assert lookup.asked == ["_matrix-fed._tcp.big.test", "_matrix._tcp.big.test"]
+        client = FederationClient("policy.test", generate_signing_key("k"), http, srv=lookup)
+        with pytest.raises(AuthError, match="cannot be fetched"):
+            await client.verify_key("big.test", "ed25519:k")
+    assert "the answer is larger than 262144 bytes" in caplog.text

@@ -29,6 +29,7 @@ def test_policy_section_defaults(tmp_path: Path) -> None:
     assert (settings.host, settings.port, settings.state_dir) == (
         "127.0.0.1", 8448, ".servletkit/policy")
     assert settings.server_urls == {} and settings.tls_certificate is None
+    assert settings.max_key_fetches == 16
 
 
 @pytest.mark.parametrize(("policy", "key", "problem"), [
@@ -38,6 +39,7 @@ def test_policy_section_defaults(tmp_path: Path) -> None:
     ({"server_urls": {"localhost": "127.0.0.1:8008"}}, "policy.server_urls.localhost",
      "base URL"),
     ({"signing_key": "x"}, "policy.signing_key", "unknown key"),
+    ({"max_key_fetches": 0}, "policy.max_key_fetches", "positive"),
 ])
 def test_policy_section_errors(tmp_path: Path, policy: dict[str, Any], key: str,
                                problem: str) -> None:

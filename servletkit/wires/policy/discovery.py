@@ -13,28 +13,43 @@ In order, for a server name:
 
 When an SRV record (steps 4 and 5) says where to connect, the request still names
 the server in its ``Host`` header and TLS name (the certificate is the server's,
-not the target's): :class:`Destination` carries both. Answers are remembered for
-:data:`DISCOVERY_CACHE_S` (at most :data:`DISCOVERY_CACHE_SIZE` servers).
+not the target's): :class:`Destination` carries both. An answer is remembered (for at
+most :data:`DISCOVERY_CACHE_SIZE` servers, the least recently asked forgotten first) as
+long as the well-known's ``Cache-Control`` (or ``Expires``) says, between
+:data:`WELL_KNOWN_MIN_CACHE_S` and :data:`WELL_KNOWN_MAX_CACHE_S` (the spec recommends
+at most 48 h), for :data:`WELL_KNOWN_DEFAULT_CACHE_S` without either, and for
+:data:`WELL_KNOWN_INVALID_CACHE_S` when there is no usable well-known (the spec: errors
+cached up to an hour); the values are Synapse's.
 """
 
 from __future__ import annotations
 
 import ipaddress
+import json
 import logging
+import re
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from email.utils import parsedate_to_datetime
 from typing import Any, Final
 
 import attrs
 import httpx
+
+from servletkit.wires.policy.lru import Lru
 
 log = logging.getLogger("servletkit.policy_wire")
 
 DEFAULT_PORT: Final = 8448
 WELL_KNOWN_TIMEOUT_S: Final = 10.0
 DNS_TIMEOUT_S: Final = 5.0
-DISCOVERY_CACHE_S: Final = 3600.0
+WELL_KNOWN_DEFAULT_CACHE_S: Final = 24 * 3600.0
+WELL_KNOWN_MIN_CACHE_S: Final = 5 * 60.0
+WELL_KNOWN_MAX_CACHE_S: Final = 48 * 3600.0
+WELL_KNOWN_INVALID_CACHE_S: Final = 3600.0
 DISCOVERY_CACHE_SIZE: Final = 10_000
+WELL_KNOWN_MAX_BYTES: Final = 50 * 1024
+"""The largest well-known answer read (Synapse's limit): a larger one is not usable."""
 SRV_SERVICES: Final = ("_matrix-fed._tcp", "_matrix._tcp")
 
 SrvRecord = tuple[int, int, str, int]
@@ -102,40 +117,79 @@ async def dns_srv(name: str, resolver: Any = None) -> Sequence[SrvRecord]:
              record.port) for record in answer]
 
 
+def cache_lifetime(headers: Mapping[str, str]) -> float:
+    """How long to remember a well-known answered with these headers: its
+    ``Cache-Control`` ``max-age`` (``no-store``/``no-cache``: as briefly as allowed), else
+    its ``Expires``, bounded between :data:`WELL_KNOWN_MIN_CACHE_S` and
+    :data:`WELL_KNOWN_MAX_CACHE_S`; :data:`WELL_KNOWN_DEFAULT_CACHE_S` without either."""
+    directives = headers.get("cache-control", "").lower()
+    if re.search(r"(?:^|[,\s])no-(?:store|cache)\b", directives):
+        return WELL_KNOWN_MIN_CACHE_S
+    max_age = re.search(r"(?:^|[,\s])max-age\s*=\s*\"?(\d+)", directives)
+    if max_age is not None:
+        lifetime = float(max_age.group(1))
+    else:
+        try:
+            lifetime = parsedate_to_datetime(headers["expires"]).timestamp() - time.time()
+        except (KeyError, TypeError, ValueError):
+            return WELL_KNOWN_DEFAULT_CACHE_S
+    return min(max(lifetime, WELL_KNOWN_MIN_CACHE_S), WELL_KNOWN_MAX_CACHE_S)
+
+
+async def get_json(http: httpx.AsyncClient, url: str, limit: int, **options: Any
+                   ) -> tuple[httpx.Response, Any]:
+    """``GET url``: the response (status, headers) and its JSON body, read up to
+    ``limit`` bytes (the server named is whoever a caller chose: it must not make us
+    hold more); ``ValueError`` if the body is larger or not JSON, ``httpx.HTTPError``
+    if the request fails."""
+    async with http.stream("GET", url, **options) as response:
+        body = bytearray()
+        async for chunk in response.aiter_bytes():
+            body += chunk
+            if len(body) > limit:
+                raise ValueError(f"GET {url}: the answer is larger than {limit} bytes")
+    return response, json.loads(body)
+
+
 class Discovery:
     """Server discovery with its answers remembered; ``srv``: the SRV lookup (injected in
-    tests), ``http``: the client of the well-known requests."""
+    tests), ``http``: the client of the well-known requests, ``clock``: the time in
+    seconds the answers expire by."""
 
-    def __init__(self, http: httpx.AsyncClient, srv: SrvLookup = dns_srv) -> None:
+    def __init__(self, http: httpx.AsyncClient, srv: SrvLookup = dns_srv,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self._http = http
         self._srv = srv
-        self._known: dict[str, tuple[Destination, float]] = {}
+        self._clock = clock
+        self._known: Lru[str, tuple[Destination, float]] = Lru(DISCOVERY_CACHE_SIZE)
 
     async def destination(self, server_name: str) -> Destination:
         """Where ``server_name`` serves federation."""
         known = self._known.get(server_name)
-        if known is not None and time.monotonic() < known[1]:
+        if known is not None and self._clock() < known[1]:
             return known[0]
-        found = literal_destination(server_name)
+        found, lifetime = literal_destination(server_name), WELL_KNOWN_INVALID_CACHE_S
         if found is None:
-            delegated = await self._well_known(server_name)
+            delegated, lifetime = await self._well_known(server_name)
             found = (literal_destination(delegated) if delegated else None) or (
                 await self._by_srv(delegated or server_name))
-        log.debug("policy wire: %s is at %s", server_name, found)
-        if len(self._known) >= DISCOVERY_CACHE_SIZE:
-            self._known.clear()
-        self._known[server_name] = (found, time.monotonic() + DISCOVERY_CACHE_S)
+        log.debug("policy wire: %s is at %s (for %.0f s)", server_name, found, lifetime)
+        self._known.put(server_name, (found, self._clock() + lifetime))
         return found
 
-    async def _well_known(self, server_name: str) -> str | None:
-        """Step 3: the delegated server name, or ``None`` (no well-known, or not usable)."""
+    async def _well_known(self, server_name: str) -> tuple[str | None, float]:
+        """Step 3: the delegated server name, or ``None`` (no well-known, or not usable),
+        and how long to remember the answer."""
         try:
-            response = await self._http.get(f"https://{server_name}/.well-known/matrix/server",
-                                            timeout=WELL_KNOWN_TIMEOUT_S, follow_redirects=True)
-            delegated = response.json().get("m.server") if response.status_code == 200 else None
+            response, body = await get_json(
+                self._http, f"https://{server_name}/.well-known/matrix/server",
+                WELL_KNOWN_MAX_BYTES, timeout=WELL_KNOWN_TIMEOUT_S, follow_redirects=True)
+            delegated = body.get("m.server") if response.status_code == 200 else None
         except (httpx.HTTPError, ValueError, AttributeError):
-            return None
-        return delegated if isinstance(delegated, str) and delegated else None
+            return None, WELL_KNOWN_INVALID_CACHE_S
+        if not isinstance(delegated, str) or not delegated:
+            return None, WELL_KNOWN_INVALID_CACHE_S
+        return delegated, cache_lifetime(response.headers)
 
     async def _by_srv(self, name: str) -> Destination:
         """Steps 4 to 6 for a host name without a port."""

@@ -15,13 +15,14 @@ from typing import TYPE_CHECKING, Any, Final
 
 import orjson
 from signedjson.sign import sign_json
+from signedjson.types import VerifyKey
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from servletkit.wires.errors import MatrixError
-from servletkit.wires.policy.federation import FederationClient
+from servletkit.wires.policy.federation import FederationClient, FetchesBusy
 from servletkit.wires.policy.pdu import (
     ROOM_VERSIONS,
     Identity,
@@ -92,18 +93,33 @@ async def authenticate(
     header: str | None, content: Any,
 ) -> str:
     """The calling server's name once its X-Matrix signature (``header``) verifies for
-    the request ``scope``; else 401 ``M_UNAUTHORIZED``."""
+    the request ``scope``; else 401 ``M_UNAUTHORIZED`` (429 ``M_LIMIT_EXCEEDED`` if the
+    caller's keys cannot be fetched now: :func:`verify_key`)."""
     try:
         auth = parse_authorization(header)
         if auth.destination is not None and auth.destination != server_name:
             raise AuthError(f"X-Matrix destination {auth.destination!r} is not this server "
                             f"({server_name!r})")
-        key = await federation.verify_key(auth.origin, auth.key)
+        key = await verify_key(federation, auth.origin, auth.key)
         verify(auth, key, scope["method"], _uri(scope), server_name, content)
     except AuthError as exc:
         log.info("policy wire: refused a %s %s: %s", scope["method"], scope["path"], exc)
         raise MatrixError(401, "M_UNAUTHORIZED", str(exc)) from None
     return auth.origin
+
+
+async def verify_key(federation: FederationClient, server_name: str, key_id: str
+                     ) -> VerifyKey:
+    """:meth:`FederationClient.verify_key`, with too many key fetches at once answered
+    ``429 M_LIMIT_EXCEEDED`` and its ``retry_after_ms``: the caller is not proven wrong
+    (a 401 would say so), only not checkable yet, and a homeserver hands a 429 to its
+    sender's client, which retries after that delay."""
+    try:
+        return await federation.verify_key(server_name, key_id)
+    except FetchesBusy as busy:
+        log.info("policy wire: %s", busy)
+        raise MatrixError(429, "M_LIMIT_EXCEEDED", str(busy),
+                          retry_after_ms=busy.retry_after_ms) from None
 
 
 async def _authenticated(wire: PolicyWire, request: Request, content: Any) -> str:
@@ -140,7 +156,7 @@ async def check_sender_signature(federation: FederationClient, caller: str,
     for key_id in theirs if isinstance(theirs, Mapping) else ():
         if isinstance(key_id, str) and key_id.startswith("ed25519:"):
             with contextlib.suppress(AuthError):
-                keys[key_id] = await federation.verify_key(server, key_id)
+                keys[key_id] = await verify_key(federation, server, key_id)
     try:
         verify_event_signature(pdu, identity.redacted_json, keys)
     except AuthError as exc:

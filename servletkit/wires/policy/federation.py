@@ -6,6 +6,15 @@
 verify keys of the servers that call it (:meth:`FederationClient.verify_key`),
 fetched from ``/_matrix/key/v2/server``, checked against their own signature,
 and cached until they expire.
+
+A caller names the server to fetch keys from (its X-Matrix ``origin``, an event's
+sender) before anything is verified, so that outbound work is bounded: at most
+``max_key_fetches`` servers' keys (their discovery included) are fetched at once, each
+fetch within :data:`KEY_FETCH_DEADLINE_S`; a caller that needs one more is told to come
+back (:class:`FetchesBusy`). Servers whose keys are already known are not affected. The
+keys of at most ``known_servers`` servers, and the failures of as many, are kept
+(least recently used forgotten first): invented names cannot grow memory, nor push
+out the keys of the servers that work.
 """
 
 from __future__ import annotations
@@ -23,7 +32,14 @@ from signedjson.sign import SignatureVerifyException, verify_signed_json
 from signedjson.types import SigningKey, VerifyKey
 from unpaddedbase64 import decode_base64
 
-from servletkit.wires.policy.discovery import Destination, Discovery, SrvLookup, dns_srv
+from servletkit.wires.policy.discovery import (
+    Destination,
+    Discovery,
+    SrvLookup,
+    dns_srv,
+    get_json,
+)
+from servletkit.wires.policy.lru import Lru
 from servletkit.wires.policy.xmatrix import AuthError, authorization
 
 log = logging.getLogger("servletkit.policy_wire")
@@ -33,12 +49,32 @@ KEY_CACHE_MIN_S: Final = 60.0
 KEY_CACHE_MAX_S: Final = 24 * 3600.0
 """... and at most this long, whatever ``valid_until_ts`` says."""
 KEY_FETCH_TIMEOUT_S: Final = 10.0
+KEYS_MAX_BYTES: Final = 256 * 1024
+"""The largest ``/_matrix/key/v2/server`` answer read (a few keys take a few hundred bytes)."""
+KEY_FETCH_DEADLINE_S: Final = 30.0
+"""One server's discovery and key fetch, all told (a slow trickle cannot hold a slot)."""
+MAX_KEY_FETCHES: Final = 16
+"""The default of ``[policy] max_key_fetches``: servers whose keys are fetched at once."""
+KNOWN_SERVERS: Final = 10_000
+"""Servers whose keys are kept; and, apart, servers whose last fetch failed."""
+BUSY_RETRY_MS: Final = 2000
+"""What a caller turned away by :class:`FetchesBusy` is told to wait."""
 REQUEST_TIMEOUT_S: Final = 30.0
 """Our own requests (make_join, send_join) wait at most this long."""
 
 
 class FederationError(Exception):
     """A request to another server failed: the message says which and why."""
+
+
+class FetchesBusy(Exception):
+    """Fetching this server's keys would exceed ``max_key_fetches``: try again in
+    ``retry_after_ms`` (the endpoints answer 429 ``M_LIMIT_EXCEEDED``)."""
+
+    def __init__(self, server_name: str, retry_after_ms: int = BUSY_RETRY_MS) -> None:
+        super().__init__(f"too many servers' keys are being fetched at once to fetch those "
+                         f"of {server_name} now; try again in {retry_after_ms} ms")
+        self.retry_after_ms = retry_after_ms
 
 
 class FederationClient:
@@ -51,13 +87,19 @@ class FederationClient:
         http: httpx.AsyncClient,
         server_urls: Mapping[str, str] | None = None,
         srv: SrvLookup = dns_srv,
+        max_key_fetches: int = MAX_KEY_FETCHES,
+        known_servers: int = KNOWN_SERVERS,
     ) -> None:
         self.server_name = server_name
         self._key = signing_key
         self._http = http
         self._urls = {name: url.rstrip("/") for name, url in (server_urls or {}).items()}
-        self._keys: dict[str, tuple[dict[str, VerifyKey], float, float]] = {}
+        self._keys: Lru[str, tuple[dict[str, VerifyKey], float, float]] = Lru(known_servers)
+        """server name -> (its keys, when they expire, when they were last fetched)"""
+        self._failed: Lru[str, float] = Lru(known_servers)
+        """server name -> when a fetch of its keys last failed (for one it has no keys of)"""
         self._fetching: dict[str, asyncio.Future[None]] = {}
+        self._max_fetches = max_key_fetches
         self._discovery = Discovery(http, srv)
 
     async def destination(self, server_name: str) -> Destination:
@@ -90,17 +132,22 @@ class FederationClient:
             raise FederationError(f"{method} {base}{path}: the answer is not JSON") from None
 
     async def verify_key(self, server_name: str, key_id: str) -> VerifyKey:
-        """``server_name``'s verify key ``key_id`` (cached); :class:`AuthError` if unknown."""
+        """``server_name``'s verify key ``key_id`` (cached); :class:`AuthError` if unknown,
+        :class:`FetchesBusy` if it must be fetched and too many fetches run already."""
         cached = self._keys.get(server_name)
         now = time.monotonic()
-        if cached is not None:
-            keys, expires, fetched = cached
-            if now < expires and (key_id in keys or now - fetched < KEY_CACHE_MIN_S):
-                if key_id in keys:
-                    return keys[key_id]
+        if cached is not None and now < cached[1]:
+            keys, _, fetched = cached
+            if key_id in keys:
+                return keys[key_id]
+            if now - fetched < KEY_CACHE_MIN_S:
                 raise AuthError(f"{server_name} has no key {key_id}")
+        elif (failed := self._failed.get(server_name)) is not None and (
+                now - failed < KEY_CACHE_MIN_S):
+            raise AuthError(f"the keys of {server_name} cannot be fetched (tried less than "
+                            f"{KEY_CACHE_MIN_S:.0f} s ago)")
         await self._fetch_keys(server_name)
-        keys = self._keys.get(server_name, ({}, 0.0, 0.0))[0]
+        keys = (self._keys.get(server_name) or ({}, 0.0, 0.0))[0]
         if key_id not in keys:
             raise AuthError(f"{server_name} has no key {key_id} (or its keys cannot be fetched)")
         return keys[key_id]
@@ -110,16 +157,25 @@ class FederationClient:
         if (pending := self._fetching.get(server_name)) is not None:
             await asyncio.shield(pending)
             return
+        if len(self._fetching) >= self._max_fetches:
+            raise FetchesBusy(server_name)
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._fetching[server_name] = future
         try:
-            keys, valid_until_s = await self._download_keys(server_name)
+            async with asyncio.timeout(KEY_FETCH_DEADLINE_S):
+                keys, valid_until_s = await self._download_keys(server_name)
             now = time.monotonic()
             lifetime = min(max(valid_until_s - time.time(), KEY_CACHE_MIN_S), KEY_CACHE_MAX_S)
-            self._keys[server_name] = (keys, now + lifetime, now)
-        except FederationError as exc:
-            log.warning("policy wire: cannot fetch the keys of %s: %s", server_name, exc)
-            self._keys[server_name] = ({}, time.monotonic() + KEY_CACHE_MIN_S, time.monotonic())
+            self._keys.put(server_name, (keys, now + lifetime, now))
+            self._failed.pop(server_name)
+        except (FederationError, TimeoutError) as exc:
+            log.warning("policy wire: cannot fetch the keys of %s: %s", server_name,
+                        exc if str(exc) else f"not within {KEY_FETCH_DEADLINE_S:.0f} s")
+            now = time.monotonic()
+            if (known := self._keys.get(server_name)) is not None and now < known[1]:
+                self._keys.put(server_name, (known[0], known[1], now))  # keys still valid
+            else:
+                self._failed.put(server_name, now)
         finally:
             del self._fetching[server_name]
             future.set_result(None)
@@ -128,8 +184,8 @@ class FederationClient:
         where = await self.destination(server_name)
         url = f"{where.base_url}/_matrix/key/v2/server"
         try:
-            response = await self._http.get(url, timeout=KEY_FETCH_TIMEOUT_S, **where.options())
-            body = response.json()
+            response, body = await get_json(self._http, url, KEYS_MAX_BYTES,
+                                            timeout=KEY_FETCH_TIMEOUT_S, **where.options())
         except (httpx.HTTPError, ValueError) as exc:
             raise FederationError(f"GET {url}: {type(exc).__name__}: {exc}") from None
         if response.status_code != 200 or not isinstance(body, dict):

@@ -38,7 +38,7 @@ from servletkit.wires.errors import EXCEPTION_HANDLERS
 from servletkit.wires.http import hardened_config
 from servletkit.wires.policy import endpoints
 from servletkit.wires.policy.discovery import SrvLookup, dns_srv
-from servletkit.wires.policy.federation import FederationClient
+from servletkit.wires.policy.federation import MAX_KEY_FETCHES, FederationClient
 from servletkit.wires.policy.join import PolicyPeer
 from servletkit.wires.policy.keys import PolicyKeys, load_keys, self_signed_pair
 from servletkit.wires.policy.pdu import PduError, RoomVersion
@@ -80,6 +80,7 @@ class PolicyWire:
         http: httpx.AsyncClient | None = None,
         server: ServerConfig | None = None,
         srv: SrvLookup = dns_srv,
+        max_key_fetches: int = MAX_KEY_FETCHES,
     ) -> None:
         self.server_name = server_name
         self.keys = keys
@@ -91,7 +92,7 @@ class PolicyWire:
         self.judge = Judge(dispatcher, server_name, keys.policy, ready)
         self._http = http or httpx.AsyncClient(verify=True)
         self.federation = FederationClient(server_name, keys.federation, self._http,
-                                           server_urls, srv)
+                                           server_urls, srv, max_key_fetches)
         self.peer = PolicyPeer(self.federation, keys, rooms)
         app = Starlette(routes=endpoints.routes(self), exception_handlers=EXCEPTION_HANDLERS)
         app.router.redirect_slashes = False  # federation is answered, never redirected
@@ -220,4 +221,5 @@ def policy_wire(container: Container) -> PolicyWire | None:
                       Rooms(container.store, state_dir), host=settings.host,
                       port=settings.port, tls=tls,
                       server_urls=settings.server_urls, ready=container.ready,
-                      server=container.config.server)
+                      server=container.config.server,
+                      max_key_fetches=settings.max_key_fetches)
