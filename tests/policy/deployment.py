@@ -14,7 +14,7 @@ from urllib.parse import quote
 import httpx
 
 from servletkit.container.config import load_config
-from servletkit.container.snippets import dump_yaml, registration
+from servletkit.container.snippets import dump_yaml, module_entry, registration
 from servletkit.dev.embedded_synapse import stop_process
 from servletkit.testing import only_plugins, plugins_toml
 from servletkit.testing.container import start_container
@@ -36,7 +36,7 @@ class PolicyDeployment:
 
     ``plugins`` (name → config table) replaces the default word filter; ``extra``
     is more of the container's TOML (an ``[appservice]`` section is registered
-    with the Synapse).
+    with the Synapse, an enabled ``[module]`` is loaded into it).
     """
 
     def __init__(self, workdir: Path, plugins: Mapping[str, Mapping[str, Any]] | None = None,
@@ -91,7 +91,9 @@ class PolicyDeployment:
             registrations[0].write_text(dump_yaml(registration(config)))
         self.synapse = start_synapse(self.workdir / "synapse", port=self.hs_port,
                                      extra_config=SYNAPSE_FEDERATION,
-                                     app_service_config_files=registrations)
+                                     app_service_config_files=registrations,
+                                     modules=[module_entry(config)] if config.module.enabled
+                                     else [])
 
     def stop(self) -> None:
         self.stop_container()

@@ -5,6 +5,9 @@ join waves (users registered on its Synapse joining a public room).
 Policy wire and appservice wire (one Synapse, no module wire, so those wires alone
 decide): a ban list followed from a list room, and a word rule; the appservice wire
 redacts after the fact (``enforce_vetoes = "redact"``).
+The ban list on the module wire: the same deployment with the module wire on too, since
+the list room must exist before the container starts (the plugin follows it from
+``servlet_init``), which ``servletkit dev`` does not allow.
 """
 
 from __future__ import annotations
@@ -13,6 +16,8 @@ import json
 import time
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
@@ -21,6 +26,7 @@ import httpx
 import pytest
 
 from servletkit.dev.embedded_synapse import free_port
+from servletkit.synapse.settings import DEFAULT_POLICIES
 from servletkit.testing import only_plugins, plugins_toml
 from servletkit.testing.dev import DevProcess
 from servletkit.testing.synapse import register_user
@@ -195,17 +201,18 @@ def test_module_wire_media_first(dev_user: DevUser) -> None:
     assert dev_user.send(room_id, image).status_code == 200
 
 
-@pytest.fixture(scope="module")
-def wires(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Wires]:
-    """One Synapse consulting the container by the policy wire (protected rooms) and
-    pushing to it by the appservice wire (redacting), the plugin following ``#bans``,
-    which bans ``@troll*``."""
+@contextmanager
+def running_wires(folder: Path, extra: str = "") -> Iterator[Wires]:
+    """One Synapse with the appservice wire (redacting) to the container, the plugin
+    following ``#bans``, which bans ``@troll*`` before the container starts; ``extra`` is
+    more of the container's TOML (another wire)."""
     deployment = PolicyDeployment(
-        tmp_path_factory.mktemp("policy-wires"),
+        folder,
         plugins={"policy_server": {"blocked_words": [WORD], "policy_lists": ["#bans:localhost"],
                                    "management_room": "#policy-mods:localhost"}},
         extra=f'[appservice]\nas_token = "{AS_TOKEN}"\nhs_token = "policy-plugin-hs-token"\n'
-              'enforce_vetoes = "redact"\n[[appservice.namespaces.rooms]]\nregex = ".*"')
+              'enforce_vetoes = "redact"\n[[appservice.namespaces.rooms]]\nregex = ".*"\n'
+              + extra)
     try:
         deployment.start_synapse()
         moderator = Client(deployment, "mod")
@@ -223,6 +230,14 @@ def wires(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Wires]:
         moderator.close()
     finally:
         deployment.stop()
+
+
+@pytest.fixture(scope="module")
+def wires(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Wires]:
+    """Policy wire (protected rooms) and appservice wire, no module wire, so those wires
+    alone decide."""
+    with running_wires(tmp_path_factory.mktemp("policy-wires")) as running:
+        yield running
 
 
 def joined(client: Client, room_id: str) -> httpx.Response:
@@ -380,3 +395,43 @@ async def test_management_room_protects_a_room(wires: Wires) -> None:
     await eventually(policy_user_joined)
     policy_refused(wires.moderator.send(room_id, f"{WORD} here"), "blocked_words")
     assert wires.moderator.send(room_id, "fine").status_code == 200
+
+
+@pytest.fixture(scope="module")
+def module_wires(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Wires]:
+    """The same with the module wire on as well (Synapse asks before storing). Every
+    callback fails open, so that the list room can be made before the container starts."""
+    module = (f'[module]\nenabled = true\nport = {free_port()}\n'
+              'secret = "policy-plugin-module-secret-0123"\n'
+              + "".join(f"[module.callbacks.{name}]\nfail_open = true\n"
+                        for name in DEFAULT_POLICIES))
+    with running_wires(tmp_path_factory.mktemp("policy-module"), module) as running:
+        yield running
+
+
+async def test_module_wire_policy_list(module_wires: Wires) -> None:
+    """A user banned by the followed list (who joined a room while the container was down,
+    the module wire failing open): message, join of another room and room creation are
+    refused before storage with the plugin's reason; another user's message goes through;
+    a ban added to the list room later applies within seconds."""
+    deployment, moderator = module_wires.deployment, module_wires.moderator
+    troll, late = Client(deployment, "troll"), Client(deployment, "late")
+    try:
+        room_id, other = moderator.create_room(), moderator.create_room()
+        deployment.stop_container()
+        assert joined(troll, room_id).status_code == 200
+        deployment.start_container()
+        reason = refused(troll.send(room_id, "hello"), "policy_list")
+        assert reason == (f"policy_list: {troll.user_id} is banned by policy list "
+                          "#bans:localhost (user rule '@troll*:localhost': spam)")
+        assert refused(joined(troll, other), "policy_list") == reason
+        refused(troll.call("POST", "/createRoom", {"preset": "private_chat"}), "policy_list")
+        assert joined(late, room_id).status_code == 200
+        assert late.send(room_id, "before the ban").status_code == 200
+        module_wires.ban("late", "@late*:localhost")
+        await eventually(lambda: late.send(room_id, "after the ban").status_code == 403)
+        assert late.user_id in refused(late.send(room_id, "still banned"), "policy_list")
+        assert moderator.send(room_id, "fine").status_code == 200
+    finally:
+        troll.close()
+        late.close()
