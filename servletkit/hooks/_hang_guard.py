@@ -35,7 +35,7 @@ import threading
 import time
 import weakref
 from collections.abc import Callable
-from types import CodeType, FrameType
+from types import FrameType
 from typing import Any, Final
 
 log = logging.getLogger("servletkit.dispatcher")
@@ -59,9 +59,9 @@ class PluginBlocked(BaseException):
 class HangGuard:
     """Watches one event loop thread for plugins of one dispatcher that block it.
 
-    ``run_code`` is the code object of the dispatcher's run routine, whose locals
-    name the dispatcher (``self``, which must be ``owner``), the slot being called
-    (``slot``), when its call started (``start``, :func:`time.perf_counter`) and
+    ``run_file`` is the file name of the code of the dispatcher's run routines, whose
+    variables name the dispatcher (``self``, which must be ``owner``), the slot being
+    called (``slot``), when its call started (``start``, :func:`time.perf_counter`) and
     its budget (``budget_s``). ``own_files`` are the files of the dispatcher's own
     code: a frame from them just below the run routine means the run is doing its
     bookkeeping, not calling a plugin, and is never interrupted. ``blocked(slot)``
@@ -73,10 +73,10 @@ class HangGuard:
 
     TICK_S: Final = 0.01
 
-    def __init__(self, owner: object, run_code: CodeType, own_files: frozenset[str],
+    def __init__(self, owner: object, run_file: str, own_files: frozenset[str],
                  blocked: Callable[[Any], None]) -> None:
         self._owner = owner
-        self._run_code = run_code
+        self._run_file = run_file
         self._own_files = own_files
         self._blocked = blocked
         self._thread_id = 0
@@ -142,7 +142,7 @@ class HangGuard:
         for _ in range(MAX_STACK_DEPTH):
             if frame is None:
                 return None
-            if frame.f_code is self._run_code:
+            if frame.f_code.co_filename == self._run_file:
                 break
             below, frame = frame, frame.f_back
         else:

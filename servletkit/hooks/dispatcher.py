@@ -6,20 +6,20 @@ time budget and failure policy. The dispatcher is pure: no HTTP, no storage.
 
 Every mode (:meth:`~Dispatcher.intercept`, :meth:`~Dispatcher.observe`,
 :meth:`~Dispatcher.observe_each`, :meth:`~Dispatcher.first_answer`) calls the
-plugins through one routine, :meth:`Dispatcher._run`, so a plugin fails the same
-way in each: it raised (``raised``), or it took longer than its budget
-(``timed_out``: an ``async def`` plugin suspended past it is cancelled, a plugin
-still holding the event loop past it is interrupted by the
+plugins through one routine, each chain's run (:mod:`servletkit.hooks._runner`),
+so a plugin fails the same way in each: it raised (``raised``), or it took longer
+than its budget (``timed_out``: an ``async def`` plugin suspended past it is
+cancelled, a plugin still holding the event loop past it is interrupted by the
 :class:`~servletkit.hooks._hang_guard.HangGuard` and its sync hooks run in
 worker threads from then on; an answer after the budget is ignored). Each mode
 only brings its rule for combining answers (:mod:`servletkit.hooks._rules`).
 
 Hot-path notes (see ``benchmarks/dispatch.py``): a :class:`Chain` is built once
-per plugin change; a plugin that answers ``None`` in time costs one clock read
-and one addition, and no rule object is made unless some plugin answers
-something else; outcomes that carry no new data are built once; an ``async def``
-implementation is awaited directly, its budget enforced by a
-:class:`~servletkit.hooks._eventloop.Watchdog`.
+per plugin change, with its run routine compiled for its shape; a plugin that
+answers ``None`` in time costs one clock read, one addition and one comparison,
+and no rule object is made unless some plugin answers something else; outcomes
+that carry no new data are built once; an ``async def`` implementation is awaited
+directly, its budget enforced by a :class:`~servletkit.hooks._eventloop.Watchdog`.
 """
 
 from __future__ import annotations
@@ -27,15 +27,13 @@ from __future__ import annotations
 import asyncio
 import inspect
 import logging
-import time
-from asyncio import current_task
 from collections.abc import Awaitable, Callable, Coroutine, Iterable, Mapping
 from typing import Any, Final, TypeVar
 
 import attrs
 import pluggy
 
-from servletkit.hooks import _eventloop, _rules, _worker_threads
+from servletkit.hooks import _eventloop, _rules, _runner, _worker_threads
 from servletkit.hooks._chain import (
     LATENCY_BUCKETS,
     Chain,
@@ -50,22 +48,16 @@ from servletkit.hooks._chain import (
     iter_plugin_impls,
 )
 from servletkit.hooks._eventloop import Watchdog, run_eagerly
-from servletkit.hooks._hang_guard import HangGuard, PluginBlocked
+from servletkit.hooks._hang_guard import HangGuard
 from servletkit.hooks._rules import (
-    BLOCKED,
     FAILURE_RECORD_ATTRIBUTE,
-    RAISED,
-    STOP,
-    TIMED_OUT,
     FirstAnswer,
     Interception,
     InterceptionWithoutModify,
     Observation,
-    Rule,
     accept_any,
-    raised,
-    timed_out,
 )
+from servletkit.hooks._runner import RUN_FILE, Run, bind_run
 from servletkit.hooks._worker_threads import WorkerThreads
 from servletkit.hooks.specs import HOOKS
 from servletkit.hooks.table import HookTable
@@ -91,8 +83,6 @@ log = logging.getLogger("servletkit.dispatcher")
 
 T = TypeVar("T")
 
-_clock: Final = time.perf_counter
-_FAST_S: Final = LATENCY_BUCKETS[0]  # calls within it are not counted per bucket
 _NO_FAILURES: Final[tuple[PluginFailure, ...]] = ()
 
 
@@ -133,8 +123,9 @@ class Dispatcher:
         self._hooks = hooks
         self._rebuilt = rebuilt
         self._chains: dict[str, Chain] = {}
+        self._runs: dict[str, tuple[Chain, Run]] = {}  # each chain with its run routine
         self._watchdog = Watchdog()
-        self._guard = HangGuard(self, _RUN_CODE, _OWN_FILES, self._move_to_threads)
+        self._guard = HangGuard(self, RUN_FILE, _OWN_FILES, self._move_to_threads)
         self._built_from: tuple[Mapping[str, tuple[PluginPolicy, Any]],
                                 Mapping[str, str] | None] = ({}, None)
         self._blocking: set[str] = set()  # plugins (as registered) caught blocking the loop
@@ -162,6 +153,7 @@ class Dispatcher:
         hooks = self._hooks.of_kind("interception", "observation", "query")
         self._chains = build_chains(self._pm, sorted(hooks), self._hooks.modifiable, policies,
                                     names, self._threads_of)
+        self._runs = {hook: (chain, bind_run(self, chain)) for hook, chain in self._chains.items()}
         if self._rebuilt is not None:
             self._rebuilt(self.chains())
 
@@ -212,7 +204,8 @@ class Dispatcher:
         """
         return sum(
             1 for frame in self._watchdog.awaiting_frames()
-            if frame.f_code is _RUN_CODE and isinstance(chain := frame.f_locals.get("chain"), Chain)
+            if frame.f_code.co_filename == RUN_FILE
+            and isinstance(chain := frame.f_locals.get("chain"), Chain)
             and any(slot.registered_as == registered_as for slot in chain.slots))
 
     def all_sync(self, hook: str) -> bool:
@@ -252,14 +245,14 @@ class Dispatcher:
         wire): there a ``Modify`` is a ``bad_answer`` failure.
         """
         try:
-            chain = self._chains[hook]
+            chain, run = self._runs[hook]
         except KeyError:
-            chain = Chain.of(hook, ())
+            chain, run = self._chain(hook)
         # slots are called as call(subject, context): the one argument of a one-argument
         # hook (no star-args on the hot path), else the tuple of its arguments
         subject = args[0] if len(args) == 1 else args
         rule = Interception if modify else InterceptionWithoutModify
-        return self._run(chain, subject, rule, chain.no_opinion)
+        return run(subject, rule, chain.no_opinion)
 
     async def observe(self, hook: str, *args: Any) -> tuple[PluginFailure, ...]:
         """Run every implementation of observation ``hook``; return the failures.
@@ -271,15 +264,17 @@ class Dispatcher:
         task from start to end: anyio, under httpx, refuses a cancel scope that
         changes task).
         """
-        chain = self._chain(hook)
+        chain, run = self._chain(hook)
         subject = args[0] if len(args) == 1 else args
+        failures: tuple[PluginFailure, ...]
         if chain.async_count <= 1:
-            return await self._run(chain, subject, Observation, _NO_FAILURES)
+            failures = await run(subject, Observation, _NO_FAILURES)
+            return failures
         inline = _part(chain, tuple(slot for slot in chain.slots if not slot.is_async),
                        chain.runs)  # counts the run for every slot
-        failures = await self._run(inline, subject, Observation, _NO_FAILURES)
+        failures = await bind_run(self, inline)(subject, Observation, _NO_FAILURES)
         alone = [_part(chain, (slot,), [0]) for slot in chain.slots if slot.is_async]
-        results = await asyncio.gather(*(self._run(part, subject, Observation, _NO_FAILURES)
+        results = await asyncio.gather(*(bind_run(self, part)(subject, Observation, _NO_FAILURES)
                                          for part in alone))
         return failures + tuple(failure for result in results for failure in result)
 
@@ -289,11 +284,11 @@ class Dispatcher:
         The same as awaiting :meth:`observe` for each item (``hook`` takes one
         argument besides ``context``).
         """
-        chain = self._chain(hook)
+        chain, run = self._chain(hook)
         if chain.async_count > 1:
             each = [await self.observe(hook, item) for item in items]
         else:  # the common case, without a coroutine per item for observe
-            each = [await self._run(chain, item, Observation, _NO_FAILURES) for item in items]
+            each = [await run(item, Observation, _NO_FAILURES) for item in items]
         return tuple(failure for failures in each for failure in failures)
 
     async def first_answer(
@@ -306,89 +301,24 @@ class Dispatcher:
         ``(None, None)`` when no answer was accepted. A plugin that fails is
         logged and counted, and the next one is asked.
         """
-        chain = self._chain(hook)
+        _, run = self._chain(hook)
         subject = args[0] if len(args) == 1 else args
         take = accept or accept_any
-        return await self._run(chain, subject, lambda _: FirstAnswer(take), (None, None))
+        result: tuple[str | None, Any] = await run(subject, lambda _: FirstAnswer(take),
+                                                   (None, None))
+        return result
 
-    def _chain(self, hook: str) -> Chain:
-        return self._chains.get(hook) or Chain.of(hook, ())
-
-    async def _run(
-        self, chain: Chain, subject: Any, new_rule: Callable[[Chain], Rule[T]], nothing: T
-    ) -> T:
-        """Call ``chain``'s slots in order with ``subject``; combine their answers by the rule.
-
-        This is where plugins are called, in every mode. A plugin's answer of
-        ``None`` in time is no answer. Otherwise the rule, made by ``new_rule``
-        the first time, gets the answer (:meth:`Rule.take`) or the plugin's
-        failure (:meth:`Rule.failed`), and may end the run. Returns the rule's
-        result, or ``nothing`` when no plugin answered or failed.
-        """
-        calls, runs = chain.calls, chain.runs
-        rule: Rule[T] | None = None
-        clock = _clock
-        fast_s = _FAST_S
-        watch = None
-        if chain.async_count:  # the task's watch (Watchdog.watch's fast path, inlined)
-            watchdog = self._watchdog
-            try:
-                watch = watchdog.watches[current_task(watchdog.loop)]  # type: ignore[index]
-            except KeyError:  # the task's first run with async plugins, or a new event loop
-                watch = None
-            if watch is None or watchdog.timer is None:
-                watch = watchdog.watch()
-            outer_deadline = watch.deadline  # of an enclosing run in this task, if any
-        try:
-            runs[0] += 1
-            start = clock()
-            for call, context, is_async, budget_s, slot in calls:
-                try:
-                    if is_async:
-                        watch.deadline = start + budget_s  # type: ignore[union-attr]
-                        answer = await call(subject, context)
-                    else:
-                        answer = call(subject, context)
-                except asyncio.CancelledError:
-                    if not Watchdog.absorb(watch):
-                        _stopped_at(chain.slots, slot)
-                        raise
-                    answer = TIMED_OUT
-                except PluginBlocked:
-                    answer = BLOCKED
-                except Exception as exc:
-                    error = exc
-                    answer = RAISED
-                end = clock()
-                elapsed = end - start
-                start = end
-                slot.total_s += elapsed
-                if elapsed > fast_s:
-                    slot.count_slow(elapsed)
-                if answer is None and elapsed <= budget_s:
-                    continue
-                if rule is None:
-                    rule = new_rule(chain)
-                if answer is TIMED_OUT or answer is BLOCKED or elapsed > budget_s:
-                    Watchdog.absorb(watch)  # it may have fired after the plugin answered
-                    stop = rule.failed(slot, timed_out(slot, chain, elapsed, answer))
-                elif answer is RAISED:
-                    stop = rule.failed(slot, raised(slot, chain, error))
-                else:
-                    subject = rule.take(slot, answer, subject)
-                    stop = subject is STOP
-                if stop:
-                    _stopped_at(chain.slots, slot)
-                    return rule.result()
-        finally:
-            if watch is not None:
-                watch.deadline = outer_deadline
-        return nothing if rule is None else rule.result()
+    def _chain(self, hook: str) -> tuple[Chain, Run]:
+        """``hook``'s chain and its run routine (an empty chain's if no plugin implements it)."""
+        found = self._runs.get(hook)
+        if found is None:
+            chain = Chain.of(hook, ())
+            return chain, bind_run(self, chain)
+        return found
 
 
-_RUN_CODE: Final = Dispatcher._run.__code__
 _OWN_FILES: Final = frozenset([__file__, *(module.__file__ or "" for module in
-                                            (_eventloop, _rules, _worker_threads))])
+                                            (_eventloop, _rules, _runner, _worker_threads))])
 """The files of code the run routine calls that is not a plugin's (for the hang guard)."""
 
 
@@ -401,8 +331,3 @@ def _part(chain: Chain, slots: tuple[Slot, ...], runs: list[int]) -> Chain:
     return Chain(chain.hook, slots, sum(slot.is_async for slot in slots), chain.modifiable,
                  chain.no_opinion, runs)
 
-
-def _stopped_at(slots: tuple[Slot, ...], slot: Slot) -> None:
-    """Count the run as not reaching the slots after ``slot``."""
-    for later in slots[slots.index(slot) + 1:]:
-        later.skipped += 1
