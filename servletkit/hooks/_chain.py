@@ -144,10 +144,6 @@ class SlotTimings:
     """Calls within each bound of :data:`LATENCY_BUCKETS`, cumulative, then all calls."""
 
 
-SlotCall = tuple[Callable[[Any, Any], Any], Any, bool, float, Slot]
-"""A slot as the dispatcher's loop unpacks it: ``(call, context, is_async, budget_s, slot)``."""
-
-
 @attrs.frozen
 class Chain:
     """One hook's slots in call order, and what every run of them shares.
@@ -155,9 +151,8 @@ class Chain:
     ``async_count`` is how many slots are ``async def``; ``modifiable`` whether a
     ``Modify`` may replace the hook's event; ``no_opinion`` the outcome when no
     plugin answers, built once; ``runs`` counts the chain's runs, the list every
-    slot's :attr:`Slot.runs` is; ``calls`` is ``slots`` as the dispatcher's loop
-    unpacks them (:data:`SlotCall`: a tuple unpacks faster than five attributes
-    are read).
+    slot's :attr:`Slot.runs` is. The dispatcher runs it through a routine generated
+    for its shape (:mod:`servletkit.hooks._runner`).
     """
 
     hook: str
@@ -166,12 +161,6 @@ class Chain:
     modifiable: bool
     no_opinion: Outcome
     runs: list[int]
-    calls: tuple[SlotCall, ...] = attrs.field(init=False)
-
-    @calls.default
-    def _calls(self) -> tuple[SlotCall, ...]:
-        return tuple((slot.call, slot.context, slot.is_async, slot.budget_s, slot)
-                     for slot in self.slots)
 
     @classmethod
     def of(cls, hook: str, slots: tuple[Slot, ...], *, modifiable: bool = False) -> Chain:
