@@ -148,7 +148,7 @@ class AppserviceWire:
         self._online: OrderedDict[str, None] = OrderedDict()
         self._counter_went_back = False
         self._metrics = metrics_for(container)
-        self._queued = 0  # transactions received, not yet answered (past the retry check)
+        self._queued = 0  # transactions received, not yet answered (but retries while queued)
         if self._metrics is not None:
             self._metrics.count_queued(self.name, lambda: self._queued)
 
