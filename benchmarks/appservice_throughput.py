@@ -45,6 +45,7 @@ import tempfile
 import time
 import urllib.request
 from pathlib import Path
+from typing import Any
 
 HS_TOKEN = "bench-hs-token"
 EVENTS_PER_TXN = 100
@@ -94,10 +95,10 @@ def transaction_body() -> bytes:
 # -- the servers (run in child processes: ``serve KIND PORT WORKDIR``) -----------------------
 
 
-def serve_servletkit(port: int, workdir: Path, *, event_hooks: bool = True) -> None:
+def servletkit_app(workdir: Path, store_path: str, *, event_hooks: bool = True) -> Any:
+    """The container's ASGI app as the benchmark serves it (also driven in-process by
+    ``appservice_instructions.py``)."""
     synchronous = os.environ.get("BENCH_SYNCHRONOUS", "normal")
-    import uvicorn
-
     from servletkit import hookimpl
     from servletkit.container.app import build_app
     from servletkit.container.config import parse_config
@@ -118,14 +119,21 @@ def serve_servletkit(port: int, workdir: Path, *, event_hooks: bool = True) -> N
     tables["noop"] = {}
     config = parse_config({
         "appservice": {"as_token": "bench-as-token", "hs_token": HS_TOKEN},
-        "store": {"path": f"bench-{port}.db", "synchronous": synchronous},
+        "store": {"path": store_path, "synchronous": synchronous},
         "plugins": tables,
     }, workdir / "servletkit.toml")
     plugin = NoOp() if event_hooks else Idle()
     container = Container(config, [PluginSource("noop", obj=plugin)])
     container.load()
-    uvicorn.run(build_app(container), host="127.0.0.1", port=port, log_level="warning",
-                access_log=False, lifespan="on")
+    return build_app(container)
+
+
+def serve_servletkit(port: int, workdir: Path, *, event_hooks: bool = True) -> None:
+    import uvicorn
+
+    uvicorn.run(servletkit_app(workdir, f"bench-{port}.db", event_hooks=event_hooks),
+                host="127.0.0.1", port=port, log_level="warning", access_log=False,
+                lifespan="on")
 
 
 def serve_servletkit_idle(port: int, workdir: Path) -> None:

@@ -92,8 +92,10 @@ def build_app(
             stack.push_async_callback(_settle, starting)
             yield
 
-    routes = [*health_routes(container), *metrics_routes(container), *admin_routes(container),
-              container.http.mount(), *(route for wire in wires for route in wire.routes())]
+    # the wires' routes first: Starlette tries routes in order, and a homeserver's
+    # transactions are most of the requests (their paths overlap none of the others)
+    routes = [*(route for wire in wires for route in wire.routes()), *health_routes(container),
+              *metrics_routes(container), *admin_routes(container), container.http.mount()]
     app = Starlette(routes=routes, exception_handlers=EXCEPTION_HANDLERS, lifespan=lifespan)
     # no 307 from '/thirdparty/user/' to '/thirdparty/user': a homeserver does not follow
     # it to another endpoint; an unknown path is a Matrix 404 instead

@@ -28,11 +28,10 @@ their own database.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
 import sqlite3
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from pathlib import Path
 from typing import Final, TypeVar
 
@@ -291,11 +290,14 @@ class SqliteStore:
         db.execute("DELETE FROM audit WHERE id <= (SELECT MAX(id) FROM audit) - ?",
                    (self.audit_kept,))
 
-    @contextlib.asynccontextmanager
-    async def exclusive(self, name: str) -> AsyncIterator[None]:
-        """One holder of ``name`` at a time in this process (the file has one writer)."""
-        async with self._exclusive.setdefault(name, asyncio.Lock()):
-            yield
+    def exclusive(self, name: str) -> asyncio.Lock:
+        """One holder of ``name`` at a time in this process (the file has one writer): the
+        lock itself, which ``async with`` takes (no generator-based context manager around
+        it, as the appservice wire takes it for every transaction)."""
+        lock = self._exclusive.get(name)
+        if lock is None:
+            lock = self._exclusive[name] = asyncio.Lock()
+        return lock
 
     async def hold(self, name: str) -> LocalHold | None:
         """``name`` for this process, unless a task of it holds it already."""

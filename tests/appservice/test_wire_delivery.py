@@ -114,6 +114,40 @@ class TestExactlyOnce:
         assert (first.status_code, retry.status_code) == (200, 200)
         assert [event_id for _, event_id in recorder.seen] == [e["event_id"] for e in events]
 
+    async def test_a_retry_does_not_wait_behind_a_transaction_in_progress(self, make_wire):
+        """A retry of a handled transaction is answered while another one is still being
+        handled (the store is read before the queue only when there is a queue)."""
+
+        class Held:
+            def __init__(self) -> None:
+                self.release = asyncio.Event()
+                self.held = asyncio.Event()
+                self.seen: list[str] = []
+                self.holding = False
+
+            @hookimpl
+            async def on_stored_event(self, event):
+                self.seen.append(event.event_id)
+                if event.content.get("body") == "hold":
+                    self.holding = True
+                    self.held.set()
+                    try:  # until released, or cancelled at its budget (1 s)
+                        await self.release.wait()
+                    finally:
+                        self.holding = False
+
+        plugin = Held()
+        _, client = await make_wire({"held": plugin})
+        done = new_event()
+        assert (await put(client, "1", {"events": [done]})).status_code == 200
+        held = asyncio.ensure_future(put(client, "2", {"events": [new_event(body="hold")]}))
+        await asyncio.wait_for(plugin.held.wait(), 10)
+        retry = await asyncio.wait_for(put(client, "1", {"events": [done]}), 5)
+        assert retry.status_code == 200 and plugin.holding
+        plugin.release.set()
+        assert (await held).status_code == 200
+        assert len(plugin.seen) == 2
+
     async def test_dedupe_survives_a_restart(self, make_wire):
         """A new container on the same store still knows the committed ids and plugin data."""
         recorder = Recorder()

@@ -54,6 +54,7 @@ import logging
 import time
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
+from itertools import repeat
 from typing import TYPE_CHECKING, Any, Final
 
 import orjson
@@ -117,8 +118,11 @@ def transaction_digest(events: list[Any], ephemeral: list[Any]) -> str:
     none, and so has nothing to deliver either).
     """
     if events:
-        identity = orjson.dumps([raw.get("event_id") if type(raw) is dict else None
-                                 for raw in events])
+        try:  # every item an object, as a homeserver sends them: the ids in one C loop
+            ids = list(map(dict.get, events, repeat("event_id")))
+        except TypeError:
+            ids = [raw.get("event_id") if type(raw) is dict else None for raw in events]
+        identity = orjson.dumps(ids)
     else:
         identity = orjson.dumps(ephemeral, option=orjson.OPT_SORT_KEYS)
     return hashlib.blake2b(identity, digest_size=16).hexdigest()
@@ -144,7 +148,7 @@ class AppserviceWire:
         self._online: OrderedDict[str, None] = OrderedDict()
         self._counter_went_back = False
         self._metrics = metrics_for(container)
-        self._queued = 0  # transactions received, not yet answered (past the retry check)
+        self._queued = 0  # transactions received, not yet answered (but retries while queued)
         if self._metrics is not None:
             self._metrics.count_queued(self.name, lambda: self._queued)
 
@@ -250,7 +254,9 @@ class AppserviceWire:
         ephemeral = _first_present(data, _EPHEMERAL_KEYS) + _first_present(data, _TO_DEVICE_KEYS)
         digest = transaction_digest(events, ephemeral)
         store = self._store
-        if await store.processed_digest(txn_id) == digest:  # a retry: no need to queue
+        # a retry while other transactions are queued is answered without waiting for them;
+        # with none queued, the check under the lock below is the only store read
+        if self._lock.locked() and await store.processed_digest(txn_id) == digest:
             self._count("retry")
             return _ok()
         self._queued += 1
@@ -258,7 +264,8 @@ class AppserviceWire:
             await self._plugins_ready()
             # one transaction at a time here, and among the instances sharing the store
             async with self._lock, store.exclusive("servletkit.appservice.transactions"):
-                if await self._is_retry(txn_id, digest):  # of an attempt that just finished
+                if await self._is_retry(txn_id, digest):  # or of an attempt that just finished
+                    self._count("retry")
                     return _ok()
                 batch = Batch()
                 with unit_of_work(batch):
