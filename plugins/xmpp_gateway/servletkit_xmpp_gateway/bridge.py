@@ -22,8 +22,10 @@ MUC), ``dm/<room_id>`` → ``{"xmpp": address, "matrix": user_id}`` and
 message-id map, :mod:`servletkit_xmpp_gateway.msgids`), ``edit/`` (edits → their
 original, :mod:`~servletkit_xmpp_gateway.edits`), ``react/`` and ``reaction/``
 (reaction sets, :mod:`~servletkit_xmpp_gateway.reactions`), ``media/`` (files
-served to XMPP, :mod:`~servletkit_xmpp_gateway.media`), ``out/``, ``in/``
-(the queues) and ``seq/out``.
+served to XMPP, :mod:`~servletkit_xmpp_gateway.media`), ``kept/`` (when those
+were first seen: they are pruned after ``keep_days``,
+:mod:`~servletkit_xmpp_gateway.retention`), ``out/``, ``in/`` (the queues) and
+``seq/out``.
 """
 
 from __future__ import annotations
@@ -37,7 +39,7 @@ from urllib.parse import quote
 
 import httpx
 
-from servletkit_xmpp_gateway import msgids, names
+from servletkit_xmpp_gateway import msgids, names, retention
 from servletkit_xmpp_gateway.component import ComponentLink
 from servletkit_xmpp_gateway.config import GatewayConfig
 from servletkit_xmpp_gateway.inbound import InboundRelay
@@ -104,6 +106,9 @@ class Bridge(OutboundRelay, InboundRelay, TypingRelay):
         self._tasks = [loop.create_task(self._out_worker(), name="xmpp-out"),
                        loop.create_task(self._persist_worker(), name="xmpp-persist"),
                        loop.create_task(self._in_worker(), name="xmpp-in")]
+        if self.config.keep_days:
+            self._tasks.append(loop.create_task(
+                retention.run(self.store, self.config.keep_days, self.log), name="xmpp-prune"))
         self.link.start()
 
     async def close(self) -> None:
