@@ -242,9 +242,15 @@ class Bridge(OutboundRelay, InboundRelay, TypingRelay):
             if count:
                 for op in await history.from_xmpp(self, muc, count):
                     self.queue_in(op)
-                for event in await history.from_matrix(self, room_id, count):
+                events = await history.from_matrix(self, room_id, count)
+                gone = await history.departed(self, room_id, {e.sender for e in events})
+                for event in events:  # those who left have no name in the room any more
                     await self.queue_out({"op": "msg", "muc": muc, **_carried(event),
-                                          "ts": event.origin_server_ts})
+                                          "ts": event.origin_server_ts,
+                                          "displayname": gone.get(event.sender)})
+                for user in gone:
+                    await self.queue_out({"op": "leave", "muc": muc, "room_id": room_id,
+                                          "user": user})
         except Exception:
             self.log.exception("could not exchange the history of %s and %s; trying "
                                "again at the next connection", muc, room_id)

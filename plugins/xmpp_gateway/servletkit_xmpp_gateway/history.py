@@ -11,7 +11,8 @@ Matrix → XMPP: when the room's ``m.room.history_visibility`` is ``shared`` or
 ``world_readable`` (what a new member may read anyway; nothing for ``invited``
 or ``joined``), its last ``history_backfill`` messages, read as the gateway's
 bot, are sent into the MUC by their senders' puppets with a XEP-0203 ``delay``
-naming the Matrix timestamp. The MUC archives them like any message, so XMPP
+naming the Matrix timestamp (the puppets of senders who have left the room leave
+the MUC again after). The MUC archives them like any message, so XMPP
 clients get them in the MUC's history on join and from MAM queries: the MUC
 stays the one archive XMPP clients ask, and nothing here answers queries.
 
@@ -111,6 +112,21 @@ async def from_matrix(bridge: BridgeCore, room_id: str, count: int) -> list[Even
         params={"dir": "b", "limit": count, "filter": '{"types": ["m.room.message"]}'})
     events = [Event.from_json(e) for e in reversed(answer.get("chunk", []))]
     return [e for e in events if e.content and not bridge.is_ours(e.sender)]
+
+
+async def departed(bridge: BridgeCore, room_id: str,
+                   senders: set[str]) -> dict[str, str | None]:
+    """Those of ``senders`` no longer in ``room_id`` → their display names (from their
+    profiles): their puppets join the MUC to say their past messages and leave again."""
+    joined = await bridge.hs.request(
+        "GET", f"/_matrix/client/v3/rooms/{q(room_id)}/joined_members")
+    gone: dict[str, str | None] = {}
+    for user in sorted(senders - set(joined.get("joined", {}))):
+        try:
+            gone[user] = (await bridge.hs.get_profile(user)).get("displayname")
+        except Exception:  # a private or vanished profile: the nick is the localpart
+            gone[user] = None
+    return gone
 
 
 def add_delay(msg: Any, ts: int, by: str) -> None:

@@ -113,7 +113,10 @@ async def test_a_matrix_rooms_past_reaches_the_muc_within_its_history_visibility
                                    "content": {"history_visibility": visibility}}]})
             assert answer.is_success, answer.text
             rooms[name] = answer.json()["room_id"]
-    ivy = await matrix_user("Ivy")
+    ivy, jon = await matrix_user("Ivy"), await matrix_user("Jon")
+    await jon.join(rooms["mxshared"])
+    await jon.send(rooms["mxshared"], "mxshared by one who left")
+    await jon.call("POST", f"/rooms/{rooms['mxshared']}/leave", {})
     sent: dict[str, float] = {}
     for name, room_id in rooms.items():
         await ivy.join(room_id)
@@ -130,6 +133,10 @@ async def test_a_matrix_rooms_past_reaches_the_muc_within_its_history_visibility
         got = await bob.wait_message(lambda m, b=body: m["body"] == b, within=30)
         assert got["from"].resource == "Ivy"
         assert said_at(got) == pytest.approx(sent[body], abs=0.01)
+    gone = await bob.wait_message(lambda m: m["body"] == "mxshared by one who left")
+    assert gone["from"].resource == "Jon"
+    await eventually(lambda: "Jon" not in bob.occupants(f"mxshared@{MUC}"))  # left again
+    assert "Ivy" in bob.occupants(f"mxshared@{MUC}")
     archived = [m["body"] for m in await archive(bob, f"mxshared@{MUC}")]
     assert archived.count("mxshared past 1") == 1 and archived.count("mxshared past 2") == 1
 
