@@ -22,8 +22,10 @@ MUC), ``dm/<room_id>`` → ``{"xmpp": address, "matrix": user_id}`` and
 message-id map, :mod:`servletkit_xmpp_gateway.msgids`), ``edit/`` (edits → their
 original, :mod:`~servletkit_xmpp_gateway.edits`), ``react/`` and ``reaction/``
 (reaction sets, :mod:`~servletkit_xmpp_gateway.reactions`), ``media/`` (files
-served to XMPP, :mod:`~servletkit_xmpp_gateway.media`), ``out/``, ``in/``
-(the queues) and ``seq/out``.
+served to XMPP, :mod:`~servletkit_xmpp_gateway.media`), ``kept/`` (when those
+were first seen: they are pruned after ``keep_days``,
+:mod:`~servletkit_xmpp_gateway.retention`), ``out/``, ``in/`` (the queues) and
+``seq/out``.
 """
 
 from __future__ import annotations
@@ -32,12 +34,13 @@ import asyncio
 import contextlib
 import itertools
 import time
+from collections.abc import Coroutine
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
 import httpx
 
-from servletkit_xmpp_gateway import msgids, names
+from servletkit_xmpp_gateway import history, msgids, names, retention
 from servletkit_xmpp_gateway.component import ComponentLink
 from servletkit_xmpp_gateway.config import GatewayConfig
 from servletkit_xmpp_gateway.inbound import InboundRelay
@@ -104,6 +107,9 @@ class Bridge(OutboundRelay, InboundRelay, TypingRelay):
         self._tasks = [loop.create_task(self._out_worker(), name="xmpp-out"),
                        loop.create_task(self._persist_worker(), name="xmpp-persist"),
                        loop.create_task(self._in_worker(), name="xmpp-in")]
+        if self.config.keep_days:
+            self._tasks.append(loop.create_task(
+                retention.run(self.store, self.config.keep_days, self.log), name="xmpp-prune"))
         self.link.start()
 
     async def close(self) -> None:
@@ -125,6 +131,9 @@ class Bridge(OutboundRelay, InboundRelay, TypingRelay):
             await self._drop_ghosts(muc, room_id)
             for member_key, nick in await self.store.items(f"member/{room_id}/"):
                 await self.join_puppet(muc, room_id, member_key.rsplit("/", 1)[1], nick)
+        for key, state in await self.store.items("history/"):
+            if state == history.PENDING:
+                self._start(self._backfill(key.removeprefix("history/")), "xmpp-history")
         self._out_wake.set()
         if set(self.config.rooms) - set(self.rooms):
             self._tasks.append(asyncio.get_running_loop().create_task(
@@ -213,10 +222,40 @@ class Bridge(OutboundRelay, InboundRelay, TypingRelay):
     async def _map_room(self, muc: str, room_id: str) -> None:
         await self.store.put(f"room/{muc}", room_id)
         await self.store.put(f"mroom/{room_id}", muc)
+        await self.store.put(f"history/{muc}", history.PENDING)
         self.rooms[muc] = room_id
         self.log.info("bridging %s and %s", room_id, muc)
         if self.online:
             await self.join_bot(muc)
+            self._start(self._backfill(muc), "xmpp-history")
+
+    def _start(self, work: Coroutine[Any, Any, None], name: str) -> None:
+        self._tasks.append(asyncio.get_running_loop().create_task(work, name=name))
+
+    async def _backfill(self, muc: str) -> None:
+        """Give a newly bridged room and MUC each other's recent past, once
+        (:mod:`~servletkit_xmpp_gateway.history`)."""
+        count, room_id = self.config.history_backfill, self.rooms.get(muc)
+        if await self.store.get(f"history/{muc}") != history.PENDING or room_id is None:
+            return
+        try:
+            if count:
+                for op in await history.from_xmpp(self, muc, count):
+                    self.queue_in(op)
+                events = await history.from_matrix(self, room_id, count)
+                gone = await history.departed(self, room_id, {e.sender for e in events})
+                for event in events:  # those who left have no name in the room any more
+                    await self.queue_out({"op": "msg", "muc": muc, **_carried(event),
+                                          "ts": event.origin_server_ts,
+                                          "displayname": gone.get(event.sender)})
+                for user in gone:
+                    await self.queue_out({"op": "leave", "muc": muc, "room_id": room_id,
+                                          "user": user})
+        except Exception:
+            self.log.exception("could not exchange the history of %s and %s; trying "
+                               "again at the next connection", muc, room_id)
+            return
+        await self.store.put(f"history/{muc}", "done")
 
     # -- Matrix side --------------------------------------------------------------
 

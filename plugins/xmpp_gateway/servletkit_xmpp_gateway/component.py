@@ -22,9 +22,10 @@ from servletkit_xmpp_gateway.config import GatewayConfig
 
 Handler = Callable[[Any], None]
 HANDSHAKE_TIMEOUT = 10.0
-# corrections, fallbacks, replies, reactions, retractions, chat states, out-of-band data
-# (stanza plugins both sides use)
-XEPS = ("xep_0308", "xep_0428", "xep_0461", "xep_0444", "xep_0424", "xep_0085", "xep_0066")
+# corrections, fallbacks, replies, reactions, retractions, chat states, out-of-band data,
+# archive queries (stanza plugins both sides use)
+XEPS = ("xep_0308", "xep_0428", "xep_0461", "xep_0444", "xep_0424", "xep_0085", "xep_0066",
+        "xep_0313")
 
 
 class ComponentLink:

@@ -30,6 +30,10 @@ class GatewayConfig:
     Matrix files; empty: links to the homeserver's legacy media API instead.
     ``fetch_private_media``: let XMPP links to loopback and private addresses be
     fetched (off: an XMPP user could otherwise make the gateway read internal URLs).
+    ``keep_days``: how long the records of earlier messages (``msg/``, ``edit/``,
+    ``media/``, reaction sets) are kept, 0 for ever (:mod:`~servletkit_xmpp_gateway.retention`).
+    ``history_backfill``: how many earlier messages each side gets of the other when a
+    room and a MUC are first bridged, 0 none (:mod:`~servletkit_xmpp_gateway.history`).
     """
 
     component_jid: str
@@ -45,6 +49,8 @@ class GatewayConfig:
     reconnect_max: float = 30.0
     media_url: str = ""
     fetch_private_media: bool = False
+    keep_days: int = 30
+    history_backfill: int = 50
 
     @classmethod
     def from_table(cls, table: Mapping[str, Any]) -> GatewayConfig:
@@ -57,7 +63,13 @@ class GatewayConfig:
                         f"{TABLE} {field.name}: required, e.g. {_EXAMPLES[field.name]}")
                 continue
             values[field.name] = _checked(field.name, table[field.name], field.default)
+        for key in _COUNTS:
+            if values.get(key, 0) < 0:
+                raise GatewayConfigError(f"{TABLE} {key}: must be 0 or more, got {values[key]}")
         return cls(**values)
+
+
+_COUNTS = ("keep_days", "history_backfill")
 
 
 _EXAMPLES = {

@@ -64,9 +64,8 @@ class InboundRelay(BridgeCore):
         """A message in a bridged MUC (one copy per occupant we have: take the bot's)."""
         sender: JID = msg["from"]
         muc, nick = sender.bare, sender.resource
-        fields = _fields(msg)
-        if (str(msg["to"]) != self.bot_jid or muc not in self.rooms or not nick
-                or fields is None or msg.get_plugin("delay", check=True) is not None):
+        fields = fields_of(msg)
+        if str(msg["to"]) != self.bot_jid or muc not in self.rooms or not nick or fields is None:
             return
         origin_id, stanza_id = msgids.sid_ids(msg, muc)
         if self.ours_in_muc(muc, nick, JID()):
@@ -74,6 +73,8 @@ class InboundRelay(BridgeCore):
                 self.queue_in({"op": "stamp", "muc": muc, "id": msg["id"],
                                "stanza_id": stanza_id})
             return
+        if msg.get_plugin("delay", check=True) is not None:
+            return  # the MUC's history (the archive's is carried by history.py)
         address = self.occupants.get(muc, {}).get(nick, f"{muc}/{nick}")
         self.queue_in({"op": "msg", "muc": muc, "nick": nick, "address": address, **fields,
                        "id": msg["id"] or "", "origin_id": origin_id, "stanza_id": stanza_id})
@@ -92,7 +93,7 @@ class InboundRelay(BridgeCore):
         """A 1:1 message from an XMPP user to a Matrix user's address, or a private
         message (XEP-0045 §7.5) from an occupant of a bridged MUC to a Matrix
         user's puppet there: the occupant's address is then ``muc/nick``."""
-        fields = _fields(msg)
+        fields = fields_of(msg)
         party = self.dm_sender(msg)
         if msg["type"] not in ("chat", "normal") or fields is None or party is None:
             return
@@ -175,7 +176,8 @@ class InboundRelay(BridgeCore):
             content = await edits.content_in(self.store, scope, op["replace"], content)
         else:
             content = await replies.content_in(self.store, scope, op.get("reply"), content)
-        event_id = await self.hs.as_user(user).send_message(room_id, content, txn_id=txn)
+        event_id = await self.hs.as_user(user).send_message(room_id, content, txn_id=txn,
+                                                            ts=op.get("ts"))
         await _remember(self, event_id, scope, op)
         await edits.note(self.store, event_id, content)
 
@@ -263,7 +265,7 @@ def _html_of(msg: Any) -> str | None:
     return xhtml_to_html(msg["html"]["body"]) or None
 
 
-def _fields(msg: Any) -> dict[str, Any] | None:
+def fields_of(msg: Any) -> dict[str, Any] | None:
     """What an XMPP message carries to Matrix: a set of reactions, a retraction, or a
     body (with the message it corrects or replies to); ``None`` if nothing."""
     found = reactions.read(msg)

@@ -15,6 +15,7 @@ from slixmpp.xmlstream.matcher import StanzaPath
 from servletkit_xmpp_gateway import edits, media, msgids, names, reactions, redactions, replies
 from servletkit_xmpp_gateway.core import BridgeCore, Kind
 from servletkit_xmpp_gateway.formatting import html_to_xhtml_body
+from servletkit_xmpp_gateway.history import add_delay
 
 if TYPE_CHECKING:
     from servletkit.wires.appservice.homeserver import HomeserverClient
@@ -209,6 +210,8 @@ class OutboundRelay(BridgeCore):
             msg["oob"]["url"], msg["oob"]["desc"] = link
         if replace is not None:
             msg["replace"]["id"] = replace
+        if op.get("ts"):  # history sent when the room was bridged: when it was said
+            add_delay(msg, op["ts"], self.config.component_jid)
         await replies.out(self, msg, op, mtype)
         # remembered first: the MUC's reflection (its stanza-id) may come back before a
         # store write after the send would be done

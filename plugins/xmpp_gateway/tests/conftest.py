@@ -42,11 +42,12 @@ class Gateway:
         self.config_path = workdir / "servletkit.toml"
         self.process: subprocess.Popen[bytes] | None = None
         self.synapse: SynapseServer | None = None
+        self.rooms = [CONFIGURED_ROOM]  # the gateway's ``rooms``
 
     def write_config(self) -> None:
         """The container's config: appservice namespaces and the gateway's table."""
         table = gateway_table(self.prosody) | {
-            "reconnect_max": 1.0, "timeout_ms": 10000, "rooms": [CONFIGURED_ROOM],
+            "reconnect_max": 1.0, "timeout_ms": 10000, "rooms": self.rooms,
             "media_url": f"{self.url}/_servletkit/plugins/xmpp_gateway",
             "fetch_private_media": True}  # the tests' file server is on loopback
         owned = namespaces("localhost")
@@ -64,6 +65,14 @@ class Gateway:
         """``servletkit run`` in a subprocess; waits for its health endpoint."""
         self.process = start_container(self.config_path, self.url, workdir=self.workdir,
                                        timeout=timeout)
+
+    def restart(self, *rooms: str) -> None:
+        """Stop the container and start it again, bridging ``rooms`` from the config too."""
+        assert self.process is not None
+        stop_process(self.process, 10)
+        self.rooms += [room for room in rooms if room not in self.rooms]
+        self.write_config()
+        self.start_container()
 
     async def plugin_data(self, key: str) -> Any:
         """What the gateway has stored under ``key`` (its store, read beside it)."""
