@@ -23,7 +23,9 @@ message-id map, :mod:`servletkit_xmpp_gateway.msgids`), ``edit/`` (edits → the
 original, :mod:`~servletkit_xmpp_gateway.edits`), ``react/`` and ``reaction/``
 (reaction sets, :mod:`~servletkit_xmpp_gateway.reactions`), ``media/`` (files
 served to XMPP, :mod:`~servletkit_xmpp_gateway.media`), ``out/``, ``in/``
-(the queues) and ``seq/out``.
+(the queues) and ``seq/out``; linked accounts: ``link/``, ``linktoken/``, ``botdm/``
+and ``botroom/`` (:mod:`~servletkit_xmpp_gateway.accounts`,
+:mod:`~servletkit_xmpp_gateway.linking`).
 """
 
 from __future__ import annotations
@@ -37,7 +39,8 @@ from urllib.parse import quote
 
 import httpx
 
-from servletkit_xmpp_gateway import msgids, names
+from servletkit_xmpp_gateway import linking, msgids, names
+from servletkit_xmpp_gateway.accounts import Accounts
 from servletkit_xmpp_gateway.component import ComponentLink
 from servletkit_xmpp_gateway.config import GatewayConfig
 from servletkit_xmpp_gateway.inbound import InboundRelay
@@ -77,6 +80,7 @@ class Bridge(OutboundRelay, InboundRelay, TypingRelay):
             "chatstate": self.xmpp_chat_state,
         }, self._online, self._offline, self.log)
         self.xmpp: ComponentXMPP | None = None
+        self.accounts = Accounts(self)
         # per connection (rebuilt after each reconnect): who is in each MUC
         self.occupants: dict[str, dict[str, str]] = {}  # muc → nick → XMPP address
         self.puppets: dict[tuple[str, str], str] = {}  # (muc, user_id) → nick in the MUC
@@ -105,9 +109,11 @@ class Bridge(OutboundRelay, InboundRelay, TypingRelay):
                        loop.create_task(self._persist_worker(), name="xmpp-persist"),
                        loop.create_task(self._in_worker(), name="xmpp-in")]
         self.link.start()
+        await self.accounts.start()
 
     async def close(self) -> None:
         """Close the XMPP stream and stop the workers (the queues stay in the store)."""
+        await self.accounts.close()
         await self.link.close()
         for task in self._tasks:
             task.cancel()
@@ -229,6 +235,9 @@ class Bridge(OutboundRelay, InboundRelay, TypingRelay):
 
     async def matrix_event(self, event: Event) -> None:
         """``on_stored_event``: queue what the XMPP side must see of ``event``."""
+        if event.type == "m.room.member" and event.state_key == self.hs.user_id:
+            await linking.bot_membership(self, event)
+            return
         if event.type == "m.room.member" and event.state_key and self.is_ours(event.state_key):
             await self.virtual_membership(event)
             return
@@ -239,6 +248,8 @@ class Bridge(OutboundRelay, InboundRelay, TypingRelay):
             dm = await self.store.get(f"dm/{event.room_id}")
             if dm is not None and event.type in CARRIED:
                 await self.queue_out({"op": "dm", "to": dm["xmpp"], **_carried(event)})
+            elif dm is None:
+                await linking.command(self, event)
             return
         if event.type == "m.room.member" and event.state_key == event.sender:
             membership = event.content.get("membership")

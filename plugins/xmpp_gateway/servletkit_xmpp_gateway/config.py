@@ -8,6 +8,7 @@ from typing import Any
 import attrs
 
 TABLE = "[plugins.xmpp_gateway]"
+MIN_KEY = 32  # characters of link_secret_key
 
 
 class GatewayConfigError(ValueError):
@@ -30,6 +31,11 @@ class GatewayConfig:
     Matrix files; empty: links to the homeserver's legacy media API instead.
     ``fetch_private_media``: let XMPP links to loopback and private addresses be
     fetched (off: an XMPP user could otherwise make the gateway read internal URLs).
+    ``link_secret_key``: the key linked accounts' passwords are encrypted with in
+    the store (at least 32 characters; empty: account linking is off).
+    ``client_host``/``client_port``: where linked accounts' client sessions connect
+    (empty host: the account's domain, by its SRV records). ``client_plaintext``:
+    let those sessions log in without TLS (only for a server on loopback).
     """
 
     component_jid: str
@@ -45,6 +51,10 @@ class GatewayConfig:
     reconnect_max: float = 30.0
     media_url: str = ""
     fetch_private_media: bool = False
+    link_secret_key: str = attrs.field(default="", repr=False)
+    client_host: str = ""
+    client_port: int = 5222
+    client_plaintext: bool = False
 
     @classmethod
     def from_table(cls, table: Mapping[str, Any]) -> GatewayConfig:
@@ -57,6 +67,9 @@ class GatewayConfig:
                         f"{TABLE} {field.name}: required, e.g. {_EXAMPLES[field.name]}")
                 continue
             values[field.name] = _checked(field.name, table[field.name], field.default)
+        if 0 < len(values.get("link_secret_key", "")) < MIN_KEY:
+            raise GatewayConfigError(f"{TABLE} link_secret_key: must be at least {MIN_KEY} "
+                                     "characters (e.g. the output of `openssl rand -hex 32`)")
         return cls(**values)
 
 
