@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import functools
+import logging
 from typing import TYPE_CHECKING, Any
 
 import attrs
@@ -28,7 +30,7 @@ from nacl.exceptions import CryptoError
 from nacl.secret import SecretBox
 from slixmpp import JID, ClientXMPP
 
-from servletkit_xmpp_gateway.component import StreamLink
+from servletkit_xmpp_gateway.component import Handler, StreamLink
 
 if TYPE_CHECKING:
     from servletkit_xmpp_gateway.outbound import OutboundRelay
@@ -37,6 +39,19 @@ RESOURCE = "matrix-gateway"  # the linked session's resource
 LOGIN_TIMEOUT = 15.0  # seconds a link waits for its first login
 LEAVE_WAIT = 5.0  # seconds a switch waits for the old occupant to be gone
 LEAVE_POLL = 0.05
+SASL_NS = "urn:ietf:params:xml:ns:xmpp-sasl"
+STREAM_LOGGER = "slixmpp.xmlstream.xmlstream"  # logs every stanza sent and received at DEBUG
+
+
+class NoSaslFilter(logging.Filter):
+    """Drops log records of SASL stanzas: with PLAIN they carry the password (base64)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        """Whether ``record`` may be logged (it holds no SASL element)."""
+        return SASL_NS not in record.getMessage()
+
+
+NO_SASL = NoSaslFilter()
 
 
 @attrs.frozen
@@ -73,7 +88,11 @@ class AccountLink(StreamLink[ClientXMPP]):
     ENDS = ("failed_all_auth",)
 
     def __init__(self, accounts: Accounts, user_id: str, credentials: Credentials) -> None:
-        super().__init__(accounts.bridge.config, {}, self._up, self._down, accounts.bridge.log)
+        bridge = accounts.bridge
+        handlers: dict[str, Handler] = {"message": functools.partial(bridge.linked_direct, user_id),
+                    **{event: functools.partial(bridge.linked_direct, user_id, bodiless=True)
+                       for event in ("reactions", "message_retract")}}
+        super().__init__(bridge.config, handlers, self._up, self._down, bridge.log)
         self.accounts = accounts
         self.user_id = user_id
         self.credentials = credentials
@@ -101,7 +120,7 @@ class AccountLink(StreamLink[ClientXMPP]):
         xmpp.connect(host, self.config.client_port if host else None)
 
     async def _up(self, xmpp: ClientXMPP) -> None:
-        xmpp.send_presence(ppriority=-1)  # the user's own clients keep their messages
+        xmpp.send_presence()  # available: messages to the bare JID reach it too
         if not self.first.done():
             self.first.set_result(True)
         await self.accounts.speaker_changed(self.user_id)
@@ -126,6 +145,9 @@ class Accounts:
         self.bridge = bridge
         key = bridge.config.link_secret_key
         self.box = secret_box(key) if key else None
+        stream_log = logging.getLogger(STREAM_LOGGER)
+        if NO_SASL not in stream_log.filters:  # even with slixmpp's debug log on
+            stream_log.addFilter(NO_SASL)
         self.links: dict[str, AccountLink] = {}  # Matrix user → their session
         self.speaking: dict[str, ClientXMPP] = {}  # Matrix user → the stream speaking
 
@@ -244,6 +266,7 @@ class Accounts:
                    if user == user_id]
         for muc, nick in present:  # a closed session's occupant is gone with it
             await bridge.leave_puppet(muc, bridge.rooms[muc], user_id, send=alive)
+            bridge.our_nicks.setdefault(muc, set()).add(nick)  # its leave is no XMPP user's
             await self._gone(muc, nick)
         if want is None:
             self.speaking.pop(user_id, None)

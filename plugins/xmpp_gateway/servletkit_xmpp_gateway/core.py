@@ -72,6 +72,10 @@ class BridgeCore:
         gateway's bot or one of its puppets."""
         raise NotImplementedError
 
+    def linked_direct(self, user_id: str, msg: Any, bodiless: bool = False) -> None:
+        """Queue a 1:1 message a linked account's session got for Matrix."""
+        raise NotImplementedError
+
     def dm_sender(self, msg: Any) -> tuple[str, str, str] | None:
         """The XMPP address, name and Matrix user of a 1:1 message to a puppet."""
         raise NotImplementedError

@@ -31,8 +31,9 @@ def _real_jid(observer, nick: str) -> str | None:  # type: ignore[no-untyped-def
 async def test_a_linked_account_speaks_as_its_own_jid(gateway, matrix_user, xmpp_user) -> None:
     """``!xmpp link`` gives a one-time form link; a wrong password links nothing (told in
     the DM); the right one makes the user's messages in the MUC and DMs come from
-    dave@localhost, with no second occupant and no echo; ``!xmpp unlink`` deletes the
-    password and brings the component's occupant back. No password reaches the log."""
+    dave@localhost, with no second occupant and no echo, and what the account is sent
+    1:1 reaches the DM; ``!xmpp unlink`` deletes the password and brings the component's
+    occupant back. No password reaches the log."""
     human = await xmpp_user("human")
     await human.join(ROOM, "human")  # first in: the owner, who sees real JIDs
     lina = await matrix_user("Lina")
@@ -95,6 +96,10 @@ async def test_a_linked_account_speaks_as_its_own_jid(gateway, matrix_user, xmpp
     await lina.send(direct, "hi bob, it is Lina")
     dm_got = await bob.wait_message(lambda m: m["body"] == "hi bob, it is Lina")
     assert dm_got["type"] == "chat" and dm_got["from"].bare == DAVE
+    bob.tell(DAVE, "hi Lina, from bob")  # to the account: the gateway's session hears it
+    answer = await lina.wait_message(direct, lambda e: e["content"]["body"]
+                                     == "hi Lina, from bob")
+    assert answer["sender"] == "@_xmpp_bob=40localhost:localhost"
 
     await lina.send(dm, "!xmpp status")
     await lina.wait_message(dm, lambda e: e["content"]["body"]
