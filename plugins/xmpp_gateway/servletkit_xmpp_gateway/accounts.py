@@ -226,10 +226,6 @@ class Accounts:
         link = self.links.get(user_id)
         return None if link is None else link.credentials.jid
 
-    def is_linked(self, jid: JID) -> bool:
-        """Whether ``jid`` is a linked account the gateway runs."""
-        return any(link.credentials.jid == jid.bare for link in self.links.values())
-
     def stream(self, sender: JID) -> ClientXMPP | None:
         """The linked session whose JID is ``sender``, if it speaks for someone."""
         return next((x for x in self.speaking.values() if x.boundjid == sender), None)

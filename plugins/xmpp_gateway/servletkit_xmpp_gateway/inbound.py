@@ -31,7 +31,7 @@ class InboundRelay(BridgeCore):
 
     def ours_in_muc(self, muc: str, nick: str, real: JID) -> bool:
         return (nick == self.config.bot_nick or nick in self.our_nicks.get(muc, set())
-                or real.domain == self.config.component_jid or self.accounts.is_linked(real))
+                or real.domain == self.config.component_jid)
 
     def xmpp_presence(self, pres: Any) -> None:
         """An occupant came, went or changed nick in a bridged MUC."""
