@@ -20,7 +20,7 @@ import json
 import secrets
 import time
 from typing import TYPE_CHECKING, Any
-from urllib.parse import parse_qs
+from urllib.parse import parse_qs, quote
 
 from slixmpp import JID
 from slixmpp.jid import InvalidJID
@@ -73,6 +73,9 @@ async def command(bridge: Bridge, event: Event) -> None:
     verb = words[1] if len(words) > 1 else "help"
     if verb == "link" and not accounts.enabled:
         reply = "Account linking is off on this gateway (no link_secret_key)."
+    elif verb == "link" and not await _private(bridge, event.room_id, user):
+        reply = ("The link to the form is only sent in a room with just you and me: "
+                 "anyone who has it could link their account for you.")
     elif verb == "link":
         reply = (f"Open {await _new_link(bridge, user)} in a browser within "
                  f"{TOKEN_TTL // 60} minutes and give your JID and password there "
@@ -88,6 +91,13 @@ async def command(bridge: Bridge, event: Event) -> None:
     else:
         reply = HELP
     await bridge.notice(event.room_id, reply)
+
+
+async def _private(bridge: Bridge, room_id: str, user_id: str) -> bool:
+    """Whether ``room_id``'s joined members are ``user_id`` and the bot, no one else."""
+    joined = await bridge.hs.request(
+        "GET", f"/_matrix/client/v3/rooms/{quote(room_id, safe='')}/joined_members")
+    return set(joined.get("joined", {})) == {user_id, bridge.hs.user_id}
 
 
 async def _new_link(bridge: Bridge, user_id: str) -> str:

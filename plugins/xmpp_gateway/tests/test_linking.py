@@ -115,3 +115,18 @@ async def test_a_linked_account_speaks_as_its_own_jid(gateway, matrix_user, xmpp
     for secret in (PASSWORD, WRONG):
         assert secret not in log
         assert base64.b64encode(secret.encode()).decode() not in log
+
+
+async def test_no_link_is_sent_where_others_can_read_it(gateway, matrix_user) -> None:
+    """In a room with the bot and someone else, ``!xmpp link`` sends no link (whoever
+    had it could link their own account for the user and read what they send)."""
+    nia = await matrix_user("Nia")
+    omar = await matrix_user("Omar")
+    room_id = str((await nia.call("POST", "/createRoom", {
+        "preset": "private_chat", "invite": [BOT, omar.user_id]}))["room_id"])
+    await omar.join(room_id)
+    await nia.wait_message(room_id, lambda e: "!xmpp link" in e["content"]["body"])
+    await nia.send(room_id, "!xmpp link")
+    await nia.wait_message(room_id, lambda e: "only sent in a room with just you and me"
+                           in e["content"]["body"])
+    assert not [e for e in await nia.messages(room_id) if "/link/" in e["content"]["body"]]
