@@ -226,9 +226,17 @@ class Accounts:
         link = self.links.get(user_id)
         return None if link is None else link.credentials.jid
 
+    def speaker(self, user_id: str) -> ClientXMPP | None:
+        """The live session that speaks for ``user_id``, if any (one that has ended
+        does not, even before :meth:`switch` has caught up with it)."""
+        link = self.links.get(user_id)
+        stream = self.speaking.get(user_id)
+        return stream if link is not None and stream is not None and link.xmpp is stream else None
+
     def stream(self, sender: JID) -> ClientXMPP | None:
-        """The linked session whose JID is ``sender``, if it speaks for someone."""
-        return next((x for x in self.speaking.values() if x.boundjid == sender), None)
+        """The live linked session whose JID is ``sender``, if it speaks for someone."""
+        return next((x for user in self.speaking if (x := self.speaker(user)) is not None
+                     and x.boundjid == sender), None)
 
     async def speaker_changed(self, user_id: str) -> None:
         """Queue the switch of ``user_id``'s speaker (in order with their messages)."""
@@ -254,14 +262,12 @@ class Accounts:
         bridge = self.bridge
         link = self.links.get(user_id)
         want = link.xmpp if link is not None else None
-        have = self.speaking.get(user_id)
-        if want is have:
+        if want is self.speaking.get(user_id):
             return
-        alive = have is None or (link is not None and link.xmpp is have)  # the component is
         present = [(muc, nick) for (muc, user), nick in bridge.puppets.items()
                    if user == user_id]
-        for muc, nick in present:  # a closed session's occupant is gone with it
-            await bridge.leave_puppet(muc, bridge.rooms[muc], user_id, send=alive)
+        for muc, nick in present:
+            await bridge.leave_puppet(muc, bridge.rooms[muc], user_id)
             bridge.our_nicks.setdefault(muc, set()).add(nick)  # its leave is no XMPP user's
             await self._gone(muc, nick)
         if want is None:

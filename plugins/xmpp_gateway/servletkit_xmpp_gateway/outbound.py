@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import xml.etree.ElementTree as ET
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
@@ -69,7 +70,7 @@ class OutboundRelay(BridgeCore):
     def puppet_full_jid(self, user_id: str) -> JID:
         """The full JID ``user_id``'s puppet speaks from: their linked session's while it
         speaks for them, else the component's address for them."""
-        linked = self.accounts.speaking.get(user_id)
+        linked = self.accounts.speaker(user_id)
         if linked is not None:
             return JID(linked.boundjid)
         bare = names.puppet_jid(user_id, self.server_name, self.config.component_jid)
@@ -144,14 +145,13 @@ class OutboundRelay(BridgeCore):
         finally:
             stream.remove_handler(refusal)
 
-    async def leave_puppet(self, muc: str, room_id: str, user_id: str,
-                           send: bool = True) -> None:
-        """Take ``user_id``'s puppet out of ``muc`` (``send``: its stream is alive to say
-        so) and forget it."""
+    async def leave_puppet(self, muc: str, room_id: str, user_id: str) -> None:
+        """Take ``user_id``'s puppet out of ``muc`` and forget it (an occupant of a linked
+        session that has ended is gone already: its stream is not in the room)."""
         nick = self.puppets.pop((muc, user_id), None)
         if nick is not None:
             pfrom = self.puppet_full_jid(user_id)
-            if send:
+            with contextlib.suppress(KeyError):  # slixmpp: this stream is not in ``muc``
                 self.stream(pfrom).plugin["xep_0045"].leave_muc(JID(muc), nick, pfrom=pfrom)
             self.occupants.get(muc, {}).pop(nick, None)
             self.our_nicks.get(muc, set()).discard(nick)

@@ -26,7 +26,8 @@ from servletkit.testing.container import start_container
 from servletkit.testing.synapse import SynapseServer, free_port, start_synapse
 
 XMPP_USERS = {"human": "humanpass", "bob": "bobpass", "carol": "carolpass",
-              "dave": "dave-secret-pass"}  # dave: linked to a Matrix user (test_linking.py)
+              "dave": "dave-secret-pass",  # dave, erin: linked to Matrix users (test_linking.py)
+              "erin": "erin-pass-1"}
 LINK_SECRET_KEY = "test-link-secret-key-0123456789abcdef"
 MATRIX_PASSWORD = "matrix-pw-1"
 CONFIGURED_ROOM = f"configured@{MUC}"  # bridged by the gateway's config, not on demand

@@ -3,11 +3,14 @@ real Prosody): linked through the bot's DM and the HTTP form, unlinked again."""
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import re
+import subprocess
 
 import httpx
 import pytest
+from servletkit_xmpp_gateway.testing import MatrixUser
 from slixmpp import JID
 
 from servletkit.testing.waiting import eventually
@@ -28,6 +31,25 @@ def _real_jid(observer, nick: str) -> str | None:  # type: ignore[no-untyped-def
     return None if jid is None else str(JID(jid).bare)
 
 
+async def _bot_dm(user: MatrixUser) -> str:
+    """A DM of ``user`` with the gateway's bot, once the bot has joined and said hello."""
+    dm = str((await user.call("POST", "/createRoom", {
+        "preset": "trusted_private_chat", "is_direct": True, "invite": [BOT]}))["room_id"])
+    await user.wait_message(dm, lambda e: "!xmpp link" in e["content"]["body"])
+    return dm
+
+
+async def _ask_link(user: MatrixUser, dm: str) -> str:
+    """``!xmpp link`` in ``dm``: the link to the form the bot answers with."""
+    seen = {e["event_id"] for e in await user.messages(dm)}
+    await user.send(dm, "!xmpp link")
+    notice = await user.wait_message(dm, lambda e: e["event_id"] not in seen
+                                     and "/link/" in e["content"]["body"])
+    found = re.search(r"(http\S+/link/\S+)", notice["content"]["body"])
+    assert found, notice
+    return found[1]
+
+
 async def test_a_linked_account_speaks_as_its_own_jid(gateway, matrix_user, xmpp_user) -> None:
     """``!xmpp link`` gives a one-time form link; a wrong password links nothing (told in
     the DM); the right one makes the user's messages in the MUC and DMs come from
@@ -43,20 +65,8 @@ async def test_a_linked_account_speaks_as_its_own_jid(gateway, matrix_user, xmpp
     await human.wait_message(lambda m: m["body"] == "before linking")
     assert _real_jid(human, "Lina").endswith("@matrix.localhost")
 
-    dm = str((await lina.call("POST", "/createRoom", {
-        "preset": "trusted_private_chat", "is_direct": True, "invite": [BOT]}))["room_id"])
-    await lina.wait_message(dm, lambda e: "!xmpp link" in e["content"]["body"])
-
-    async def ask_link() -> str:
-        await lina.send(dm, "!xmpp link")
-        seen = {e["event_id"] for e in await lina.messages(dm)}
-        notice = await lina.wait_message(dm, lambda e: e["event_id"] not in seen
-                                         and "/link/" in e["content"]["body"])
-        found = re.search(r"(http\S+/link/\S+)", notice["content"]["body"])
-        assert found, notice
-        return found[1]
-
-    url = await ask_link()
+    dm = await _bot_dm(lina)
+    url = await _ask_link(lina, dm)
     async with httpx.AsyncClient(timeout=30) as http:
         page = await http.get(url)
         assert page.status_code == 200 and 'type="password"' in page.text
@@ -67,7 +77,7 @@ async def test_a_linked_account_speaks_as_its_own_jid(gateway, matrix_user, xmpp
         again = await http.post(url, json={"jid": DAVE, "password": PASSWORD})
         assert again.status_code == 403  # the link worked once
 
-        url = await ask_link()
+        url = await _ask_link(lina, dm)
         bad = await http.post(url, data={"jid": "no address", "password": "x"})
         assert bad.status_code == 400 and bad.json()["errcode"] == "M_INVALID_PARAM"
         linked = await http.post(url, data={"jid": DAVE, "password": PASSWORD})
@@ -130,3 +140,38 @@ async def test_no_link_is_sent_where_others_can_read_it(gateway, matrix_user) ->
     await nia.wait_message(room_id, lambda e: "only sent in a room with just you and me"
                            in e["content"]["body"])
     assert not [e for e in await nia.messages(room_id) if "/link/" in e["content"]["body"]]
+
+
+async def test_a_password_refused_later_falls_back_to_the_gateway(gateway, matrix_user,
+                                                                   xmpp_user) -> None:
+    """The account's password changes and the XMPP server restarts: the session's login
+    is refused, the user is told in the DM, and their messages reach the MUC again
+    through the component's occupant (once, under their nick)."""
+    room, alias = "relink@conference.localhost", "#_xmpp_relink_conference.localhost:localhost"
+    pia = await matrix_user("Pia")
+    room_id = await pia.join(alias)
+    dm = await _bot_dm(pia)
+    async with httpx.AsyncClient(timeout=30) as http:
+        linked = await http.post(await _ask_link(pia, dm),
+                                 json={"jid": "erin@localhost", "password": "erin-pass-1"})
+        assert linked.status_code == 200
+    human = await xmpp_user("human")
+    await human.join(room, "human")
+    await pia.send(room_id, "as erin")
+    await human.wait_message(lambda m: m["body"] == "as erin")
+
+    config = str(gateway.prosody.config_path)
+    for command in (["deluser", "erin@localhost"], ["register", "erin", "localhost", "new-1"]):
+        await asyncio.to_thread(subprocess.run, ["prosodyctl", "--config", config, *command],
+                                check=True, capture_output=True, timeout=30)
+    await asyncio.to_thread(gateway.prosody.restart)
+    await pia.wait_message(dm, lambda e: "refused the login of erin@localhost"
+                           in e["content"]["body"], within=30)
+
+    again = await xmpp_user("human")  # the old session died with the server
+    await again.join(room, "human")
+    await pia.send(room_id, "through the gateway again")
+    await again.wait_message(lambda m: m["body"] == "through the gateway again", within=20)
+    assert not [n for n in again.occupants(room) if n.startswith("Pia (")]
+    await pia.send(dm, "!xmpp status")
+    await pia.wait_message(dm, lambda e: "its login was refused" in e["content"]["body"])
