@@ -21,6 +21,7 @@ import asyncio
 import base64
 import functools
 import logging
+from collections.abc import Coroutine
 from typing import TYPE_CHECKING, Any
 
 import attrs
@@ -127,7 +128,7 @@ class AccountLink(StreamLink[ClientXMPP]):
 
     def _down(self) -> None:
         if not self._closing:  # a closing link's owner (unlink, refusal) switches itself
-            asyncio.get_running_loop().create_task(self.accounts.speaker_changed(self.user_id))
+            self.accounts.spawn(self.accounts.speaker_changed(self.user_id))
 
     def _refuse(self, _event: Any) -> None:
         self.refused = True
@@ -135,7 +136,7 @@ class AccountLink(StreamLink[ClientXMPP]):
         if not self.first.done():
             self.first.set_result(False)
         else:
-            asyncio.get_running_loop().create_task(self.accounts.refused(self))
+            self.accounts.spawn(self.accounts.refused(self))
 
 
 class Accounts:
@@ -150,6 +151,13 @@ class Accounts:
             stream_log.addFilter(NO_SASL)
         self.links: dict[str, AccountLink] = {}  # Matrix user → their session
         self.speaking: dict[str, ClientXMPP] = {}  # Matrix user → the stream speaking
+        self._tasks: set[asyncio.Task[None]] = set()  # spawned from slixmpp's callbacks
+
+    def spawn(self, work: Coroutine[Any, Any, None]) -> None:
+        """Run ``work`` in the background, kept referenced until it ends."""
+        task = asyncio.get_running_loop().create_task(work)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     @property
     def enabled(self) -> bool:
@@ -177,10 +185,12 @@ class Accounts:
         return link
 
     async def close(self) -> None:
-        """Close every session (the records stay)."""
+        """Close every session (the records stay) and stop what they started."""
         for link in list(self.links.values()):
             await link.close()
         self.links.clear()
+        for task in list(self._tasks):
+            task.cancel()
 
     async def link(self, user_id: str, credentials: Credentials) -> bool | None:
         """Log in as ``credentials``; if that works, store them (sealed) and keep the
