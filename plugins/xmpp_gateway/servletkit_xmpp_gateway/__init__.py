@@ -10,7 +10,7 @@ from __future__ import annotations
 from starlette.routing import BaseRoute
 
 from servletkit import Ephemeral, Event, PluginContext, hookimpl
-from servletkit_xmpp_gateway import media
+from servletkit_xmpp_gateway import linking, media
 from servletkit_xmpp_gateway.bridge import Bridge
 from servletkit_xmpp_gateway.config import GatewayConfig, GatewayConfigError
 
@@ -35,8 +35,11 @@ class XmppGateway:
 
     @hookimpl
     def servlet_routes(self, context: PluginContext) -> list[BaseRoute] | None:
-        """``media/{token}/{filename}``: the files Matrix users sent to XMPP (``media_url``)."""
-        return None if self.bridge is None else media.routes(self.bridge)
+        """``media/{token}/{filename}``: the files Matrix users sent to XMPP (``media_url``);
+        ``link/{token}``: the form where a Matrix user links their XMPP account."""
+        if self.bridge is None:
+            return None
+        return [*media.routes(self.bridge), *linking.routes(self.bridge)]
 
     @hookimpl
     async def servlet_destroy(self, context: PluginContext) -> None:

@@ -25,7 +25,8 @@ original, :mod:`~servletkit_xmpp_gateway.edits`), ``react/`` and ``reaction/``
 served to XMPP, :mod:`~servletkit_xmpp_gateway.media`), ``kept/`` (when those
 were first seen: they are pruned after ``keep_days``,
 :mod:`~servletkit_xmpp_gateway.retention`), ``out/``, ``in/`` (the queues) and
-``seq/out``.
+``seq/out``; linked accounts: ``link/``, ``linktoken/``, ``botdm/`` and ``botroom/``
+(:mod:`~servletkit_xmpp_gateway.accounts`, :mod:`~servletkit_xmpp_gateway.linking`).
 """
 
 from __future__ import annotations
@@ -40,7 +41,8 @@ from urllib.parse import quote
 
 import httpx
 
-from servletkit_xmpp_gateway import history, msgids, names, retention
+from servletkit_xmpp_gateway import history, linking, msgids, names, retention
+from servletkit_xmpp_gateway.accounts import Accounts
 from servletkit_xmpp_gateway.component import ComponentLink
 from servletkit_xmpp_gateway.config import GatewayConfig
 from servletkit_xmpp_gateway.inbound import InboundRelay
@@ -80,6 +82,7 @@ class Bridge(OutboundRelay, InboundRelay, TypingRelay):
             "chatstate": self.xmpp_chat_state,
         }, self._online, self._offline, self.log)
         self.xmpp: ComponentXMPP | None = None
+        self.accounts = Accounts(self)
         # per connection (rebuilt after each reconnect): who is in each MUC
         self.occupants: dict[str, dict[str, str]] = {}  # muc → nick → XMPP address
         self.puppets: dict[tuple[str, str], str] = {}  # (muc, user_id) → nick in the MUC
@@ -111,9 +114,11 @@ class Bridge(OutboundRelay, InboundRelay, TypingRelay):
             self._tasks.append(loop.create_task(
                 retention.run(self.store, self.config.keep_days, self.log), name="xmpp-prune"))
         self.link.start()
+        await self.accounts.start()
 
     async def close(self) -> None:
         """Close the XMPP stream and stop the workers (the queues stay in the store)."""
+        await self.accounts.close()
         await self.link.close()
         for task in self._tasks:
             task.cancel()
@@ -268,6 +273,9 @@ class Bridge(OutboundRelay, InboundRelay, TypingRelay):
 
     async def matrix_event(self, event: Event) -> None:
         """``on_stored_event``: queue what the XMPP side must see of ``event``."""
+        if event.type == "m.room.member" and event.state_key == self.hs.user_id:
+            await linking.bot_membership(self, event)
+            return
         if event.type == "m.room.member" and event.state_key and self.is_ours(event.state_key):
             await self.virtual_membership(event)
             return
@@ -278,6 +286,8 @@ class Bridge(OutboundRelay, InboundRelay, TypingRelay):
             dm = await self.store.get(f"dm/{event.room_id}")
             if dm is not None and event.type in CARRIED:
                 await self.queue_out({"op": "dm", "to": dm["xmpp"], **_carried(event)})
+            elif dm is None:
+                await linking.command(self, event)
             return
         if event.type == "m.room.member" and event.state_key == event.sender:
             membership = event.content.get("membership")

@@ -1,7 +1,9 @@
 """The XMPP side: one XEP-0114 external component connection, kept up with backoff.
 
-:class:`ComponentLink` owns the connection. Each attempt builds a fresh
-:class:`slixmpp.ComponentXMPP` (so no stale MUC state survives a reconnect),
+:class:`StreamLink` keeps one XMPP stream up; :class:`ComponentLink` is the
+gateway's component (linked accounts' client sessions are another kind,
+:class:`~servletkit_xmpp_gateway.accounts.AccountLink`). Each attempt builds a fresh
+stream, here a :class:`slixmpp.ComponentXMPP` (so no stale MUC state survives a reconnect),
 waits for the handshake, reports it with ``on_online(xmpp)``, waits for the
 stream to end, reports ``on_offline()``, sleeps (doubling from
 ``reconnect_min`` to ``reconnect_max`` seconds, reset by a good session) and
@@ -14,8 +16,9 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, Generic, TypeVar
 
+from slixmpp.basexmpp import BaseXMPP
 from slixmpp.componentxmpp import ComponentXMPP
 
 from servletkit_xmpp_gateway.config import GatewayConfig
@@ -26,20 +29,24 @@ HANDSHAKE_TIMEOUT = 10.0
 # archive queries (stanza plugins both sides use)
 XEPS = ("xep_0308", "xep_0428", "xep_0461", "xep_0444", "xep_0424", "xep_0085", "xep_0066",
         "xep_0313")
+S = TypeVar("S", bound=BaseXMPP)
 
 
-class ComponentLink:
-    """Keeps the gateway's component connected; calls back when it is up or down.
+class StreamLink(Generic[S]):
+    """Keeps one XMPP stream connected; calls back when it is up or down.
 
     ``handlers`` maps slixmpp event names (``groupchat_message``, ``message``,
-    ``presence``) to callbacks installed on every new connection.
+    ``presence``) to callbacks installed on every new connection. A subclass
+    builds the stream (:meth:`_new_stream`) and connects it (:meth:`_connect`).
     """
+
+    ENDS: tuple[str, ...] = ()  # slixmpp events besides a disconnection that end an attempt
 
     def __init__(
         self,
         config: GatewayConfig,
         handlers: dict[str, Handler],
-        on_online: Callable[[ComponentXMPP], Awaitable[None]],
+        on_online: Callable[[S], Awaitable[None]],
         on_offline: Callable[[], None],
         log: logging.Logger,
     ) -> None:
@@ -48,7 +55,7 @@ class ComponentLink:
         self.on_online = on_online
         self.on_offline = on_offline
         self.log = log
-        self.xmpp: ComponentXMPP | None = None  # the live connection, while online
+        self.xmpp: S | None = None  # the live connection, while online
         self.sessions = 0  # handshakes completed so far (tests and logs read it)
         self._task: asyncio.Task[None] | None = None
         self._closing = False
@@ -69,12 +76,23 @@ class ComponentLink:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
 
-    def _new_component(self) -> ComponentXMPP:
-        cfg = self.config
-        xmpp = ComponentXMPP(  # type: ignore[no-untyped-call]  # slixmpp leaves it unannotated
-            cfg.component_jid, cfg.component_secret, host=cfg.xmpp_host, port=cfg.xmpp_port)
+    @property
+    def name(self) -> str:
+        """What the logs call this stream."""
+        raise NotImplementedError
+
+    def _new_stream(self) -> S:
+        """A fresh stream with :data:`XEPS` and the handlers (not connected)."""
+        raise NotImplementedError
+
+    def _connect(self, xmpp: S) -> None:
+        """Start connecting ``xmpp``."""
+        raise NotImplementedError
+
+    def _install(self, xmpp: S, muc: dict[str, Any]) -> S:
+        """Register the plugins (``muc``: the XEP-0045 plugin's config) and the handlers."""
         xmpp.register_plugin("xep_0030")
-        xmpp.register_plugin("xep_0045", {"multi_from": True})
+        xmpp.register_plugin("xep_0045", muc)
         xmpp.register_plugin("xep_0071")
         xmpp.register_plugin("xep_0199")
         for plugin in XEPS:
@@ -86,20 +104,19 @@ class ComponentLink:
     async def _run(self) -> None:
         delay = self.config.reconnect_min
         while not self._closing:
-            xmpp = self._new_component()
+            xmpp = self._new_stream()
             ended = asyncio.Event()
             started = asyncio.Event()
             xmpp.add_event_handler("session_start", lambda _e, s=started: s.set())
-            xmpp.add_event_handler("disconnected", lambda _e, e=ended: e.set())
-            xmpp.add_event_handler("connection_failed", lambda _e, e=ended: e.set())
-            xmpp.connect(self.config.xmpp_host, self.config.xmpp_port)
+            for end in ("disconnected", "connection_failed", *self.ENDS):
+                xmpp.add_event_handler(end, lambda _e, e=ended: e.set())
+            self._connect(xmpp)
             online = await self._first(started, ended)
             if online:
                 self.xmpp = xmpp
                 self.sessions += 1
                 delay = self.config.reconnect_min
-                self.log.info("connected to %s:%d as component %s", self.config.xmpp_host,
-                              self.config.xmpp_port, self.config.component_jid)
+                self.log.info("connected as %s", self.name)
                 try:
                     await self.on_online(xmpp)
                 except Exception:
@@ -110,11 +127,10 @@ class ComponentLink:
                 self.on_offline()
                 if self._closing:
                     break
-                self.log.warning("XMPP connection lost; reconnecting in %.1f s", delay)
-            else:
-                self.log.warning("cannot connect to %s:%d as %s; retrying in %.1f s",
-                                 self.config.xmpp_host, self.config.xmpp_port,
-                                 self.config.component_jid, delay)
+                self.log.warning("XMPP connection of %s lost; reconnecting in %.1f s",
+                                 self.name, delay)
+            elif not self._closing:
+                self.log.warning("cannot connect as %s; retrying in %.1f s", self.name, delay)
             xmpp.cancel_connection_attempt()
             xmpp.abort()
             await asyncio.sleep(delay)
@@ -131,3 +147,22 @@ class ComponentLink:
             for waiter in waiters:
                 waiter.cancel()
         return started.is_set() and not ended.is_set()
+
+
+class ComponentLink(StreamLink[ComponentXMPP]):
+    """Keeps the gateway's XEP-0114 component connected (``xmpp_host``:``xmpp_port``)."""
+
+    @property
+    def name(self) -> str:
+        """The component's JID and where it connects."""
+        cfg = self.config
+        return f"component {cfg.component_jid} at {cfg.xmpp_host}:{cfg.xmpp_port}"
+
+    def _new_stream(self) -> ComponentXMPP:
+        cfg = self.config
+        xmpp = ComponentXMPP(  # type: ignore[no-untyped-call]  # slixmpp leaves it unannotated
+            cfg.component_jid, cfg.component_secret, host=cfg.xmpp_host, port=cfg.xmpp_port)
+        return self._install(xmpp, {"multi_from": True})
+
+    def _connect(self, xmpp: ComponentXMPP) -> None:
+        xmpp.connect(self.config.xmpp_host, self.config.xmpp_port)

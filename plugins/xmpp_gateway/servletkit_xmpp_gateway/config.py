@@ -8,6 +8,7 @@ from typing import Any
 import attrs
 
 TABLE = "[plugins.xmpp_gateway]"
+MIN_KEY = 32  # characters of link_secret_key
 
 
 class GatewayConfigError(ValueError):
@@ -34,6 +35,11 @@ class GatewayConfig:
     ``media/``, reaction sets) are kept, 0 for ever (:mod:`~servletkit_xmpp_gateway.retention`).
     ``history_backfill``: how many earlier messages each side gets of the other when a
     room and a MUC are first bridged, 0 none (:mod:`~servletkit_xmpp_gateway.history`).
+    ``link_secret_key``: the key linked accounts' passwords are encrypted with in
+    the store (at least 32 characters; empty: account linking is off).
+    ``client_host``/``client_port``: where linked accounts' client sessions connect
+    (empty host: the account's domain, by its SRV records). ``client_plaintext``:
+    let those sessions log in without TLS (only for a server on loopback).
     """
 
     component_jid: str
@@ -51,6 +57,10 @@ class GatewayConfig:
     fetch_private_media: bool = False
     keep_days: int = 30
     history_backfill: int = 50
+    link_secret_key: str = attrs.field(default="", repr=False)
+    client_host: str = ""
+    client_port: int = 5222
+    client_plaintext: bool = False
 
     @classmethod
     def from_table(cls, table: Mapping[str, Any]) -> GatewayConfig:
@@ -66,6 +76,9 @@ class GatewayConfig:
         for key in _COUNTS:
             if values.get(key, 0) < 0:
                 raise GatewayConfigError(f"{TABLE} {key}: must be 0 or more, got {values[key]}")
+        if 0 < len(values.get("link_secret_key", "")) < MIN_KEY:
+            raise GatewayConfigError(f"{TABLE} link_secret_key: must be at least {MIN_KEY} "
+                                     "characters (e.g. the output of `openssl rand -hex 32`)")
         return cls(**values)
 
 

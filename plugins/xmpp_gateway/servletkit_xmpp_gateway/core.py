@@ -15,11 +15,13 @@ if TYPE_CHECKING:
     import logging
 
     from slixmpp import JID
+    from slixmpp.basexmpp import BaseXMPP
     from slixmpp.componentxmpp import ComponentXMPP
 
     from servletkit import PluginContext
     from servletkit.store.plugin import PluginStore
     from servletkit.wires.appservice.homeserver import HomeserverClient
+    from servletkit_xmpp_gateway.accounts import Accounts
     from servletkit_xmpp_gateway.config import GatewayConfig
 
 Kind = Literal["chat", "groupchat"]  # the XMPP message types the gateway sends
@@ -37,6 +39,7 @@ class BridgeCore:
     server_name: str
     bot_jid: str  # the gateway's own occupant JID
     xmpp: ComponentXMPP | None  # the live component session, while online
+    accounts: Accounts  # linked XMPP accounts and their sessions
     occupants: dict[str, dict[str, str]]  # muc → nick → XMPP address
     puppets: dict[tuple[str, str], str]  # (muc, user_id) → nick in the MUC
     our_nicks: dict[str, set[str]]  # muc → nicks our puppets have or are taking
@@ -56,9 +59,21 @@ class BridgeCore:
         """The full JID a Matrix user's puppet sends from."""
         raise NotImplementedError
 
+    def stream(self, sender: JID) -> BaseXMPP:
+        """The XMPP stream that sends as ``sender`` (a linked session, or the component)."""
+        raise NotImplementedError
+
+    async def queue_out(self, op: dict[str, Any]) -> None:
+        """Append an operation to the durable outbound queue."""
+        raise NotImplementedError
+
     def ours_in_muc(self, muc: str, nick: str, real: JID) -> bool:
         """Whether occupant ``nick`` of ``muc`` (real JID ``real`` if known) is the
         gateway's bot or one of its puppets."""
+        raise NotImplementedError
+
+    def linked_direct(self, user_id: str, msg: Any, bodiless: bool = False) -> None:
+        """Queue a 1:1 message a linked account's session got for Matrix."""
         raise NotImplementedError
 
     def dm_sender(self, msg: Any) -> tuple[str, str, str] | None:

@@ -93,8 +93,20 @@ class InboundRelay(BridgeCore):
         """A 1:1 message from an XMPP user to a Matrix user's address, or a private
         message (XEP-0045 §7.5) from an occupant of a bridged MUC to a Matrix
         user's puppet there: the occupant's address is then ``muc/nick``."""
+        self._queue_dm(msg, self.dm_sender(msg))
+
+    def linked_direct(self, user_id: str, msg: Any, bodiless: bool = False) -> None:
+        """A 1:1 message to the linked XMPP account of Matrix ``user_id`` (its session got
+        it; ``bodiless``: from the reactions or retraction event): it goes to their DM
+        with the sender, as one to their puppet would."""
+        sender: JID = msg["from"]
+        if (bodiless and msg["body"]) or "@" not in sender.bare or sender.bare == msg["to"].bare:
+            return
+        self._queue_dm(msg, self._party(sender, user_id))
+
+    def _queue_dm(self, msg: Any, party: tuple[str, str, str] | None) -> None:
+        """Queue 1:1 message ``msg`` from ``party`` (address, name, Matrix user) for Matrix."""
         fields = fields_of(msg)
-        party = self.dm_sender(msg)
         if msg["type"] not in ("chat", "normal") or fields is None or party is None:
             return
         address, name, user_id = party
@@ -112,6 +124,11 @@ class InboundRelay(BridgeCore):
                                        self.config.component_jid)
         if user_id is None or sender.domain == self.config.component_jid:
             return None
+        return self._party(sender, user_id)
+
+    def _party(self, sender: JID, user_id: str) -> tuple[str, str, str] | None:
+        """The XMPP address and name of ``sender`` writing 1:1 to ``user_id`` (an occupant's
+        ``muc/nick`` in a MUC private chat), and ``user_id``; ``None`` for the gateway."""
         if sender.bare in self.rooms:
             if not sender.resource or self.ours_in_muc(sender.bare, sender.resource, JID()):
                 return None

@@ -16,7 +16,8 @@ default). Without ``media_url`` the link is the homeserver's legacy
 XMPP → Matrix: a message with OOB data, or whose body is only an ``http(s)`` URL
 ending in an image extension, is fetched (at most :data:`MAX_BYTES`, within
 :data:`FETCH_TIMEOUT`, no redirects, and not from loopback or private addresses
-unless ``fetch_private_media``), uploaded to the media repository as the
+unless ``fetch_private_media``; the connection goes to the address that was
+checked, :mod:`~servletkit_xmpp_gateway.pinned`), uploaded to the media repository as the
 sender's virtual user and sent as an ``m.image``/``m.video``/``m.audio``/``m.file``
 (a Matrix client shows only ``mxc://`` URLs). If that fails, the message is sent
 as its text, the link included.
@@ -24,11 +25,9 @@ as its text, the link included.
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import hashlib
 import hmac
-import ipaddress
 import mimetypes
 from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote, urlsplit
@@ -38,6 +37,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
 from servletkit.wires.appservice.homeserver import q
+from servletkit_xmpp_gateway import pinned
 
 if TYPE_CHECKING:
     from starlette.requests import Request
@@ -130,7 +130,7 @@ async def content_in(bridge: BridgeCore, user: str, url: str) -> dict[str, Any] 
     """Fetch ``url``, upload it as virtual ``user``: the Matrix content of the file;
     ``None`` (logged) if it cannot be fetched."""
     try:
-        data, mimetype = await _fetch(url, bridge.config.fetch_private_media)
+        data, mimetype = await fetch(url, bridge.config.fetch_private_media)
     except (MediaFetchError, httpx.HTTPError) as exc:
         bridge.log.info("not carrying %s as a file: %s", url, exc)
         return None
@@ -142,12 +142,11 @@ async def content_in(bridge: BridgeCore, user: str, url: str) -> dict[str, Any] 
             "info": {"mimetype": mimetype, "size": len(data)}}
 
 
-async def _fetch(url: str, private: bool) -> tuple[bytes, str]:
-    """The bytes at ``url`` and their media type, within the bounds."""
-    parts = urlsplit(url)
-    if not private:
-        await _check_public(parts.hostname or "", parts.port)
-    async with (httpx.AsyncClient(timeout=FETCH_TIMEOUT, follow_redirects=False) as http,
+async def fetch(url: str, private: bool,
+                resolve: pinned.Resolve = pinned.resolve_host) -> tuple[bytes, str]:
+    """The bytes at ``url`` and their media type, within the bounds; the connection goes
+    to the address resolved and checked (not local unless ``private``) in one step."""
+    async with (pinned.pinned_client(FETCH_TIMEOUT, not private, resolve) as http,
                 http.stream("GET", url) as response):
         if response.status_code != 200:
             raise MediaFetchError(f"HTTP {response.status_code}")
@@ -159,17 +158,5 @@ async def _fetch(url: str, private: bool) -> tuple[bytes, str]:
             if len(data) > MAX_BYTES:
                 raise MediaFetchError(f"larger than {MAX_BYTES} bytes")
         declared = response.headers.get("content-type", "").split(";", 1)[0].strip()
-    guessed = mimetypes.guess_type(parts.path)[0]
+    guessed = mimetypes.guess_type(urlsplit(url).path)[0]
     return bytes(data), declared or guessed or "application/octet-stream"
-
-
-async def _check_public(host: str, port: int | None) -> None:
-    """Refuse a host that resolves to a loopback, private or otherwise local address."""
-    try:
-        found = await asyncio.get_running_loop().getaddrinfo(host, port or 443)
-    except OSError as exc:
-        raise MediaFetchError(f"cannot resolve {host!r}") from exc
-    for *_, sockaddr in found:
-        address = ipaddress.ip_address(str(sockaddr[0]).split("%", 1)[0])
-        if not address.is_global:
-            raise MediaFetchError(f"{host!r} is a local address ({address})")

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import xml.etree.ElementTree as ET
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 from slixmpp import JID
+from slixmpp.basexmpp import BaseXMPP
 from slixmpp.exceptions import PresenceError
 from slixmpp.xmlstream.handler import Callback
 from slixmpp.xmlstream.matcher import StanzaPath
@@ -42,9 +44,8 @@ class OutboundRelay(BridgeCore):
         Returns the nick it got. When that is not ``wanted``, the Matrix user is
         told in the room, with the nick they now have.
         """
-        assert self.xmpp is not None
-        muc_plugin = self.xmpp.plugin["xep_0045"]
         pfrom = self.puppet_full_jid(user_id)
+        muc_plugin = self.stream(pfrom).plugin["xep_0045"]
 
         async def join(nick: str) -> str:
             pres, _, _, _ = await muc_plugin.join_muc_wait(
@@ -68,9 +69,21 @@ class OutboundRelay(BridgeCore):
                                      lambda nick: self._rename(muc, pfrom, nick))
 
     def puppet_full_jid(self, user_id: str) -> JID:
-        """The full JID ``user_id``'s puppet speaks from."""
+        """The full JID ``user_id``'s puppet speaks from: their linked session's while it
+        speaks for them, else the component's address for them."""
+        linked = self.accounts.speaker(user_id)
+        if linked is not None:
+            return JID(linked.boundjid)
         bare = names.puppet_jid(user_id, self.server_name, self.config.component_jid)
         return JID(f"{bare}/matrix")
+
+    def stream(self, sender: JID) -> BaseXMPP:
+        """The stream that sends as ``sender``: a linked session, else the component."""
+        linked = self.accounts.stream(sender)
+        if linked is not None:
+            return linked
+        assert self.xmpp is not None
+        return self.xmpp
 
     async def _take_nick(self, muc: str, room_id: str, user_id: str, wanted: str,
                          attempt: Callable[[str], Awaitable[str]]) -> str:
@@ -112,7 +125,7 @@ class OutboundRelay(BridgeCore):
     async def _rename(self, muc: str, pfrom: JID, nick: str) -> str:
         """Ask ``muc`` to call occupant ``pfrom`` ``nick``; the nick it gave, or
         :class:`PresenceError` if it refused (XEP-0045 §7.6)."""
-        assert self.xmpp is not None
+        stream = self.stream(pfrom)
         answer: asyncio.Future[str] = asyncio.get_running_loop().create_future()
 
         def settle(pres: Any) -> None:
@@ -125,21 +138,22 @@ class OutboundRelay(BridgeCore):
 
         # a refusal carries no MUC payload and slixmpp raises no event for it
         refusal = f"muc-rename-{pfrom}-{nick}"
-        self.xmpp.register_handler(Callback(refusal, StanzaPath("presence@type=error"), settle))
+        stream.register_handler(Callback(refusal, StanzaPath("presence@type=error"), settle))
         try:
-            with self.xmpp.event_handler(f"muc::{muc}::self-presence", settle):
-                self.xmpp.send_presence(pto=JID(f"{muc}/{nick}"), pfrom=pfrom)
+            with stream.event_handler(f"muc::{muc}::self-presence", settle):
+                stream.send_presence(pto=JID(f"{muc}/{nick}"), pfrom=pfrom)
                 return await asyncio.wait_for(answer, JOIN_TIMEOUT)
         finally:
-            self.xmpp.remove_handler(refusal)
+            stream.remove_handler(refusal)
 
     async def leave_puppet(self, muc: str, room_id: str, user_id: str) -> None:
-        """Take ``user_id``'s puppet out of ``muc`` and forget it."""
-        assert self.xmpp is not None
+        """Take ``user_id``'s puppet out of ``muc`` and forget it (an occupant of a linked
+        session that has ended is gone already: its stream is not in the room)."""
         nick = self.puppets.pop((muc, user_id), None)
         if nick is not None:
-            self.xmpp.plugin["xep_0045"].leave_muc(JID(muc), nick,
-                                                   pfrom=self.puppet_full_jid(user_id))
+            pfrom = self.puppet_full_jid(user_id)
+            with contextlib.suppress(KeyError):  # slixmpp: this stream is not in ``muc``
+                self.stream(pfrom).plugin["xep_0045"].leave_muc(JID(muc), nick, pfrom=pfrom)
             self.occupants.get(muc, {}).pop(nick, None)
             self.our_nicks.get(muc, set()).discard(nick)
         await self.store.delete(f"member/{room_id}/{user_id}")
@@ -150,6 +164,9 @@ class OutboundRelay(BridgeCore):
         kind = op["op"]
         if kind == "dm":
             await self.send_direct(op)
+            return
+        if kind == "speaker":
+            await self.accounts.switch(op["user"])
             return
         muc, room_id, user_id = op["muc"], op["room_id"], op["user"]
         if kind == "leave":
@@ -232,14 +249,13 @@ class OutboundRelay(BridgeCore):
     def _message(self, content: dict[str, Any], to: JID, sender: JID, mtype: Kind,
                  event_id: str) -> Any:
         """The XMPP message for Matrix ``content``, or ``None`` if it has no text form."""
-        assert self.xmpp is not None
         body = content.get("body")
         msgtype = content.get("msgtype", "m.text")
         if not isinstance(body, str) or msgtype not in ("m.text", "m.notice", "m.emote"):
             return None
         if msgtype == "m.emote":
             body = f"/me {body}"
-        msg = self.xmpp.make_message(mto=to, mbody=body, mtype=mtype, mfrom=sender)
+        msg = self.stream(sender).make_message(mto=to, mbody=body, mtype=mtype, mfrom=sender)
         msg["id"] = _stanza_id(event_id)
         # XEP-0359: the same id as origin-id, which MUCs and archives keep
         origin = ET.SubElement(msg.xml, f"{{{msgids.SID_NS}}}origin-id")

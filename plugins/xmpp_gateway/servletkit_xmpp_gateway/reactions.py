@@ -97,11 +97,10 @@ async def _keep(bridge: BridgeCore, key: str, have: dict[str, str]) -> None:
 
 async def _send_set(bridge: BridgeCore, target: str, keys: set[str], to: JID, sender: JID,
                     mtype: Kind) -> None:
-    assert bridge.xmpp is not None
     ref = await msgids.reference(bridge.store, target, mtype == "groupchat")
     if ref is None:
         return  # a reaction to something that never crossed the gateway
-    msg = bridge.xmpp.make_message(mto=to, mfrom=sender, mtype=mtype)
+    msg = bridge.stream(sender).make_message(mto=to, mfrom=sender, mtype=mtype)
     msg["reactions"]["id"] = ref
     msg["reactions"].set_values(sorted(keys), all_chars=True)
     ET.SubElement(msg.xml, f"{{{HINTS_NS}}}store")

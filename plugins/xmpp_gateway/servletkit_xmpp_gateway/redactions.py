@@ -48,7 +48,6 @@ async def apply_in(bridge: BridgeCore, room_id: str, user: str, scope: str,
 
 async def out(bridge: BridgeCore, op: dict[str, Any], to: JID, sender: JID, mtype: Kind) -> None:
     """A Matrix user redacted an event: retract the XMPP message if it is their own."""
-    assert bridge.xmpp is not None
     redacted = op.get("redacts")
     if not isinstance(redacted, str) or await reactions.withdraw(bridge, redacted, to, mtype):
         return
@@ -60,7 +59,7 @@ async def out(bridge: BridgeCore, op: dict[str, Any], to: JID, sender: JID, mtyp
         bridge.log.info("%s redacted %s by %s: moderation is not carried to XMPP",
                         op["user"], redacted, event.get("sender"))
         return
-    msg = bridge.xmpp.make_message(mto=to, mfrom=sender, mtype=mtype, mbody=FALLBACK)
+    msg = bridge.stream(sender).make_message(mto=to, mfrom=sender, mtype=mtype, mbody=FALLBACK)
     msg["retract"]["id"] = ref
     ET.SubElement(msg.xml, f"{{{FALLBACK_NS}}}fallback").set("for", RETRACT_NS)
     ET.SubElement(msg.xml, f"{{{reactions.HINTS_NS}}}store")

@@ -73,7 +73,8 @@ class TypingRelay(BridgeCore):
 
     def _chat_state(self, to: JID, user_id: str, state: str, mtype: Kind) -> None:
         assert self.xmpp is not None
-        msg = self.xmpp.make_message(mto=to, mfrom=self.puppet_full_jid(user_id), mtype=mtype)
+        sender = self.puppet_full_jid(user_id)
+        msg = self.stream(sender).make_message(mto=to, mfrom=sender, mtype=mtype)
         msg["chat_state"] = state
         ET.SubElement(msg.xml, f"{{{HINTS_NS}}}no-store")
         msg.send()

@@ -25,7 +25,10 @@ from servletkit.testing import only_plugins, plugins_toml
 from servletkit.testing.container import start_container
 from servletkit.testing.synapse import SynapseServer, free_port, start_synapse
 
-XMPP_USERS = {"human": "humanpass", "bob": "bobpass", "carol": "carolpass"}
+XMPP_USERS = {"human": "humanpass", "bob": "bobpass", "carol": "carolpass",
+              "dave": "dave-secret-pass",  # dave, erin: linked to Matrix users (test_linking.py)
+              "erin": "erin-pass-1"}
+LINK_SECRET_KEY = "test-link-secret-key-0123456789abcdef"
 MATRIX_PASSWORD = "matrix-pw-1"
 CONFIGURED_ROOM = f"configured@{MUC}"  # bridged by the gateway's config, not on demand
 
@@ -49,7 +52,9 @@ class Gateway:
         table = gateway_table(self.prosody) | {
             "reconnect_max": 1.0, "timeout_ms": 10000, "rooms": self.rooms,
             "media_url": f"{self.url}/_servletkit/plugins/xmpp_gateway",
-            "fetch_private_media": True}  # the tests' file server is on loopback
+            "fetch_private_media": True,  # the tests' file server is on loopback
+            "link_secret_key": LINK_SECRET_KEY, "client_host": "127.0.0.1",
+            "client_port": self.prosody.c2s_port, "client_plaintext": True}
         owned = namespaces("localhost")
         self.config_path.write_text("\n".join([
             f'[server]\nhost = "127.0.0.1"\nport = {self.port}',
