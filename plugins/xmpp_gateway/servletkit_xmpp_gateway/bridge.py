@@ -38,9 +38,10 @@ from urllib.parse import quote
 import httpx
 
 from servletkit_xmpp_gateway import msgids, names
-from servletkit_xmpp_gateway.component import ComponentLink
+from servletkit_xmpp_gateway.component import MODERATION_EVENT, ComponentLink
 from servletkit_xmpp_gateway.config import GatewayConfig
 from servletkit_xmpp_gateway.inbound import InboundRelay
+from servletkit_xmpp_gateway.moderation import ModerationRelay
 from servletkit_xmpp_gateway.outbound import OutboundRelay
 from servletkit_xmpp_gateway.typing import TypingRelay
 
@@ -54,7 +55,7 @@ UNSTORED = ("typing",)  # inbound operations not worth keeping over a restart
 COMMIT_WAIT = 10.0  # how long a worker waits for a queued operation's transaction to commit
 
 
-class Bridge(OutboundRelay, InboundRelay, TypingRelay):
+class Bridge(OutboundRelay, InboundRelay, TypingRelay, ModerationRelay):
     """One running gateway: the component link, the mapping, the two workers."""
 
     def __init__(self, config: GatewayConfig, context: PluginContext) -> None:
@@ -75,6 +76,7 @@ class Bridge(OutboundRelay, InboundRelay, TypingRelay):
             "reactions": self.xmpp_bodiless,
             "message_retract": self.xmpp_bodiless,
             "chatstate": self.xmpp_chat_state,
+            MODERATION_EVENT: self.xmpp_moderated,
         }, self._online, self._offline, self.log)
         self.xmpp: ComponentXMPP | None = None
         # per connection (rebuilt after each reconnect): who is in each MUC
@@ -82,6 +84,7 @@ class Bridge(OutboundRelay, InboundRelay, TypingRelay):
         self.puppets: dict[tuple[str, str], str] = {}  # (muc, user_id) → nick in the MUC
         self.our_nicks: dict[str, set[str]] = {}  # muc → nicks our puppets have or are taking
         self.rooms: dict[str, str] = {}  # muc → room ID (mirrors the store's room/ keys)
+        self.moderation_versions: dict[str, str] = {}  # muc → its XEP-0425 namespace
         self._out_wake = asyncio.Event()
         self._expected_out: dict[str, float] = {}  # queued keys → deadline to see them
         self._in_seq = itertools.count()
@@ -173,6 +176,7 @@ class Bridge(OutboundRelay, InboundRelay, TypingRelay):
         self.occupants.clear()
         self.puppets.clear()
         self.our_nicks.clear()
+        self.moderation_versions.clear()
 
     @property
     def online(self) -> bool:

@@ -77,6 +77,18 @@ class BridgeCore:
         """Carry out a queued XMPP chat state in Matrix."""
         raise NotImplementedError
 
+    async def notice(self, room_id: str, text: str) -> None:
+        """Tell a Matrix room something, as the gateway's bot."""
+        raise NotImplementedError
+
+    async def moderate_out(self, op: dict[str, Any], redacted: str) -> None:
+        """Have the MUC retract someone else's message a Matrix user redacted."""
+        raise NotImplementedError
+
+    async def apply_moderation(self, op: dict[str, Any]) -> None:
+        """Carry out a queued XMPP moderation in Matrix."""
+        raise NotImplementedError
+
     def reader(self, op: dict[str, Any]) -> HomeserverClient:
         """A Matrix client that can read the room of outbound operation ``op``."""
         raise NotImplementedError

@@ -128,6 +128,9 @@ class InboundRelay(BridgeCore):
         if kind == "typing":
             await self.apply_typing(op)
             return
+        if kind == "moderate":
+            await self.apply_moderation(op)
+            return
         room_id = self.rooms.get(op["muc"]) or await self.store.get(f"room/{op['muc']}")
         if room_id is None:
             return

@@ -51,7 +51,9 @@ Component "{muc_domain}" "muc"
     muc_room_locking = false -- rooms are usable at once (no config form)
     muc_room_default_persistent = false
     muc_tombstones = false
-    modules_enabled = {{ "muc_mam" }} -- archives stamp XEP-0359 stanza-ids, as most MUCs do
+    -- muc_mam: archives stamp XEP-0359 stanza-ids, as most MUCs do; muc_moderation
+    -- (Debian prosody-modules): XEP-0425, moderators retract messages
+    modules_enabled = {{ "muc_mam"; "muc_moderation" }}
     muc_log_all_rooms = true
 
 Component "{component_jid}"
