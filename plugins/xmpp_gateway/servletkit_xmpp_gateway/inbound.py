@@ -13,7 +13,16 @@ from typing import TYPE_CHECKING, Any
 from slixmpp import JID
 
 from servletkit.wires.appservice.homeserver import MatrixRequestError
-from servletkit_xmpp_gateway import edits, media, msgids, names, reactions, redactions, replies
+from servletkit_xmpp_gateway import (
+    edits,
+    media,
+    mentions,
+    msgids,
+    names,
+    reactions,
+    redactions,
+    replies,
+)
 from servletkit_xmpp_gateway.core import BridgeCore
 from servletkit_xmpp_gateway.formatting import matrix_content, xhtml_to_html
 
@@ -172,6 +181,9 @@ class InboundRelay(BridgeCore):
             await redactions.apply_in(self, room_id, user, scope, op, txn)
             return
         content: dict[str, Any] = dict(_content(op))
+        if scope in self.rooms:  # a group chat: nicks of Matrix users there mention them
+            content = mentions.content_in(content, {
+                nick: user_id for (muc, user_id), nick in self.puppets.items() if muc == scope})
         if op.get("file") and not op.get("replace"):
             content = await media.content_in(self, user, op["file"]) or content
         if op.get("replace"):

@@ -12,7 +12,16 @@ from slixmpp.exceptions import PresenceError
 from slixmpp.xmlstream.handler import Callback
 from slixmpp.xmlstream.matcher import StanzaPath
 
-from servletkit_xmpp_gateway import edits, media, msgids, names, reactions, redactions, replies
+from servletkit_xmpp_gateway import (
+    edits,
+    media,
+    mentions,
+    msgids,
+    names,
+    reactions,
+    redactions,
+    replies,
+)
 from servletkit_xmpp_gateway.core import BridgeCore, Kind
 from servletkit_xmpp_gateway.formatting import html_to_xhtml_body
 
@@ -201,8 +210,11 @@ class OutboundRelay(BridgeCore):
         link = await media.link_out(self, op["event_id"], content)
         if link is not None:
             content = {"msgtype": "m.text", "body": link[0]}
-        msg = self._message(replies.without_fallback(content), to, sender, mtype,
-                            op["event_id"])
+        content = replies.without_fallback(content)
+        mentioned: list[str] = []
+        if mtype == "groupchat":
+            content, mentioned = mentions.out(content, mentions.nicks_of(self, scope))
+        msg = self._message(content, to, sender, mtype, op["event_id"])
         if msg is None:
             return False
         if link is not None:
@@ -210,6 +222,7 @@ class OutboundRelay(BridgeCore):
         if replace is not None:
             msg["replace"]["id"] = replace
         await replies.out(self, msg, op, mtype)
+        mentions.mark(msg, scope, mentioned)
         # remembered first: the MUC's reflection (its stanza-id) may come back before a
         # store write after the send would be done
         await msgids.remember(self.store, op["event_id"], scope, id=msg["id"],
