@@ -53,6 +53,8 @@ class InboundRelay(BridgeCore):
         real: JID = pres["muc"]["jid"]
         room = self.occupants.setdefault(muc, {})
         if STATUS_SELF in codes or self.ours_in_muc(muc, nick, real):
+            if pres["type"] == "unavailable":
+                self.puppet_removed(muc, nick, pres)
             return
         address = room.get(nick) or (real.bare if real.bare else f"{muc}/{nick}")
         if pres["type"] == "unavailable":
@@ -65,9 +67,11 @@ class InboundRelay(BridgeCore):
                                "new_address": new_address, "nick": new})
             else:
                 self.queue_in({"op": "leave", "muc": muc, "address": address})
-        elif nick not in room:
-            room[nick] = address
-            self.queue_in({"op": "join", "muc": muc, "address": address, "nick": nick})
+        else:
+            if nick not in room:
+                room[nick] = address
+                self.queue_in({"op": "join", "muc": muc, "address": address, "nick": nick})
+            self.xmpp_standing(muc, address, nick, pres)
 
     def xmpp_groupchat(self, msg: Any) -> None:
         """A message in a bridged MUC (one copy per occupant we have: take the bot's)."""
@@ -139,6 +143,9 @@ class InboundRelay(BridgeCore):
             return
         if kind == "moderate":
             await self.apply_moderation(op)
+            return
+        if kind in ("power", "kick", "ban"):
+            await self.apply_roles_in(op)
             return
         room_id = self.rooms.get(op["muc"]) or await self.store.get(f"room/{op['muc']}")
         if room_id is None:

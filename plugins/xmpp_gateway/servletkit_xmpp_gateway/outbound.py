@@ -21,6 +21,7 @@ from servletkit_xmpp_gateway import (
     reactions,
     redactions,
     replies,
+    roles,
 )
 from servletkit_xmpp_gateway.core import BridgeCore, Kind
 from servletkit_xmpp_gateway.formatting import html_to_xhtml_body
@@ -58,9 +59,12 @@ class OutboundRelay(BridgeCore):
             pres, _, _, _ = await muc_plugin.join_muc_wait(
                 JID(muc), nick, presence_options={"pfrom": pfrom}, maxstanzas=0,
                 timeout=JOIN_TIMEOUT)
+            self.standings[(muc, user_id)] = roles.seen_standing(pres)
             return str(pres["from"].resource)
 
-        return await self._take_nick(muc, room_id, user_id, wanted, join)
+        got = await self._take_nick(muc, room_id, user_id, wanted, join)
+        await self.set_standing(muc, room_id, user_id, got)  # what their power says
+        return got
 
     async def change_nick(self, muc: str, room_id: str, user_id: str,
                           wanted: str) -> str:
@@ -145,6 +149,7 @@ class OutboundRelay(BridgeCore):
         """Take ``user_id``'s puppet out of ``muc`` and forget it."""
         assert self.xmpp is not None
         nick = self.puppets.pop((muc, user_id), None)
+        self.standings.pop((muc, user_id), None)
         if nick is not None:
             self.xmpp.plugin["xep_0045"].leave_muc(JID(muc), nick,
                                                    pfrom=self.puppet_full_jid(user_id))
@@ -158,6 +163,9 @@ class OutboundRelay(BridgeCore):
         kind = op["op"]
         if kind == "dm":
             await self.send_direct(op)
+            return
+        if kind in ("power", "kick", "ban"):
+            await self.apply_roles_out(op)
             return
         muc, room_id, user_id = op["muc"], op["room_id"], op["user"]
         if kind == "leave":

@@ -42,10 +42,12 @@ class XmppUser(ClientXMPP):
         for plugin in ("xep_0030", "xep_0045", "xep_0071", "xep_0199", *XEPS):
             self.register_plugin(plugin)
         self.received: list[Any] = []
+        self.presences: list[Any] = []  # MUC presences, as received
         self.failure: str | None = None
         self._started = asyncio.Event()
         self.add_event_handler("session_start", self._on_start)
         self.add_event_handler("message", self.received.append)
+        self.add_event_handler("groupchat_presence", self.presences.append)
         watch_moderation(self)
         for event in ("reactions", "message_retract", "chatstate", MODERATION_EVENT):
             # ``message`` needs a body
@@ -128,6 +130,20 @@ class XmppUser(ClientXMPP):
         iq.xml.append(moderation.request(
             stanza_id, reason, moderation.version_of(set(info["disco_info"]["features"]))))
         await iq.send(timeout=WAIT)  # type: ignore[no-untyped-call]
+
+    def standing(self, room: str, nick: str) -> tuple[str | None, str | None]:
+        """The affiliation and role of occupant ``nick`` of ``room``, as last seen."""
+        muc = self.plugin["xep_0045"]
+        return (muc.get_jid_property(JID(room), nick, "affiliation"),
+                muc.get_jid_property(JID(room), nick, "role"))
+
+    async def wait_removed(self, room: str, nick: str, code: int) -> Any:
+        """The presence telling that ``nick`` left ``room`` with status ``code`` (307:
+        kicked, 301: banned); waits for it."""
+        def seen() -> list[Any]:
+            return [p for p in self.presences if p["from"] == JID(f"{room}/{nick}")
+                    and p["type"] == "unavailable" and code in p["muc"]["status_codes"]]
+        return (await eventually(seen, WAIT))[0]
 
     def occupants(self, room: str) -> set[str]:
         """The nicks slixmpp has seen in ``room`` right now."""
