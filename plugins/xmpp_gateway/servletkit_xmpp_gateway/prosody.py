@@ -3,7 +3,9 @@
 :func:`start_prosody` writes a config into a fresh folder (loopback only, no
 TLS, no s2s, a MUC service and the gateway's external component), registers
 test accounts offline, starts ``prosody -F`` as a child process and waits until
-both ports accept connections. Needs the Debian package ``prosody`` (0.12).
+both ports accept connections. Needs the Debian package ``prosody`` (0.12), and
+``prosody-modules`` for ``mod_muc_moderation`` (without it Prosody logs that the
+module is missing and runs without XEP-0425).
 The facts behind each setting: ``shared/reference/prosody-real-xmpp-server.md``.
 """
 
