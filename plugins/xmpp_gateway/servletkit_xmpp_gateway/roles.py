@@ -141,7 +141,7 @@ class RolesRelay(BridgeCore):
         if levels is None:
             try:
                 levels = await self.hs.get_state(room_id, "m.room.power_levels")
-            except MatrixRequestError as exc:
+            except Exception as exc:  # the homeserver may be down: a join must not fail
                 self.log.info("cannot read the power levels of %s: %s", room_id, exc)
                 return
         wanted = standing(levels, user_id)
