@@ -43,10 +43,12 @@ import httpx
 
 from servletkit_xmpp_gateway import history, linking, msgids, names, retention
 from servletkit_xmpp_gateway.accounts import Accounts
-from servletkit_xmpp_gateway.component import ComponentLink
+from servletkit_xmpp_gateway.component import MODERATION_EVENT, ComponentLink
 from servletkit_xmpp_gateway.config import GatewayConfig
 from servletkit_xmpp_gateway.inbound import InboundRelay
+from servletkit_xmpp_gateway.moderation import ModerationRelay
 from servletkit_xmpp_gateway.outbound import OutboundRelay
+from servletkit_xmpp_gateway.roles import RolesRelay
 from servletkit_xmpp_gateway.typing import TypingRelay
 
 if TYPE_CHECKING:
@@ -59,7 +61,7 @@ UNSTORED = ("typing",)  # inbound operations not worth keeping over a restart
 COMMIT_WAIT = 10.0  # how long a worker waits for a queued operation's transaction to commit
 
 
-class Bridge(OutboundRelay, InboundRelay, TypingRelay):
+class Bridge(OutboundRelay, InboundRelay, TypingRelay, ModerationRelay, RolesRelay):
     """One running gateway: the component link, the mapping, the two workers."""
 
     def __init__(self, config: GatewayConfig, context: PluginContext) -> None:
@@ -80,6 +82,7 @@ class Bridge(OutboundRelay, InboundRelay, TypingRelay):
             "reactions": self.xmpp_bodiless,
             "message_retract": self.xmpp_bodiless,
             "chatstate": self.xmpp_chat_state,
+            MODERATION_EVENT: self.xmpp_moderated,
         }, self._online, self._offline, self.log)
         self.xmpp: ComponentXMPP | None = None
         self.accounts = Accounts(self)
@@ -88,6 +91,10 @@ class Bridge(OutboundRelay, InboundRelay, TypingRelay):
         self.puppets: dict[tuple[str, str], str] = {}  # (muc, user_id) → nick in the MUC
         self.our_nicks: dict[str, set[str]] = {}  # muc → nicks our puppets have or are taking
         self.rooms: dict[str, str] = {}  # muc → room ID (mirrors the store's room/ keys)
+        self.moderation_versions: dict[str, str] = {}  # muc → its XEP-0425 namespace
+        # (muc, Matrix user or XMPP address) → MUC affiliation and role, as last set or seen
+        self.standings: dict[tuple[str, str], tuple[str, str]] = {}
+        self.xmpp_powers: dict[tuple[str, str], tuple[str, str]] = {}
         self._out_wake = asyncio.Event()
         self._expected_out: dict[str, float] = {}  # queued keys → deadline to see them
         self._in_seq = itertools.count()
@@ -187,6 +194,9 @@ class Bridge(OutboundRelay, InboundRelay, TypingRelay):
         self.occupants.clear()
         self.puppets.clear()
         self.our_nicks.clear()
+        self.moderation_versions.clear()
+        self.standings.clear()
+        self.xmpp_powers.clear()
 
     @property
     def online(self) -> bool:
@@ -277,7 +287,9 @@ class Bridge(OutboundRelay, InboundRelay, TypingRelay):
             await linking.bot_membership(self, event)
             return
         if event.type == "m.room.member" and event.state_key and self.is_ours(event.state_key):
-            await self.virtual_membership(event)
+            if not await self.matrix_sanction(event,
+                                              await self.store.get(f"mroom/{event.room_id}")):
+                await self.virtual_membership(event)
             return
         if self.is_ours(event.sender):
             return  # our own puppets speaking: never echo back
@@ -289,12 +301,17 @@ class Bridge(OutboundRelay, InboundRelay, TypingRelay):
             elif dm is None:
                 await linking.command(self, event)
             return
-        if event.type == "m.room.member" and event.state_key == event.sender:
-            membership = event.content.get("membership")
+        membership = event.content.get("membership")
+        if event.type == "m.room.member" and event.state_key is not None and (
+                membership in ("leave", "ban") or event.state_key == event.sender):
+            # a Matrix user's own join or leave, or their kick or ban by a moderator
             op = "join" if membership == "join" else "leave"
             await self.queue_out({"op": op, "muc": muc, "room_id": event.room_id,
-                                  "user": event.sender,
+                                  "user": event.state_key,
                                   "displayname": event.content.get("displayname")})
+        elif event.type == "m.room.power_levels" and event.state_key == "":
+            await self.queue_out({"op": "power", "muc": muc, "room_id": event.room_id,
+                                  "user": event.sender, "content": dict(event.content)})
         elif event.type in CARRIED:
             await self.queue_out({"op": "msg", "muc": muc, **_carried(event)})
 

@@ -20,6 +20,8 @@ from typing import Any, Generic, TypeVar
 
 from slixmpp.basexmpp import BaseXMPP
 from slixmpp.componentxmpp import ComponentXMPP
+from slixmpp.xmlstream.handler import Callback
+from slixmpp.xmlstream.matcher import MatchXPath
 
 from servletkit_xmpp_gateway.config import GatewayConfig
 
@@ -30,6 +32,20 @@ HANDSHAKE_TIMEOUT = 10.0
 XEPS = ("xep_0308", "xep_0428", "xep_0461", "xep_0444", "xep_0424", "xep_0085", "xep_0066",
         "xep_0313")
 S = TypeVar("S", bound=BaseXMPP)
+# a MUC's XEP-0425 moderation announcement (old and current form) fires this event
+MODERATION_EVENT = "muc_moderation"
+_MODERATION_PATHS = ("{%s}message/{urn:xmpp:fasten:0}apply-to",
+                     "{%s}message/{urn:xmpp:message-retract:1}retract"
+                     "/{urn:xmpp:message-moderate:1}moderated")
+
+
+def watch_moderation(xmpp: BaseXMPP) -> None:
+    """Make ``xmpp`` fire :data:`MODERATION_EVENT` for a MUC's XEP-0425 announcements
+    (they have no body, so slixmpp's ``groupchat_message`` never sees them)."""
+    for path in _MODERATION_PATHS:
+        xmpp.register_handler(Callback(
+            f"moderation {path}", MatchXPath(path % xmpp.default_ns),
+            lambda msg: xmpp.event(MODERATION_EVENT, msg)))
 
 
 class StreamLink(Generic[S]):
@@ -97,6 +113,7 @@ class StreamLink(Generic[S]):
         xmpp.register_plugin("xep_0199")
         for plugin in XEPS:
             xmpp.register_plugin(plugin)
+        watch_moderation(xmpp)
         for event, handler in self.handlers.items():
             xmpp.add_event_handler(event, handler)
         return xmpp

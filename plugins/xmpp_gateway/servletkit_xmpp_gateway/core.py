@@ -46,9 +46,14 @@ class BridgeCore:
     rooms: dict[str, str]  # muc → room ID
     _joined_matrix: set[tuple[str, str]]  # (room_id, virtual user)
     _profiles: dict[str, str]  # virtual user → display name set
+    standings: dict[tuple[str, str], tuple[str, str]]  # (muc, user) → affiliation, role
 
     def is_ours(self, user_id: str) -> bool:
         """Whether ``user_id`` is the appservice's bot or one of its virtual users."""
+        raise NotImplementedError
+
+    async def queue_out(self, op: dict[str, Any]) -> None:
+        """Queue an operation for XMPP (durable with the homeserver transaction)."""
         raise NotImplementedError
 
     def queue_in(self, op: dict[str, Any]) -> None:
@@ -61,10 +66,6 @@ class BridgeCore:
 
     def stream(self, sender: JID) -> BaseXMPP:
         """The XMPP stream that sends as ``sender`` (a linked session, or the component)."""
-        raise NotImplementedError
-
-    async def queue_out(self, op: dict[str, Any]) -> None:
-        """Append an operation to the durable outbound queue."""
         raise NotImplementedError
 
     def ours_in_muc(self, muc: str, nick: str, real: JID) -> bool:
@@ -90,6 +91,39 @@ class BridgeCore:
 
     async def apply_typing(self, op: dict[str, Any]) -> None:
         """Carry out a queued XMPP chat state in Matrix."""
+        raise NotImplementedError
+
+    async def notice(self, room_id: str, text: str) -> None:
+        """Tell a Matrix room something, as the gateway's bot."""
+        raise NotImplementedError
+
+    async def moderate_out(self, op: dict[str, Any], redacted: str) -> None:
+        """Have the MUC retract someone else's message a Matrix user redacted."""
+        raise NotImplementedError
+
+    async def apply_moderation(self, op: dict[str, Any]) -> None:
+        """Carry out a queued XMPP moderation in Matrix."""
+        raise NotImplementedError
+
+    async def set_standing(self, muc: str, room_id: str, user_id: str, nick: str,
+                           levels: dict[str, Any] | None = None) -> None:
+        """Give a Matrix user's puppet the MUC affiliation and role their power says."""
+        raise NotImplementedError
+
+    async def apply_roles_out(self, op: dict[str, Any]) -> None:
+        """Carry out a queued power change, kick or ban in the MUC."""
+        raise NotImplementedError
+
+    def xmpp_standing(self, muc: str, address: str, nick: str, pres: Any) -> None:
+        """Queue the Matrix power of an XMPP occupant whose role may have changed."""
+        raise NotImplementedError
+
+    def puppet_removed(self, muc: str, nick: str, pres: Any) -> None:
+        """Queue the Matrix kick or ban of a puppet an XMPP moderator removed."""
+        raise NotImplementedError
+
+    async def apply_roles_in(self, op: dict[str, Any]) -> None:
+        """Carry out a queued XMPP power change, kick or ban in Matrix."""
         raise NotImplementedError
 
     def reader(self, op: dict[str, Any]) -> HomeserverClient:

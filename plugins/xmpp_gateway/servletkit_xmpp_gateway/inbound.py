@@ -13,7 +13,16 @@ from typing import TYPE_CHECKING, Any
 from slixmpp import JID
 
 from servletkit.wires.appservice.homeserver import MatrixRequestError
-from servletkit_xmpp_gateway import edits, media, msgids, names, reactions, redactions, replies
+from servletkit_xmpp_gateway import (
+    edits,
+    media,
+    mentions,
+    msgids,
+    names,
+    reactions,
+    redactions,
+    replies,
+)
 from servletkit_xmpp_gateway.core import BridgeCore
 from servletkit_xmpp_gateway.formatting import matrix_content, xhtml_to_html
 
@@ -44,6 +53,8 @@ class InboundRelay(BridgeCore):
         real: JID = pres["muc"]["jid"]
         room = self.occupants.setdefault(muc, {})
         if STATUS_SELF in codes or self.ours_in_muc(muc, nick, real):
+            if pres["type"] == "unavailable":
+                self.puppet_removed(muc, nick, pres)
             return
         address = room.get(nick) or (real.bare if real.bare else f"{muc}/{nick}")
         if pres["type"] == "unavailable":
@@ -56,9 +67,11 @@ class InboundRelay(BridgeCore):
                                "new_address": new_address, "nick": new})
             else:
                 self.queue_in({"op": "leave", "muc": muc, "address": address})
-        elif nick not in room:
-            room[nick] = address
-            self.queue_in({"op": "join", "muc": muc, "address": address, "nick": nick})
+        else:
+            if nick not in room:
+                room[nick] = address
+                self.queue_in({"op": "join", "muc": muc, "address": address, "nick": nick})
+            self.xmpp_standing(muc, address, nick, pres)
 
     def xmpp_groupchat(self, msg: Any) -> None:
         """A message in a bridged MUC (one copy per occupant we have: take the bot's)."""
@@ -146,6 +159,12 @@ class InboundRelay(BridgeCore):
         if kind == "typing":
             await self.apply_typing(op)
             return
+        if kind == "moderate":
+            await self.apply_moderation(op)
+            return
+        if kind in ("power", "kick", "ban"):
+            await self.apply_roles_in(op)
+            return
         room_id = self.rooms.get(op["muc"]) or await self.store.get(f"room/{op['muc']}")
         if room_id is None:
             return
@@ -187,6 +206,9 @@ class InboundRelay(BridgeCore):
             await redactions.apply_in(self, room_id, user, scope, op, txn)
             return
         content: dict[str, Any] = dict(_content(op))
+        if scope in self.rooms:  # a group chat: nicks of Matrix users there mention them
+            content = mentions.content_in(content, {
+                nick: user_id for (muc, user_id), nick in self.puppets.items() if muc == scope})
         if op.get("file") and not op.get("replace"):
             content = await media.content_in(self, user, op["file"]) or content
         if op.get("replace"):

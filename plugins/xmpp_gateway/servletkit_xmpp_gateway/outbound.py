@@ -14,7 +14,17 @@ from slixmpp.exceptions import PresenceError
 from slixmpp.xmlstream.handler import Callback
 from slixmpp.xmlstream.matcher import StanzaPath
 
-from servletkit_xmpp_gateway import edits, media, msgids, names, reactions, redactions, replies
+from servletkit_xmpp_gateway import (
+    edits,
+    media,
+    mentions,
+    msgids,
+    names,
+    reactions,
+    redactions,
+    replies,
+    roles,
+)
 from servletkit_xmpp_gateway.core import BridgeCore, Kind
 from servletkit_xmpp_gateway.formatting import html_to_xhtml_body
 from servletkit_xmpp_gateway.history import add_delay
@@ -51,9 +61,12 @@ class OutboundRelay(BridgeCore):
             pres, _, _, _ = await muc_plugin.join_muc_wait(
                 JID(muc), nick, presence_options={"pfrom": pfrom}, maxstanzas=0,
                 timeout=JOIN_TIMEOUT)
+            self.standings[(muc, user_id)] = roles.seen_standing(pres)
             return str(pres["from"].resource)
 
-        return await self._take_nick(muc, room_id, user_id, wanted, join)
+        got = await self._take_nick(muc, room_id, user_id, wanted, join)
+        await self.set_standing(muc, room_id, user_id, got)  # what their power says
+        return got
 
     async def change_nick(self, muc: str, room_id: str, user_id: str,
                           wanted: str) -> str:
@@ -150,6 +163,7 @@ class OutboundRelay(BridgeCore):
         """Take ``user_id``'s puppet out of ``muc`` and forget it (an occupant of a linked
         session that has ended is gone already: its stream is not in the room)."""
         nick = self.puppets.pop((muc, user_id), None)
+        self.standings.pop((muc, user_id), None)
         if nick is not None:
             pfrom = self.puppet_full_jid(user_id)
             with contextlib.suppress(KeyError):  # slixmpp: this stream is not in ``muc``
@@ -167,6 +181,9 @@ class OutboundRelay(BridgeCore):
             return
         if kind == "speaker":
             await self.accounts.switch(op["user"])
+            return
+        if kind in ("power", "kick", "ban"):
+            await self.apply_roles_out(op)
             return
         muc, room_id, user_id = op["muc"], op["room_id"], op["user"]
         if kind == "leave":
@@ -219,8 +236,11 @@ class OutboundRelay(BridgeCore):
         link = await media.link_out(self, op["event_id"], content)
         if link is not None:
             content = {"msgtype": "m.text", "body": link[0]}
-        msg = self._message(replies.without_fallback(content), to, sender, mtype,
-                            op["event_id"])
+        content = replies.without_fallback(content)
+        mentioned: list[str] = []
+        if mtype == "groupchat":
+            content, mentioned = mentions.out(content, mentions.nicks_of(self, scope))
+        msg = self._message(content, to, sender, mtype, op["event_id"])
         if msg is None:
             return False
         if link is not None:
@@ -230,6 +250,7 @@ class OutboundRelay(BridgeCore):
         if op.get("ts"):  # history sent when the room was bridged: when it was said
             add_delay(msg, op["ts"], self.config.component_jid)
         await replies.out(self, msg, op, mtype)
+        mentions.mark(msg, scope, mentioned)
         # remembered first: the MUC's reflection (its stanza-id) may come back before a
         # store write after the send would be done
         await msgids.remember(self.store, op["event_id"], scope, id=msg["id"],

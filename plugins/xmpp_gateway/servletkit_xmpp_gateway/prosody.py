@@ -3,7 +3,9 @@
 :func:`start_prosody` writes a config into a fresh folder (loopback only, no
 TLS, no s2s, a MUC service and the gateway's external component), registers
 test accounts offline, starts ``prosody -F`` as a child process and waits until
-both ports accept connections. Needs the Debian package ``prosody`` (0.12).
+both ports accept connections. Needs the Debian package ``prosody`` (0.12), and
+``prosody-modules`` for ``mod_muc_moderation`` (without it Prosody logs that the
+module is missing and runs without XEP-0425).
 The facts behind each setting: ``shared/reference/prosody-real-xmpp-server.md``.
 """
 
@@ -51,7 +53,9 @@ Component "{muc_domain}" "muc"
     muc_room_locking = false -- rooms are usable at once (no config form)
     muc_room_default_persistent = false
     muc_tombstones = false
-    modules_enabled = {{ "muc_mam" }} -- archives stamp XEP-0359 stanza-ids, as most MUCs do
+    -- muc_mam: archives stamp XEP-0359 stanza-ids, as most MUCs do; muc_moderation
+    -- (Debian prosody-modules): XEP-0425, moderators retract messages
+    modules_enabled = {{ "muc_mam"; "muc_moderation" }}
     muc_log_all_rooms = true
 
 Component "{component_jid}"

@@ -3,8 +3,9 @@
 Only a message's own author retracts it: an XMPP retraction becomes a redaction
 by the author's virtual user when the event is theirs, and a Matrix user's
 redaction of their own bridged message becomes a retraction from their puppet.
-Redacting someone else's message (a Matrix moderator) is XEP-0425 moderation,
-which needs the MUC service's support; it is logged, not carried. A redacted
+Redacting someone else's message in a group chat (a Matrix moderator) is XEP-0425
+moderation (:mod:`~servletkit_xmpp_gateway.moderation`); in a DM it is logged, not
+carried. A redacted
 reaction is not a retraction: the reactor's new set goes out instead
 (:func:`servletkit_xmpp_gateway.reactions.withdraw`).
 """
@@ -56,8 +57,11 @@ async def out(bridge: BridgeCore, op: dict[str, Any], to: JID, sender: JID, mtyp
         return  # never crossed the gateway
     event = await bridge.reader(op).get_event(op["room_id"], redacted)
     if event.get("sender") != op["user"]:
-        bridge.log.info("%s redacted %s by %s: moderation is not carried to XMPP",
-                        op["user"], redacted, event.get("sender"))
+        if mtype == "groupchat":
+            await bridge.moderate_out(op, redacted)
+        else:  # no moderators in a 1:1 chat
+            bridge.log.info("%s redacted %s by %s: moderation is not carried to XMPP",
+                            op["user"], redacted, event.get("sender"))
         return
     msg = bridge.stream(sender).make_message(mto=to, mfrom=sender, mtype=mtype, mbody=FALLBACK)
     msg["retract"]["id"] = ref

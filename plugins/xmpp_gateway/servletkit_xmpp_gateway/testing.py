@@ -22,7 +22,8 @@ import nio  # type: ignore[import-untyped]  # matrix-nio ships no py.typed
 from slixmpp import JID, ClientXMPP
 
 from servletkit.testing.waiting import eventually
-from servletkit_xmpp_gateway.component import XEPS
+from servletkit_xmpp_gateway import moderation
+from servletkit_xmpp_gateway.component import MODERATION_EVENT, XEPS, watch_moderation
 from servletkit_xmpp_gateway.msgids import sid_ids
 
 WAIT = 15.0
@@ -41,11 +42,15 @@ class XmppUser(ClientXMPP):
         for plugin in ("xep_0030", "xep_0045", "xep_0071", "xep_0199", *XEPS):
             self.register_plugin(plugin)
         self.received: list[Any] = []
+        self.presences: list[Any] = []  # MUC presences, as received
         self.failure: str | None = None
         self._started = asyncio.Event()
         self.add_event_handler("session_start", self._on_start)
         self.add_event_handler("message", self.received.append)
-        for event in ("reactions", "message_retract", "chatstate"):  # ``message`` needs a body
+        self.add_event_handler("groupchat_presence", self.presences.append)
+        watch_moderation(self)
+        for event in ("reactions", "message_retract", "chatstate", MODERATION_EVENT):
+            # ``message`` needs a body
             self.add_event_handler(event, self._bodiless)
         for event in ("failed_all_auth", "no_auth"):
             self.add_event_handler(event, lambda _e, ev=event: self._fail(ev))
@@ -117,6 +122,29 @@ class XmppUser(ClientXMPP):
         assert stanza_id, f"{room} gave {msg_id} no stanza-id"
         return stanza_id
 
+    async def moderate(self, room: str, stanza_id: str, reason: str) -> None:
+        """Ask MUC ``room`` to retract message ``stanza_id`` for everybody (XEP-0425, in
+        the version the MUC advertises); fails the test if it refuses."""
+        info = await self.plugin["xep_0030"].get_info(jid=JID(room), timeout=WAIT)
+        iq = self.make_iq_set(ito=JID(room))
+        iq.xml.append(moderation.request(
+            stanza_id, reason, moderation.version_of(set(info["disco_info"]["features"]))))
+        await iq.send(timeout=WAIT)  # type: ignore[no-untyped-call]
+
+    def standing(self, room: str, nick: str) -> tuple[str | None, str | None]:
+        """The affiliation and role of occupant ``nick`` of ``room``, as last seen."""
+        muc = self.plugin["xep_0045"]
+        return (muc.get_jid_property(JID(room), nick, "affiliation"),
+                muc.get_jid_property(JID(room), nick, "role"))
+
+    async def wait_removed(self, room: str, nick: str, code: int) -> Any:
+        """The presence telling that ``nick`` left ``room`` with status ``code`` (307:
+        kicked, 301: banned); waits for it."""
+        def seen() -> list[Any]:
+            return [p for p in self.presences if p["from"] == JID(f"{room}/{nick}")
+                    and p["type"] == "unavailable" and code in p["muc"]["status_codes"]]
+        return (await eventually(seen, WAIT))[0]
+
     def occupants(self, room: str) -> set[str]:
         """The nicks slixmpp has seen in ``room`` right now."""
         return set(self.plugin["xep_0045"].get_roster(JID(room)) or [])
@@ -171,10 +199,18 @@ class MatrixUser:
         path = f"/rooms/{quote(room_id)}/send/{quote(event_type)}/{uuid.uuid4().hex}"
         return str((await self.call("PUT", path, content))["event_id"])
 
-    async def redact(self, room_id: str, event_id: str) -> str:
-        """Redact ``event_id``; the redaction's event ID."""
+    async def redact(self, room_id: str, event_id: str, reason: str | None = None) -> str:
+        """Redact ``event_id`` (with ``reason`` if given); the redaction's event ID."""
         path = f"/rooms/{quote(room_id)}/redact/{quote(event_id)}/{uuid.uuid4().hex}"
-        return str((await self.call("PUT", path, {}))["event_id"])
+        body = {} if reason is None else {"reason": reason}
+        return str((await self.call("PUT", path, body))["event_id"])
+
+    async def set_power(self, room_id: str, user_id: str, level: int) -> None:
+        """Give ``user_id`` power ``level`` in ``room_id`` (this user must have the power)."""
+        path = f"/rooms/{quote(room_id)}/state/m.room.power_levels/"
+        levels = await self.call("GET", path)
+        levels.setdefault("users", {})[user_id] = level
+        await self.call("PUT", path, levels)
 
     async def wait_event(self, room_id: str, check: Callable[[dict[str, Any]], bool],
                          within: float = WAIT) -> dict[str, Any]:

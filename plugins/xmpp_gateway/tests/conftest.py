@@ -30,6 +30,7 @@ XMPP_USERS = {"human": "humanpass", "bob": "bobpass", "carol": "carolpass",
               "erin": "erin-pass-1"}
 LINK_SECRET_KEY = "test-link-secret-key-0123456789abcdef"
 MATRIX_PASSWORD = "matrix-pw-1"
+AS_TOKEN = "xmpp-as-token"
 CONFIGURED_ROOM = f"configured@{MUC}"  # bridged by the gateway's config, not on demand
 
 
@@ -59,7 +60,7 @@ class Gateway:
         self.config_path.write_text("\n".join([
             f'[server]\nhost = "127.0.0.1"\nport = {self.port}',
             f'[homeserver]\nurl = "http://127.0.0.1:{self.hs_port}"\nserver_name = "localhost"',
-            '[appservice]\nid = "xmpp"\nas_token = "xmpp-as-token"\nhs_token = "xmpp-hs-token"',
+            f'[appservice]\nid = "xmpp"\nas_token = "{AS_TOKEN}"\nhs_token = "xmpp-hs-token"',
             'sender_localpart = "xmppbot"\nreceive_ephemeral = true',
             *(f"[[appservice.namespaces.{kind}]]\nregex = {json.dumps(n.regex)}\nexclusive = true"
               for kind in ("users", "aliases") for n in getattr(owned, kind)),
@@ -141,6 +142,16 @@ async def matrix_user(gateway: Gateway) -> AsyncIterator[Callable[[str], Awaitab
     yield make
     for http in clients:
         await http.aclose()
+
+
+@pytest.fixture
+async def gateway_bot(gateway: Gateway) -> AsyncIterator[MatrixUser]:
+    """The gateway's appservice bot on the client-server API (it created the bridged
+    rooms, so it can give Matrix users power in them)."""
+    assert gateway.synapse is not None
+    async with httpx.AsyncClient(base_url=gateway.synapse.url, timeout=30, headers={
+            "Authorization": f"Bearer {AS_TOKEN}"}) as http:
+        yield MatrixUser(http, "@xmppbot:localhost")
 
 
 @pytest.fixture
