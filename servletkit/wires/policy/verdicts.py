@@ -14,6 +14,7 @@ from collections.abc import Mapping
 from typing import Any, Final
 
 import attrs
+from nacl.bindings import crypto_sign, crypto_sign_seed_keypair
 from signedjson.types import SigningKey
 from unpaddedbase64 import encode_base64
 
@@ -51,7 +52,8 @@ class Judge:
             raise ValueError(f"the policy key's ID must be {POLICY_KEY_ID}")
         self.dispatcher = dispatcher
         self.server_name = server_name
-        self._key = policy_key
+        self._secret = crypto_sign_seed_keypair(bytes(policy_key))[1]
+        """The policy key as libsodium signs with it (from its seed, once)."""
         self._ready = ready
         self._max = max_cached
         self._verdicts: OrderedDict[bytes, asyncio.Future[Verdict]] = OrderedDict()
@@ -115,6 +117,8 @@ class Judge:
     def signature(self, identity: Identity) -> dict[str, dict[str, str]]:
         """The policy signature of an identified event. It covers the same canonical JSON
         as its reference hash (the redacted event without signatures), so that encoding
-        is reused: what ``signedjson.sign_json`` would sign, signed with its key."""
-        signature = encode_base64(self._key.sign(identity.redacted_json).signature)
+        is reused: what ``signedjson.sign_json`` would sign, signed with its key (by
+        PyNaCl's binding of libsodium: the signature is the signed message's first 64
+        bytes)."""
+        signature = encode_base64(crypto_sign(identity.redacted_json, self._secret)[:64])
         return {self.server_name: {POLICY_KEY_ID: signature}}
