@@ -12,7 +12,8 @@ change): the dispatcher reports it as the plugin's error.
 It is a small federation peer with a listener of its own (HTTPS on
 ``[policy] host``:``port``), entered as the wire's lifespan, hardened as the
 container's own (:func:`servletkit.wires.http.hardened_config`: ``[server]
-header_timeout_s`` and ``keep_alive_s``, no query strings in the access log).
+header_timeout_s`` and ``keep_alive_s``, no query strings in the access log), and a TLS
+handshake not done within ``[policy] tls_handshake_timeout_s`` closes its connection.
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ from servletkit.container.config import ServerConfig
 from servletkit.files import FolderBusy, claim_lock
 from servletkit.hooks.dispatcher import Dispatcher
 from servletkit.wires.errors import EXCEPTION_HANDLERS
-from servletkit.wires.http import hardened_config
+from servletkit.wires.http import hardened_config, start_serving
 from servletkit.wires.policy import endpoints
 from servletkit.wires.policy.discovery import SrvLookup, dns_srv
 from servletkit.wires.policy.federation import MAX_KEY_FETCHES, FederationClient
@@ -51,6 +52,8 @@ if TYPE_CHECKING:
 log = logging.getLogger("servletkit.policy_wire")
 
 SHUTDOWN_TIMEOUT_S: Final = 5
+TLS_HANDSHAKE_TIMEOUT_S: Final = 10.0
+"""The default of ``[policy] tls_handshake_timeout_s``."""
 LOCK_FILE: Final = "container.lock"
 """Held in ``state_dir`` by the running container: one container per policy key pair."""
 
@@ -81,6 +84,7 @@ class PolicyWire:
         server: ServerConfig | None = None,
         srv: SrvLookup = dns_srv,
         max_key_fetches: int = MAX_KEY_FETCHES,
+        tls_handshake_timeout_s: float = TLS_HANDSHAKE_TIMEOUT_S,
     ) -> None:
         self.server_name = server_name
         self.keys = keys
@@ -89,6 +93,7 @@ class PolicyWire:
         self.tls = tls
         self.limits = server or ServerConfig()
         """``[server] header_timeout_s`` and ``keep_alive_s``, for this listener too."""
+        self.tls_handshake_timeout_s = tls_handshake_timeout_s
         self.judge = Judge(dispatcher, server_name, keys.policy, ready)
         self._http = http or httpx.AsyncClient(verify=True)
         self.federation = FederationClient(server_name, keys.federation, self._http,
@@ -180,7 +185,7 @@ class PolicyWire:
         server = uvicorn.Server(config)
         # Server.serve() without its signal handlers (the container's own server has them)
         server.lifespan = config.lifespan_class(config)
-        await server.startup(sockets=[sock])
+        await start_serving(server, sock, self.tls_handshake_timeout_s)
         ticking = asyncio.create_task(server.main_loop())  # keeps the Date header current
         scheme = "https" if self.tls else "http"
         log.info("policy wire: %s serving federation on %s://%s:%d", self.server_name, scheme,
@@ -222,4 +227,5 @@ def policy_wire(container: Container) -> PolicyWire | None:
                       port=settings.port, tls=tls,
                       server_urls=settings.server_urls, ready=container.ready,
                       server=container.config.server,
-                      max_key_fetches=settings.max_key_fetches)
+                      max_key_fetches=settings.max_key_fetches,
+                      tls_handshake_timeout_s=settings.tls_handshake_timeout_s)
