@@ -14,7 +14,6 @@ from collections.abc import Mapping
 from typing import Any, Final
 
 import attrs
-from nacl.bindings import crypto_sign, crypto_sign_seed_keypair
 from signedjson.types import SigningKey
 from unpaddedbase64 import encode_base64
 
@@ -52,8 +51,7 @@ class Judge:
             raise ValueError(f"the policy key's ID must be {POLICY_KEY_ID}")
         self.dispatcher = dispatcher
         self.server_name = server_name
-        self._secret = crypto_sign_seed_keypair(bytes(policy_key))[1]
-        """The policy key as libsodium signs with it (from its seed, once)."""
+        self._key = policy_key
         self._ready = ready
         self._max = max_cached
         self._verdicts: OrderedDict[bytes, asyncio.Future[Verdict]] = OrderedDict()
@@ -117,8 +115,6 @@ class Judge:
     def signature(self, identity: Identity) -> dict[str, dict[str, str]]:
         """The policy signature of an identified event. It covers the same canonical JSON
         as its reference hash (the redacted event without signatures), so that encoding
-        is reused: what ``signedjson.sign_json`` would sign, signed with its key (by
-        PyNaCl's binding of libsodium: the signature is the signed message's first 64
-        bytes)."""
-        signature = encode_base64(crypto_sign(identity.redacted_json, self._secret)[:64])
+        is reused: what ``signedjson.sign_json`` would sign, signed with its key."""
+        signature = encode_base64(self._key.sign(identity.redacted_json).signature)
         return {self.server_name: {POLICY_KEY_ID: signature}}
