@@ -303,7 +303,7 @@ def main() -> int:
             warm = requests_for(remote, f"127.0.0.1:{policy_port}", 200)
             asyncio.run(offered_load(policy_port, warm, 200, args.connections))
             cpu_before, loaded = cpu_seconds(process.pid), time.time()
-            with Recorder() as generator, collector_off():
+            with collector_off(), Recorder() as generator:
                 latencies, elapsed, statuses = asyncio.run(
                     offered_load(policy_port, prepared, args.rate, args.connections))
             cpu_per_request = (cpu_seconds(process.pid) - cpu_before) / count
