@@ -155,6 +155,8 @@ class PolicyWire:
         lock = self._claim_state_dir()
         try:
             await self.rooms.open()
+            for room in await self.rooms.all():  # until their events name more
+                self.federation.note_room_server(room.via)
             async with self._serving():
                 yield
         finally:
