@@ -156,13 +156,21 @@ async def test_a_rooms_new_server_is_served_while_strangers_hold_their_slots(
         make_policy: Any, held: tuple[Held, ToLoopback]) -> None:
     """An attacker's invented servers hang every fetch they can start: they get only the
     strangers' share of the slots. A server never seen before whose user joined a served
-    room (the join relayed by a room member over /send) then asks: its keys are fetched in
-    a kept slot and its event signed, while another stranger is still answered 429."""
+    room (the join relayed by a room server, its ``via``, over /send; the same join relayed
+    by a server not in the room counts for nothing) then asks: its keys are fetched in a
+    kept slot and its event signed, while another stranger is still answered 429."""
     server, transport = held
-    newcomer = RemoteServer("newcomer.test")
-    _wire, client, remote = await make_policy({}, others=[newcomer], fallback=transport,
-                                              srv=FakeSrv({}), max_key_fetches=CAP)
+    newcomer, impostor = RemoteServer("newcomer.test"), RemoteServer("impostor.test")
+    wire, client, remote = await make_policy({}, others=[newcomer, impostor],
+                                             fallback=transport, srv=FakeSrv({}),
+                                             max_key_fetches=CAP)
     assert (await remote.post(client, SIGN, remote.pdu("a member's"))).status_code == 200
+    # a server not in the room relaying a join does not make the joiner a room server
+    fake_join = newcomer.pdu(type="m.room.member", state_key=f"@alice:{newcomer.name}",
+                             content={"membership": "join"})
+    assert (await impostor.put(client, "/_matrix/federation/v1/send/t0",
+                               {"pdus": [fake_join]})).status_code == 200
+    assert not wire.federation.is_room_server(newcomer.name)
     pdu = remote.pdu("flood")
     asks = [asyncio.create_task(invented_sign(client, f"invented{i}.test", pdu))
             for i in range(INVENTED)]

@@ -11,17 +11,18 @@ A caller names the server to fetch keys from (its X-Matrix ``origin``, an event'
 sender) before anything is verified, so that outbound work is bounded: at most
 ``max_key_fetches`` servers' keys (their discovery included) are fetched at once, each
 fetch within :data:`KEY_FETCH_DEADLINE_S`; a caller that needs one more is told to come
-back (:class:`FetchesBusy`). Servers whose keys are already known are not affected.
+back (:class:`FetchesBusy`). Servers whose keys are already known are not affected. The
+keys of at most ``known_servers`` servers, and the failures of as many, are kept
+(least recently used forgotten first): invented names cannot grow memory, nor push
+out the keys of the servers that work.
 
 Fairness: server names are the caller's choice (a wildcard DNS record or an IP with any
 port gives an attacker as many as it likes), so a limit per name cannot keep an attacker
 whose servers never answer from holding every slot. Instead, servers with a member in a
-room the wire serves (:meth:`FederationClient.note_room_server`, from the rooms' events)
-may use every slot, and the others, strangers, at most :func:`stranger_slots` of them: a
-flood of invented names leaves the other slots to the servers of the rooms. The
-keys of at most ``known_servers`` servers, and the failures of as many, are kept
-(least recently used forgotten first): invented names cannot grow memory, nor push
-out the keys of the servers that work.
+room the wire serves (:meth:`FederationClient.note_room_server`: the rooms' ``via``
+servers, the state at a join, and the events such servers send) may use every slot, and
+the others, strangers, at most :func:`stranger_slots` of them: a flood of invented names
+leaves the other slots to the servers of the rooms.
 """
 
 from __future__ import annotations
@@ -153,6 +154,10 @@ class FederationClient:
         so): fetches of its keys may use every slot, not only the strangers' share."""
         self._room_servers.put(server_name, True)
 
+    def is_room_server(self, server_name: str) -> bool:
+        """Whether :meth:`note_room_server` was told of ``server_name`` (and not forgotten)."""
+        return self._room_servers.get(server_name) is not None
+
     async def verify_key(self, server_name: str, key_id: str) -> VerifyKey:
         """``server_name``'s verify key ``key_id`` (cached); :class:`AuthError` if unknown,
         :class:`FetchesBusy` if it must be fetched and too many fetches run already."""
@@ -179,7 +184,7 @@ class FederationClient:
         if (pending := self._fetching.get(server_name)) is not None:
             await asyncio.shield(pending)
             return
-        stranger = self._room_servers.get(server_name) is None
+        stranger = not self.is_room_server(server_name)
         if len(self._fetching) >= self._max_fetches or (
                 stranger and self._strangers >= stranger_slots(self._max_fetches)):
             raise FetchesBusy(server_name)

@@ -135,9 +135,12 @@ class PolicyPeer:
                          "%g s", room_id, exc, delay)
                 await asyncio.sleep(delay)
 
-    async def note_pdu(self, pdu: Any) -> tuple[str | None, Room | None]:
+    async def note_pdu(self, pdu: Any, from_room_server: bool = False
+                       ) -> tuple[str | None, Room | None]:
         """A received PDU's ID and room; forgets a room the policy user left or was
-        removed from."""
+        removed from. ``from_room_server``: the server that sent it is one the rooms'
+        events showed already; only then are the servers it names noted
+        (:meth:`note_member_servers`): any server can send a PDU naming invented ones."""
         if not isinstance(pdu, dict) or not isinstance(pdu.get("room_id"), str):
             raise PduError("a PDU must be an object with a room_id")
         room = await self.rooms.get(pdu["room_id"])
@@ -151,7 +154,8 @@ class PolicyPeer:
             log.warning("policy wire: %s is no longer in %s (%s)", self.user_id, room.room_id,
                         content.get("membership"))
             await self.rooms.remove(room.room_id)
-        self.note_member_servers(pdu)
+        if from_room_server:
+            self.note_member_servers(pdu)
         return event_id(pdu, version), room
 
     def note_member_servers(self, pdu: Any) -> None:

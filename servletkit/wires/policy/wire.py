@@ -114,15 +114,22 @@ class PolicyWire:
     async def received(self, origin: str, pdus: list[Any]) -> dict[str, dict[str, Any]]:
         """The answer to a ``/send`` transaction's PDUs; notes when we leave a room."""
         results: dict[str, dict[str, Any]] = {}
+        from_room_server = self.federation.is_room_server(origin)
         for pdu in pdus:
             try:
-                event_id, room = await self.peer.note_pdu(pdu)
+                event_id, room = await self.peer.note_pdu(pdu, from_room_server)
             except PduError as exc:
                 log.info("policy wire: a PDU from %s is malformed: %s", origin, exc)
                 continue
             if event_id is not None:
                 results[event_id] = {} if room else {"error": "not a room this server is in"}
         return results
+
+    async def note_served_rooms(self) -> None:
+        """Tell the federation client the ``via`` server of every served room (at start:
+        the servers their events name are noted as those events arrive)."""
+        for room in await self.rooms.all():
+            self.federation.note_room_server(room.via)
 
     async def accept_invite(self, origin: str, event: dict[str, Any], version: RoomVersion
                             ) -> Any:
@@ -155,8 +162,7 @@ class PolicyWire:
         lock = self._claim_state_dir()
         try:
             await self.rooms.open()
-            for room in await self.rooms.all():  # until their events name more
-                self.federation.note_room_server(room.via)
+            await self.note_served_rooms()
             async with self._serving():
                 yield
         finally:
