@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import json
 import logging
 import sys
@@ -68,6 +69,11 @@ def cmd_run(args: argparse.Namespace) -> int:
     served = uvicorn.Server(uvicorn_config(container, build_app(container), host=host,
                                            port=port, log_config=run_log_config(config.logging)))
     apply_decisions(config.logging)
+    # what is loaded by now (modules, plugins, config) lives as long as the process: moved
+    # out of the collector's reach, a full collection no longer walks it (measured: 55,000
+    # objects, 145-195 ms a full collection on the loaded dev machine, an event-loop stall
+    # in every wire; after the freeze, what the requests themselves keep)
+    gc.freeze()
     served.run()
     if not served.started:
         raise CommandError("the container did not start: see uvicorn's message above")

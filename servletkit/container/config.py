@@ -279,7 +279,9 @@ class PolicyConfig:
     ``max_key_fetches``: how many servers' keys (with their discovery) are fetched at
     once; a caller whose keys are not known while that many are being fetched is
     answered ``429 M_LIMIT_EXCEEDED`` (callers choose the server names, so this bounds
-    the outbound work they can cause).
+    the outbound work they can cause). ``tls_handshake_timeout_s``: a connection to the
+    federation listener whose TLS handshake is not done by then is closed (then ``[server]
+    header_timeout_s`` applies to its request's headers).
     """
 
     server_name: str = attrs.field(validator=_not_empty)
@@ -290,6 +292,7 @@ class PolicyConfig:
     state_dir: str = ".servletkit/policy"
     server_urls: dict[str, str] = attrs.field(factory=dict, validator=_base_urls)
     max_key_fetches: int = attrs.field(default=16, validator=_positive)
+    tls_handshake_timeout_s: float = attrs.field(default=10.0, validator=_positive)
 
     @tls_private_key.validator
     def _pair(self, attribute: attrs.Attribute[Any], value: str | None) -> None:

@@ -14,6 +14,14 @@ container's file descriptors. :func:`with_header_timeout` wraps uvicorn's HTTP
 protocol so that a connection whose next request's headers have not all
 arrived within ``[server] header_timeout_s`` is closed. The body has its own
 budget where a wire reads it (``[appservice] body_timeout_s``).
+
+TLS handshake deadline.
+
+A TLS listener's protocol sees a connection only once its handshake is done, so the
+header deadline starts after it; until then asyncio's own handshake timeout applies,
+60 s by default, which uvicorn does not let one set. :func:`start_serving` starts a
+uvicorn server on a socket as uvicorn's ``startup`` does, with the handshake deadline
+given (the policy wire's ``[policy] tls_handshake_timeout_s``).
 """
 
 from __future__ import annotations
@@ -23,6 +31,8 @@ import logging
 from typing import TYPE_CHECKING, Any, Final
 
 if TYPE_CHECKING:
+    import socket
+
     import uvicorn
     from starlette.types import ASGIApp
 
@@ -128,3 +138,25 @@ def hardened_config(app: ASGIApp, server: ServerConfig,
     if not any(isinstance(each, WithoutQueryString) for each in access.filters):
         access.addFilter(WithoutQueryString())
     return config
+
+
+async def start_serving(server: uvicorn.Server, sock: socket.socket,
+                        tls_handshake_timeout_s: float) -> None:
+    """``server.startup(sockets=[sock])`` (without a lifespan: the listener's app has none
+    of its own), with connections whose TLS handshake is not done within
+    ``tls_handshake_timeout_s`` closed (uvicorn leaves asyncio's 60 s)."""
+    config = server.config
+    if config.lifespan != "off":
+        raise ValueError("start_serving serves an app without a lifespan (lifespan='off')")
+
+    def create_protocol(_loop: asyncio.AbstractEventLoop | None = None) -> asyncio.Protocol:
+        protocol: asyncio.Protocol = config.http_protocol_class(  # type: ignore[call-arg]
+            config=config, server_state=server.server_state, app_state=server.lifespan.state,
+            _loop=_loop)
+        return protocol
+
+    loop = asyncio.get_running_loop()
+    server.servers = [await loop.create_server(
+        create_protocol, sock=sock, ssl=config.ssl, backlog=config.backlog,
+        ssl_handshake_timeout=tls_handshake_timeout_s if config.ssl else None)]
+    server.started = True

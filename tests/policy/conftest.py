@@ -49,6 +49,7 @@ async def make_policy(tmp_path: Path) -> AsyncIterator[Callable[..., Any]]:
                                        for server in (remote, *others)},
                           ready=container.ready,
                           http=http, **options)
+        await wire.note_served_rooms()  # as the wire's lifespan does at start
         client = httpx.AsyncClient(transport=httpx.ASGITransport(app=wire.app),
                                    base_url=f"https://{POLICY}")
         opened.append((container, client, http, wire))

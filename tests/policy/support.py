@@ -17,7 +17,7 @@ from signedjson.sign import sign_json
 from signedjson.types import SigningKey
 
 from servletkit.testing.waiting import eventually
-from servletkit.wires.policy.discovery import SrvRecord
+from servletkit.wires.policy.discovery import SrvAnswer, SrvRecord
 from servletkit.wires.policy.pdu import ROOM_VERSIONS, add_content_hash, redact
 from servletkit.wires.policy.xmatrix import authorization
 
@@ -113,15 +113,19 @@ class ToLoopback(httpx.AsyncBaseTransport):
 
 
 class FakeSrv:
-    """An injected SRV lookup: the records of each name, and the names asked."""
+    """An injected SRV lookup: the records of each name (valid ``ttl_s``), and the names
+    asked."""
 
-    def __init__(self, records: dict[str, Sequence[SrvRecord]]) -> None:
+    def __init__(self, records: dict[str, Sequence[SrvRecord]], ttl_s: float = 3600.0) -> None:
         self.records = records
+        self.ttl_s = ttl_s
         self.asked: list[str] = []
 
-    async def __call__(self, name: str) -> Sequence[SrvRecord]:
+    async def __call__(self, name: str) -> SrvAnswer:
         self.asked.append(name)
-        return self.records.get(name, [])
+        if name not in self.records:
+            return SrvAnswer()
+        return SrvAnswer(tuple(self.records[name]), self.ttl_s)
 
 
 @contextlib.asynccontextmanager

@@ -6,8 +6,10 @@ then port 8448."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import email.utils
 import functools
+import random
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any
@@ -23,7 +25,14 @@ from starlette.applications import Starlette
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
-from servletkit.wires.policy.discovery import Destination, Discovery, SrvRecord, dns_srv
+from servletkit.wires.policy.discovery import (
+    Destination,
+    Discovery,
+    SrvAnswer,
+    SrvRecord,
+    dns_srv,
+    pick_srv,
+)
 from servletkit.wires.policy.federation import FederationClient
 from servletkit.wires.policy.xmatrix import AuthError
 from tests.policy.support import FakeSrv, ToLoopback, serve_loopback
@@ -51,14 +60,14 @@ def discover(well_known_port: int) -> Callable[..., Any]:
     """``discover(name, srv={...}, well_known={...})`` → (destination, the names whose
     well-known was asked, the SRV names asked)."""
     async def run(name: str, srv: dict[str, Sequence[SrvRecord]] | None = None,
-                  well_known: dict[str, Any] | None = None, reachable: bool = True
-                  ) -> tuple[Destination, list[str], list[str]]:
+                  well_known: dict[str, Any] | None = None, reachable: bool = True,
+                  rng: random.Random | None = None) -> tuple[Destination, list[str], list[str]]:
         WELL_KNOWN.clear()
         WELL_KNOWN.update(well_known or {})
         transport = ToLoopback(well_known_port if reachable else None)
         lookup = FakeSrv(srv or {})
         async with httpx.AsyncClient(transport=transport) as http:
-            found = await Discovery(http, lookup).destination(name)
+            found = await Discovery(http, lookup, rng=rng).destination(name)
         return found, transport.asked, lookup.asked
 
     return run
@@ -108,12 +117,13 @@ async def test_well_known_delegation_without_srv_is_port_8448(discover: Any) -> 
 async def test_no_usable_well_known_goes_to_srv(discover: Any, reachable: bool,
                                                 well_known: Any) -> None:
     """A 404, an unreachable server or an unusable answer: SRV records of the name itself,
-    ``_matrix-fed._tcp`` first, lowest priority then highest weight."""
+    ``_matrix-fed._tcp`` first, the lowest priority's (drawn by weight: here the highest
+    draw, which falls on the last record of the running sum)."""
     found, asked, srv_asked = await discover(
         "example.test", reachable=reachable,
         well_known={} if well_known is None else {"example.test": well_known},
         srv={"_matrix-fed._tcp.example.test": [(20, 0, "late.test", 1), (10, 1, "b.test", 2),
-                                               (10, 5, "a.test", 3)]})
+                                               (10, 5, "a.test", 3)]}, rng=Draws(6))
     assert found == Destination("https://a.test:3", host="example.test")
     assert asked == ["example.test"] and srv_asked == ["_matrix-fed._tcp.example.test"]
 
@@ -164,11 +174,27 @@ async def test_federation_requests_go_where_srv_says_naming_the_server() -> None
         ("http://127.0.0.1:1/_matrix/federation/v1/version", "127.0.0.1:1", None)]
 
 
-class _Dns(asyncio.DatagramProtocol):
-    """A DNS server on loopback (UDP) answering SRV questions from ``records``."""
+class Draws(random.Random):
+    """A stand-in for the weighted draw: ``randint`` answers the given values in turn."""
 
-    def __init__(self, records: dict[str, str]) -> None:
+    def __init__(self, *values: int) -> None:
+        super().__init__(0)
+        self.values = list(values)
+        self.ranges: list[tuple[int, int]] = []
+
+    def randint(self, a: int, b: int) -> int:
+        self.ranges.append((a, b))
+        return self.values.pop(0)
+
+
+class _Dns(asyncio.DatagramProtocol):
+    """A DNS server on loopback (UDP) answering SRV questions from ``records`` (name →
+    the records' text, all with ``ttl``); ``asked``: the names asked."""
+
+    def __init__(self, records: dict[str, Sequence[str]], ttl: int = 300) -> None:
         self.records = records
+        self.ttl = ttl
+        self.asked: list[str] = []
 
     def connection_made(self, transport: Any) -> None:
         self.transport = transport
@@ -177,31 +203,90 @@ class _Dns(asyncio.DatagramProtocol):
         query = dns.message.from_wire(data)
         answer = dns.message.make_response(query)
         name = query.question[0].name.to_text()
+        self.asked.append(name)
         if name in self.records:
-            answer.answer.append(dns.rrset.from_text(name, 300, "IN", "SRV",
-                                                     self.records[name]))
+            answer.answer.append(dns.rrset.from_text_list(name, self.ttl, "IN", "SRV",
+                                                          self.records[name]))
         else:
             answer.set_rcode(dns.rcode.NXDOMAIN)
         self.transport.sendto(answer.to_wire(), addr)
 
 
-async def test_dns_srv_asks_a_real_dns_server() -> None:
-    """The default lookup (dnspython) reads SRV records from DNS; none for an unknown name
-    or a server that does not answer."""
+@contextlib.asynccontextmanager
+async def loopback_dns(records: dict[str, Sequence[str]], ttl: int = 300
+                       ) -> AsyncIterator[tuple[_Dns, Any]]:
+    """:class:`_Dns` serving ``records`` on a free UDP port of 127.0.0.1, and an SRV lookup
+    (:func:`dns_srv`) asking it, without a cache of its own."""
     loop = asyncio.get_running_loop()
-    transport, _ = await loop.create_datagram_endpoint(
-        lambda: _Dns({"_matrix-fed._tcp.example.test.": "10 5 8000 fed.example.test."}),
-        local_addr=("127.0.0.1", 0))
+    transport, server = await loop.create_datagram_endpoint(
+        lambda: _Dns(records, ttl), local_addr=("127.0.0.1", 0))
     resolver = dns.asyncresolver.Resolver(configure=False)
     resolver.nameservers = ["127.0.0.1"]
     resolver.port = transport.get_extra_info("sockname")[1]
-    lookup = functools.partial(dns_srv, resolver=resolver)
     try:
-        assert await lookup("_matrix-fed._tcp.example.test") == [
-            (10, 5, "fed.example.test", 8000)]
-        assert await lookup("_matrix._tcp.example.test") == []
+        yield server, functools.partial(dns_srv, resolver=resolver)
     finally:
         transport.close()
+
+
+async def test_dns_srv_asks_a_real_dns_server() -> None:
+    """The default lookup (dnspython) reads SRV records and their TTL from DNS; none for an
+    unknown name or a server that does not answer."""
+    async with loopback_dns({"_matrix-fed._tcp.example.test.": ["10 5 8000 fed.example.test."]},
+                            ttl=120) as (_, lookup):
+        assert await lookup("_matrix-fed._tcp.example.test") == SrvAnswer(
+            ((10, 5, "fed.example.test", 8000),), 120.0)
+        assert await lookup("_matrix._tcp.example.test") == SrvAnswer()
+
+
+@pytest.mark.parametrize(("ttl", "kept_s"), [(120, 120), (0, 60), (7200, 3600)])
+async def test_srv_answer_kept_for_its_ttl(ttl: int, kept_s: int) -> None:
+    """A destination found by SRV is remembered for the records' TTL (at least 60 s; and no
+    longer than the well-known's answer, an hour when there is none): asked again just
+    before, DNS is not asked; just after, it is."""
+    now = [1000.0]
+    async with (loopback_dns({"_matrix-fed._tcp.example.test.": ["10 5 8000 fed.test."]},
+                             ttl=ttl) as (dns_server, lookup),
+                httpx.AsyncClient(transport=ToLoopback(None)) as http):
+        discovery = Discovery(http, lookup, clock=lambda: now[0])
+        found = await discovery.destination("example.test")
+        assert found == Destination("https://fed.test:8000", host="example.test")
+        now[0] += kept_s - 1
+        await discovery.destination("example.test")
+        assert len(dns_server.asked) == 1
+        now[0] += 2
+        assert await discovery.destination("example.test") == found
+        assert len(dns_server.asked) == 2
+
+
+def test_pick_srv_draws_by_weight_among_the_lowest_priority() -> None:
+    """RFC 2782: a draw in 0..total weight of the lowest priority's records picks the first
+    whose running sum reaches it, zero-weight records first (chosen on a draw of 0)."""
+    records = [(5, 0, "heavy-but-late.test", 1), (1, 3, "a.test", 1), (1, 0, "zero.test", 1),
+               (1, 1, "b.test", 1)]
+    draws = Draws(0, 1, 3, 4)
+    assert [pick_srv(records, draws)[2] for _ in range(4)] == [
+        "zero.test", "a.test", "a.test", "b.test"]
+    assert set(draws.ranges) == {(0, 4)}
+    assert pick_srv([(0, 0, "x.test", 1), (0, 0, "y.test", 1)], Draws(0))[2] == "x.test"
+
+
+async def test_srv_weights_spread_the_servers_chosen() -> None:
+    """Through real DNS on loopback and a seeded draw: over 400 discoveries two equal-priority
+    records weighing 3 and 1 are chosen about 3:1 (the same counts on every run), the
+    lower-priority one never."""
+    records = {"_matrix-fed._tcp.example.test.": [
+        "10 30 8001 heavy.test.", "10 10 8002 light.test.", "20 100 8003 backup.test."]}
+    chosen: list[str] = []
+    async with (loopback_dns(records) as (_, lookup),
+                httpx.AsyncClient(transport=ToLoopback(None)) as http):
+        rng = random.Random(7)
+        for _ in range(400):  # a fresh cache each time: every discovery draws
+            found = await Discovery(http, lookup, rng=rng).destination("example.test")
+            chosen.append(found.base_url)
+    heavy = chosen.count("https://heavy.test:8001")
+    light = chosen.count("https://light.test:8002")
+    assert heavy + light == 400 and 260 <= heavy <= 340, (heavy, light)
 
 
 @pytest.mark.parametrize(("status", "headers", "lifetime_s"), [

@@ -34,7 +34,7 @@ from servletkit.wires.policy.pdu import ROOM_VERSIONS, redact
 from servletkit.wires.policy.rooms import Rooms
 from servletkit.wires.policy.wire import PolicyWire
 from tests.fuzz import BUDGET, Client, canonical_json_values, check, json_values
-from tests.policy.support import POLICY, REMOTE, ROOM, RemoteServer
+from tests.policy.support import POLICY, REMOTE, ROOM, FakeSrv, RemoteServer
 
 CASES: collections.Counter[str] = collections.Counter()
 SIGN = "/_matrix/policy/v1/sign"
@@ -59,11 +59,6 @@ class Setup:
                                    headers=self.remote.headers(method, uri, body))
 
 
-async def no_srv(name: str) -> list[Any]:
-    """No SRV records anywhere (callers may name any server: no real DNS in tests)."""
-    return []
-
-
 @pytest.fixture(scope="module")
 def policy(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Setup]:
     tmp_path: Path = tmp_path_factory.mktemp("policy-properties")
@@ -82,7 +77,7 @@ def policy(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Setup]:
         runner.run(rooms.add(ROOM, "12", "joined", REMOTE))
         wire = PolicyWire(container.dispatcher, POLICY, load_keys(tmp_path / "policy"), rooms,
                           server_urls={REMOTE: f"http://{REMOTE}"}, ready=container.ready,
-                          http=http, srv=no_srv)
+                          http=http, srv=FakeSrv({}))  # no real DNS in tests
         client = httpx.AsyncClient(transport=httpx.ASGITransport(
             app=wire.app, raise_app_exceptions=False), base_url=f"https://{POLICY}")
         try:

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 from signedjson.key import decode_verify_key_base64, generate_signing_key
-from signedjson.sign import verify_signed_json
+from signedjson.sign import sign_json, verify_signed_json
 
 from servletkit import Allow, Event, Modify, PluginContext, Veto, hookimpl
 from servletkit.wires.policy.pdu import ROOM_VERSIONS, redact
@@ -357,3 +357,49 @@ async def test_another_servers_event_needs_its_senders_signature(make_policy: An
 
     response = await remote.post(client, SIGN, unsigned)  # the sender's own server
     assert response.status_code == 200, response.text
+
+
+@pytest.mark.parametrize("room_version", ["1", "2"])
+async def test_event_id_server_signs_in_room_versions_1_and_2(make_policy: Any,
+                                                               room_version: str) -> None:
+    """Rooms v1 and v2: the event ID is ``$opaque:server`` and that server's signature is
+    required as well as the sender's server's. Missing or not its own: 400 M_FORBIDDEN
+    naming the event ID's server, the plugins not asked; present and verifying, or the
+    caller being that server (its X-Matrix covers the PDU): signed. An event ID without
+    a server: 400 M_BAD_JSON."""
+    moderator = Moderator()
+    third = RemoteServer("third.test")
+    wire, client, remote = await make_policy({"mod": moderator}, others=[third])
+    room = "!old:remote.test"
+    await wire.rooms.add(room, room_version, "joined", remote.name)
+    version = ROOM_VERSIONS[room_version]
+
+    def pdu(body: str, event_id: str, *signers: RemoteServer) -> dict[str, Any]:
+        event = remote.pdu(body, room_id=room, room_version=room_version, event_id=event_id)
+        redacted = redact(event, version)
+        redacted.pop("signatures")
+        for signer in signers:
+            event["signatures"] |= sign_json(dict(redacted), signer.name, signer.key)[
+                "signatures"]
+        return event
+
+    own = pdu("own", f"$own:{remote.name}")
+    assert (await remote.post(client, SIGN, own)).status_code == 200
+    foreign_id = pdu("foreign id", f"$a:{third.name}")  # signed by the sender's server only
+    refused = await remote.post(client, SIGN, foreign_id)
+    assert refused.status_code == 400 and refused.json()["errcode"] == "M_FORBIDDEN"
+    assert f"event ID's server {third.name}" in refused.json()["error"]
+    forged = pdu("forged", f"$b:{third.name}")
+    forged["signatures"][third.name] = forged["signatures"][remote.name]
+    refused = await remote.post(client, SIGN, forged)
+    assert refused.status_code == 400 and "does not verify" in refused.json()["error"]
+
+    both = pdu("both", f"$c:{third.name}", third)
+    signed = await remote.post(client, SIGN, both)
+    assert signed.status_code == 200, signed.text
+    asked_by_id_server = await third.post(client, SIGN, pdu("by id server", f"$d:{third.name}"))
+    assert asked_by_id_server.status_code == 200, asked_by_id_server.text
+
+    no_server = await remote.post(client, SIGN, pdu("no server", "$nocolon"))
+    assert no_server.status_code == 400 and no_server.json()["errcode"] == "M_BAD_JSON"
+    assert [e.content["body"] for e in moderator.seen] == ["own", "both", "by id server"]

@@ -29,7 +29,7 @@ def test_policy_section_defaults(tmp_path: Path) -> None:
     assert (settings.host, settings.port, settings.state_dir) == (
         "127.0.0.1", 8448, ".servletkit/policy")
     assert settings.server_urls == {} and settings.tls_certificate is None
-    assert settings.max_key_fetches == 16
+    assert settings.max_key_fetches == 16 and settings.tls_handshake_timeout_s == 10.0
 
 
 @pytest.mark.parametrize(("policy", "key", "problem"), [
@@ -178,3 +178,32 @@ async def test_listener_closes_silent_connections_and_keeps_logging_as_set_up(
     lines = [r.getMessage() for r in caplog.records if r.name == "uvicorn.access"]
     assert any('"GET /_matrix/key/v2/server HTTP/1.1" 200' in line for line in lines), lines
     assert not [r for r in caplog.records if "SECRET" in r.getMessage() and r.name != "httpx"]
+
+
+@pytest.mark.parametrize("sent", [b"", b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03" + bytes(20)],
+                         ids=["nothing", "partial ClientHello"])
+async def test_listener_closes_connections_that_never_finish_tls(
+        tmp_path: Path, sent: bytes) -> None:
+    """A TCP connection that never completes its TLS handshake (silent, or a ClientHello cut
+    short) is closed after ``[policy] tls_handshake_timeout_s``, not asyncio's 60 s; the
+    header deadline, far longer here, cannot be what closes it."""
+    import asyncio
+    import time
+
+    container = Container(parse_config({
+        "server": {"header_timeout_s": 30.0},
+        "policy": {"server_name": "127.0.0.1:1", "port": 1, "tls_handshake_timeout_s": 0.5},
+        "plugins": only_plugins({})}, tmp_path / "servletkit.toml"), [])
+    [wire] = [w for w in container_wires(container) if w.name == "policy"]
+    assert isinstance(wire, PolicyWire) and wire.tls_handshake_timeout_s == 0.5
+    wire.port = 0
+    async with wire.lifespan():
+        reader, writer = await asyncio.open_connection("127.0.0.1", wire.port)
+        writer.write(sent)
+        started = time.monotonic()
+        assert await asyncio.wait_for(reader.read(), 10) == b""  # closed, nothing said
+        assert 0.4 < time.monotonic() - started < 3
+        writer.close()
+        async with httpx.AsyncClient(verify=False) as client:  # a real handshake still works
+            keys = await client.get(f"https://127.0.0.1:{wire.port}/_matrix/key/v2/server")
+        assert keys.status_code == 200

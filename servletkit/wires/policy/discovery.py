@@ -13,7 +13,10 @@ In order, for a server name:
 
 When an SRV record (steps 4 and 5) says where to connect, the request still names
 the server in its ``Host`` header and TLS name (the certificate is the server's,
-not the target's): :class:`Destination` carries both. An answer is remembered (for at
+not the target's): :class:`Destination` carries both. Among several records, the
+lowest priority's are chosen from at random in proportion to their weights (RFC 2782,
+:func:`pick_srv`); the answer is then remembered no longer than the records' TTL
+(at least :data:`SRV_MIN_CACHE_S`). An answer is remembered (for at
 most :data:`DISCOVERY_CACHE_SIZE` servers, the least recently asked forgotten first) as
 long as the well-known's ``Cache-Control`` (or ``Expires``) says, between
 :data:`WELL_KNOWN_MIN_CACHE_S` and :data:`WELL_KNOWN_MAX_CACHE_S` (the spec recommends
@@ -27,6 +30,7 @@ from __future__ import annotations
 import ipaddress
 import json
 import logging
+import random
 import re
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
@@ -51,11 +55,24 @@ DISCOVERY_CACHE_SIZE: Final = 10_000
 WELL_KNOWN_MAX_BYTES: Final = 50 * 1024
 """The largest well-known answer read (Synapse's limit): a larger one is not usable."""
 SRV_SERVICES: Final = ("_matrix-fed._tcp", "_matrix._tcp")
+SRV_MIN_CACHE_S: Final = 60.0
+"""An SRV answer is remembered at least this long, whatever its TTL (0 included)."""
 
 SrvRecord = tuple[int, int, str, int]
 """``(priority, weight, target, port)`` of one SRV record."""
-SrvLookup = Callable[[str], Awaitable[Sequence[SrvRecord]]]
-"""The SRV records of a name (empty when there are none or DNS fails)."""
+
+
+@attrs.frozen
+class SrvAnswer:
+    """The SRV records of a name (none when there are none or DNS fails) and, with them,
+    how long DNS says they hold (``ttl_s``)."""
+
+    records: tuple[SrvRecord, ...] = ()
+    ttl_s: float | None = None
+
+
+SrvLookup = Callable[[str], Awaitable[SrvAnswer]]
+"""The SRV records of a name, from DNS or injected (tests)."""
 
 
 @attrs.frozen
@@ -101,9 +118,9 @@ def literal_destination(server_name: str) -> Destination | None:
     return None
 
 
-async def dns_srv(name: str, resolver: Any = None) -> Sequence[SrvRecord]:
-    """The SRV records of ``name`` (none on a DNS error), from ``resolver`` (a dnspython
-    ``dns.asyncresolver.Resolver``), by default the system's."""
+async def dns_srv(name: str, resolver: Any = None) -> SrvAnswer:
+    """The SRV records of ``name`` and their TTL (none on a DNS error), from ``resolver``
+    (a dnspython ``dns.asyncresolver.Resolver``), by default the system's."""
     import dns.asyncresolver
     import dns.exception
 
@@ -112,9 +129,26 @@ async def dns_srv(name: str, resolver: Any = None) -> Sequence[SrvRecord]:
             name, "SRV", lifetime=DNS_TIMEOUT_S)
     except dns.exception.DNSException as exc:
         log.debug("policy wire: no SRV record %s (%s)", name, type(exc).__name__)
-        return []
-    return [(record.priority, record.weight, record.target.to_text(omit_final_dot=True),
-             record.port) for record in answer]
+        return SrvAnswer()
+    return SrvAnswer(tuple((record.priority, record.weight,
+                            record.target.to_text(omit_final_dot=True), record.port)
+                           for record in answer),
+                     None if answer.rrset is None else float(answer.rrset.ttl))
+
+
+def pick_srv(records: Sequence[SrvRecord], rng: random.Random) -> SrvRecord:
+    """The record to connect to (RFC 2782): among those of the lowest priority, one at
+    random with a chance in proportion to its weight (zero-weight records first, so that
+    they are chosen only when the draw is 0: rarely, unless all weigh 0)."""
+    lowest = min(priority for priority, _, _, _ in records)
+    candidates = sorted((r for r in records if r[0] == lowest), key=lambda r: r[1] != 0)
+    draw = rng.randint(0, sum(weight for _, weight, _, _ in candidates))
+    running = 0
+    for record in candidates:
+        running += record[1]
+        if running >= draw:
+            return record
+    return candidates[-1]  # (not reached: the running sum ends at the total)
 
 
 def cache_lifetime(headers: Mapping[str, str]) -> float:
@@ -154,13 +188,16 @@ async def get_json(http: httpx.AsyncClient, url: str, limit: int, **options: Any
 class Discovery:
     """Server discovery with its answers remembered; ``srv``: the SRV lookup (injected in
     tests), ``http``: the client of the well-known requests, ``clock``: the time in
-    seconds the answers expire by."""
+    seconds the answers expire by, ``rng``: the draw among weighted SRV records
+    (:func:`pick_srv`; seeded in tests)."""
 
     def __init__(self, http: httpx.AsyncClient, srv: SrvLookup = dns_srv,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic,
+                 rng: random.Random | None = None) -> None:
         self._http = http
         self._srv = srv
         self._clock = clock
+        self._rng = rng or random.Random()
         self._known: Lru[str, tuple[Destination, float]] = Lru(DISCOVERY_CACHE_SIZE)
 
     async def destination(self, server_name: str) -> Destination:
@@ -171,8 +208,11 @@ class Discovery:
         found, lifetime = literal_destination(server_name), WELL_KNOWN_INVALID_CACHE_S
         if found is None:
             delegated, lifetime = await self._well_known(server_name)
-            found = (literal_destination(delegated) if delegated else None) or (
-                await self._by_srv(delegated or server_name))
+            found = literal_destination(delegated) if delegated else None
+            if found is None:
+                found, srv_ttl_s = await self._by_srv(delegated or server_name)
+                if srv_ttl_s is not None:
+                    lifetime = min(lifetime, max(srv_ttl_s, SRV_MIN_CACHE_S))
         log.debug("policy wire: %s is at %s (for %.0f s)", server_name, found, lifetime)
         self._known.put(server_name, (found, self._clock() + lifetime))
         return found
@@ -191,12 +231,14 @@ class Discovery:
             return None, WELL_KNOWN_INVALID_CACHE_S
         return delegated, cache_lifetime(response.headers)
 
-    async def _by_srv(self, name: str) -> Destination:
-        """Steps 4 to 6 for a host name without a port."""
+    async def _by_srv(self, name: str) -> tuple[Destination, float | None]:
+        """Steps 4 to 6 for a host name without a port; with the TTL of the SRV records
+        used, if any."""
         for service in SRV_SERVICES:
-            records = [r for r in await self._srv(f"{service}.{name}") if r[2] not in ("", ".")]
+            answer = await self._srv(f"{service}.{name}")
+            records = [r for r in answer.records if r[2] not in ("", ".")]
             if records:
-                _, _, target, port = min(records, key=lambda r: (r[0], -r[1]))
+                _, _, target, port = pick_srv(records, self._rng)
                 host = f"[{target}]" if ":" in target else target
-                return Destination(f"https://{host}:{port}", host=name)
-        return Destination(f"https://{name}:{DEFAULT_PORT}")
+                return Destination(f"https://{host}:{port}", host=name), answer.ttl_s
+        return Destination(f"https://{name}:{DEFAULT_PORT}"), None

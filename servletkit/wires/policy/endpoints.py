@@ -31,11 +31,11 @@ from servletkit.wires.policy.pdu import (
     check_content_hash,
     check_shape,
     identify,
+    signing_servers,
 )
 from servletkit.wires.policy.xmatrix import (
     AuthError,
     parse_authorization,
-    sender_server,
     verify,
     verify_event_signature,
 )
@@ -131,37 +131,40 @@ async def sign_answer(wire: PolicyWire, body: Any, caller: str) -> Any:
     """The answer body to a ``/sign`` authenticated as ``caller``, or the
     :class:`MatrixError`."""
     pdu, version, identity = await _pdu_in_room(wire, body)
-    await check_sender_signature(wire.federation, caller, pdu, identity)
+    await check_event_signatures(wire.federation, caller, pdu, version, identity)
     verdict = await wire.judge.verdict(pdu, version, identity)
     if verdict.signatures is None:
         raise MatrixError(400, "M_FORBIDDEN", verdict.reason or "refused by the policy server")
     return verdict.signatures
 
 
-async def check_sender_signature(federation: FederationClient, caller: str,
-                                 pdu: Mapping[str, Any], identity: Identity) -> None:
-    """``400 M_FORBIDDEN`` unless the PDU's signature by its sender's server verifies,
-    when another server asks (a server asks again about an event it received; a policy
-    signature must not make a forged one look vouched for). When the sender's own server
-    asks, its X-Matrix signature over the request already covers the whole PDU with the
-    same server's key: checking the event's signature too would cost a second ed25519
-    verification and prove nothing more (the verdict cache is keyed by the reference
-    hash, which excludes signatures, so this check runs before it, on every ask)."""
-    server = sender_server(pdu)
-    if server == caller:
-        return
-    signatures = pdu.get("signatures")
-    theirs = signatures.get(server) if isinstance(signatures, Mapping) else None
-    keys = {}
-    for key_id in theirs if isinstance(theirs, Mapping) else ():
-        if isinstance(key_id, str) and key_id.startswith("ed25519:"):
-            with contextlib.suppress(AuthError):
-                keys[key_id] = await verify_key(federation, server, key_id)
-    try:
-        verify_event_signature(pdu, identity.redacted_json, keys)
-    except AuthError as exc:
-        log.info("policy wire: refused a /sign from %s: %s", caller, exc)
-        raise MatrixError(400, "M_FORBIDDEN", str(exc)) from None
+async def check_event_signatures(federation: FederationClient, caller: str,
+                                 pdu: Mapping[str, Any], version: RoomVersion,
+                                 identity: Identity) -> None:
+    """``400 M_FORBIDDEN`` unless the PDU's signature by each server that must sign it
+    verifies (:func:`signing_servers`: its sender's server; in room versions 1 and 2 also
+    its event ID's server) — all but the caller's: a server asks again about an event it
+    received, and a policy signature must not make a forged one look vouched for. The
+    caller's own X-Matrix signature over the request already covers the whole PDU with
+    that server's key: checking the event's signature by it too would cost a second
+    ed25519 verification and prove nothing more (the verdict cache is keyed by the
+    reference hash, which excludes signatures, so this check runs before it, on every
+    ask)."""
+    for server, role in signing_servers(pdu, version, identity).items():
+        if server == caller:
+            continue
+        signatures = pdu.get("signatures")
+        theirs = signatures.get(server) if isinstance(signatures, Mapping) else None
+        keys = {}
+        for key_id in theirs if isinstance(theirs, Mapping) else ():
+            if isinstance(key_id, str) and key_id.startswith("ed25519:"):
+                with contextlib.suppress(AuthError):
+                    keys[key_id] = await verify_key(federation, server, key_id)
+        try:
+            verify_event_signature(pdu, server, role, identity.redacted_json, keys)
+        except AuthError as exc:
+            log.info("policy wire: refused a /sign from %s: %s", caller, exc)
+            raise MatrixError(400, "M_FORBIDDEN", str(exc)) from None
 
 
 SIGN_PATHS: Final = frozenset({"/_matrix/policy/v1/sign",

@@ -15,6 +15,14 @@ back (:class:`FetchesBusy`). Servers whose keys are already known are not affect
 keys of at most ``known_servers`` servers, and the failures of as many, are kept
 (least recently used forgotten first): invented names cannot grow memory, nor push
 out the keys of the servers that work.
+
+Fairness: server names are the caller's choice (a wildcard DNS record or an IP with any
+port gives an attacker as many as it likes), so a limit per name cannot keep an attacker
+whose servers never answer from holding every slot. Instead, servers with a member in a
+room the wire serves (:meth:`FederationClient.note_room_server`: the rooms' ``via``
+servers, the state at a join, and the events such servers send) may use every slot, and
+the others, strangers, at most :func:`stranger_slots` of them: a flood of invented names
+leaves the other slots to the servers of the rooms.
 """
 
 from __future__ import annotations
@@ -63,6 +71,13 @@ REQUEST_TIMEOUT_S: Final = 30.0
 """Our own requests (make_join, send_join) wait at most this long."""
 
 
+def stranger_slots(max_key_fetches: int) -> int:
+    """How many of the ``max_key_fetches`` slots servers not known to be in a served room
+    may hold at once: half, rounded up (all of a single slot); the rest is kept for the
+    rooms' servers."""
+    return max_key_fetches - max_key_fetches // 2
+
+
 class FederationError(Exception):
     """A request to another server failed: the message says which and why."""
 
@@ -100,6 +115,9 @@ class FederationClient:
         """server name -> when a fetch of its keys last failed (for one it has no keys of)"""
         self._fetching: dict[str, asyncio.Future[None]] = {}
         self._max_fetches = max_key_fetches
+        self._room_servers: Lru[str, bool] = Lru(known_servers)
+        """servers with a member in a served room (as far as its events said)"""
+        self._strangers = 0  # fetches in flight for servers not in _room_servers
         self._discovery = Discovery(http, srv)
 
     async def destination(self, server_name: str) -> Destination:
@@ -131,6 +149,15 @@ class FederationClient:
         except ValueError:
             raise FederationError(f"{method} {base}{path}: the answer is not JSON") from None
 
+    def note_room_server(self, server_name: str) -> None:
+        """``server_name`` has a member in a room the wire serves (a received event says
+        so): fetches of its keys may use every slot, not only the strangers' share."""
+        self._room_servers.put(server_name, True)
+
+    def is_room_server(self, server_name: str) -> bool:
+        """Whether :meth:`note_room_server` was told of ``server_name`` (and not forgotten)."""
+        return self._room_servers.get(server_name) is not None
+
     async def verify_key(self, server_name: str, key_id: str) -> VerifyKey:
         """``server_name``'s verify key ``key_id`` (cached); :class:`AuthError` if unknown,
         :class:`FetchesBusy` if it must be fetched and too many fetches run already."""
@@ -157,10 +184,13 @@ class FederationClient:
         if (pending := self._fetching.get(server_name)) is not None:
             await asyncio.shield(pending)
             return
-        if len(self._fetching) >= self._max_fetches:
+        stranger = not self.is_room_server(server_name)
+        if len(self._fetching) >= self._max_fetches or (
+                stranger and self._strangers >= stranger_slots(self._max_fetches)):
             raise FetchesBusy(server_name)
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._fetching[server_name] = future
+        self._strangers += stranger
         try:
             async with asyncio.timeout(KEY_FETCH_DEADLINE_S):
                 keys, valid_until_s = await self._download_keys(server_name)
@@ -178,6 +208,7 @@ class FederationClient:
                 self._failed.put(server_name, now)
         finally:
             del self._fetching[server_name]
+            self._strangers -= stranger
             future.set_result(None)
 
     async def _download_keys(self, server_name: str) -> tuple[dict[str, VerifyKey], float]:

@@ -96,6 +96,9 @@ class PolicyPeer:
         log.info("policy wire: %s joined %s via %s", self.user_id, room_id, via)
         room = await self.rooms.add(room_id, version.identifier, "joined", via)
         state = answer.get("state") if isinstance(answer, Mapping) else None
+        self.federation.note_room_server(via)
+        for member in state or ():
+            self.note_member_servers(member)
         policy = next((e.get("content") for e in state or () if isinstance(e, Mapping)
                        and e.get("type") == "m.room.policy" and e.get("state_key") == ""), None)
         return room, policy if isinstance(policy, Mapping) else None
@@ -107,6 +110,7 @@ class PolicyPeer:
                 event["content"].get("membership") != "invite"):
             raise PduError(f"this server accepts only invites of {self.user_id}")
         await self.rooms.add(event["room_id"], version.identifier, "invited", origin)
+        self.federation.note_room_server(origin)
         log.info("policy wire: %s invited %s into %s", event.get("sender"), self.user_id,
                  event["room_id"])
         return sign_event(dict(event), self.server_name, self.keys, version)
@@ -131,9 +135,12 @@ class PolicyPeer:
                          "%g s", room_id, exc, delay)
                 await asyncio.sleep(delay)
 
-    async def note_pdu(self, pdu: Any) -> tuple[str | None, Room | None]:
+    async def note_pdu(self, pdu: Any, from_room_server: bool = False
+                       ) -> tuple[str | None, Room | None]:
         """A received PDU's ID and room; forgets a room the policy user left or was
-        removed from."""
+        removed from. ``from_room_server``: the server that sent it is one the rooms'
+        events showed already; only then are the servers it names noted
+        (:meth:`note_member_servers`): any server can send a PDU naming invented ones."""
         if not isinstance(pdu, dict) or not isinstance(pdu.get("room_id"), str):
             raise PduError("a PDU must be an object with a room_id")
         room = await self.rooms.get(pdu["room_id"])
@@ -147,4 +154,21 @@ class PolicyPeer:
             log.warning("policy wire: %s is no longer in %s (%s)", self.user_id, room.room_id,
                         content.get("membership"))
             await self.rooms.remove(room.room_id)
+        if from_room_server:
+            self.note_member_servers(pdu)
         return event_id(pdu, version), room
+
+    def note_member_servers(self, pdu: Any) -> None:
+        """Tell the federation client which servers an event of a served room shows in
+        it: its sender's and, for a join, invite or knock, its member's (their key fetches
+        go before strangers': :func:`servletkit.wires.policy.federation.stranger_slots`)."""
+        if not isinstance(pdu, Mapping):
+            return
+        sender, content = pdu.get("sender"), pdu.get("content")
+        if isinstance(sender, str) and ":" in sender:
+            self.federation.note_room_server(sender.partition(":")[2])
+        member = pdu.get("state_key")
+        if (pdu.get("type") == "m.room.member" and isinstance(member, str) and ":" in member
+                and isinstance(content, Mapping)
+                and content.get("membership") in ("join", "invite", "knock")):
+            self.federation.note_room_server(member.partition(":")[2])

@@ -176,6 +176,8 @@ def identify(pdu: Mapping[str, Any], version: RoomVersion,
         value = pdu.get("event_id")
         if not isinstance(value, str):
             raise PduError("event_id: missing (room versions 1 and 2 carry it in the event)")
+        if not value.startswith("$") or not value.partition(":")[2]:
+            raise PduError("event_id: not $opaque:server (room versions 1 and 2)")
         return Identity(canonical, digest, value)
     return Identity(canonical, digest,
                     "$" + encode_base64(digest, urlsafe=version.url_safe_event_ids))
@@ -189,6 +191,18 @@ def reference_hash(pdu: Mapping[str, Any], version: RoomVersion) -> bytes:
 def event_id(pdu: Mapping[str, Any], version: RoomVersion) -> str:
     """The event's ID: computed from its reference hash (v3+) or read from it (v1, v2)."""
     return identify(pdu, version).event_id
+
+
+def signing_servers(pdu: Mapping[str, Any], version: RoomVersion, identity: Identity
+                    ) -> dict[str, str]:
+    """The servers whose signatures the event must carry (spec, server-server API,
+    "Validating hashes and signatures on received events"), each with its role: its
+    sender's server; in room versions 1 and 2 also its event ID's server (the name after
+    the first colon of ``$opaque:server``), when that is another."""
+    servers = {str(pdu["sender"]).partition(":")[2]: "sender's server"}
+    if version.event_id_in_body:
+        servers.setdefault(identity.event_id.partition(":")[2], "event ID's server")
+    return servers
 
 
 def add_content_hash(pdu: dict[str, Any]) -> dict[str, Any]:

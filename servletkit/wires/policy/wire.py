@@ -12,7 +12,8 @@ change): the dispatcher reports it as the plugin's error.
 It is a small federation peer with a listener of its own (HTTPS on
 ``[policy] host``:``port``), entered as the wire's lifespan, hardened as the
 container's own (:func:`servletkit.wires.http.hardened_config`: ``[server]
-header_timeout_s`` and ``keep_alive_s``, no query strings in the access log).
+header_timeout_s`` and ``keep_alive_s``, no query strings in the access log), and a TLS
+handshake not done within ``[policy] tls_handshake_timeout_s`` closes its connection.
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ from servletkit.container.config import ServerConfig
 from servletkit.files import FolderBusy, claim_lock
 from servletkit.hooks.dispatcher import Dispatcher
 from servletkit.wires.errors import EXCEPTION_HANDLERS
-from servletkit.wires.http import hardened_config
+from servletkit.wires.http import hardened_config, start_serving
 from servletkit.wires.policy import endpoints
 from servletkit.wires.policy.discovery import SrvLookup, dns_srv
 from servletkit.wires.policy.federation import MAX_KEY_FETCHES, FederationClient
@@ -51,6 +52,8 @@ if TYPE_CHECKING:
 log = logging.getLogger("servletkit.policy_wire")
 
 SHUTDOWN_TIMEOUT_S: Final = 5
+TLS_HANDSHAKE_TIMEOUT_S: Final = 10.0
+"""The default of ``[policy] tls_handshake_timeout_s``."""
 LOCK_FILE: Final = "container.lock"
 """Held in ``state_dir`` by the running container: one container per policy key pair."""
 
@@ -81,6 +84,7 @@ class PolicyWire:
         server: ServerConfig | None = None,
         srv: SrvLookup = dns_srv,
         max_key_fetches: int = MAX_KEY_FETCHES,
+        tls_handshake_timeout_s: float = TLS_HANDSHAKE_TIMEOUT_S,
     ) -> None:
         self.server_name = server_name
         self.keys = keys
@@ -89,6 +93,7 @@ class PolicyWire:
         self.tls = tls
         self.limits = server or ServerConfig()
         """``[server] header_timeout_s`` and ``keep_alive_s``, for this listener too."""
+        self.tls_handshake_timeout_s = tls_handshake_timeout_s
         self.judge = Judge(dispatcher, server_name, keys.policy, ready)
         self._http = http or httpx.AsyncClient(verify=True)
         self.federation = FederationClient(server_name, keys.federation, self._http,
@@ -109,15 +114,22 @@ class PolicyWire:
     async def received(self, origin: str, pdus: list[Any]) -> dict[str, dict[str, Any]]:
         """The answer to a ``/send`` transaction's PDUs; notes when we leave a room."""
         results: dict[str, dict[str, Any]] = {}
+        from_room_server = self.federation.is_room_server(origin)
         for pdu in pdus:
             try:
-                event_id, room = await self.peer.note_pdu(pdu)
+                event_id, room = await self.peer.note_pdu(pdu, from_room_server)
             except PduError as exc:
                 log.info("policy wire: a PDU from %s is malformed: %s", origin, exc)
                 continue
             if event_id is not None:
                 results[event_id] = {} if room else {"error": "not a room this server is in"}
         return results
+
+    async def note_served_rooms(self) -> None:
+        """Tell the federation client the ``via`` server of every served room (at start:
+        the servers their events name are noted as those events arrive)."""
+        for room in await self.rooms.all():
+            self.federation.note_room_server(room.via)
 
     async def accept_invite(self, origin: str, event: dict[str, Any], version: RoomVersion
                             ) -> Any:
@@ -150,6 +162,7 @@ class PolicyWire:
         lock = self._claim_state_dir()
         try:
             await self.rooms.open()
+            await self.note_served_rooms()
             async with self._serving():
                 yield
         finally:
@@ -180,7 +193,7 @@ class PolicyWire:
         server = uvicorn.Server(config)
         # Server.serve() without its signal handlers (the container's own server has them)
         server.lifespan = config.lifespan_class(config)
-        await server.startup(sockets=[sock])
+        await start_serving(server, sock, self.tls_handshake_timeout_s)
         ticking = asyncio.create_task(server.main_loop())  # keeps the Date header current
         scheme = "https" if self.tls else "http"
         log.info("policy wire: %s serving federation on %s://%s:%d", self.server_name, scheme,
@@ -222,4 +235,5 @@ def policy_wire(container: Container) -> PolicyWire | None:
                       port=settings.port, tls=tls,
                       server_urls=settings.server_urls, ready=container.ready,
                       server=container.config.server,
-                      max_key_fetches=settings.max_key_fetches)
+                      max_key_fetches=settings.max_key_fetches,
+                      tls_handshake_timeout_s=settings.tls_handshake_timeout_s)

@@ -110,16 +110,16 @@ def authorization(
             f'sig="{sig}"')
 
 
-def verify_event_signature(pdu: Mapping[str, Any], redacted_json: bytes,
-                           keys: Mapping[str, VerifyKey]) -> None:
-    """Raise :class:`AuthError` unless one of ``keys`` (key ID → the sender's server's
-    key) verifies that server's signature in ``pdu["signatures"]`` over ``redacted_json``
-    (the redacted event without ``signatures``, canonical: what a server signs)."""
-    server = sender_server(pdu)
+def verify_event_signature(pdu: Mapping[str, Any], server: str, role: str,
+                           redacted_json: bytes, keys: Mapping[str, VerifyKey]) -> None:
+    """Raise :class:`AuthError` unless one of ``keys`` (key ID → ``server``'s key) verifies
+    ``server``'s signature in ``pdu["signatures"]`` over ``redacted_json`` (the redacted
+    event without ``signatures``, canonical: what a server signs); ``role``: what
+    ``server`` is to the event, for the message (``"sender's server"``)."""
     signatures = pdu.get("signatures")
     theirs = signatures.get(server) if isinstance(signatures, Mapping) else None
     if not isinstance(theirs, Mapping):
-        raise AuthError(f"the event carries no signature by its sender's server {server}")
+        raise AuthError(f"the event carries no signature by its {role} {server}")
     for key_id, key in keys.items():
         signature = theirs.get(key_id)
         if not isinstance(signature, str):
@@ -129,9 +129,4 @@ def verify_event_signature(pdu: Mapping[str, Any], redacted_json: bytes,
             return
         except (BadSignatureError, ValueError):
             continue
-    raise AuthError(f"the event's signature by its sender's server {server} does not verify")
-
-
-def sender_server(pdu: Mapping[str, Any]) -> str:
-    """The server name of the PDU's ``sender``."""
-    return str(pdu["sender"]).partition(":")[2]
+    raise AuthError(f"the event's signature by its {role} {server} does not verify")
