@@ -46,22 +46,14 @@ import raw_http
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from container_load import HEADERS, module_client, read_frame, start_instance  # noqa: E402
+
 from servletkit.dev.embedded_synapse import stop_process  # noqa: E402
-from servletkit.testing import (  # noqa: E402
-    only_plugins,
-    plugin_site,
-    plugins_toml,
-    python_path_env,
-)
-from servletkit.testing.container import start_container  # noqa: E402
-from servletkit.testing.synapse import free_port  # noqa: E402
-from servletkit.wires.module.protocol import HEADER, PROTOCOL_VERSION, decode, encode  # noqa: E402
+from servletkit.testing import plugin_site, python_path_env  # noqa: E402
+from servletkit.wires.module.protocol import encode  # noqa: E402
 from tests.store.postgres_server import PostgresServer, postgres_bin  # noqa: E402
 
-HS_TOKEN = "bench-hs-token"
-SECRET = "bench-module-secret-0123456789"
 EVENTS_PER_TXN = 20
-HEADERS = {"Authorization": f"Bearer {HS_TOKEN}", "Content-Type": "application/json"}
 NOOP = '''
 from servletkit import hookimpl
 
@@ -93,17 +85,8 @@ class Setup:
         for index in range(count):
             workdir = root / f"{name}-{index}"
             workdir.mkdir()
-            port, module_port = free_port(), free_port()
-            config = workdir / "servletkit.toml"
-            config.write_text("\n".join([
-                f'[server]\nhost = "127.0.0.1"\nport = {port}',
-                store,
-                f'[appservice]\nas_token = "bench-as"\nhs_token = "{HS_TOKEN}"',
-                f'[module]\nenabled = true\nport = {module_port}\nsecret = "{SECRET}"',
-                plugins_toml(only_plugins({"noop": {}})),
-            ]))
-            self.processes.append(start_container(config, f"http://127.0.0.1:{port}",
-                                                  workdir=workdir, env=env))
+            process, port, module_port = start_instance(workdir, store, "noop", env)
+            self.processes.append(process)
             self.instances.append((port, module_port))
 
     def stop(self) -> None:
@@ -150,20 +133,13 @@ async def decisions(setup: Setup, in_flight: int, duration: float) -> float:
 
     async def connection(port: int) -> None:
         nonlocal answered
-        reader, writer = await asyncio.open_connection("127.0.0.1", port)
-
-        async def read() -> dict[str, Any]:
-            (length,) = HEADER.unpack(await reader.readexactly(HEADER.size))
-            return decode(await reader.readexactly(length))
-
-        writer.write(encode({"op": "hello", "protocol": PROTOCOL_VERSION, "secret": SECRET}))
-        assert (await read()).get("op") == "hello"
+        reader, writer = await module_client(port)
         ids = itertools.count(1)
         for _ in range(in_flight):
             writer.write(encode({"id": next(ids), "op": "event", "event": EVENT}))
         outstanding = in_flight
         while outstanding:
-            answer = await read()
+            answer = await read_frame(reader)
             assert "error" not in answer, answer
             outstanding -= 1
             answered += 1

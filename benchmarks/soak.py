@@ -42,19 +42,12 @@ import raw_http
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from servletkit.dev.embedded_synapse import stop_process  # noqa: E402
-from servletkit.testing import (  # noqa: E402
-    only_plugins,
-    plugin_site,
-    plugins_toml,
-    python_path_env,
-)
-from servletkit.testing.container import start_container  # noqa: E402
-from servletkit.testing.synapse import free_port  # noqa: E402
-from servletkit.wires.module.protocol import HEADER, PROTOCOL_VERSION, decode, encode  # noqa: E402
+from container_load import HEADERS, module_client, read_frame, start_instance  # noqa: E402
 
-HS_TOKEN = "soak-hs-token"
-SECRET = "soak-module-secret-0123456789"
+from servletkit.dev.embedded_synapse import stop_process  # noqa: E402
+from servletkit.testing import plugin_site, python_path_env  # noqa: E402
+from servletkit.wires.module.protocol import encode  # noqa: E402
+
 EVENTS_PER_TXN = 20
 GROWTH_TARGET = 0.05
 PLUGIN = '''
@@ -75,7 +68,6 @@ async def on_send_event(event, context):
     if event.wire == "module":
         await _count(context, f"m/{event.event_id}")
 '''
-HEADERS = {"Authorization": f"Bearer {HS_TOKEN}", "Content-Type": "application/json"}
 
 
 def event(event_id: str) -> dict[str, Any]:
@@ -125,11 +117,8 @@ class Load:
             writer.close()
 
     async def decisions(self, port: int, in_flight: int) -> None:
-        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        reader, writer = await module_client(port)
         try:
-            writer.write(encode({"op": "hello", "protocol": PROTOCOL_VERSION,
-                                 "secret": SECRET}))
-            assert (await self._read(reader)).get("op") == "hello"
             numbers = itertools.count(1)
             pending: dict[int, tuple[str, float]] = {}
 
@@ -141,7 +130,7 @@ class Load:
             for _ in range(in_flight):
                 send()
             while pending:
-                answer = await self._read(reader)
+                answer = await read_frame(reader)
                 event_id, started = pending.pop(answer["id"])
                 if set(answer) != {"id"}:
                     self.failures.append(f"decision: {answer}")
@@ -152,11 +141,6 @@ class Load:
                     send()
         finally:
             writer.close()
-
-    @staticmethod
-    async def _read(reader: asyncio.StreamReader) -> dict[str, Any]:
-        (length,) = HEADER.unpack(await asyncio.wait_for(reader.readexactly(HEADER.size), 30))
-        return decode(await asyncio.wait_for(reader.readexactly(length), 30))
 
 
 def rss_mb(pid: int) -> float:
@@ -212,18 +196,10 @@ def main() -> int:
         args.duration, args.warm_up = 20.0, 5.0
     with tempfile.TemporaryDirectory(prefix="soak-") as folder:
         root = Path(folder)
-        port, module_port = free_port(), free_port()
         database = root / "soak.db"
-        config = root / "servletkit.toml"
-        config.write_text("\n".join([
-            f'[server]\nhost = "127.0.0.1"\nport = {port}',
-            f'[store]\npath = "{database}"',
-            f'[appservice]\nas_token = "soak-as"\nhs_token = "{HS_TOKEN}"',
-            f'[module]\nenabled = true\nport = {module_port}\nsecret = "{SECRET}"',
-            plugins_toml(only_plugins({"soak": {}})),
-        ]))
         env = python_path_env(plugin_site(root, "soak", PLUGIN))
-        process = start_container(config, f"http://127.0.0.1:{port}", workdir=root, env=env)
+        process, port, module_port = start_instance(root, f'[store]\npath = "{database}"',
+                                                    "soak", env)
         try:
             started = time.monotonic()
             load, samples = asyncio.run(soak(args, process.pid, port, module_port))

@@ -12,6 +12,7 @@ in their own way). Synapse comes from the ``servletkit[synapse]`` extra (pinned)
 from __future__ import annotations
 
 import ctypes
+import functools
 import json
 import os
 import signal
@@ -21,7 +22,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -136,7 +137,7 @@ class SynapseServer:
 
     def spawn(self) -> subprocess.Popen[bytes]:
         """Start Synapse on ``workdir/homeserver.yaml``; return without waiting."""
-        preexec = exit_with_parent if self.die_with_parent and sys.platform == "linux" else None
+        preexec = dying_with_parent() if self.die_with_parent else None
         with open(self.log_path, "ab") as log:
             self.process = subprocess.Popen(
                 [self.python, "-m", "synapse.app.homeserver", "-c",
@@ -247,10 +248,23 @@ def launch_synapse(
     return server
 
 
-def exit_with_parent() -> None:
-    """A ``preexec_fn`` (Linux): the kernel SIGTERMs the child when the thread that
-    launched it dies, so a killed parent leaves no server behind."""
-    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+def exit_with_parent(signum: int = signal.SIGTERM) -> None:
+    """A ``preexec_fn`` (Linux): the kernel sends the child ``signum`` when the thread
+    that launched it dies, so a killed parent leaves no server behind.
+
+    It must run after any change of user (a change of credentials clears the
+    setting), which ``subprocess.Popen`` does: ``user=`` is applied before
+    ``preexec_fn``.
+    """
+    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signum)
+
+
+def dying_with_parent(signum: int = signal.SIGTERM) -> Callable[[], None] | None:
+    """The ``preexec_fn`` that ties a child server to its parent with ``signum``
+    (:func:`exit_with_parent`); ``None`` where prctl(2) does not exist (not Linux)."""
+    if sys.platform != "linux":
+        return None
+    return functools.partial(exit_with_parent, signum)
 
 
 def start_synapse(

@@ -46,7 +46,7 @@ from servletkit.store.interface import (
     T,
 )
 from servletkit.store.singleton import CHECK_S
-from servletkit.store.units import Batch
+from servletkit.store.units import Batch, PruneSchedule
 
 #: Schema migrations, in order: ``MIGRATIONS[n]`` takes the schema from version n to n + 1.
 #: Keys and plugin names sort bytewise (``COLLATE "C"``), as in SQLite and Python.
@@ -146,12 +146,8 @@ class PostgresStore:
         self.transactions_kept = transactions_kept
         self.audit_kept = audit_kept
         self.pool_size = pool_size
-        # prune in steps of a tenth; the counters start full, so the first commit after
-        # a start prunes what an earlier run (or a larger bound) left
-        self._transactions_step = max(1, transactions_kept // 10)
-        self._transactions_added = self._transactions_step
-        self._audit_step = max(1, audit_kept // 10)
-        self._audit_added = self._audit_step
+        self._transactions_pruning = PruneSchedule.keeping(transactions_kept)
+        self._audit_pruning = PruneSchedule.keeping(audit_kept)
         self._pool: AsyncConnectionPool[psycopg.AsyncConnection[Any]] | None = None
         self._closed = False
 
@@ -236,20 +232,16 @@ class PostgresStore:
             "VALUES (%s, nextval('transactions_seq'), %s, %s) ON CONFLICT (txn_id) DO UPDATE "
             "SET seq = EXCLUDED.seq, at = EXCLUDED.at, digest = EXCLUDED.digest",
             (transaction.txn_id, time.time(), transaction.digest))
-        self._transactions_added += 1
-        if self._transactions_added < self._transactions_step:
+        if not self._transactions_pruning.due():
             return
-        self._transactions_added = 0
         # by rank, not by arithmetic on seq: a sequence has gaps (rolled back commits)
         await conn.execute(
             "DELETE FROM transactions WHERE seq <= (SELECT seq FROM transactions "
             "ORDER BY seq DESC OFFSET %s LIMIT 1)", (self.transactions_kept,))
 
     async def _prune_audit(self, conn: psycopg.AsyncConnection[Any], added: int) -> None:
-        self._audit_added += added
-        if self._audit_added < self._audit_step:
+        if not self._audit_pruning.due(added):
             return
-        self._audit_added = 0
         await conn.execute(
             "DELETE FROM audit WHERE id <= (SELECT id FROM audit "
             "ORDER BY id DESC OFFSET %s LIMIT 1)", (self.audit_kept,))

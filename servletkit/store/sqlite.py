@@ -45,7 +45,7 @@ from servletkit.store.interface import (
     T,
 )
 from servletkit.store.singleton import LocalHold
-from servletkit.store.units import Batch
+from servletkit.store.units import Batch, PruneSchedule
 
 _T = TypeVar("_T")
 _FIRST_PAUSE_S: Final = 0.001
@@ -144,13 +144,8 @@ class SqliteStore:
         self.synchronous = synchronous.upper()
         self.transactions_kept = transactions_kept
         self.audit_kept = audit_kept
-        self._audit_step = max(1, audit_kept // 10)
-        # records added since the audit log was last pruned; starts full, so the
-        # first commit after a start prunes what an earlier run left
-        self._audit_added = self._audit_step
-        self._transactions_step = max(1, transactions_kept // 10)
-        # like _audit_added: starts full, so the first record after a start prunes
-        self._transactions_added = self._transactions_step
+        self._audit_pruning = PruneSchedule.keeping(audit_kept)
+        self._transactions_pruning = PruneSchedule.keeping(transactions_kept)
         self._db: sqlite3.Connection | None = None
         self._closed = False
         self._exclusive: dict[str, asyncio.Lock] = {}
@@ -273,20 +268,14 @@ class SqliteStore:
         # REPLACE gives a reused id a new rowid, so the rowid order stays the commit order
         db.execute("INSERT OR REPLACE INTO transactions (txn_id, at, digest) VALUES (?, ?, ?)",
                    (transaction.txn_id, time.time(), transaction.digest))
-        # prune in steps of a tenth of the window, so most commits delete nothing
-        self._transactions_added += 1
-        if self._transactions_added < self._transactions_step:
+        if not self._transactions_pruning.due():
             return
-        self._transactions_added = 0
         db.execute("DELETE FROM transactions WHERE rowid <= "
                    "(SELECT MAX(rowid) FROM transactions) - ?", (self.transactions_kept,))
 
     def _prune_audit(self, db: sqlite3.Connection, added: int) -> None:
-        # in steps of a tenth of the bound, so most commits delete nothing
-        self._audit_added += added
-        if self._audit_added < self._audit_step:
+        if not self._audit_pruning.due(added):
             return
-        self._audit_added = 0
         db.execute("DELETE FROM audit WHERE id <= (SELECT MAX(id) FROM audit) - ?",
                    (self.audit_kept,))
 

@@ -101,3 +101,28 @@ async def record_decision(store: Store, record: AuditRecord) -> None:
         batch.audit.append(record)
     else:
         await store.commit(Batch(audit=[record]))
+
+
+@attrs.define
+class PruneSchedule:
+    """When a store prunes a table it keeps to ``kept`` rows (processed transactions,
+    the audit log): once every tenth of ``kept`` rows added, so most commits delete
+    nothing. It starts due, so the first write after a start prunes what an earlier
+    run (or a larger bound) left. Both backends use it."""
+
+    step: int
+    added: int
+
+    @classmethod
+    def keeping(cls, kept: int) -> PruneSchedule:
+        """The schedule for a table of at most ``kept`` rows."""
+        step = max(1, kept // 10)
+        return cls(step, step)
+
+    def due(self, added: int = 1) -> bool:
+        """Count ``added`` new rows; whether to prune now (the count then restarts)."""
+        self.added += added
+        if self.added < self.step:
+            return False
+        self.added = 0
+        return True

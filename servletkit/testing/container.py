@@ -18,9 +18,11 @@ def start_container(
     workdir: Path,
     env: Mapping[str, str] | None = None,
     timeout: float = 30.0,
+    python: str = sys.executable,
 ) -> subprocess.Popen[bytes]:
-    """Start ``servletkit run --config config_path`` in ``workdir``; return once
-    ``{url}/_servletkit/health`` answers 200 (its plugins are live).
+    """Start ``servletkit run --config config_path`` in ``workdir`` with ``python``
+    (this interpreter by default; another environment's to test what is installed
+    there); return once ``{url}/_servletkit/health`` answers 200 (its plugins are live).
 
     Its output is appended to ``workdir/container.log``. Raises ``RuntimeError``
     naming that log if it exits first, or does not answer within ``timeout`` seconds.
@@ -28,7 +30,7 @@ def start_container(
     log_path = workdir / "container.log"
     with open(log_path, "ab") as log:  # the child keeps its own copy
         process = subprocess.Popen(
-            [sys.executable, "-m", "servletkit.container.cli", "run", "--config",
+            [python, "-m", "servletkit.container.cli", "run", "--config",
              str(config_path)],
             stdout=log, stderr=subprocess.STDOUT, cwd=workdir,
             env=None if env is None else dict(env),

@@ -8,7 +8,9 @@ Each test bounds its waits; each checks what the homeserver sees (a status it re
 from __future__ import annotations
 
 import asyncio
+import json
 import socket
+import sys
 import time
 
 import httpx
@@ -151,43 +153,59 @@ async def test_the_homeserver_down_or_silent_while_a_plugin_calls_it(make_wire, 
     assert await counts(container, down + silent) == [1, 1, 1]
 
 
-async def test_an_overload_of_transactions_is_answered_slowly_and_counted_once(make_wire):
-    """200 transactions of 25 events sent at once (from another thread, as a homeserver
-    would from another process) queue behind the transaction lock, a slow answer the
+SEND_BURST = """
+import asyncio, json, sys
+import httpx
+
+job = json.load(open(sys.argv[1]))
+resets = []
+
+async def send_burst():
+    limits = httpx.Limits(max_connections=len(job["burst"]))
+    async with httpx.AsyncClient(base_url=job["url"], limits=limits, timeout=120) as homeserver:
+        async def push(n, events):
+            for _ in range(3):  # a reset connection is retried, as Synapse does
+                try:
+                    answer = await homeserver.put(f"/_matrix/app/v1/transactions/o{n}",
+                                                  json={"events": events}, headers=job["auth"])
+                except httpx.TransportError:
+                    resets.append(n)
+                    continue
+                return answer.status_code
+            return 0
+        return list(await asyncio.gather(*(push(n, events)
+                                           for n, events in enumerate(job["burst"]))))
+
+print(json.dumps([asyncio.run(send_burst()), resets]))
+"""
+
+
+async def test_an_overload_of_transactions_is_answered_slowly_and_counted_once(make_wire,
+                                                                              tmp_path):
+    """200 transactions of 25 events sent at once (from another process, as a homeserver
+    sends them) queue behind the transaction lock, a slow answer the
     homeserver waits for; health is answered meanwhile, every transaction gets 200, each
     event is counted exactly once, and a transaction after the burst is quick."""
     container, _ = await make_wire({"counts": Counts()})
     burst = [[new_event() for _ in range(25)] for _ in range(200)]
     async with served(container) as client:
         base_url = client.base_url
-        resets: list[int] = []
-
-        async def send_burst() -> list[int]:
-            limits = httpx.Limits(max_connections=len(burst))
-            async with httpx.AsyncClient(base_url=base_url, limits=limits,
-                                         timeout=120) as homeserver:
-                async def push(n: int, events: list[dict]) -> int:
-                    for _ in range(3):  # a reset connection is retried, as Synapse does
-                        try:
-                            answer = await homeserver.put(f"/_matrix/app/v1/transactions/o{n}",
-                                                          json={"events": events}, headers=AUTH)
-                        except httpx.TransportError:
-                            resets.append(n)
-                            continue
-                        return answer.status_code
-                    return 0
-
-                return list(await asyncio.gather(*(push(n, events)
-                                                   for n, events in enumerate(burst))))
-
-        sending = asyncio.create_task(asyncio.to_thread(asyncio.run, send_burst()))
+        burst_file = tmp_path / "burst.json"
+        burst_file.write_text(json.dumps({"url": str(base_url), "auth": AUTH,
+                                          "burst": burst}))
+        # from another process, as a homeserver sends: a sender thread here would share
+        # the container's GIL and was half of the stall measured
+        sender = await asyncio.create_subprocess_exec(
+            sys.executable, "-c", SEND_BURST, str(burst_file), stdout=asyncio.subprocess.PIPE)
+        sending = asyncio.ensure_future(sender.communicate())
         slowest, probes = 0.0, 0
         while not sending.done():
             started = time.monotonic()
             assert (await client.get("/_servletkit/health")).status_code == 200
             slowest, probes = max(slowest, time.monotonic() - started), probes + 1
             await asyncio.sleep(0.05)
-        assert await sending == [200] * len(burst)
+        statuses, resets = json.loads((await sending)[0])
+        assert statuses == [200] * len(burst)
         started = time.monotonic()
         after = [new_event()]
         answer = await client.put(f"/_matrix/app/v1/transactions/o{len(burst)}",
@@ -196,9 +214,9 @@ async def test_an_overload_of_transactions_is_answered_slowly_and_counted_once(m
         quick = time.monotonic() - started
     print(f"overload: {probes} health probes during the burst, slowest {slowest:.3f} s; "
           f"{len(resets)} connections reset and retried")
-    # no hang; the slowest health answer (about 4 s on the 2-core machine) is a known
-    # stall under a burst, recorded in docs/reliability.md
-    assert probes > 1 and slowest < 30, (probes, slowest)
+    # the slowest health answer: 0.14-1.0 s at load 12-14 (docs/reliability.md); a
+    # container callback holding the loop for seconds would fail this
+    assert probes > 1 and slowest < 5, (probes, slowest)
     assert quick < 1, quick
     every = [event for events in burst for event in events] + after
     assert await counts(container, every) == [1] * len(every)

@@ -9,6 +9,7 @@ lifecycle in a journal module outside its package (which a reload never purges).
 from __future__ import annotations
 
 import shutil
+import subprocess
 import sys
 import textwrap
 import types
@@ -85,3 +86,13 @@ class PluginOnDisk:
                        if m == self.name or m.startswith(self.name + ".")]:
             del sys.modules[module]
         sys.modules.pop(self.journal.__name__, None)
+
+
+def servletkit_cli(config: Path, *args: str, python: str = sys.executable,
+                   env: dict[str, str] | None = None,
+                   timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    """``servletkit ARGS --config CONFIG`` (the admin commands: reload, plugins, deploy,
+    undeploy) with ``python``; its exit status and captured output."""
+    return subprocess.run([python, "-m", "servletkit.container.cli", *args, "--config",
+                           str(config)], env=env, capture_output=True, text=True,
+                          timeout=timeout)

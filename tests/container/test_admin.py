@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import logging
 import stat
-import subprocess
-import sys
 import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -19,9 +17,10 @@ from starlette.applications import Starlette
 from servletkit.container.admin import PREFIX, admin_routes, admin_token
 from servletkit.container.config import parse_config
 from servletkit.container.runtime import Container
-from servletkit.dev.embedded_synapse import free_port
+from servletkit.dev.embedded_synapse import free_port, stop_process
 from servletkit.testing import only_plugins, plugins_toml, python_path_env, running_container
-from tests.container.reload_support import PluginOnDisk
+from servletkit.testing.container import start_container
+from tests.container.reload_support import PluginOnDisk, servletkit_cli
 from tests.container.test_reload import SHOUT, VETO_X
 
 TOKEN = "admin-token-for-tests-0123456789"
@@ -105,11 +104,6 @@ def test_the_token_is_generated_once_and_kept_private(tmp_path: Path) -> None:
                                                tmp_path / "servletkit.toml"))) == []
 
 
-def servletkit(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "servletkit.container.cli", *args],
-                          env=env, capture_output=True, text=True, timeout=60)
-
-
 @pytest.mark.integration
 def test_the_commands_reach_a_running_container(tmp_path: Path) -> None:
     """``servletkit reload`` swaps the plugin in a ``servletkit run``; ``servletkit plugins``
@@ -122,38 +116,27 @@ def test_the_commands_reach_a_running_container(tmp_path: Path) -> None:
     config.write_text(f"[server]\nport = {port}\n"
                       + plugins_toml(only_plugins({"cliy": {}})))
     env = python_path_env(site)
-    assert "no container has started" in servletkit(env, "reload", "cliy", "--config",
-                                                      str(config)).stderr
-    server = subprocess.Popen(
-        [sys.executable, "-m", "servletkit.container.cli", "run", "--config", str(config)],
-        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    assert "no container has started" in servletkit_cli(config, "reload", "cliy",
+                                                          env=env).stderr
+    server = start_container(config, f"http://127.0.0.1:{port}", workdir=tmp_path, env=env)
     try:
-        deadline = time.monotonic() + 20
-        while time.monotonic() < deadline:
-            try:
-                if httpx.get(f"http://127.0.0.1:{port}/_servletkit/health").status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            time.sleep(0.05)
         plugin.write("2.1", SHOUT)
-        reloaded = servletkit(env, "reload", "cliy", "--config", str(config))
+        reloaded = servletkit_cli(config, "reload", "cliy", env=env)
         assert reloaded.returncode == 0, reloaded.stdout + reloaded.stderr
         assert reloaded.stdout.startswith("cliy: reloaded 2.0#1 -> 2.1#2 in ")
         plugin.write("2.2", "def broken(:\n")
-        broken = servletkit(env, "reload", "cliy", "--config", str(config))
+        broken = servletkit_cli(config, "reload", "cliy", env=env)
         assert broken.returncode == 1
         assert "reload failed" in broken.stdout and "2.1#2 keeps serving" in broken.stdout
-        listed = servletkit(env, "plugins", "--config", str(config))
+        listed = servletkit_cli(config, "plugins", env=env)
         assert listed.returncode == 0, listed.stderr
         [row] = [line for line in listed.stdout.splitlines() if line.startswith("cliy")]
         assert row.split()[:2] == ["cliy", "2.1#2"] and "live" in row
         assert "FAILED (import: SyntaxError" in row
     finally:
-        server.terminate()
-        _, stderr = server.communicate(timeout=20)
+        stop_process(server, 20)
     token = (tmp_path / ".servletkit" / "admin-token").read_text().strip()
-    assert token not in stderr
-    gone = servletkit(env, "reload", "cliy", "--config", str(config))
+    assert token not in (tmp_path / "container.log").read_text()
+    gone = servletkit_cli(config, "reload", "cliy", env=env)
     assert gone.returncode == 1 and "no container answers at" in gone.stderr
     assert "Traceback" not in gone.stderr

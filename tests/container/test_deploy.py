@@ -8,7 +8,6 @@ import hashlib
 import subprocess
 import sys
 import sysconfig
-import time
 import zipfile
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -18,9 +17,10 @@ import pytest
 
 from servletkit import Veto
 from servletkit.container.runtime import Container
-from servletkit.dev.embedded_synapse import free_port
+from servletkit.dev.embedded_synapse import free_port, stop_process
 from servletkit.testing import make_event, only_plugins, plugins_toml, running_container
-from tests.container.reload_support import PluginOnDisk
+from servletkit.testing.container import start_container
+from tests.container.reload_support import PluginOnDisk, servletkit_cli
 from tests.container.test_reload import VETO_X
 
 
@@ -138,22 +138,11 @@ def test_deploy_and_undeploy_commands(tmp_path: Path) -> None:
     config.write_text(f"[server]\nport = {port}\n" + plugins_toml(only_plugins({})))
 
     def servletkit(*args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([str(python), "-m", "servletkit.container.cli", *args,
-                               "--config", str(config)],
-                              capture_output=True, text=True, timeout=300)
+        return servletkit_cli(config, *args, python=str(python), timeout=300)
 
-    server = subprocess.Popen([str(python), "-m", "servletkit.container.cli", "run",
-                               "--config", str(config)],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    server = start_container(config, f"http://127.0.0.1:{port}", workdir=tmp_path,
+                             python=str(python))
     try:
-        deadline = time.monotonic() + 20
-        while time.monotonic() < deadline:
-            try:
-                if httpx.get(f"http://127.0.0.1:{port}/_servletkit/health").status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            time.sleep(0.05)
         deployed = servletkit("deploy", str(wheel), "--no-deps")
         assert deployed.returncode == 0, deployed.stderr
         assert deployed.stdout.startswith("deployed: reloaded not loaded -> 3.0#1 in ")
@@ -166,5 +155,4 @@ def test_deploy_and_undeploy_commands(tmp_path: Path) -> None:
         assert httpx.get(f"http://127.0.0.1:{port}/_servletkit/health").json()["plugins"] == []
         assert not list((tmp_path / "env").rglob("deployed_plugin*"))
     finally:
-        server.terminate()
-        server.communicate(timeout=20)
+        stop_process(server, 20)

@@ -1,5 +1,6 @@
 """A real nginx (the Debian package) as the test's load balancer: a child process with a
-generated config in a folder of its own, listening on a loopback port, no root paths."""
+generated config in a folder of its own, listening on a loopback port, no root paths.
+It dies with the process that started it (a killed test run leaves no nginx behind)."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from pathlib import Path
 
 import httpx
 
-from servletkit.dev.embedded_synapse import stop_process
+from servletkit.dev.embedded_synapse import dying_with_parent, stop_process
 from servletkit.testing.synapse import free_port
 
 CONFIG = """\
@@ -72,7 +73,7 @@ class Nginx:
         self.process = subprocess.Popen(
             [binary, "-p", str(self.root), "-c", str(self.root / "nginx.conf"),
              "-e", str(self.root / "error.log")],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, preexec_fn=dying_with_parent())
         deadline = time.monotonic() + timeout
         while True:
             if self.process.poll() is not None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from servletkit.store import AuditRecord, Batch, record_decision, unit_of_work
+from servletkit.store.units import PruneSchedule
 
 
 async def test_audit_outside_a_unit_is_written_at_once(store):
@@ -23,3 +24,11 @@ async def test_audit_in_a_unit_waits_for_its_commit(store):
     assert await store.audit_log() == []
     await store.commit(batch)
     assert await store.audit_log() == [record]
+
+
+def test_the_prune_schedule_is_due_at_start_then_every_tenth() -> None:
+    schedule = PruneSchedule.keeping(100)
+    assert schedule.due()  # what an earlier run left
+    assert [schedule.due() for _ in range(10)] == [False] * 9 + [True]
+    assert not schedule.due(9) and schedule.due(1)  # audit records come several at once
+    assert all(PruneSchedule.keeping(5).due() for _ in range(3))  # a step of at least 1

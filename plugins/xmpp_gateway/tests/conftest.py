@@ -8,7 +8,7 @@ import subprocess
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import httpx
 import pytest
@@ -31,6 +31,7 @@ XMPP_USERS = {"human": "humanpass", "bob": "bobpass", "carol": "carolpass",
 LINK_SECRET_KEY = "test-link-secret-key-0123456789abcdef"
 MATRIX_PASSWORD = "matrix-pw-1"
 AS_TOKEN = "xmpp-as-token"
+U = TypeVar("U", MatrixUser, NioUser)
 CONFIGURED_ROOM = f"configured@{MUC}"  # bridged by the gateway's config, not on demand
 
 
@@ -124,24 +125,43 @@ def gateway(tmp_path_factory: pytest.TempPathFactory, prosody: ProsodyServer) ->
             gw.synapse.stop()
 
 
-@pytest.fixture
-async def matrix_user(gateway: Gateway) -> AsyncIterator[Callable[[str], Awaitable[MatrixUser]]]:
-    """Factory: a freshly registered Matrix user with display name ``name``."""
-    clients: list[httpx.AsyncClient] = []
+async def registered_users(
+    gateway: Gateway, log_in: Callable[[str, str, dict[str, Any]], Awaitable[U]],
+    close: Callable[[U], Awaitable[None]],
+) -> AsyncIterator[Callable[[str], Awaitable[U]]]:
+    """The body of the Matrix user factories: ``make(name)`` registers a fresh account
+    (localpart from ``name``, :data:`MATRIX_PASSWORD`), gets its client from
+    ``log_in(homeserver_url, localpart, account)`` and sets the display name ``name``;
+    every client is closed with ``close`` at the end."""
+    users: list[U] = []
 
-    async def make(name: str) -> MatrixUser:
+    async def make(name: str) -> U:
         assert gateway.synapse is not None
-        account = gateway.synapse.register(f"{name.lower()}{uuid.uuid4().hex[:6]}")
-        http = httpx.AsyncClient(base_url=gateway.synapse.url, timeout=30, headers={
-            "Authorization": f"Bearer {account['access_token']}"})
-        clients.append(http)
-        user = MatrixUser(http, account["user_id"])
+        localpart = f"{name.lower()}{uuid.uuid4().hex[:6]}"
+        account = gateway.synapse.register(localpart, MATRIX_PASSWORD)
+        user = await log_in(gateway.synapse.url, localpart, account)
+        users.append(user)
         await user.set_displayname(name)
         return user
 
     yield make
-    for http in clients:
-        await http.aclose()
+    for user in users:
+        await close(user)
+
+
+@pytest.fixture
+async def matrix_user(gateway: Gateway) -> AsyncIterator[Callable[[str], Awaitable[MatrixUser]]]:
+    """Factory: a freshly registered Matrix user with display name ``name``."""
+
+    async def log_in(url: str, localpart: str, account: dict[str, Any]) -> MatrixUser:
+        return MatrixUser(httpx.AsyncClient(base_url=url, timeout=30, headers={
+            "Authorization": f"Bearer {account['access_token']}"}), account["user_id"])
+
+    async def close(user: MatrixUser) -> None:
+        await user.http.aclose()
+
+    async for make in registered_users(gateway, log_in, close):
+        yield make
 
 
 @pytest.fixture
@@ -158,20 +178,12 @@ async def gateway_bot(gateway: Gateway) -> AsyncIterator[MatrixUser]:
 async def nio_user(gateway: Gateway) -> AsyncIterator[Callable[[str], Awaitable[NioUser]]]:
     """Factory: a freshly registered Matrix user with display name ``name``, logged in
     with a matrix-nio client that syncs in the background."""
-    users: list[NioUser] = []
 
-    async def make(name: str) -> NioUser:
-        assert gateway.synapse is not None
-        localpart = f"{name.lower()}{uuid.uuid4().hex[:6]}"
-        gateway.synapse.register(localpart, MATRIX_PASSWORD)
-        user = await NioUser.login(gateway.synapse.url, localpart, MATRIX_PASSWORD)
-        users.append(user)
-        await user.set_displayname(name)
-        return user
+    async def log_in(url: str, localpart: str, account: dict[str, Any]) -> NioUser:
+        return await NioUser.login(url, localpart, MATRIX_PASSWORD)
 
-    yield make
-    for user in users:
-        await user.close()
+    async for make in registered_users(gateway, log_in, NioUser.close):
+        yield make
 
 
 @pytest.fixture

@@ -59,7 +59,9 @@ class ModuleConnection(asyncio.Protocol):
 
     def __init__(self, wire: ModuleWire) -> None:
         self._wire = wire
-        self._buffer = bytearray()
+        self._pieces: list[bytes] = []  # an incomplete frame (or frames read while paused)
+        self._held = 0  # their bytes
+        self._needed = 0  # the bytes they must reach before it is worth parsing again
         self._transport: asyncio.Transport | None = None
         self._authenticated = False
         self._paused = False  # its peer is not read: too many of its answers are unsent
@@ -106,20 +108,29 @@ class ModuleConnection(asyncio.Protocol):
         return 0 if self._transport is None else self._transport.get_write_buffer_size()
 
     def data_received(self, data: bytes) -> None:
-        buffer = self._buffer
-        if buffer:  # the rest of a frame begun earlier
-            buffer += data
-            view = memoryview(buffer)
-        else:  # usually whole frames: parse them where they are, no copy
-            view = memoryview(data)
-        with view:
+        """Handle the whole frames read so far; keep an incomplete one's pieces.
+
+        A frame's pieces are kept as they came and joined once it is complete (no
+        quadratic copying of a large frame), and the bytes parsed are immutable: the
+        frame bodies are parsed as memoryview slices, and resizing a bytearray that a
+        slice still exports raises ``BufferError`` (it did, under load).
+        """
+        if self._pieces:
+            self._pieces.append(data)
+            self._held += len(data)
+            if self._held < self._needed:
+                return
+            data = b"".join(self._pieces)
+            self._pieces = []
+        with memoryview(data) as view:
             offset = self._frames(view)
-        if offset is None:  # refused: the connection is closing
-            buffer.clear()
-        elif buffer:
-            del buffer[:offset]
-        else:
-            buffer += data[offset:]  # a frame's beginning: keep it for the next read
+        if offset is None or offset == len(data):  # refused (closing), or all handled
+            self._held = 0
+            return
+        rest = data[offset:] if offset else data
+        self._pieces, self._held = [rest], len(rest)
+        self._needed = HEADER.size if len(rest) < HEADER.size \
+            else HEADER.size + HEADER.unpack_from(rest)[0]
 
     def _frames(self, view: memoryview) -> int | None:
         """Handle the whole frames in ``view``; where the first incomplete one starts."""
