@@ -217,6 +217,8 @@ class ModuleWire:
         """The encoded answer frame to one request (``operation``: its op's, ``None`` if
         the op is unknown), with its ``then`` request's answer unless it refused.
         Never raises: every failure becomes an error frame."""
+        if self._metrics is not None:  # by op: a round trip each, its then included
+            self._metrics.requests.labels(self.name, operation.hook if operation else "?").inc()
         request_id = message.get("id")
         if type(request_id) is not int:
             return encode(error_message(None, "M_BAD_JSON", f"id: must be an integer, got "
@@ -234,8 +236,6 @@ class ModuleWire:
     async def _reply(self, request_id: int, message: Mapping[str, Any],
                      operation: Operation | None) -> dict[str, Any]:
         """The answer to one request (its ``then`` aside), not yet encoded."""
-        if self._metrics is not None:
-            self._metrics.requests.labels(self.name, str(message.get("op"))[:50]).inc()
         if operation is None:
             known = ", ".join(self.operations)
             return error_message(request_id, "M_UNRECOGNIZED", f"op: unknown operation "
