@@ -110,7 +110,7 @@ def client_event(event: EventBase) -> dict[str, Any]:
     }
     if event.is_state():
         data["state_key"] = event.state_key
-    redacts = event.get("redacts")
+    redacts = event.redacts  # not event.get("redacts"): 10 us on Synapse's Rust event
     if redacts is not None:
         data["redacts"] = redacts
     return data
