@@ -29,8 +29,8 @@ It prints, per configuration, the median, p90 and the median *added* latency
 against ``none`` (difference of medians, and the median of round-wise differences),
 and the ratio servletkit added / antispam added. Target (issue 17): servletkit adds at
 most 0.2x what antispam adds to the median message send, and at most 0.2 ms more than
-inprocess (sends get three quarters of ``--max-seconds``, joins the rest). The machine (2 cores, shared)
-is noisy: the load average before and after is printed; repeat and compare ratios.
+inprocess (sends get three quarters of ``--max-seconds``, joins the rest). The machine
+(2 cores, shared) is noisy: the load average before and after is printed; repeat and compare ratios.
 
 ``--serve-container`` and ``--serve-noop`` are the helper processes' entry points.
 """
