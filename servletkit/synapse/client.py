@@ -70,8 +70,14 @@ class _Connection(Int32StringReceiver):
             encode({"op": "hello", "protocol": PROTOCOL_VERSION, "secret": self._client.secret})
         )
 
-    def request(self, op: str, fields: dict[str, Any]) -> defer.Deferred[dict[str, Any]]:
-        """Send one request; the Deferred fires with the answer frame."""
+    def request(self, op: str, fields: dict[str, Any],
+                timeout_s: float | None = None) -> defer.Deferred[dict[str, Any]]:
+        """Send one request; the Deferred fires with the answer frame, or fails with
+        :class:`defer.TimeoutError` after ``timeout_s`` (when given).
+
+        The timer is one ``callLater`` cancelled by the answer: a third of what
+        ``Deferred.addTimeout`` costs, on every forwarded callback.
+        """
         self._next_id += 1
         request_id = self._next_id
         pending = self._pending
@@ -81,6 +87,10 @@ class _Connection(Int32StringReceiver):
 
         answer: defer.Deferred[dict[str, Any]] = defer.Deferred(canceller=forget)
         pending[request_id] = answer
+        if timeout_s is not None:
+            timer = self._client.reactor.callLater(timeout_s, self._time_out, request_id,
+                                                   timeout_s)
+            answer.addBoth(_stop_timer, timer)
         fields["id"] = request_id
         fields["op"] = op
         self.tcp.write(encode(fields))
@@ -88,6 +98,11 @@ class _Connection(Int32StringReceiver):
         # (measured: 5 to 50 us less per round trip, and less reactor work).
         self.tcp.doWrite()
         return answer
+
+    def _time_out(self, request_id: int, timeout_s: float) -> None:
+        answer = self._pending.pop(request_id, None)
+        if answer is not None:
+            answer.errback(defer.TimeoutError(f"no answer within {timeout_s:g} s"))
 
     def stringReceived(self, body: bytes) -> None:
         try:
@@ -137,12 +152,19 @@ class _Connection(Int32StringReceiver):
             answer.errback(ContainerUnavailable("the connection to the container closed"))
 
 
+def _stop_timer(result: Any, timer: Any) -> Any:
+    """An answer's callback: its timeout will not be needed."""
+    if timer.active():
+        timer.cancel()
+    return result
+
+
 class ContainerClient:
     """A reconnecting, multiplexed connection to the container's module-wire listener."""
 
     def __init__(self, reactor: Any, host: str, port: int, secret: str) -> None:
         # a reactor with TCP and time (typed through zope interfaces mypy cannot read)
-        self._reactor: Any = reactor
+        self.reactor: Any = reactor
         self.host = host
         self.port = port
         self.secret = secret
@@ -165,8 +187,8 @@ class ContainerClient:
         :class:`ContainerUnavailable` or :class:`defer.TimeoutError` (after ``timeout_s``)."""
         connection = self._connection
         if connection is not None:
-            answer = connection.request(op, fields)
-        elif self._waiters is not None:
+            return connection.request(op, fields, timeout_s)
+        if self._waiters is not None:
             waiter: defer.Deferred[_Connection] = defer.Deferred(canceller=self._forget_waiter)
             self._waiters.append(waiter)
             answer = waiter.addCallback(lambda conn: conn.request(op, fields))
@@ -175,7 +197,7 @@ class ContainerClient:
                 f"no connection to the container at {self.host}:{self.port} "
                 f"({self._last_error}); reconnecting"
             ))
-        answer.addTimeout(timeout_s, self._reactor)
+        answer.addTimeout(timeout_s, self.reactor)
         return answer
 
     def connect(self) -> None:
@@ -184,12 +206,12 @@ class ContainerClient:
             return
         self._retry_call = None
         self._waiters = []
-        endpoint = TCP4ClientEndpoint(self._reactor, self.host, self.port,
+        endpoint = TCP4ClientEndpoint(self.reactor, self.host, self.port,
                                       timeout=CONNECT_TIMEOUT_S)
         connection = _Connection(self)
         attempt = connectProtocol(endpoint, connection)  # type: ignore[no-untyped-call]
         attempt.addCallback(
-            lambda _: connection.ready.addTimeout(CONNECT_TIMEOUT_S, self._reactor)
+            lambda _: connection.ready.addTimeout(CONNECT_TIMEOUT_S, self.reactor)
         )
         attempt.addCallbacks(self._connected, self._failed, errbackArgs=(connection,))
 
@@ -242,7 +264,7 @@ class ContainerClient:
             return
         delay = self._retry_delay
         self._retry_delay = min(max(delay * 2, FIRST_RETRY_DELAY_S), MAX_RETRY_DELAY_S)
-        self._retry_call = self._reactor.callLater(delay, self.connect)
+        self._retry_call = self.reactor.callLater(delay, self.connect)
 
     def _forget_waiter(self, waiter: defer.Deferred[_Connection]) -> None:
         if self._waiters is not None and waiter in self._waiters:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import threading
 import time
 import uuid
+from collections import Counter
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -21,6 +22,7 @@ from typing import Any
 import httpx
 import pytest
 import uvicorn
+from prometheus_client.parser import text_string_to_metric_families
 
 from servletkit.container.app import build_app
 from servletkit.container.config import Config, parse_config
@@ -46,7 +48,7 @@ def container_config(
         for name in DEFAULT_POLICIES:
             callbacks.setdefault(name, {})["fail_open"] = fail_open
     return parse_config({
-        "server": {"host": "127.0.0.1", "port": free_port()},
+        "server": {"host": "127.0.0.1", "port": free_port(), "metrics": True},
         **({"store": {"path": str(store)}} if store is not None else {}),
         "module": {"enabled": True, "host": "127.0.0.1", "port": module_port,
                    "secret": SECRET, "callbacks": callbacks},
@@ -77,6 +79,16 @@ class ContainerThread:
             if time.monotonic() > deadline or not self._thread.is_alive():
                 raise RuntimeError("the container did not start")
             time.sleep(0.01)
+
+    def round_trips(self) -> Counter[str]:
+        """The module wire's requests so far, by hook (its ``/metrics``; 0 if none): one
+        per round trip, a request's ``then`` included."""
+        text = httpx.get(f"http://127.0.0.1:{self.config.server.port}/metrics", timeout=5).text
+        return Counter({sample.labels["kind"]: int(sample.value)
+                for family in text_string_to_metric_families(text)
+                if family.name == "servletkit_wire_requests"
+                for sample in family.samples
+                if sample.name.endswith("_total") and sample.labels["wire"] == "module"})
 
     def stop(self) -> None:
         if self._server is not None and self._thread is not None:
@@ -153,6 +165,18 @@ class User:
             f"/rooms/{room_id}/send/m.room.message/{uuid.uuid4().hex}",
             json={"msgtype": "m.text", "body": body},
         )
+
+    def set_name(self, name: str) -> None:
+        """Set this user's display name (their profile)."""
+        response = self.http.put(f"/profile/{self.user_id}/displayname",
+                                 json={"displayname": name})
+        assert response.status_code == 200, response.text
+
+    def member_content(self, room_id: str, user_id: str) -> dict[str, Any]:
+        """The content of ``user_id``'s membership event in the room's state."""
+        response = self.http.get(f"/rooms/{room_id}/state/m.room.member/{user_id}")
+        assert response.status_code == 200, response.text
+        return dict(response.json())
 
     def messages(self, room_id: str) -> list[dict[str, Any]]:
         """The room's timeline as this user receives it, oldest first."""

@@ -255,6 +255,52 @@ class TestDecisions:
         assert await authed.receive() == {"id": 1}
 
 
+def member_event(name: str) -> dict[str, Any]:
+    """A join event of ``@a:localhost`` with the display name ``name``."""
+    return {**EVENT, "type": "m.room.member", "state_key": "@a:localhost",
+            "content": {"membership": "join", "displayname": name}}
+
+
+class TestThen:
+    async def test_action_and_event_in_one_answer(self, authed: Peer) -> None:
+        """A join with its membership event in ``then``: both answers in one frame."""
+        join = {"op": "join", "user_id": "@a:localhost", "room_id": "!r:localhost"}
+        await authed.send({"id": 1, **join, "then": {"op": "event", "event": member_event("a")}})
+        assert await authed.receive() == {"id": 1, "then": {"id": 1}}
+        await authed.send({"id": 2, **join,
+                           "then": {"op": "event", "event": member_event("forbidden a")}})
+        assert await authed.receive() == {"id": 2, "then": {"id": 2, "veto": {
+            "errcode": wire_plugin.VETO_ERRCODE,
+            "reason": "the name 'forbidden a' is not welcome here"}}}
+        await authed.send({"id": 3, **join,
+                           "then": {"op": "event", "event": member_event("/shout a")}})
+        assert await authed.receive() == {"id": 3, "then": {"id": 3, "modify": {
+            "membership": "join", "displayname": "A"}}}
+
+    async def test_refused_action_skips_the_event(self, authed: Peer) -> None:
+        """A vetoed join is answered alone: its membership event's hook does not run."""
+        seen = len(wire_plugin.SEEN)
+        await authed.send({"id": 1, "op": "join", "user_id": "@blocked:localhost",
+                           "room_id": "!r:localhost",
+                           "then": {"op": "event", "event": member_event("b")}})
+        answer = await authed.receive()
+        assert set(answer) == {"id", "veto"}
+        assert len(wire_plugin.SEEN) == seen
+
+    @pytest.mark.parametrize("then", [
+        "event", {"op": "nope"}, {"op": "event", "event": {"type": 1}},
+        {"op": "event", "event": EVENT, "then": {"op": "event", "event": EVENT}},
+    ])
+    async def test_bad_then_answered_with_an_error(self, authed: Peer, then: Any) -> None:
+        """A malformed ``then`` is an error in ``then``; the action is still answered."""
+        await authed.send({"id": 1, "op": "join", "user_id": "@a:localhost",
+                           "room_id": "!r:localhost", "then": then})
+        answer = await authed.receive()
+        assert answer["id"] == 1
+        assert set(answer) == {"id", "then"}
+        assert answer["then"]["error"]["errcode"] in {"M_BAD_JSON", "M_UNRECOGNIZED"}
+
+
 async def test_disabled_module_has_no_wire() -> None:
     """Without [module] enabled the container has no module wire, so no listener."""
     config = container_config(free_port())

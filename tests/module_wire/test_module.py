@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 from synapse.api.room_versions import RoomVersions
 from synapse.events import EventBase, make_event_from_dict
-from synapse.module_api import NOT_SPAM
+from synapse.module_api import NOT_SPAM, ProfileInfo
 from synapse.module_api.errors import Codes, SynapseError
 from twisted.internet import defer
 
@@ -36,6 +36,10 @@ class FakeApi:
 
     def is_mine(self, user_id: str) -> bool:
         return user_id.endswith(":local.example")
+
+    async def get_profile_for_user(self, localpart: str) -> ProfileInfo:
+        """Every local user's display name is their localpart; none has an avatar."""
+        return ProfileInfo(avatar_url=None, display_name=localpart)
 
 
 class FakeClient:

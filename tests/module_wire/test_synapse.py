@@ -111,6 +111,81 @@ class TestActions:
                                   "error": f"{refused.user_id} may not log in (DEVICE1)"}
 
 
+class TestOneRoundTrip:
+    """A join or invite and its membership event: one request to the container."""
+
+    def test_local_join(self, alice: User, bob: User, container: ContainerThread) -> None:
+        """on_join_room and the join event's on_send_event come in one round trip."""
+        room = alice.create_room(preset="public_chat")
+        before = container.round_trips()
+        assert bob.http.post(f"/join/{room}", json={}).status_code == 200
+        after = container.round_trips()
+        assert after["on_join_room"] - before["on_join_room"] == 1
+        assert after["on_send_event"] == before["on_send_event"]
+        joins = [e for e in wire_plugin.SEEN if e.type == "m.room.member"
+                 and e.state_key == bob.user_id and e.room_id == room]
+        assert [e.content for e in joins] == [bob.member_content(room, bob.user_id)]
+
+    def test_invite(self, alice: User, bob: User, container: ContainerThread) -> None:
+        """on_invite and the invite event's on_send_event come in one round trip."""
+        room = alice.create_room()
+        before = container.round_trips()
+        response = alice.http.post(f"/rooms/{room}/invite", json={"user_id": bob.user_id})
+        assert response.status_code == 200, response.text
+        after = container.round_trips()
+        assert after["on_invite"] - before["on_invite"] == 1
+        assert after["on_send_event"] == before["on_send_event"]
+        assert alice.member_content(room, bob.user_id)["membership"] == "invite"
+
+    def test_join_event_veto_holds(self, alice: User, bob: User) -> None:
+        """The join event's Veto (the display name), answered with the join, refuses it."""
+        room = alice.create_room(preset="public_chat")
+        bob.set_name("forbidden bob")
+        response = bob.http.post(f"/join/{room}", json={})
+        assert response.status_code == 403
+        assert response.json() == {"errcode": wire_plugin.VETO_ERRCODE,
+                                   "error": "the name 'forbidden bob' is not welcome here"}
+        assert bob.http.get(f"/rooms/{room}/messages").status_code == 403
+
+    def test_join_event_modify_holds(self, alice: User, bob: User) -> None:
+        """The join event's Modify, answered with the join, is what Synapse stores."""
+        room = alice.create_room(preset="public_chat")
+        bob.set_name("/shout bob")
+        assert bob.http.post(f"/join/{room}", json={}).status_code == 200
+        assert alice.member_content(room, bob.user_id)["displayname"] == "BOB"
+
+    def test_join_unlike_the_forecast(
+        self, alice: User, bob: User, container: ContainerThread
+    ) -> None:
+        """A join with a reason (not in the forecast) is asked again, with its content."""
+        room = alice.create_room(preset="public_chat")
+        before = container.round_trips()
+        response = bob.http.post(f"/join/{room}", json={"reason": "forbidden reason"})
+        assert response.status_code == 200, response.text
+        after = container.round_trips()
+        assert after["on_send_event"] - before["on_send_event"] == 1
+        seen = [e for e in wire_plugin.SEEN if e.type == "m.room.member"
+                and e.state_key == bob.user_id and e.room_id == room]
+        assert seen[-1].content.get("reason") == "forbidden reason"
+
+    def test_remote_join_decided(
+        self, make_user: UserFactory, container: ContainerThread
+    ) -> None:
+        """A remote join (no check_event_allowed follows) is still decided by on_join_room."""
+        room = "!nowhere:unreachable.invalid"
+        blocked = make_user(localpart=f"blocked{uuid.uuid4().hex[:8]}")
+        response = blocked.http.post(f"/join/{room}",
+                                     params={"server_name": "unreachable.invalid"}, json={})
+        assert response.status_code == 403
+        assert response.json()["errcode"] == wire_plugin.VETO_ERRCODE
+        before = container.round_trips()
+        allowed = make_user()
+        response = allowed.http.post(f"/join/{room}",
+                                     params={"server_name": "unreachable.invalid"}, json={})
+        assert response.status_code != 403, response.text  # refused by federation, not by us
+        assert container.round_trips()["on_join_room"] - before["on_join_room"] == 1
+
+
 class TestFailures:
     def test_slow_container(
         self, homeservers: dict[str, SynapseServer], make_user: UserFactory

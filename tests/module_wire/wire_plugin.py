@@ -22,7 +22,8 @@ def _localpart(user_id: str) -> str:
 @hookimpl
 async def on_send_event(event: Event):
     """Veto "forbidden", upper-case "/shout ...", stall on "slow", upper-case shouted topics,
-    answer nonsense to "unserialisable"."""
+    answer nonsense to "unserialisable"; in membership events, veto a "forbidden" display
+    name and upper-case a shouted one."""
     SEEN.append(event)
     body = event.content.get("body")
     if event.type == "m.room.message" and isinstance(body, str):
@@ -34,6 +35,12 @@ async def on_send_event(event: Event):
             return Modify({"body": {"a", "set"}})
         if body.startswith("slow"):
             await asyncio.sleep(1.0)
+    name = event.content.get("displayname")
+    if event.type == "m.room.member" and isinstance(name, str):
+        if "forbidden" in name:
+            return Veto(f"the name {name!r} is not welcome here", VETO_ERRCODE)
+        if name.startswith("/shout "):
+            return Modify({**event.content, "displayname": name.removeprefix("/shout ").upper()})
     topic = event.content.get("topic")
     if event.type == "m.room.topic" and isinstance(topic, str) and topic.startswith("/shout "):
         return Modify({**event.content, "topic": topic.removeprefix("/shout ").upper()})

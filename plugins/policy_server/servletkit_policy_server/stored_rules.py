@@ -127,8 +127,10 @@ class JoinWave:
                 and event.content.get("membership") == "join")
 
     async def check(self, event: Event, store: PluginStore) -> str | None:
-        """Count the join; the limit it goes over, if any."""
-        count = await self.windows.count(store, event.room_id, event.event_id)
+        """Count the joiner (once per window: one join reaches the plugin on several
+        wires, and on the module wire first as a forecast with a provisional event id);
+        the limit it goes over, if any."""
+        count = await self.windows.count(store, event.room_id, event.sender)
         if count > self.joins:
             return (f"{count} joins in {self.seconds:g} s (at most {self.joins}): "
                     f"a join wave")

@@ -161,9 +161,11 @@ class ModuleConnection(asyncio.Protocol):
         if not self._authenticated:
             self._hello(message)
             return
-        op = message.get("op")
-        operation = self._wire.operations.get(op) if type(op) is str else None
-        if operation is None or self._wire.dispatcher.all_sync(operation.hook):
+        wire = self._wire
+        operation = wire.operation(message)
+        then = wire.then_operation(message) if "then" in message else None
+        if operation is None or (wire.dispatcher.all_sync(operation.hook)
+                                 and (then is None or wire.dispatcher.all_sync(then.hook))):
             done, answer = run_eagerly(self._wire.answer(message, operation))
             if done:
                 self._write(answer)

@@ -202,22 +202,49 @@ class ModuleWire:
         """Whether ``secret`` is the shared secret (constant-time comparison)."""
         return isinstance(secret, str) and hmac.compare_digest(secret.encode(), self._secret)
 
+    def operation(self, message: Mapping[str, Any]) -> Operation | None:
+        """The :class:`Operation` of a request's ``op``, ``None`` if it names none."""
+        op = message.get("op")
+        return self.operations.get(op) if type(op) is str else None
+
+    def then_operation(self, message: Mapping[str, Any]) -> Operation | None:
+        """The :class:`Operation` of a request's ``then`` (the request answered with it),
+        ``None`` without one or if it names no op."""
+        then = message.get("then")
+        return self.operation(then) if isinstance(then, Mapping) else None
+
     async def answer(self, message: Mapping[str, Any], operation: Operation | None) -> bytes:
         """The encoded answer frame to one request (``operation``: its op's, ``None`` if
-        the op is unknown). Never raises: every failure becomes an error frame."""
+        the op is unknown), with its ``then`` request's answer unless it refused.
+        Never raises: every failure becomes an error frame."""
+        if self._metrics is not None:  # by op: a round trip each, its then included
+            self._metrics.requests.labels(self.name, operation.hook if operation else "?").inc()
         request_id = message.get("id")
         if type(request_id) is not int:
             return encode(error_message(None, "M_BAD_JSON", f"id: must be an integer, got "
                                  f"{request_id!r:.100}"))
+        reply = await self._reply(request_id, message, operation)
+        then = message.get("then")
+        if then is not None and "veto" not in reply and "error" not in reply:
+            if isinstance(then, Mapping) and "then" not in then:
+                reply["then"] = await self._reply(request_id, then, self.operation(then))
+            else:
+                reply["then"] = error_message(request_id, "M_BAD_JSON", "then: must be a "
+                                              "request object without a then of its own")
+        return encode(reply)
+
+    async def _reply(self, request_id: int, message: Mapping[str, Any],
+                     operation: Operation | None) -> dict[str, Any]:
+        """The answer to one request (its ``then`` aside), not yet encoded."""
         if operation is None:
             known = ", ".join(self.operations)
-            return encode(error_message(request_id, "M_UNRECOGNIZED", f"op: unknown operation "
-                                 f"{message.get('op')!r:.100} (known: {known})"))
+            return error_message(request_id, "M_UNRECOGNIZED", f"op: unknown operation "
+                                 f"{message.get('op')!r:.100} (known: {known})")
         hook = operation.hook
         try:
             args = operation.arguments(message)
         except BadRequest as exc:
-            return encode(error_message(request_id, "M_BAD_JSON", f"{message['op']}: {exc}"))
+            return error_message(request_id, "M_BAD_JSON", f"{message['op']}: {exc}")
         ready = self._ready
         if ready is not None and not ready.is_set() and not self._for_own_user(args[0]):
             await ready.wait()
@@ -227,18 +254,20 @@ class ModuleWire:
             outcome = await self.dispatcher.intercept(hook, *args)
         except Exception:
             log.exception("module wire: %s failed", hook)
-            return encode(error_message(request_id, "M_UNKNOWN", f"{hook} failed in the container"))
+            return error_message(request_id, "M_UNKNOWN", f"{hook} failed in the container")
         if metrics is not None:
             metrics.outcome(self.name, outcome, time.perf_counter() - started)
         try:
-            reply = encode(reply_for(request_id, outcome))
-        except Exception as exc:
+            reply = reply_for(request_id, outcome)
+            if "modify" in reply:
+                encode(reply)  # content JSON cannot carry fails here, naming the plugin
+        except TypeError as exc:
             kind = type(outcome.decision).__name__
             log.error("module wire: plugin %r answered %s with a %s that cannot be sent "
                       "(%s: %s); answering an error", outcome.decided_by, hook, kind,
                       type(exc).__name__, exc)
-            return encode(error_message(request_id, "M_UNKNOWN", f"plugin {outcome.decided_by!r} "
-                                 f"answered {hook} with a {kind} that cannot be sent"))
+            return error_message(request_id, "M_UNKNOWN", f"plugin {outcome.decided_by!r} "
+                                 f"answered {hook} with a {kind} that cannot be sent")
         if outcome.decision is not None:
             subject = args[0]
             if type(subject) is Event:

@@ -27,6 +27,11 @@ Conversation:
    * ``{"id": N, "error": {"errcode": "...", "error": "..."}}`` — the request
      was malformed; the module applies its failure policy.
 
+   A request may carry ``"then": {"op": OP, ...fields}``, a second request
+   answered in the same frame unless the first is refused: the answer gains
+   ``"then": <its answer>`` (a join with its forecast membership event,
+   :mod:`servletkit.synapse.forecast`). A ``then`` has no ``then`` of its own.
+
 A frame that is not a JSON object, or longer than :data:`MAX_FRAME`, ends the
 connection (after an error frame, when the container can still send one).
 """
