@@ -262,6 +262,14 @@ def _base_urls(instance: Any, attribute: attrs.Attribute[Any], value: Mapping[st
                                f"\"http://127.0.0.1:8008\", got {url!r}")
 
 
+def _server_names(instance: Any, attribute: attrs.Attribute[Any], value: tuple[str, ...]
+                  ) -> None:
+    for index, name in enumerate(value):
+        if not name or name != name.strip() or "/" in name:
+            raise InvalidValue(f"{attribute.name}[{index}]", "must be a server name, e.g. "
+                               f"\"example.org\" or \"127.0.0.1:8448\", got {name!r}")
+
+
 @attrs.frozen
 class PolicyConfig:
     """``[policy]``: the policy wire, servletkit as a room's policy server (MSC4284).
@@ -281,7 +289,10 @@ class PolicyConfig:
     answered ``429 M_LIMIT_EXCEEDED`` (callers choose the server names, so this bounds
     the outbound work they can cause). ``tls_handshake_timeout_s``: a connection to the
     federation listener whose TLS handshake is not done by then is closed (then ``[server]
-    header_timeout_s`` applies to its request's headers).
+    header_timeout_s`` applies to its request's headers). ``invite_servers``: the servers
+    whose invites of the policy user are accepted (empty: any server's; an invite is how a
+    room names the servers whose keys the wire fetches first, so a public policy server
+    should list the communities it serves).
     """
 
     server_name: str = attrs.field(validator=_not_empty)
@@ -293,6 +304,7 @@ class PolicyConfig:
     server_urls: dict[str, str] = attrs.field(factory=dict, validator=_base_urls)
     max_key_fetches: int = attrs.field(default=16, validator=_positive)
     tls_handshake_timeout_s: float = attrs.field(default=10.0, validator=_positive)
+    invite_servers: tuple[str, ...] = attrs.field(default=(), validator=_server_names)
 
     @tls_private_key.validator
     def _pair(self, attribute: attrs.Attribute[Any], value: str | None) -> None:

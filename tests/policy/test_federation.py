@@ -146,3 +146,21 @@ def test_cli_join_unreachable_is_one_line(tmp_path: Path,
                  "--config", str(config)]) == 1
     err = capsys.readouterr().err
     assert "cannot join !r:x" in err and "Traceback" not in err
+
+
+async def test_invites_only_from_the_configured_servers(make_policy: Any) -> None:
+    """With ``[policy] invite_servers``, an invite from another server is refused 403
+    ``M_FORBIDDEN`` and no room is recorded (its state could name servers whose keys would
+    then be fetched first); one from a listed server is signed."""
+    wire, client, remote = await make_policy({}, invite_servers=("friend.test",))
+    invite = invite_of(remote, f"@policy:{POLICY}")
+    uri = f"/_matrix/federation/v2/invite/{invite['room_id']}/$x"
+    body = {"room_version": "12", "event": invite, "invite_room_state": []}
+    response = await remote.put(client, uri, body)
+    assert response.status_code == 403, response.text
+    assert response.json()["errcode"] == "M_FORBIDDEN"
+    assert "invite_servers" in response.json()["error"]
+    assert await wire.rooms.get("!new:remote.test") is None
+    wire.invite_servers = frozenset({REMOTE})
+    assert (await remote.put(client, uri, body)).status_code == 200
+    assert (await wire.rooms.get("!new:remote.test")).membership == "invited"

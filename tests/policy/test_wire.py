@@ -30,6 +30,7 @@ def test_policy_section_defaults(tmp_path: Path) -> None:
         "127.0.0.1", 8448, ".servletkit/policy")
     assert settings.server_urls == {} and settings.tls_certificate is None
     assert settings.max_key_fetches == 16 and settings.tls_handshake_timeout_s == 10.0
+    assert settings.invite_servers == ()
 
 
 @pytest.mark.parametrize(("policy", "key", "problem"), [
@@ -40,6 +41,9 @@ def test_policy_section_defaults(tmp_path: Path) -> None:
      "base URL"),
     ({"signing_key": "x"}, "policy.signing_key", "unknown key"),
     ({"max_key_fetches": 0}, "policy.max_key_fetches", "positive"),
+    ({"invite_servers": ["ok.test", " spaced.test"]}, "policy.invite_servers[1]",
+     "server name"),
+    ({"invite_servers": "one.test"}, "policy.invite_servers", "must be an array"),
 ])
 def test_policy_section_errors(tmp_path: Path, policy: dict[str, Any], key: str,
                                problem: str) -> None:

@@ -23,7 +23,7 @@ import contextlib
 import logging
 import socket
 import ssl
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Collection, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final, TextIO
 
@@ -85,6 +85,7 @@ class PolicyWire:
         srv: SrvLookup = dns_srv,
         max_key_fetches: int = MAX_KEY_FETCHES,
         tls_handshake_timeout_s: float = TLS_HANDSHAKE_TIMEOUT_S,
+        invite_servers: Collection[str] = (),
     ) -> None:
         self.server_name = server_name
         self.keys = keys
@@ -94,6 +95,8 @@ class PolicyWire:
         self.limits = server or ServerConfig()
         """``[server] header_timeout_s`` and ``keep_alive_s``, for this listener too."""
         self.tls_handshake_timeout_s = tls_handshake_timeout_s
+        self.invite_servers = frozenset(invite_servers)
+        """Whose invites are accepted (empty: anyone's)."""
         self.judge = Judge(dispatcher, server_name, keys.policy, ready)
         self._http = http or httpx.AsyncClient(verify=True)
         self.federation = FederationClient(server_name, keys.federation, self._http,
@@ -133,7 +136,11 @@ class PolicyWire:
 
     async def accept_invite(self, origin: str, event: dict[str, Any], version: RoomVersion
                             ) -> Any:
-        """Sign an invite of our policy user (the wire then joins the room in the background)."""
+        """Sign an invite of our policy user (the wire then joins the room in the background);
+        :class:`PduError` for another user's, or from a server not in ``invite_servers``."""
+        if self.invite_servers and origin not in self.invite_servers:
+            raise PduError(f"this policy server accepts invites only from its configured "
+                           f"servers ([policy] invite_servers), not from {origin}")
         signed = await self.peer.accept_invite(origin, event, version)
         task = asyncio.create_task(self.peer.join_after_invite(event["room_id"], origin))
         self._background.add(task)
@@ -236,4 +243,5 @@ def policy_wire(container: Container) -> PolicyWire | None:
                       server_urls=settings.server_urls, ready=container.ready,
                       server=container.config.server,
                       max_key_fetches=settings.max_key_fetches,
-                      tls_handshake_timeout_s=settings.tls_handshake_timeout_s)
+                      tls_handshake_timeout_s=settings.tls_handshake_timeout_s,
+                      invite_servers=settings.invite_servers)
