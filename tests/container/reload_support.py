@@ -15,6 +15,8 @@ import textwrap
 import types
 from pathlib import Path
 
+import pytest
+
 from servletkit.container.plugins import ENTRY_POINT_GROUP
 
 HEADER = '''
@@ -32,6 +34,15 @@ def servlet_init(context):
 def servlet_destroy(context):
     journal.events.append(("destroy", VERSION))
 '''
+
+
+def importable_plugin(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, name: str, *,
+                      editable: bool = False) -> PluginOnDisk:
+    """A :class:`PluginOnDisk` in ``tmp_path/site``, a folder put on ``sys.path`` for the
+    test (``monkeypatch`` takes it off again)."""
+    site = tmp_path / "site"
+    monkeypatch.syspath_prepend(str(site))
+    return PluginOnDisk(site, name, editable=editable)
 
 
 class PluginOnDisk:

@@ -20,7 +20,7 @@ from servletkit.container.runtime import Container
 from servletkit.dev.embedded_synapse import free_port, stop_process
 from servletkit.testing import only_plugins, plugins_toml, python_path_env, running_container
 from servletkit.testing.container import start_container
-from tests.container.reload_support import PluginOnDisk, servletkit_cli
+from tests.container.reload_support import PluginOnDisk, importable_plugin, servletkit_cli
 from tests.container.test_reload import SHOUT, VETO_X
 
 TOKEN = "admin-token-for-tests-0123456789"
@@ -28,10 +28,7 @@ TOKEN = "admin-token-for-tests-0123456789"
 
 @pytest.fixture
 def plugin(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[PluginOnDisk]:
-    site = tmp_path / "site"
-    site.mkdir()
-    monkeypatch.syspath_prepend(str(site))
-    on_disk = PluginOnDisk(site, "adminy")
+    on_disk = importable_plugin(tmp_path, monkeypatch, "adminy")
     on_disk.write("1.0", VETO_X)
     yield on_disk
     on_disk.forget()

@@ -29,7 +29,7 @@ from servletkit.testing import (
 )
 from servletkit.testing.container import start_container
 from servletkit.testing.waiting import eventually
-from tests.container.reload_support import PluginOnDisk
+from tests.container.reload_support import PluginOnDisk, importable_plugin
 
 
 class Hello:
@@ -138,10 +138,7 @@ def servlet_routes(context):
 
 @pytest.fixture
 def plugin(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[PluginOnDisk]:
-    site = tmp_path / "site"
-    site.mkdir()
-    monkeypatch.syspath_prepend(str(site))
-    on_disk = PluginOnDisk(site, "routy")
+    on_disk = importable_plugin(tmp_path, monkeypatch, "routy")
     on_disk.write("1.0", ROUTES)
     yield on_disk
     on_disk.forget()

@@ -15,7 +15,7 @@ import pytest
 from servletkit import Modify, Veto
 from servletkit.container.runtime import Container
 from servletkit.testing import make_event, only_plugins, running_container
-from tests.container.reload_support import PluginOnDisk
+from tests.container.reload_support import PluginOnDisk, importable_plugin
 
 _names = itertools.count(1)
 
@@ -37,10 +37,7 @@ def on_send_event(event, context):
 @pytest.fixture
 def plugin(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[PluginOnDisk]:
     """A plugin installed in a folder on ``sys.path``, version 0.1 vetoing ``x``."""
-    site = tmp_path / "site"
-    site.mkdir()
-    monkeypatch.syspath_prepend(str(site))
-    on_disk = PluginOnDisk(site, f"reloady{next(_names)}")
+    on_disk = importable_plugin(tmp_path, monkeypatch, f"reloady{next(_names)}")
     on_disk.write("0.1", VETO_X)
     yield on_disk
     on_disk.forget()

@@ -27,7 +27,7 @@ from servletkit.container.runtime import Container
 from servletkit.dev.embedded_synapse import free_port
 from servletkit.testing import only_plugins
 from servletkit.wires.module.protocol import HEADER, PROTOCOL_VERSION, decode, encode
-from tests.container.reload_support import PluginOnDisk
+from tests.container.reload_support import PluginOnDisk, importable_plugin
 
 pytestmark = pytest.mark.integration
 
@@ -102,10 +102,7 @@ class _Server(uvicorn.Server):
 
 @pytest.fixture
 def plugin(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[PluginOnDisk]:
-    site = tmp_path / "site"
-    site.mkdir()
-    monkeypatch.syspath_prepend(str(site))
-    on_disk = PluginOnDisk(site, "loady")
+    on_disk = importable_plugin(tmp_path, monkeypatch, "loady")
     on_disk.journal.handled = []  # type: ignore[attr-defined]
     on_disk.write("0.1", DECIDE)
     yield on_disk

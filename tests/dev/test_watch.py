@@ -15,7 +15,7 @@ from servletkit.container.config import parse_config
 from servletkit.container.runtime import Container
 from servletkit.dev.watch import PluginWatcher, WatchedPlugin, touched, watched_plugins
 from servletkit.testing import make_event, only_plugins, running_container
-from tests.container.reload_support import PluginOnDisk
+from tests.container.reload_support import PluginOnDisk, importable_plugin
 from tests.container.test_reload import SHOUT, VETO_X
 
 LINE_TIMEOUT_S = 10.0
@@ -23,10 +23,7 @@ LINE_TIMEOUT_S = 10.0
 
 @pytest.fixture
 def plugin(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[PluginOnDisk]:
-    site = tmp_path / "site"
-    site.mkdir()
-    monkeypatch.syspath_prepend(str(site))
-    on_disk = PluginOnDisk(site, "watchy", editable=True)
+    on_disk = importable_plugin(tmp_path, monkeypatch, "watchy", editable=True)
     on_disk.write("0.1", VETO_X)
     yield on_disk
     on_disk.forget()
@@ -93,10 +90,7 @@ async def test_plugins_not_installed_editable_are_not_watched(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Without ``direct_url.json`` saying editable, the plugin is left alone."""
-    site = tmp_path / "site"
-    site.mkdir()
-    monkeypatch.syspath_prepend(str(site))
-    plain = PluginOnDisk(site, "plainy")
+    plain = importable_plugin(tmp_path, monkeypatch, "plainy")
     plain.write("1.0", VETO_X)
     try:
         config = {"plugins": only_plugins({plain.name: {}})}
@@ -131,10 +125,7 @@ async def test_a_plugin_that_failed_at_start_is_watched_and_loads_when_fixed(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, broken: str
 ) -> None:
     """A plugin broken at start is still watched; saving the fix loads it, one line."""
-    site = tmp_path / "site"
-    site.mkdir()
-    monkeypatch.syspath_prepend(str(site))
-    plugin = PluginOnDisk(site, "fixy", editable=True)
+    plugin = importable_plugin(tmp_path, monkeypatch, "fixy", editable=True)
     plugin.write("0.1", broken)
     config = parse_config({"plugins": only_plugins({plugin.name: {}})},
                           tmp_path / "servletkit.toml")
@@ -144,7 +135,7 @@ async def test_a_plugin_that_failed_at_start_is_watched_and_loads_when_fixed(
     try:
         assert container.live_plugins == [] and container.errors
         [watched] = watched_plugins(container)
-        assert (watched.name, watched.root) == (plugin.name, (site / plugin.name).resolve())
+        assert (watched.name, watched.root) == (plugin.name, (plugin.site / plugin.name).resolve())
         lines = Lines()
         task = asyncio.create_task(PluginWatcher(container, lines).run())
         await asyncio.sleep(0.3)  # the watcher has started watching
@@ -186,12 +177,10 @@ async def test_a_new_entry_point_in_pyproject_loads_without_a_reinstall(
     """An editable plugin's pyproject.toml gains an entry point: the watcher reloads the
     distribution with it and the new plugin serves, nothing reinstalled; entry points the
     file cannot declare statically get one line saying to deploy."""
-    site = tmp_path / "site"
-    site.mkdir()
-    monkeypatch.syspath_prepend(str(site))
-    plugin = PluginOnDisk(site, "pyprojy", editable=True)  # its project folder: the package
+    # its project folder: the package
+    plugin = importable_plugin(tmp_path, monkeypatch, "pyprojy", editable=True)
     plugin.write("0.1", VETO_X, files={"extra.py": EXTRA})
-    pyproject = site / plugin.name / "pyproject.toml"
+    pyproject = plugin.site / plugin.name / "pyproject.toml"
     pyproject.write_text(PYPROJECT.format(dynamic="", extra=""))
     config = {"plugins": only_plugins({plugin.name: {}})}
     try:
